@@ -1,0 +1,3 @@
+from bocb.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The ``bocb`` command line.
+
+Only this module reads argv and prints for humans; library code takes values and returns them.
+Errors a user can fix (an unknown name, a bad value) exit with status 2 and one line on stderr
+that names the valid choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from bocb.registry import UnknownNameError
+
+
+def _add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format (default: table)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bocb", description="Measure backbone-optimizer coupling bias in vision models."
+    )
+    parser.add_argument("--version", action="version", version=f"bocb {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    zoo = sub.add_parser("zoo", help="list the backbones and optimizers bocb knows")
+    zoo_sub = zoo.add_subparsers(dest="what", required=True, metavar="WHAT")
+    b = zoo_sub.add_parser("backbones", help="the backbone registry with metadata and sizes")
+    _add_format(b)
+    b.add_argument("--group", help="only backbones of this group (e.g. 'modern CNN')")
+    b.add_argument("--paper-only", action="store_true", help="only the paper's 20 backbones")
+    o = zoo_sub.add_parser("optimizers", help="the optimizer registry with grids and flags")
+    _add_format(o)
+    o.add_argument("--category", help="only this category: a, b, c, d or extra")
+    o.add_argument("--paper-only", action="store_true", help="only the paper's 20 optimizers")
+    s = zoo_sub.add_parser("show", help="everything about one backbone or optimizer")
+    s.add_argument("name")
+    s.add_argument("--lr", type=float, help="optimizer: resolve with this learning rate")
+    s.add_argument("--wd", type=float, help="optimizer: resolve with this weight decay")
+
+    paper = sub.add_parser("paper", help="the BOCB paper's published numbers")
+    paper_sub = paper.add_subparsers(dest="what", required=True, metavar="WHAT")
+    t = paper_sub.add_parser("table", help="Table 1: CIFAR-100 top-1, 20 backbones x 20 optimizers")
+    t.add_argument("--format", choices=("table", "csv"), default="table")
+    h = paper_sub.add_parser("hparams", help="Tables A4/A5: chosen lr and weight decay")
+    h.add_argument("--format", choices=("table", "csv"), default="table")
+    return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("bocb")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Wide tables stay readable when piped (rich would otherwise fold them to 80 columns).
+    console = Console(width=None if sys.stdout.isatty() else 240)
+    try:
+        if args.command == "zoo":
+            from bocb import views
+
+            if args.what == "backbones":
+                views.print_frame(
+                    console, views.backbone_frame(group=args.group, paper_only=args.paper_only),
+                    args.format, title="Backbones",
+                )
+            elif args.what == "optimizers":
+                views.print_frame(
+                    console, views.optimizer_frame(category=args.category, paper_only=args.paper_only),
+                    args.format, title="Optimizers",
+                )
+            else:
+                console.print_json(json.dumps(views.describe(args.name, lr=args.lr, wd=args.wd)))
+        elif args.command == "paper":
+            from bocb import views
+
+            if args.what == "table":
+                views.print_paper_table(console, args.format)
+            else:
+                from bocb import paper as paper_data
+
+                views.print_frame(console, paper_data.best_hparams(), args.format,
+                                  title="Paper Tables A4/A5: chosen lr and weight decay")
+    except (UnknownNameError, ValueError) as err:
+        print(f"bocb: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

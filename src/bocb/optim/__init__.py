@@ -1,0 +1,33 @@
+"""Optimizer zoo: registry, resolution into recorded specs, and the stepping protocol."""
+
+from bocb.optim import catalog as _catalog  # noqa: F401  (registers the zoo)
+from bocb.optim.build import OptimizerSpec, build_optimizer, library_version, resolve_optimizer
+from bocb.optim.info import (
+    CATEGORIES,
+    OPTIMIZERS,
+    OptimizerInfo,
+    get_optimizer_info,
+    list_optimizers,
+    log_grid,
+    register_optimizer,
+)
+from bocb.optim.param_groups import DEFAULT_POLICY, POLICIES, build_param_groups
+from bocb.optim.stepping import Stepper
+
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_POLICY",
+    "OPTIMIZERS",
+    "POLICIES",
+    "OptimizerInfo",
+    "OptimizerSpec",
+    "Stepper",
+    "build_optimizer",
+    "build_param_groups",
+    "get_optimizer_info",
+    "library_version",
+    "list_optimizers",
+    "log_grid",
+    "register_optimizer",
+    "resolve_optimizer",
+]

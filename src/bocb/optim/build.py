@@ -1,0 +1,197 @@
+"""Resolve an optimizer choice into a complete, serialisable spec, and build it for a model.
+
+:func:`resolve_optimizer` turns ``("LAMB", lr=..., weight_decay=..., **knobs)`` into an
+:class:`OptimizerSpec` that names the class, its library version, **every** constructor argument
+(bocb's fixed knobs, the user's overrides and the class defaults, written out) and the
+parameter-group policy. A spec depends on no model, so it can be hashed into a trial's identity
+before anything is built; :func:`build_optimizer` then applies it to a model.
+
+Unknown knobs are an error naming the valid ones. This is deliberate: timm's ``create_optimizer``
+drops arguments an optimizer does not take, and pytorch-optimizer classes swallow them through
+``**kwargs``; in a benchmark either makes a run differ silently from its record.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+import torch
+from torch import nn
+
+from bocb.optim.info import OptimizerInfo, get_optimizer_info
+from bocb.optim.param_groups import DEFAULT_POLICY, build_param_groups, check_policy
+
+# Arguments that select an implementation path, not the algorithm; recorded but not user knobs.
+_SKIP = {"self", "params"}
+
+# Distribution names of the libraries the zoo draws on, for version records.
+_DISTRIBUTIONS = {
+    "torch": "torch",
+    "timm": "timm",
+    "pytorch_optimizer": "pytorch-optimizer",
+    "sophia_opt": "sophia-opt",
+    "schedulefree": "schedulefree",
+}
+
+
+def library_version(library: str) -> str:
+    dist = _DISTRIBUTIONS.get(library, library)
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: tuples become lists, non-finite floats become strings (strict JSON)."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # 'inf', '-inf', 'nan'
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+def _signature(cls: type) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        k: p
+        for k, p in params.items()
+        if k not in _SKIP and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A fully resolved optimizer: what to build, with which arguments, and how to drive it.
+
+    ``args`` holds every constructor argument as plain JSON values (lists for tuples, strings
+    for non-finite floats); :meth:`constructor_args` converts them back for the class.
+    """
+
+    name: str
+    short: str
+    category: str
+    target: str
+    library: str
+    library_version: str
+    args: dict[str, Any]
+    wd_policy: str = DEFAULT_POLICY
+    curvature: str = "none"
+    curvature_interval: int = 10
+    needs_train_eval: bool = False
+    matrix_fallback: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lr(self) -> float:
+        return float(self.args["lr"])
+
+    @property
+    def weight_decay(self) -> float:
+        return float(self.args.get("weight_decay", 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal specs give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OptimizerSpec:
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> OptimizerSpec:
+        return cls.from_dict(json.loads(text))
+
+    def constructor_args(self) -> dict[str, Any]:
+        """``args`` with the types the class expects (tuples, non-finite floats restored)."""
+        info_cls = get_optimizer_info(self.name).load_class()
+        sig = _signature(info_cls)
+        out = {}
+        for key, value in self.args.items():
+            default = sig[key].default if key in sig else None
+            if isinstance(value, list):
+                value = tuple(value)
+            elif isinstance(value, str) and value in ("inf", "-inf", "nan") and (
+                isinstance(default, float) or default is None
+            ):
+                value = float(value)
+            out[key] = value
+        return out
+
+
+def resolve_optimizer(
+    name: str,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    *,
+    wd_policy: str = DEFAULT_POLICY,
+    **knobs: Any,
+) -> OptimizerSpec:
+    """Resolve ``name`` (canonical or paper short name) with overrides into an OptimizerSpec.
+
+    ``lr``/``weight_decay`` default to the zoo's grid centres; ``knobs`` override the optimizer's
+    own arguments (``betas=(0.9, 0.95)``) and must be arguments of its class.
+    """
+    info: OptimizerInfo = get_optimizer_info(name)
+    check_policy(wd_policy)
+    cls = info.load_class()
+    sig = _signature(cls)
+    bad = sorted(set(knobs) - set(sig))
+    if bad:
+        raise ValueError(
+            f"{info.short} ({info.source}) takes no argument {', '.join(bad)}: "
+            f"valid: {', '.join(sorted(sig))}"
+        )
+    args: dict[str, Any] = {}
+    for key, param in sig.items():
+        if param.default is not inspect.Parameter.empty:
+            args[key] = param.default
+    args.update(info.fixed)
+    args.update(knobs)
+    args["lr"] = info.lr if lr is None else float(lr)
+    if "weight_decay" in sig:
+        args["weight_decay"] = info.weight_decay if weight_decay is None else float(weight_decay)
+    elif weight_decay:
+        raise ValueError(f"{info.short} ({info.source}) has no weight_decay argument")
+    missing = [k for k, p in sig.items() if k not in args]
+    if missing:
+        raise ValueError(f"{info.short}: required argument(s) {missing} have no value")
+    return OptimizerSpec(
+        name=info.name,
+        short=info.short,
+        category=info.category,
+        target=info.target,
+        library=info.library,
+        library_version=library_version(info.library),
+        args={k: _jsonable(v) for k, v in sorted(args.items())},
+        wd_policy=wd_policy,
+        curvature=info.curvature,
+        curvature_interval=info.curvature_interval,
+        needs_train_eval=info.needs_train_eval,
+        matrix_fallback=info.matrix_fallback,
+    )
+
+
+def build_optimizer(spec: OptimizerSpec, model: nn.Module) -> tuple[torch.optim.Optimizer, dict]:
+    """The optimizer for ``model``'s parameters, and the spec's record with its parameter groups.
+
+    The record (``spec.to_dict()`` plus ``param_groups``) is what a run stores.
+    """
+    groups, groups_record = build_param_groups(
+        model, spec.weight_decay, spec.wd_policy, head_fallback=spec.matrix_fallback
+    )
+    cls = get_optimizer_info(spec.name).load_class()
+    optimizer = cls(groups, **spec.constructor_args())
+    record = spec.to_dict()
+    record["param_groups"] = groups_record
+    return optimizer, record

@@ -1,0 +1,166 @@
+"""Tables of the registries and the paper's data, for the CLI (and notebooks).
+
+Functions here return pandas frames or plain dicts; :func:`print_frame` renders a frame as a rich
+table, CSV or JSON. Nothing here trains or stores anything.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from bocb import paper
+from bocb.optim import get_optimizer_info, list_optimizers, resolve_optimizer
+from bocb.registry import UnknownNameError
+from bocb.zoo import BACKBONES, count_params, list_backbones, resolve_backbone
+from bocb.optim import OPTIMIZERS
+
+# Parameter counts in the listing are for the study's setting: CIFAR-100 head, default policy.
+LISTING_CLASSES = 100
+
+
+def backbone_frame(group: str | None = None, paper_only: bool = False) -> pd.DataFrame:
+    """One row per backbone; ``params_m`` is the paper-size model with a 100-class head at its
+    default input policy, ``tiny_params_m`` its tiny scale, ``published_params_m`` the published
+    ImageNet-1k count."""
+    infos = list_backbones()
+    if group is not None:
+        groups = sorted({b.group for b in infos})
+        if group not in groups:
+            raise ValueError(f"unknown backbone group {group!r}: valid: {', '.join(groups)}")
+        infos = [b for b in infos if b.group == group]
+    if paper_only:
+        infos = [b for b in infos if b.paper]
+    rows = []
+    for b in infos:
+        paper_spec = resolve_backbone(b.name, num_classes=LISTING_CLASSES)
+        tiny_spec = resolve_backbone(b.name, num_classes=LISTING_CLASSES, scale="tiny")
+        rows.append({
+            "name": b.name,
+            "short": b.short,
+            "model": b.model,
+            "group": b.group,
+            "stages": b.stages,
+            "block": b.block,
+            "token_mixer": b.token_mixer,
+            "residual_norm": b.residual_norm,
+            "default_policy": b.default_policy,
+            "input_size": paper_spec.input_size,
+            "source": b.source,
+            "params_m": round(count_params(paper_spec) / 1e6, 2),
+            "tiny_params_m": round(count_params(tiny_spec) / 1e6, 3),
+            "published_params_m": b.published_params_m,
+            "paper": b.paper,
+        })
+    return pd.DataFrame(rows)
+
+
+def _fmt_grid(grid: tuple[float, ...]) -> str:
+    return " ".join(f"{v:g}" for v in grid)
+
+
+def optimizer_frame(category: str | None = None, paper_only: bool = False) -> pd.DataFrame:
+    """One row per optimizer with its source class, grid centres and grids, and step flags."""
+    rows = []
+    for o in list_optimizers(category=category, paper=True if paper_only else None):
+        rows.append({
+            "name": o.name,
+            "short": o.short,
+            "category": o.category,
+            "source": o.source,
+            "lr": o.lr,
+            "weight_decay": o.weight_decay,
+            "lr_grid": _fmt_grid(o.lr_grid()),
+            "wd_grid": _fmt_grid(o.wd_grid()),
+            "wd_style": o.wd_style,
+            "curvature": o.curvature,
+            "train_eval": o.needs_train_eval,
+            "paper": o.paper,
+        })
+    return pd.DataFrame(rows)
+
+
+def describe(name: str, lr: float | None = None, wd: float | None = None) -> dict[str, Any]:
+    """Backbone or optimizer metadata; for an optimizer also its fully resolved spec."""
+    if name in BACKBONES:
+        info = BACKBONES.get(name)
+        out = {k: v for k, v in vars(info).items() if k != "builder"}
+        out["input_size"] = {p: info.input_size(p) for p in ("cifar", "upsample")}
+        return {"backbone": out}
+    if name in OPTIMIZERS:
+        info = get_optimizer_info(name)
+        out = {k: v for k, v in vars(info).items() if k != "fixed"}
+        out["fixed"] = dict(info.fixed)
+        out["lr_grid"], out["wd_grid"] = info.lr_grid(), info.wd_grid()
+        return {"optimizer": out, "resolved": resolve_optimizer(name, lr=lr, weight_decay=wd).to_dict()}
+    # Neither: report the closest names of both kinds in one line.
+    close = []
+    for registry in (BACKBONES, OPTIMIZERS):
+        try:
+            registry.get(name)
+        except UnknownNameError as err:
+            close += err.close
+    valid = BACKBONES.names() + OPTIMIZERS.names()
+    raise UnknownNameError("backbone or optimizer", name, close[:3], valid)
+
+
+def print_frame(console: Console, df: pd.DataFrame, fmt: str, title: str = "") -> None:
+    if fmt == "csv":
+        # Plain print: rich would wrap long lines and mark up brackets.
+        print(df.to_csv(index=False), end="")
+    elif fmt == "json":
+        print(df.to_json(orient="records"))
+    else:
+        table = Table(title=title or None, show_lines=False)
+        for col in df.columns:
+            table.add_column(str(col), overflow="fold")
+        for row in df.itertuples(index=False):
+            table.add_row(*[_cell(v) for v in row])
+        console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return str(value)
+
+
+_MARK_STYLE = {"best": "bold green", "top4": "green", "fail": "dim", "severe": "dim italic"}
+
+
+def print_paper_table(console: Console, fmt: str) -> None:
+    """Table 1 (optimizers x backbones) with the paper's marks, and its summary rows."""
+    top1, marks = paper.table1("top1"), paper.table1("mark")
+    summary = paper.summary().set_index("backbone")
+    if fmt == "csv":
+        out = top1.copy()
+        for stat in ("mean", "std", "range"):
+            out.loc[stat] = summary[stat].reindex(out.columns)
+        print(out.to_csv(index_label="optimizer"), end="")
+        return
+    table = Table(
+        title="BOCB paper, Table 1: CIFAR-100 top-1 (%), 200 epochs, mean of 3 runs",
+        caption="bold green: best; green: other top-4; dim: failed (grey in the paper); "
+                "dim italic: severe failure (light grey). Summary rows: after dropping each "
+                "backbone's worst optimizer, as printed.",
+    )
+    table.add_column("optimizer")
+    table.add_column("cat")
+    categories = paper.top1().drop_duplicates("optimizer").set_index("optimizer")["category"]
+    for col in top1.columns:
+        table.add_column(col, justify="right")
+    for opt in top1.index:
+        cells = []
+        for col in top1.columns:
+            style = _MARK_STYLE.get(marks.loc[opt, col], "")
+            text = f"{top1.loc[opt, col]:.2f}"
+            cells.append(f"[{style}]{text}[/]" if style else text)
+        table.add_row(opt, categories[opt], *cells)
+    table.add_section()
+    for stat in ("mean", "std", "range"):
+        table.add_row(stat, "", *[_cell(summary.loc[c, stat]) for c in top1.columns])
+    console.print(table)

@@ -1,0 +1,235 @@
+"""Backbone registry: metadata for every model, and the one way to build it.
+
+A backbone is registered with a :class:`BackboneInfo` (the design taxonomy of method.md section 2,
+the default CIFAR input policy, where it comes from) and a builder
+``(num_classes, policy, scale, drop_path_rate) -> nn.Module``:
+
+- ``policy`` is ``cifar`` (native 32x32 input, the stem's down-sampling removed) or ``upsample``
+  (input resized to the model's native resolution, the ImageNet architecture unchanged);
+- ``scale`` is ``paper`` (the size the study used) or ``tiny`` (the same design with few channels
+  and blocks, for CPU smoke runs).
+
+:func:`resolve_backbone` turns a user's choice into a frozen, serialisable :class:`BackboneSpec`
+(a trial's model identity); :func:`build_backbone` builds it. Users add their own models with
+:func:`register_backbone` or through the ``bocb.backbones`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from bocb.registry import Registry
+
+POLICIES = {
+    "cifar": "native 32x32 input, stem down-sampling removed",
+    "upsample": "input resized (bicubic) to the native resolution, ImageNet architecture unchanged",
+}
+SCALES = {
+    "paper": "the published size the study used",
+    "tiny": "same design, few channels and blocks, for CPU smoke runs",
+}
+CIFAR_SIZE = 32
+
+Builder = Callable[[int, str, str, float], nn.Module]
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One backbone of the zoo (method.md section 2 gives the taxonomy's vocabulary)."""
+
+    name: str
+    short: str
+    model: str
+    group: str
+    stages: str
+    block: str
+    token_mixer: str
+    residual_norm: str
+    default_policy: Literal["cifar", "upsample"]
+    builder: Builder = field(repr=False, compare=False)
+    source: str = "timm"  # timm | torchvision | bocb | a user package name
+    native_size: int = 224
+    published_params_m: float | None = None  # ImageNet-1k model at native_size, as published
+    supports_drop_path: bool = True
+    paper: bool = True
+    cifar_stem: str = ""  # what the cifar policy changes, in words
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        if self.default_policy not in POLICIES:
+            raise ValueError(f"{self.name}: default_policy must be one of {list(POLICIES)}")
+
+    def input_size(self, policy: str) -> int:
+        return CIFAR_SIZE if policy == "cifar" else self.native_size
+
+
+BACKBONES: Registry[BackboneInfo] = Registry("backbone")
+
+
+def register_backbone(
+    name: str,
+    *,
+    short: str | None = None,
+    model: str | None = None,
+    group: str = "user",
+    stages: str = "unknown",
+    block: str = "unknown",
+    token_mixer: str = "unknown",
+    residual_norm: str = "unknown",
+    default_policy: Literal["cifar", "upsample"] = "cifar",
+    source: str = "user",
+    aliases: tuple[str, ...] = (),
+    **meta: Any,
+) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(num_classes, policy, scale, drop_path_rate) -> nn.Module``.
+
+    Example::
+
+        @register_backbone("my_net", short="MyNet", group="modern CNN", default_policy="cifar")
+        def my_net(num_classes, policy, scale, drop_path_rate):
+            return MyNet(num_classes, stem_stride=1 if policy == "cifar" else 4, ...)
+
+    The model then appears in ``bocb zoo backbones`` and in studies like the built-in ones.
+    """
+
+    def wrap(builder: Builder) -> Builder:
+        info = BackboneInfo(
+            name=name,
+            short=short or name,
+            model=model or short or name,
+            group=group,
+            stages=stages,
+            block=block,
+            token_mixer=token_mixer,
+            residual_norm=residual_norm,
+            default_policy=default_policy,
+            builder=builder,
+            source=source,
+            **meta,
+        )
+        BACKBONES.add(info, aliases=tuple({info.short, *aliases} - {name}))
+        return builder
+
+    return wrap
+
+
+def get_backbone_info(name: str) -> BackboneInfo:
+    return BACKBONES.get(name)
+
+
+def list_backbones(**equals: Any) -> list[BackboneInfo]:
+    """Registered backbones in registration order, filtered by ``field=value`` pairs."""
+    return BACKBONES.filter(**equals)
+
+
+def load_entry_points(group: str = "bocb.backbones") -> list[str]:
+    """Import every module registered under the entry-point ``group``; returns their names.
+
+    Each entry point names a module (or callable) that registers backbones when loaded. A plug-in
+    that fails to import is reported with a warning and skipped, so one broken package cannot
+    take the zoo down.
+    """
+    loaded = []
+    for ep in metadata.entry_points(group=group):
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, type):
+                obj()
+            loaded.append(ep.name)
+        except Exception as exc:  # noqa: BLE001 - a plug-in's error must not break bocb
+            warnings.warn(f"backbone plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+    return loaded
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A resolved backbone choice: everything needed to rebuild the same network."""
+
+    name: str
+    short: str
+    policy: str
+    scale: str
+    num_classes: int
+    drop_path_rate: float
+    input_size: int
+    source: str
+    source_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackboneSpec:
+        return cls(**data)
+
+
+def _source_version(source: str) -> str:
+    dist = {"bocb": "bocb"}.get(source, source)
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def resolve_backbone(
+    name: str,
+    num_classes: int = 100,
+    policy: str | None = None,
+    scale: str = "paper",
+    drop_path_rate: float = 0.0,
+) -> BackboneSpec:
+    """Validate a backbone choice; ``policy=None`` takes the backbone's default CIFAR policy."""
+    info = get_backbone_info(name)
+    policy = policy or info.default_policy
+    if policy not in POLICIES:
+        raise ValueError(f"unknown input policy {policy!r}: valid: {', '.join(POLICIES)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: valid: {', '.join(SCALES)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if drop_path_rate and not info.supports_drop_path:
+        raise ValueError(f"{info.short} has no stochastic depth: drop_path_rate must be 0, got {drop_path_rate}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    return BackboneSpec(
+        name=info.name,
+        short=info.short,
+        policy=policy,
+        scale=scale,
+        num_classes=num_classes,
+        drop_path_rate=float(drop_path_rate),
+        input_size=info.input_size(policy),
+        source=info.source,
+        source_version=_source_version(info.source),
+    )
+
+
+def build_backbone(spec: BackboneSpec | str, **kwargs: Any) -> nn.Module:
+    """Build the network for ``spec`` (or resolve ``spec`` as a name with ``kwargs`` first)."""
+    if isinstance(spec, str):
+        spec = resolve_backbone(spec, **kwargs)
+    elif kwargs:
+        raise TypeError("pass either a BackboneSpec or a name with keyword arguments, not both")
+    info = get_backbone_info(spec.name)
+    return info.builder(spec.num_classes, spec.policy, spec.scale, spec.drop_path_rate)
+
+
+def count_params(spec: BackboneSpec) -> int:
+    """Parameter count without allocating memory (built on the meta device where possible)."""
+    try:
+        with torch.device("meta"):
+            model = build_backbone(spec)
+    except Exception:  # noqa: BLE001 - some third-party init code cannot run on meta tensors
+        model = build_backbone(spec)
+    return sum(p.numel() for p in model.parameters())

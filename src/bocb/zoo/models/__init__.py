@@ -1,0 +1,1 @@
+"""Backbones bocb implements itself because neither timm nor torchvision ships them (see README.md)."""

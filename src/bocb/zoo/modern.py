@@ -1,0 +1,139 @@
+"""The paper's modern backbones: DeiT-S, MLP-Mixer-S/16, Swin-T, ConvNeXt-T, ConvNeXt-V2-T
+(timm) and MogaNet-S, UniRepLKNet-T, TransNeXt-T (implemented in :mod:`bocb.zoo.models`, since
+neither timm nor torchvision ships them).
+
+CIFAR policy: ViT and Mixer take 4x4 patches of the 32x32 image (64 tokens; the "/4" models of
+CIFAR work); Swin takes 2x2 patches with 4x4 windows (stages at 16, 8, 4, 2); ConvNeXt(-V2) gets a
+3x3 stride-1 conv + its LayerNorm in place of the 4x4 patchify; MogaNet, UniRepLKNet and TransNeXt
+get stride-1 stems. Stages then run at 32, 16, 8, 4 for the convolutional models.
+"""
+
+from __future__ import annotations
+
+import timm
+from timm.models.mlp_mixer import MlpMixer
+from torch import nn
+
+from bocb.zoo.backbones import CIFAR_SIZE, register_backbone
+from bocb.zoo.models import moganet, transnext, unireplknet
+from bocb.zoo.surgery import replace_conv
+
+
+def _size(policy: str) -> int:
+    return CIFAR_SIZE if policy == "cifar" else 224
+
+
+@register_backbone(
+    "deit_small", short="DeiT-S", model="DeiT-S (ViT-S/16)", group="modern: transformer",
+    stages="isotropic", block="MetaFormer", token_mixer="attention", residual_norm="pre-norm",
+    source="timm", default_policy="upsample", published_params_m=22.05,
+    cifar_stem="4x4 patches at 32x32 (64 tokens)", reference="Touvron et al., ICML 2021",
+)
+def deit_small(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    kwargs = dict(embed_dim=64, depth=2, num_heads=2) if scale == "tiny" else {}
+    if policy == "cifar":
+        kwargs.update(img_size=CIFAR_SIZE, patch_size=4)
+    return timm.create_model(
+        "deit_small_patch16_224", num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs
+    )
+
+
+@register_backbone(
+    "mixer_s16", short="MLP-S", model="MLP-Mixer-S/16", group="modern: MLP", stages="isotropic",
+    block="MetaFormer", token_mixer="MLP", residual_norm="pre-norm", source="timm", default_policy="upsample",
+    published_params_m=18.5, cifar_stem="4x4 patches at 32x32 (64 tokens)",
+    reference="Tolstikhin et al., NeurIPS 2021",
+)
+def mixer_s16(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    # timm's mixer_s16_224 fixes its arguments, so the class is built directly with S/16's values.
+    size = dict(num_blocks=2, embed_dim=64) if scale == "tiny" else dict(num_blocks=8, embed_dim=512)
+    return MlpMixer(
+        num_classes=num_classes, img_size=_size(policy), patch_size=4 if policy == "cifar" else 16,
+        drop_path_rate=drop_path_rate, **size,
+    )
+
+
+@register_backbone(
+    "swin_tiny", short="Swin-T", model="Swin-T", group="modern: transformer",
+    stages="hierarchical", block="MetaFormer", token_mixer="window attention",
+    residual_norm="pre-norm", source="timm", default_policy="upsample", published_params_m=28.29,
+    cifar_stem="2x2 patches, 4x4 windows (stages at 16, 8, 4, 2)", reference="Liu et al., ICCV 2021",
+)
+def swin_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    kwargs = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4)) if scale == "tiny" else {}
+    if policy == "cifar":
+        kwargs.update(img_size=CIFAR_SIZE, patch_size=2, window_size=4)
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224", num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs
+    )
+
+
+def _convnext(variant: str, num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    kwargs = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)) if scale == "tiny" else {}
+    model = timm.create_model(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
+    if policy == "cifar":
+        replace_conv(model.stem, "0", kernel=3, stride=1)  # stem[1] (LayerNorm2d) stays
+    return model
+
+
+@register_backbone(
+    "convnext_tiny", short="CNX-T", model="ConvNeXt-T", group="modern CNN", stages="hierarchical",
+    block="MetaNeXt", token_mixer="dw-conv", residual_norm="pre-norm + LayerScale",
+    source="timm", default_policy="cifar", published_params_m=28.59,
+    cifar_stem="3x3 stride-1 conv + LayerNorm instead of 4x4 patchify",
+    reference="Liu et al., CVPR 2022",
+)
+def convnext_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    return _convnext("convnext_tiny", num_classes, policy, scale, drop_path_rate)
+
+
+@register_backbone(
+    "convnextv2_tiny", short="CNXV2-T", model="ConvNeXt-V2-T", group="modern CNN",
+    stages="hierarchical", block="MetaNeXt", token_mixer="dw-conv + GRN",
+    residual_norm="pre-norm + LayerScale", source="timm", default_policy="cifar", published_params_m=28.6,
+    cifar_stem="3x3 stride-1 conv + LayerNorm instead of 4x4 patchify",
+    reference="Woo et al., CVPR 2023",
+)
+def convnextv2_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    return _convnext("convnextv2_tiny", num_classes, policy, scale, drop_path_rate)
+
+
+@register_backbone(
+    "moganet_small", short="Moga-S", model="MogaNet-S", group="modern CNN", stages="hierarchical",
+    block="MetaFormer", token_mixer="dw-conv + gating", residual_norm="pre-norm + LayerScale",
+    default_policy="cifar", source="bocb", published_params_m=moganet.PUBLISHED_PARAMS_M,
+    cifar_stem="stride-1 conv stem", reference="Li et al., ICLR 2024 (arXiv 2211.03295)",
+)
+def moganet_small(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    return moganet.MogaNet(
+        num_classes=num_classes, drop_path_rate=drop_path_rate, cifar_stem=policy == "cifar",
+        **moganet.VARIANTS[scale],
+    )
+
+
+@register_backbone(
+    "unireplknet_tiny", short="URLK-T", model="UniRepLKNet-T", group="modern CNN",
+    stages="hierarchical", block="MetaFormer", token_mixer="large dw-conv + SE",
+    residual_norm="pre-norm + LayerScale", default_policy="upsample", source="bocb",
+    published_params_m=unireplknet.PUBLISHED_PARAMS_M, cifar_stem="stride-1 conv stem",
+    reference="Ding et al., CVPR 2024 (arXiv 2311.15599)",
+)
+def unireplknet_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    return unireplknet.UniRepLKNet(
+        num_classes=num_classes, drop_path_rate=drop_path_rate, cifar_stem=policy == "cifar",
+        **unireplknet.VARIANTS[scale],
+    )
+
+
+@register_backbone(
+    "transnext_tiny", short="TNX-T", model="TransNeXt-T", group="modern", stages="hierarchical",
+    block="MetaFormer", token_mixer="aggregated attention + gating",
+    residual_norm="pre-norm + LayerScale", default_policy="upsample", source="bocb",
+    published_params_m=transnext.PUBLISHED_PARAMS_M, cifar_stem="stride-1 patch-embedding stem",
+    reference="Shi, CVPR 2024 (arXiv 2311.17132)",
+)
+def transnext_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    return transnext.TransNeXt(
+        num_classes=num_classes, drop_path_rate=drop_path_rate, cifar_stem=policy == "cifar",
+        img_size=_size(policy), **transnext.VARIANTS[scale],
+    )
