@@ -1,0 +1,36 @@
+"""Datasets: where images come from, in one in-memory form.
+
+- :func:`load_dataset` — a :class:`DatasetSpec` to a :class:`Dataset` (train/test
+  :class:`ImageSet` s of uint8 ``(N, 3, H, W)`` images, class names, source, fingerprint), from the
+  bundled CIFAR-10 sample, torchvision's CIFAR-10/100, Hugging Face-layout Parquet or an image
+  folder (:data:`DATA_KINDS`); decoded datasets are cached when given a ``cache_dir``.
+- :func:`parse_data_arg` — the CLI's ``--data`` text to a spec, detecting the kind from a path.
+- :class:`BatchAugment` — batched augmentation of uint8 batches on the data's device
+  (:mod:`bocb.data.augment`).
+"""
+
+from bocb.data.augment import AugmentConfig, BatchAugment
+from bocb.data.readers import decode_images
+from bocb.data.sources import load_dataset, parse_data_arg
+from bocb.data.types import (
+    DATA_KINDS,
+    DataNotFoundError,
+    Dataset,
+    DatasetSpec,
+    ImageSet,
+    UnknownDataKindError,
+)
+
+__all__ = [
+    "AugmentConfig",
+    "BatchAugment",
+    "DATA_KINDS",
+    "DataNotFoundError",
+    "Dataset",
+    "DatasetSpec",
+    "ImageSet",
+    "UnknownDataKindError",
+    "decode_images",
+    "load_dataset",
+    "parse_data_arg",
+]
