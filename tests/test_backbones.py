@@ -20,6 +20,7 @@ from bocb.zoo import (
 )
 
 PAPER_BACKBONES = [b.name for b in list_backbones(paper=True)]
+ALL_BACKBONES = [b.name for b in list_backbones()]
 
 # Published ImageNet-1k parameter counts (millions) at 224x224, from each model's paper or its
 # reference implementation's model card. ConvFormer/AttentionFormer/CAFormer-S12 have none: the
@@ -27,6 +28,7 @@ PAPER_BACKBONES = [b.name for b in list_backbones(paper=True)]
 PUBLISHED_M = {
     "alexnet": 61.10,  # torchvision model card
     "vgg13_bn": 133.05,  # torchvision model card
+    "resnet18": 11.69,  # He et al. 2016 / torchvision (extra, not in the paper's grid)
     "resnet50": 25.56,  # He et al. 2016 / torchvision
     "densenet121": 7.98,  # Huang et al. 2017
     "mobilenetv2": 3.50,  # torchvision model card (Sandler et al. 2018 round to 3.4M)
@@ -52,7 +54,7 @@ def test_the_twenty_paper_backbones_use_the_papers_short_names():
 
 
 def test_metadata_is_complete():
-    for b in list_backbones(paper=True):
+    for b in list_backbones():
         for field in ("group", "stages", "block", "token_mixer", "residual_norm", "cifar_stem"):
             assert getattr(b, field) not in ("", "unknown"), (b.name, field)
         assert b.published_params_m == PUBLISHED_M.get(b.name), b.name
@@ -71,7 +73,7 @@ def _train_step(model: nn.Module, size: int, num_classes: int) -> None:
 
 @pytest.mark.parametrize("scale", ["paper", "tiny"])
 @pytest.mark.parametrize("policy", ["cifar", "upsample"])
-@pytest.mark.parametrize("name", PAPER_BACKBONES)
+@pytest.mark.parametrize("name", ALL_BACKBONES)
 def test_builds_and_backprops(name, policy, scale):
     spec = resolve_backbone(name, num_classes=10, policy=policy, scale=scale)
     model = build_backbone(spec)

@@ -55,6 +55,7 @@ class BackboneInfo:
     residual_norm: str
     default_policy: Literal["cifar", "upsample"]
     builder: Builder = field(repr=False, compare=False)
+    recipe: str = "pytorch"  # the paper's training recipe for it (bocb.recipes.RECIPES)
     source: str = "timm"  # timm | torchvision | bocb | a user package name
     native_size: int = 224
     published_params_m: float | None = None  # ImageNet-1k model at native_size, as published

@@ -1,5 +1,6 @@
 """The paper's primary and classical CNNs: AlexNet, VGG-13-BN, ResNet-50, DenseNet-121,
-MobileNetV2, EfficientNet-B0, RepVGG-A1 — all from torchvision or timm.
+MobileNetV2, EfficientNet-B0, RepVGG-A1 — all from torchvision or timm — and ResNet-18, outside
+the paper's grid but the standard CIFAR speed benchmark.
 
 CIFAR policy (stem down-sampling removed, so the last stage runs at 4x4 for 32x32 input like a
 ResNet CIFAR stem gives): ResNet/DenseNet get a 3x3 stride-1 stem conv and no max-pool; MobileNetV2,
@@ -24,7 +25,7 @@ TINY_FACTOR = 8  # plain nets: every width divided by this for the tiny scale
 
 
 @register_backbone(
-    "alexnet", short="AlexNet", model="AlexNet", group="primary CNN", stages="plain",
+    "alexnet", recipe="pytorch", short="AlexNet", model="AlexNet", group="primary CNN", stages="plain",
     block="plain", token_mixer="conv", residual_norm="none", default_policy="upsample",
     source="torchvision", published_params_m=61.10, supports_drop_path=False,
     cifar_stem="first conv 3x3 stride 1, first max-pool removed",
@@ -43,7 +44,7 @@ def alexnet(num_classes: int, policy: str, scale: str, drop_path_rate: float) ->
 
 
 @register_backbone(
-    "vgg13_bn", short="VGG-13", model="VGG-13-BN", group="primary CNN", stages="plain",
+    "vgg13_bn", recipe="pytorch", short="VGG-13", model="VGG-13-BN", group="primary CNN", stages="plain",
     block="plain", token_mixer="conv", residual_norm="none", default_policy="upsample",
     source="torchvision", published_params_m=133.05, supports_drop_path=False,
     cifar_stem="first max-pool removed", reference="Simonyan & Zisserman, ICLR 2015",
@@ -61,7 +62,7 @@ def vgg13_bn(num_classes: int, policy: str, scale: str, drop_path_rate: float) -
 
 
 @register_backbone(
-    "resnet50", short="R-50", model="ResNet-50", group="classical CNN", stages="hierarchical",
+    "resnet50", recipe="pytorch", short="R-50", model="ResNet-50", group="classical CNN", stages="hierarchical",
     block="bottleneck", token_mixer="conv", residual_norm="add", source="timm", default_policy="cifar",
     published_params_m=25.56, cifar_stem="3x3 stride-1 stem conv, no max-pool",
     reference="He et al., CVPR 2016",
@@ -81,7 +82,7 @@ def resnet50(num_classes: int, policy: str, scale: str, drop_path_rate: float) -
 
 
 @register_backbone(
-    "densenet121", short="DN-121", model="DenseNet-121", group="classical CNN",
+    "densenet121", recipe="pytorch", short="DN-121", model="DenseNet-121", group="classical CNN",
     stages="hierarchical", block="bottleneck", token_mixer="conv", residual_norm="concat",
     source="timm", default_policy="cifar", published_params_m=7.98, supports_drop_path=False,
     cifar_stem="3x3 stride-1 stem conv, no max-pool", reference="Huang et al., CVPR 2017",
@@ -103,7 +104,7 @@ def _unstride_stem_and_first_block(model: nn.Module, stem: nn.Module, blocks: nn
 
 
 @register_backbone(
-    "mobilenetv2", short="MobV2", model="MobileNetV2", group="classical CNN",
+    "mobilenetv2", recipe="pytorch", short="MobV2", model="MobileNetV2", group="classical CNN",
     stages="hierarchical", block="inverted bottleneck", token_mixer="sep-conv",
     residual_norm="add", source="timm", default_policy="upsample", published_params_m=3.50,
     cifar_stem="stem and first stride-2 block at stride 1", reference="Sandler et al., CVPR 2018",
@@ -120,7 +121,7 @@ def mobilenetv2(num_classes: int, policy: str, scale: str, drop_path_rate: float
 
 
 @register_backbone(
-    "efficientnet_b0", short="Eff-B0", model="EfficientNet-B0", group="classical CNN",
+    "efficientnet_b0", recipe="rsb-a2", short="Eff-B0", model="EfficientNet-B0", group="classical CNN",
     stages="hierarchical", block="inverted bottleneck", token_mixer="conv + SE",
     residual_norm="add", source="timm", default_policy="upsample", published_params_m=5.29,
     cifar_stem="stem and first stride-2 block at stride 1", reference="Tan & Le, ICML 2019",
@@ -137,7 +138,7 @@ def efficientnet_b0(num_classes: int, policy: str, scale: str, drop_path_rate: f
 
 
 @register_backbone(
-    "repvgg_a1", short="RVGG-A1", model="RepVGG-A1", group="classical CNN",
+    "repvgg_a1", recipe="pytorch", short="RVGG-A1", model="RepVGG-A1", group="classical CNN",
     stages="hierarchical", block="plain (re-param)", token_mixer="conv", residual_norm="add",
     source="timm", default_policy="upsample", published_params_m=12.78,
     cifar_stem="stem and first stage's stride-2 block at stride 1",
@@ -153,4 +154,25 @@ def repvgg_a1(num_classes: int, policy: str, scale: str, drop_path_rate: float) 
     if policy == "cifar":
         unstride(model.stem)
         unstride(model.stages[0][0])
+    return model
+
+
+@register_backbone(
+    "resnet18", recipe="pytorch", short="R-18", model="ResNet-18", group="classical CNN",
+    stages="hierarchical", block="basic", token_mixer="conv", residual_norm="add",
+    source="timm", default_policy="cifar", published_params_m=11.69, paper=False,
+    cifar_stem="3x3 stride-1 stem conv, no max-pool",
+    reference="He et al., CVPR 2016 (not in the BOCB grid; the standard CIFAR speed benchmark)",
+)
+def resnet18(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    if scale == "tiny":
+        model = resnet.ResNet(
+            resnet.BasicBlock, (1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16,
+            num_classes=num_classes, drop_path_rate=drop_path_rate,
+        )
+    else:
+        model = timm.create_model("resnet18", num_classes=num_classes, drop_path_rate=drop_path_rate)
+    if policy == "cifar":
+        replace_conv(model, "conv1", kernel=3, stride=1)
+        model.maxpool = nn.Identity()
     return model

@@ -60,7 +60,7 @@ def _build(name: str, num_classes: int, policy: str, scale: str, drop_path_rate:
 
 _COMMON = dict(
     group="MetaFormer baseline", stages="hierarchical", block="MetaFormer",
-    residual_norm="pre-norm + ResScale", default_policy="upsample", source="timm",
+    residual_norm="pre-norm + ResScale", default_policy="upsample", source="timm", recipe="rsb-a2",
     cifar_stem="3x3 stride-1 stem conv instead of 7x7 stride 4",
 )
 

@@ -24,7 +24,7 @@ def _size(policy: str) -> int:
 
 
 @register_backbone(
-    "deit_small", short="DeiT-S", model="DeiT-S (ViT-S/16)", group="modern: transformer",
+    "deit_small", recipe="deit", short="DeiT-S", model="DeiT-S (ViT-S/16)", group="modern: transformer",
     stages="isotropic", block="MetaFormer", token_mixer="attention", residual_norm="pre-norm",
     source="timm", default_policy="upsample", published_params_m=22.05,
     cifar_stem="4x4 patches at 32x32 (64 tokens)", reference="Touvron et al., ICML 2021",
@@ -39,7 +39,7 @@ def deit_small(num_classes: int, policy: str, scale: str, drop_path_rate: float)
 
 
 @register_backbone(
-    "mixer_s16", short="MLP-S", model="MLP-Mixer-S/16", group="modern: MLP", stages="isotropic",
+    "mixer_s16", recipe="deit", short="MLP-S", model="MLP-Mixer-S/16", group="modern: MLP", stages="isotropic",
     block="MetaFormer", token_mixer="MLP", residual_norm="pre-norm", source="timm", default_policy="upsample",
     published_params_m=18.5, cifar_stem="4x4 patches at 32x32 (64 tokens)",
     reference="Tolstikhin et al., NeurIPS 2021",
@@ -54,7 +54,7 @@ def mixer_s16(num_classes: int, policy: str, scale: str, drop_path_rate: float) 
 
 
 @register_backbone(
-    "swin_tiny", short="Swin-T", model="Swin-T", group="modern: transformer",
+    "swin_tiny", recipe="convnext", short="Swin-T", model="Swin-T", group="modern: transformer",
     stages="hierarchical", block="MetaFormer", token_mixer="window attention",
     residual_norm="pre-norm", source="timm", default_policy="upsample", published_params_m=28.29,
     cifar_stem="2x2 patches, 4x4 windows (stages at 16, 8, 4, 2)", reference="Liu et al., ICCV 2021",
@@ -77,7 +77,7 @@ def _convnext(variant: str, num_classes: int, policy: str, scale: str, drop_path
 
 
 @register_backbone(
-    "convnext_tiny", short="CNX-T", model="ConvNeXt-T", group="modern CNN", stages="hierarchical",
+    "convnext_tiny", recipe="convnext", short="CNX-T", model="ConvNeXt-T", group="modern CNN", stages="hierarchical",
     block="MetaNeXt", token_mixer="dw-conv", residual_norm="pre-norm + LayerScale",
     source="timm", default_policy="cifar", published_params_m=28.59,
     cifar_stem="3x3 stride-1 conv + LayerNorm instead of 4x4 patchify",
@@ -88,7 +88,7 @@ def convnext_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: flo
 
 
 @register_backbone(
-    "convnextv2_tiny", short="CNXV2-T", model="ConvNeXt-V2-T", group="modern CNN",
+    "convnextv2_tiny", recipe="convnext", short="CNXV2-T", model="ConvNeXt-V2-T", group="modern CNN",
     stages="hierarchical", block="MetaNeXt", token_mixer="dw-conv + GRN",
     residual_norm="pre-norm + LayerScale", source="timm", default_policy="cifar", published_params_m=28.6,
     cifar_stem="3x3 stride-1 conv + LayerNorm instead of 4x4 patchify",
@@ -99,7 +99,7 @@ def convnextv2_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: f
 
 
 @register_backbone(
-    "moganet_small", short="Moga-S", model="MogaNet-S", group="modern CNN", stages="hierarchical",
+    "moganet_small", recipe="convnext", short="Moga-S", model="MogaNet-S", group="modern CNN", stages="hierarchical",
     block="MetaFormer", token_mixer="dw-conv + gating", residual_norm="pre-norm + LayerScale",
     default_policy="cifar", source="bocb", published_params_m=moganet.PUBLISHED_PARAMS_M,
     cifar_stem="stride-1 conv stem", reference="Li et al., ICLR 2024 (arXiv 2211.03295)",
@@ -112,7 +112,7 @@ def moganet_small(num_classes: int, policy: str, scale: str, drop_path_rate: flo
 
 
 @register_backbone(
-    "unireplknet_tiny", short="URLK-T", model="UniRepLKNet-T", group="modern CNN",
+    "unireplknet_tiny", recipe="convnext", short="URLK-T", model="UniRepLKNet-T", group="modern CNN",
     stages="hierarchical", block="MetaFormer", token_mixer="large dw-conv + SE",
     residual_norm="pre-norm + LayerScale", default_policy="upsample", source="bocb",
     published_params_m=unireplknet.PUBLISHED_PARAMS_M, cifar_stem="stride-1 conv stem",
@@ -126,7 +126,7 @@ def unireplknet_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: 
 
 
 @register_backbone(
-    "transnext_tiny", short="TNX-T", model="TransNeXt-T", group="modern", stages="hierarchical",
+    "transnext_tiny", recipe="deit", short="TNX-T", model="TransNeXt-T", group="modern", stages="hierarchical",
     block="MetaFormer", token_mixer="aggregated attention + gating",
     residual_norm="pre-norm + LayerScale", default_policy="upsample", source="bocb",
     published_params_m=transnext.PUBLISHED_PARAMS_M, cifar_stem="stride-1 patch-embedding stem",

@@ -1,0 +1,167 @@
+"""Training throughput: a plain PyTorch loop vs bocb's trial, same model, same data, one run.
+
+(a) plain: what a user would write — a torch Dataset of PIL images, torchvision CPU transforms
+    (random crop 32 pad 4, flip, to-tensor, normalise), a DataLoader with worker processes, fp32,
+    SGD with momentum.
+(b) bocb: :func:`bocb.trial.run_trial` with the ``pytorch`` recipe (the same augmentations, done
+    on the device), SGD-M, default precision (bf16 autocast on CUDA, fp32 on CPU) and
+    optionally ``--compile``.
+
+Both train the same zoo model at the same batch size; both exclude warm-up (the plain loop's first
+``--warmup`` steps, the trial's first epoch). With ``--repeats 2`` (default) the two run in the
+order bocb, plain, plain, bocb, so drift on a shared machine hits both alike; the means are
+compared. Prints images/s of each and their ratio.
+
+    python benchmarks/throughput.py --model resnet18 --data sample
+    python benchmarks/throughput.py --model deit_small --data /path/to/cifar10-parquet --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torchvision import transforms
+
+from bocb.data import load_dataset, parse_data_arg
+from bocb.data.augment import AugmentConfig
+from bocb.spec import resolve_trial
+from bocb.trial import RunOptions, resolve_device, run_trial
+from bocb.zoo import build_backbone, resolve_backbone
+
+
+class PilImages(TorchDataset):
+    """uint8 (N,3,H,W) -> PIL images through torchvision transforms, as a typical user loop."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: transforms.Compose):
+        self.images = images.permute(0, 2, 3, 1).numpy()
+        self.labels = labels.numpy()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def plain_loop(model_name: str, dataset, batch_size: int, steps: int, warmup: int,
+               device: torch.device, workers: int) -> float:
+    cfg = AugmentConfig()
+    tf = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std),
+    ])
+    loader = DataLoader(
+        PilImages(dataset.train.images, dataset.train.labels, tf), batch_size=batch_size,
+        shuffle=True, num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
+        persistent_workers=workers > 0,
+    )
+    torch.manual_seed(0)
+    model = build_backbone(resolve_backbone(model_name, num_classes=dataset.num_classes, policy="cifar")).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    done, t0 = 0, None
+    while done < warmup + steps:
+        for x, y in loader:
+            if done == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == warmup + steps:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def bocb_trial(model_name: str, dataset, data_spec, batch_size: int, epochs: int, device: str,
+               compile: bool) -> tuple[float, dict]:
+    spec = resolve_trial(
+        model_name, "sgd_m", data=data_spec, num_classes=dataset.num_classes, recipe="pytorch",
+        epochs=epochs, batch_size=batch_size, policy="cifar", scale="paper",
+    )
+    spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(
+        test_per_class=10, augment=AugmentConfig()))
+    record = run_trial(spec, dataset, RunOptions(device=device, compile=compile))
+    if record["status"] != "done":
+        raise RuntimeError(f"trial {record['status']}: {record.get('error')}")
+    timed = record["epochs"][1:]  # the first epoch carries warm-up (and compilation, if any)
+    images = sum(r["images"] for r in timed)
+    return images / sum(r["seconds_train"] for r in timed), record
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet18", help="zoo backbone, built with the cifar policy")
+    p.add_argument("--data", default="sample")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=None, help="plain loop: timed steps (default: as many as the trial's timed epochs)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="trial epochs; all but the first are timed")
+    p.add_argument("--per-class", type=int, default=None, help="train images per class (subset for slow devices)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each, alternating order")
+    args = p.parse_args()
+
+    device = resolve_device(args.device)
+    data_spec = parse_data_arg(args.data)
+    dataset = load_dataset(data_spec)
+    if args.per_class:
+        dataset = dataclasses.replace(dataset, train=dataset.train.subset(args.per_class, seed=0))
+    steps_per_epoch = len(dataset.train) // args.batch_size
+    steps = args.steps or steps_per_epoch * (args.epochs - 1)
+
+    trial_runs: list[float] = []
+    plain_runs: list[float] = []
+
+    def run_bocb() -> dict:
+        ips, rec = bocb_trial(args.model, dataset, data_spec, args.batch_size, args.epochs,
+                              str(device), args.compile)
+        trial_runs.append(ips)
+        return rec
+
+    def run_plain() -> None:
+        plain_runs.append(plain_loop(args.model, dataset, args.batch_size, steps, args.warmup,
+                                     device, args.workers))
+
+    for r in range(args.repeats):
+        if r % 2 == 0:
+            record = run_bocb()
+            run_plain()
+        else:
+            run_plain()
+            record = run_bocb()
+    trial_ips = sum(trial_runs) / len(trial_runs)
+    plain_ips = sum(plain_runs) / len(plain_runs)
+    result = {
+        "model": args.model, "device": record["device"].get("name"), "batch_size": args.batch_size,
+        "train_images": len(dataset.train), "plain_images_per_s": round(plain_ips, 1),
+        "bocb_images_per_s": round(trial_ips, 1), "ratio": round(trial_ips / plain_ips, 3),
+        "bocb_precision": record["precision"], "compile": args.compile, "workers": args.workers,
+        "torch": torch.__version__, "plain_runs": [round(v, 1) for v in plain_runs],
+        "bocb_runs": [round(v, 1) for v in trial_runs],
+    }
+    print(f"{args.model} on {result['device']} (batch {args.batch_size}, {len(dataset.train)} images): "
+          f"plain loop {plain_ips:.1f} img/s, bocb trial {trial_ips:.1f} img/s "
+          f"({record['precision']}{', compiled' if args.compile else ''}), ratio {trial_ips / plain_ips:.2f}x")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

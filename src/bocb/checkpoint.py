@@ -1,0 +1,124 @@
+"""Checkpoints as safetensors: model weights, optimizer state, RNG states and progress.
+
+safetensors holds flat tensors and string metadata only, which is the point: loading one can
+never execute code (unlike pickle). Nested state (an optimizer's ``state_dict``, RNG states,
+the epochs done) is flattened: every tensor leaf is stored under its path, every other leaf goes
+into a JSON document in the metadata, and :func:`load` puts the structure back.
+
+Writes are atomic (a temporary file renamed over the old one), so a run killed while saving
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+_TENSOR = "__tensor__"
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensor leaves by references into ``tensors``; return the JSON-able skeleton."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "root"
+        # Shared storage (tied weights) and non-contiguous views cannot be saved as they are.
+        tensors[key] = obj.detach().to("cpu").contiguous().clone()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        items = [(str(k), k) for k in obj]
+        # JSON object keys are strings: remember int keys (optimizer state is keyed by int).
+        return {
+            "__dict__": [
+                [k if isinstance(orig, str) else {"int": orig}, _flatten(obj[orig], f"{prefix}.{k}", tensors)]
+                for k, orig in items
+            ]
+        }
+    if isinstance(obj, (list, tuple)):
+        kind = "__tuple__" if isinstance(obj, tuple) else "__list__"
+        return {kind: [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return {"__float__": str(obj)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {prefix or 'root'}")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if "__dict__" in obj:
+            out = {}
+            for key, value in obj["__dict__"]:
+                out[key["int"] if isinstance(key, dict) else key] = _unflatten(value, tensors)
+            return out
+        if "__list__" in obj:
+            return [_unflatten(v, tensors) for v in obj["__list__"]]
+        if "__tuple__" in obj:
+            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+        if "__float__" in obj:
+            return float(obj["__float__"])
+    return obj
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (nested dicts/lists of tensors and plain values) to ``path`` atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "", tensors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"bocb": json.dumps(skeleton, allow_nan=False)})
+    os.replace(tmp, path)
+
+
+def load(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save`; tensors are placed on ``device``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "bocb" not in meta:
+        raise ValueError(f"{path} is not a bocb checkpoint (no 'bocb' metadata)")
+    tensors = load_file(str(path), device=str(device))
+    return _unflatten(json.loads(meta["bocb"]), tensors)
+
+
+def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Model weights alone, as a plain safetensors state dict (readable by any tool)."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

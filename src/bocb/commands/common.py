@@ -1,0 +1,56 @@
+"""Argument helpers shared by commands: data/cache locations and KEY=VALUE options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# Environment variables the CLI reads (library code takes these as arguments).
+ENV_DATA_DIR = "BOCB_DATA_DIR"
+ENV_CACHE_DIR = "BOCB_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """$BOCB_CACHE_DIR, else $XDG_CACHE_HOME/bocb, else ~/.cache/bocb."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bocb"
+
+
+def data_dirs() -> list[Path]:
+    """Directories named by $BOCB_DATA_DIR (os.pathsep-separated)."""
+    raw = os.environ.get(ENV_DATA_DIR, "")
+    return [Path(p) for p in raw.split(os.pathsep) if p]
+
+
+def add_data_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """--data (unless the command takes it from a study file), --cache-dir, --download."""
+    if data:
+        p.add_argument("--data", default="sample",
+                       help="sample (bundled real CIFAR-10 subset), cifar10, cifar100, or a path "
+                            "(Parquet dir, image folder, torchvision root); default: sample")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help=f"decoded-data cache (default: ${ENV_CACHE_DIR} or ~/.cache/bocb)")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading CIFAR through torchvision when not found locally")
+
+
+def parse_kv(items: list[str] | None) -> dict[str, Any]:
+    """``["betas=[0.9,0.95]", "nesterov=true"]`` -> ``{"betas": [0.9, 0.95], "nesterov": True}``.
+
+    Values are JSON where they parse as JSON, else strings.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"option {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

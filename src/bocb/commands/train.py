@@ -1,0 +1,111 @@
+"""``bocb train``: one trial with a progress bar and a summary (``--json``: the record, last line)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, parse_kv
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one (backbone, optimizer, settings, seed) trial")
+    p.add_argument("--backbone", required=True, help="zoo name or paper short name (bocb zoo backbones)")
+    p.add_argument("--optimizer", help="zoo name (default: the recipe's base optimizer)")
+    p.add_argument("--lr", type=float, help="learning rate (default: recipe's for its base optimizer, else the optimizer's grid centre)")
+    p.add_argument("--wd", type=float, help="weight decay (default: as for --lr)")
+    p.add_argument("--opt-arg", action="append", metavar="KEY=VALUE", help="optimizer argument, repeatable (JSON values)")
+    p.add_argument("--wd-policy", default="no_decay_1d", help="no_decay_1d (default) or decay_all")
+    p.add_argument("--recipe", help="pytorch, deit, convnext, rsb-a2 (default: the paper's for the backbone); "
+                                    "a tier name (fast, smoke) means the paper's recipe at that tier")
+    p.add_argument("--tier", default="full", help="budget tier: full, fast, smoke (default: full)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    p.add_argument("--policy", help="input policy: cifar or upsample (default: the backbone's)")
+    p.add_argument("--scale", help="paper or tiny (default: the tier's)")
+    p.add_argument("--drop-path", type=float, help="override the recipe's drop-path rate")
+    p.add_argument("--seed", type=int, default=0)
+    add_data_args(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--work-dir", type=Path, help="checkpoints + final weights here; resumes if a checkpoint exists")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
+    p.add_argument("--json", action="store_true", help="print the result record as the last stdout line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bocb.data import load_dataset, parse_data_arg
+    from bocb.spec import resolve_trial
+    from bocb.trial import RunOptions, run_trial
+
+    from bocb.recipes import TIERS
+
+    recipe, tier = args.recipe, args.tier
+    if recipe in TIERS:  # `--recipe smoke`: the backbone's own recipe at the smoke tier
+        recipe, tier = None, recipe
+    err = Console(stderr=True)
+    data_spec = parse_data_arg(args.data)
+    with err.status(f"loading {args.data} ..."):
+        dataset = load_dataset(
+            data_spec, cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(),
+            download=args.download,
+        )
+    spec = resolve_trial(
+        args.backbone, args.optimizer, data=data_spec, num_classes=dataset.num_classes,
+        lr=args.lr, weight_decay=args.wd, recipe=recipe, tier=tier, seed=args.seed,
+        policy=args.policy, scale=args.scale, epochs=args.epochs, batch_size=args.batch_size,
+        drop_path_rate=args.drop_path, wd_policy=args.wd_policy, optimizer_args=parse_kv(args.opt_arg),
+    )
+    options = RunOptions(
+        device=args.device, precision=args.precision, compile=args.compile, work_dir=args.work_dir,
+        checkpoint_every=args.checkpoint_every,
+    )
+    title = (f"{spec.backbone.short} ({spec.backbone.scale}, {spec.backbone.policy}) x "
+             f"{spec.optimizer.short} lr={spec.optimizer.lr:g} wd={spec.optimizer.weight_decay:g}")
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+    )
+    with bar:
+        task = bar.add_task(title, total=None, info="")
+
+        def progress(event: dict) -> None:
+            if event["event"] == "step":
+                total = spec.recipe.epochs * event["steps"]
+                bar.update(task, total=total, completed=event["epoch"] * event["steps"] + event["step"])
+            else:
+                row = event["row"]
+                bar.update(task, info=f"epoch {row['epoch']}: top-1 {row['test_top1']:.2f}%  loss {row['train_loss']:.3f}")
+
+        record = run_trial(spec, dataset, options, progress)
+    _summary(err if args.json else Console(), record)
+    if args.json:
+        sys.stdout.write(json.dumps(record, default=str) + "\n")
+    return 0 if record["status"] in ("done", "diverged") else 1
+
+
+def _summary(console: Console, record: dict) -> None:
+    spec = record["spec"]
+    table = Table(title=f"trial {record['trial_id']}: {record['status']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("backbone", f"{spec['backbone']['short']} ({spec['backbone']['scale']}, {spec['backbone']['policy']}, {spec['backbone']['input_size']}px)")
+    table.add_row("optimizer", f"{spec['optimizer']['short']} lr={spec['optimizer']['args']['lr']:g} wd={spec['optimizer']['args'].get('weight_decay', 0):g}")
+    table.add_row("recipe", f"{spec['recipe']['name']} ({spec['recipe']['tier']}), {spec['recipe']['epochs']} epochs, batch {spec['recipe']['batch_size']}")
+    if "dataset" in record:
+        d = record["dataset"]
+        table.add_row("data", f"{d['name']}: {d['train_images']} train / {d['test_images']} test")
+    for key in ("final_top1", "best_top1", "best_epoch", "diverged_epoch", "train_images_per_second"):
+        if record.get(key) is not None:
+            table.add_row(key, str(record[key]))
+    table.add_row("seconds", ", ".join(f"{k} {v}" for k, v in record.get("seconds", {}).items()))
+    if record.get("error"):
+        table.add_row("error", record["error"])
+    console.print(table)

@@ -1,0 +1,58 @@
+"""Where a result came from: code version, library versions, host and device."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+# The libraries whose versions can change a result.
+LIBRARIES = (
+    "torch", "torchvision", "timm", "pytorch-optimizer", "sophia-opt", "schedulefree", "numpy",
+    "safetensors",
+)
+
+
+@cache
+def code_version() -> str:
+    """``git describe`` of the checkout bocb runs from (``-dirty`` when modified), else the
+    installed package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty", "--tags"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return "bocb " + metadata.version("bocb")
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+
+@cache
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "missing"
+    return out
+
+
+def device_info(device: torch.device) -> dict[str, str]:
+    info = {"host": socket.gethostname(), "device": str(device), "platform": platform.platform()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = str(torch.version.cuda)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        info["threads"] = str(torch.get_num_threads())
+    return info
