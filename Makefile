@@ -18,10 +18,13 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The demo study (studies/demo.toml) into the default store, then its results as CSV.
+DEMO_STORE := bocb-results/store.sqlite
+
 demo: $(STAMP)
-	$(BIN)/bocb zoo backbones
-	$(BIN)/bocb zoo optimizers
-	$(BIN)/bocb paper table
+	$(BIN)/bocb run studies/demo.toml --store $(DEMO_STORE) --slots 2
+	$(BIN)/bocb export --store $(DEMO_STORE) --study studies/demo.toml --out bocb-results/demo.csv
+	@echo "results: bocb-results/demo.csv (store: $(DEMO_STORE))"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -14,7 +14,11 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from bocb.commands import run, status, train
 from bocb.registry import UnknownNameError
+
+# Commands implemented in bocb.commands (each: add_parser, run).
+COMMANDS = {"train": train, "run": run}
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:
@@ -50,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=("table", "csv"), default="table")
     h = paper_sub.add_parser("hparams", help="Tables A4/A5: chosen lr and weight decay")
     h.add_argument("--format", choices=("table", "csv"), default="table")
+
+    for command in COMMANDS.values():
+        command.add_parser(sub)
+    status.add_parsers(sub)  # status, plan, export: each sets args.func
     return parser
 
 
@@ -67,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Wide tables stay readable when piped (rich would otherwise fold them to 80 columns).
     console = Console(width=None if sys.stdout.isatty() else 240)
     try:
+        if args.command in COMMANDS:
+            return COMMANDS[args.command].run(args)
+        if hasattr(args, "func"):
+            return args.func(args)
         if args.command == "zoo":
             from bocb import views
 

@@ -1,0 +1,1 @@
+"""Executors run trials for the study runner: local process slots, or Ray tasks."""

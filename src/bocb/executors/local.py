@@ -1,0 +1,187 @@
+"""Local executor: slots of long-lived worker processes, one trial per slot at a time.
+
+Each slot is a separate process (``spawn``: no inherited CUDA or thread state), so a trial that
+crashes the interpreter, runs out of memory or hangs takes down only its own slot: the parent
+records the trial ``failed`` with the cause and starts a fresh worker. Workers live across trials
+so the ~5 s import of torch and the dataset load are paid once per slot, not per trial.
+
+Several slots may share one GPU (a small CIFAR trial leaves most of an H100 idle); slots are
+spread round-robin over ``devices``. On CPU the cores are split evenly between slots.
+Limits: ``time_limit_s`` per trial (the worker is killed when it is exceeded) and
+``memory_limit_gb`` on the worker's resident memory (read from /proc; killed above it).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from bocb.executors.worker import WorkerConfig
+
+
+def _worker_main(conn: Connection, events: Any, config: WorkerConfig, device: str, threads: int) -> None:
+    import torch
+
+    from bocb.executors.worker import execute
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        trial_id, spec = task
+
+        def progress(event: dict, trial_id: str = trial_id) -> None:
+            if event["event"] == "epoch":
+                events.put((trial_id, event))
+
+        conn.send((trial_id, execute(spec, config, device, progress)))
+
+
+@dataclass
+class _Slot:
+    index: int
+    device: str
+    process: Any = None
+    conn: Connection | None = None
+    trial_id: str | None = None
+    spec: dict | None = None
+    started: float = 0.0
+
+
+def _rss_gb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return 0.0
+
+
+class LocalExecutor:
+    """``submit`` trials into free slots; ``poll`` returns finished ``(trial_id, record)`` pairs."""
+
+    def __init__(self, config: WorkerConfig, slots: int = 1, devices: list[str] | None = None,
+                 time_limit_s: float | None = None, memory_limit_gb: float | None = None):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.config = config
+        self.time_limit_s = time_limit_s
+        self.memory_limit_gb = memory_limit_gb
+        self._ctx = mp.get_context("spawn")
+        self._events = self._ctx.Queue()
+        devices = devices or [config.device]
+        cpu_only = all(d == "cpu" or (d == "auto" and not _cuda_available()) for d in devices)
+        self._threads = max(1, (os.cpu_count() or 1) // slots) if cpu_only else 0
+        self._slots = [_Slot(i, devices[i % len(devices)]) for i in range(slots)]
+        for slot in self._slots:
+            self._start(slot)
+
+    def _start(self, slot: _Slot) -> None:
+        parent, child = self._ctx.Pipe()
+        slot.process = self._ctx.Process(
+            target=_worker_main, args=(child, self._events, self.config, slot.device, self._threads),
+            daemon=True, name=f"bocb-slot-{slot.index}",
+        )
+        slot.process.start()
+        child.close()
+        slot.conn = parent
+        slot.trial_id = slot.spec = None
+
+    @property
+    def free_slots(self) -> int:
+        return sum(1 for s in self._slots if s.trial_id is None)
+
+    @property
+    def running(self) -> list[str]:
+        return [s.trial_id for s in self._slots if s.trial_id is not None]
+
+    def submit(self, trial_id: str, spec: dict[str, Any]) -> None:
+        slot = next((s for s in self._slots if s.trial_id is None), None)
+        if slot is None:
+            raise RuntimeError("no free slot")
+        slot.conn.send((trial_id, spec))
+        slot.trial_id, slot.spec, slot.started = trial_id, spec, time.time()
+
+    def poll(self, timeout: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
+        busy = {s.conn: s for s in self._slots if s.trial_id is not None}
+        finished = []
+        for conn in wait(list(busy), timeout=timeout) if busy else []:
+            slot = busy[conn]
+            try:
+                trial_id, record = conn.recv()
+                finished.append((trial_id, record))
+                slot.trial_id = slot.spec = None
+            except (EOFError, OSError):
+                finished.append(self._lost(slot, _death_cause(slot.process)))
+        now = time.time()
+        for slot in self._slots:
+            if slot.trial_id is None:
+                continue
+            if self.time_limit_s and now - slot.started > self.time_limit_s:
+                finished.append(self._lost(slot, f"exceeded the time limit of {self.time_limit_s:g} s"))
+            elif self.memory_limit_gb and _rss_gb(slot.process.pid) > self.memory_limit_gb:
+                finished.append(self._lost(slot, f"exceeded the memory limit of {self.memory_limit_gb:g} GB"))
+            elif not slot.process.is_alive():
+                finished.append(self._lost(slot, _death_cause(slot.process)))
+        return finished
+
+    def _lost(self, slot: _Slot, cause: str) -> tuple[str, dict[str, Any]]:
+        """Kill the slot's worker, make a failed record for its trial, start a new worker."""
+        trial_id, spec = slot.trial_id, slot.spec
+        if slot.process.is_alive():
+            slot.process.kill()
+        slot.process.join(timeout=10)
+        self._start(slot)
+        record = {"trial_id": trial_id, "spec": spec, "status": "failed",
+                  "error": f"worker process lost: {cause}", "epochs": []}
+        return trial_id, record
+
+    def events(self) -> list[tuple[str, dict]]:
+        out = []
+        while True:
+            try:
+                out.append(self._events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def shutdown(self) -> None:
+        """Stop every worker now (running trials are abandoned; their checkpoints remain)."""
+        for slot in self._slots:
+            if slot.process is not None and slot.process.is_alive():
+                if slot.trial_id is None:
+                    try:
+                        slot.conn.send(None)
+                    except OSError:
+                        pass
+                slot.process.join(timeout=0 if slot.trial_id else 5)
+                if slot.process.is_alive():
+                    slot.process.kill()
+                    slot.process.join(timeout=10)
+
+
+def _death_cause(process: Any) -> str:
+    code = process.exitcode
+    if code is None:
+        return "worker stopped answering"
+    if code < 0:
+        hint = " (SIGKILL: often the out-of-memory killer)" if code == -9 else ""
+        return f"worker killed by signal {-code}{hint}"
+    return f"worker exited with code {code}"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,110 @@
+"""Ray executor: trials as Ray tasks with fractional GPUs; records come back to the driver.
+
+The driver (``bocb run --executor ray``) stays the store's only writer: it claims trials, submits
+them as tasks and stores the records the tasks return, so the store can be a plain SQLite file on
+the driver's machine even when the workers are a cluster. Worker processes are reused by Ray,
+and :mod:`bocb.executors.worker` keeps each loaded dataset in them across trials.
+
+Without ``address`` a private local Ray instance is started (``address="local"``, bound to
+127.0.0.1, no dashboard) and shut down by :meth:`RayExecutor.shutdown`; with ``address`` the
+executor connects to an existing cluster and leaves it running.
+
+On a cluster (see README): every node needs bocb installed in the same environment (or a Ray
+``runtime_env``), the dataset reachable at the same path or in each node's cache, and
+``artifacts_dir`` on a shared filesystem so a trial resumed on another node finds its checkpoint.
+SLURM: start ``ray start --head`` in the job's first task and ``ray start --address=HEAD:6379`` on
+the others (Ray's ``symmetric-run`` or the documented sbatch template), then ``bocb run ...
+--executor ray --address HEAD:6379`` from the head. Kubernetes: a KubeRay RayCluster, and the same
+command with its head service address.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bocb.executors.worker import WorkerConfig
+
+
+def _execute(spec: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
+    from bocb.executors.worker import execute
+
+    return execute(spec, config)
+
+
+class RayExecutor:
+    """Up to ``slots`` trials in flight per GPU (or in total on CPU-only clusters)."""
+
+    def __init__(self, config: WorkerConfig, slots: int = 1, address: str | None = None,
+                 gpus: int | None = None, time_limit_s: float | None = None, num_cpus: int | None = None):
+        import ray
+
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self._ray = ray
+        self._owns = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                         _node_ip_address="127.0.0.1", log_to_driver=False)
+                self._owns = True
+        cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpu_count = min(gpus, cluster_gpus) if gpus is not None else cluster_gpus
+        self._capacity = slots * gpu_count if gpu_count else slots
+        options: dict[str, Any] = {"num_cpus": 1, "max_retries": 0}
+        if gpu_count:
+            options["num_gpus"] = 1.0 / slots
+        self._task = ray.remote(**options)(_execute)
+        self.config = config
+        self.time_limit_s = time_limit_s
+        self._inflight: dict[Any, tuple[str, dict, float]] = {}
+
+    @property
+    def free_slots(self) -> int:
+        return self._capacity - len(self._inflight)
+
+    @property
+    def running(self) -> list[str]:
+        return [tid for tid, _, _ in self._inflight.values()]
+
+    def submit(self, trial_id: str, spec: dict[str, Any]) -> None:
+        ref = self._task.remote(spec, self.config)
+        self._inflight[ref] = (trial_id, spec, time.time())
+
+    def poll(self, timeout: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
+        ray = self._ray
+        finished: list[tuple[str, dict[str, Any]]] = []
+        if not self._inflight:
+            return finished
+        ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=timeout)
+        for ref in ready:
+            trial_id, spec, _ = self._inflight.pop(ref)
+            try:
+                finished.append((trial_id, ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001 - a dead worker is a failed trial, not a dead study
+                finished.append((trial_id, _failed(trial_id, spec, f"Ray task failed: {type(exc).__name__}: {exc}")))
+        if self.time_limit_s:
+            now = time.time()
+            for ref, (trial_id, spec, started) in list(self._inflight.items()):
+                if now - started > self.time_limit_s:
+                    ray.cancel(ref, force=True)
+                    del self._inflight[ref]
+                    finished.append((trial_id, _failed(trial_id, spec, f"exceeded the time limit of {self.time_limit_s:g} s")))
+        return finished
+
+    def events(self) -> list[tuple[str, dict]]:
+        return []  # per-epoch progress is not streamed back from Ray tasks; records are complete
+
+    def shutdown(self) -> None:
+        for ref in list(self._inflight):
+            self._ray.cancel(ref, force=True)
+        self._inflight.clear()
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._owns = False
+
+
+def _failed(trial_id: str, spec: dict, error: str) -> dict[str, Any]:
+    return {"trial_id": trial_id, "spec": spec, "status": "failed", "error": error, "epochs": []}

@@ -1,0 +1,62 @@
+"""What an executor runs for one trial, in whatever process it chose: data, trial, record.
+
+Kept apart from the executors so the local process pool and Ray run exactly the same code.
+Datasets are loaded once per worker process and reused across its trials.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bocb.data import Dataset, DatasetSpec, load_dataset
+from bocb.spec import TrialSpec
+from bocb.trial import Progress, RunOptions, run_trial
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where data and artifacts live, and how trials run; the same for every trial of a run."""
+
+    artifacts_dir: str
+    cache_dir: str | None = None
+    data_dirs: tuple[str, ...] = ()
+    download: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = 1
+
+
+_DATASETS: dict[str, Dataset] = {}
+
+
+def _dataset(spec: DatasetSpec, config: WorkerConfig) -> Dataset:
+    key = json.dumps(spec.to_dict(), sort_keys=True)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset(
+            spec, cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+            data_dirs=[Path(d) for d in config.data_dirs], download=config.download,
+        )
+    return _DATASETS[key]
+
+
+def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None = None,
+            progress: Progress | None = None) -> dict[str, Any]:
+    """Run one trial (resuming from its checkpoint in ``artifacts_dir/<trial_id>`` if any).
+
+    Never raises for a trial's own failure: data errors become a ``failed`` record too.
+    """
+    spec = TrialSpec.from_dict(spec_dict)
+    options = RunOptions(
+        device=device or config.device, precision=config.precision, compile=config.compile,
+        work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every,
+    )
+    try:
+        dataset = _dataset(spec.data, config)
+    except Exception as exc:  # noqa: BLE001 - a trial that cannot load its data is a failed trial
+        return {"trial_id": spec.trial_id, "spec": spec_dict, "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}", "epochs": []}
+    return run_trial(spec, dataset, options, progress)

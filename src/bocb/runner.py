@@ -1,0 +1,131 @@
+"""The study runner: claims trials from the store, feeds an executor, stores what comes back.
+
+The runner is the store's only writer (executors hand records back; workers never open the
+store), so any executor — local process slots or Ray tasks on a cluster — works against the same
+SQLite file. Leases are renewed while trials run; a runner killed with SIGKILL simply stops
+renewing, and the next runner takes its trials over when their leases expire (they resume from
+their checkpoints). On Ctrl-C (or SIGTERM) the runner stops its workers and hands its running
+trials back as ``pending``, leaving the store consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bocb.store import SQLiteStore
+
+
+class Executor(Protocol):
+    free_slots: int
+    running: list[str]
+
+    def submit(self, trial_id: str, spec: dict[str, Any]) -> None: ...
+    def poll(self, timeout: float = 1.0) -> list[tuple[str, dict[str, Any]]]: ...
+    def events(self) -> list[tuple[str, dict]]: ...
+    def shutdown(self) -> None: ...
+
+
+@dataclass
+class RunStats:
+    """What one runner did, for its live view and summary."""
+
+    started: float = field(default_factory=time.time)
+    finished: dict[str, int] = field(default_factory=dict)  # by status
+    images: int = 0
+    train_seconds: float = 0.0
+    trial_seconds: list[float] = field(default_factory=list)
+    lost_leases: int = 0
+    last_epoch: dict[str, dict] = field(default_factory=dict)  # trial_id -> last epoch event
+
+    @property
+    def done(self) -> int:
+        return sum(self.finished.values())
+
+
+def runner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_study(
+    store: SQLiteStore,
+    study_id: str | None,
+    executor: Executor,
+    *,
+    lease_s: float = 300.0,
+    on_update: Callable[[RunStats], None] | None = None,
+    max_trials: int | None = None,
+) -> RunStats:
+    """Run the study's runnable trials until none is left (or ``max_trials`` were started)."""
+    me = runner_id()
+    stats = RunStats()
+    leases: dict[str, float] = {}  # trial_id -> when last renewed
+    started = 0
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            while executor.free_slots and (max_trials is None or started < max_trials):
+                claimed = store.claim(me, lease_s, study_id)
+                if claimed is None:
+                    break
+                trial_id, spec = claimed
+                executor.submit(trial_id, spec)
+                leases[trial_id] = time.time()
+                started += 1
+            if not executor.running:
+                break
+            for trial_id, record in executor.poll(timeout=1.0):
+                leases.pop(trial_id, None)
+                stats.last_epoch.pop(trial_id, None)
+                _store_result(store, me, trial_id, record, stats)
+            for trial_id, event in executor.events():
+                stats.last_epoch[trial_id] = event
+            now = time.time()
+            for trial_id, renewed in list(leases.items()):
+                if now - renewed > lease_s / 3:
+                    if store.renew(trial_id, me, lease_s):
+                        leases[trial_id] = now
+                    else:  # another runner took it over (our lease had expired)
+                        stats.lost_leases += 1
+                        leases.pop(trial_id)
+            if on_update:
+                on_update(stats)
+    except (KeyboardInterrupt, _Stop):
+        executor.shutdown()
+        for trial_id in list(leases):
+            store.release(trial_id, me)
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    executor.shutdown()
+    return stats
+
+
+def _store_result(store: SQLiteStore, me: str, trial_id: str, record: dict[str, Any], stats: RunStats) -> None:
+    status = record.get("status", "failed")
+    if status in ("running", "interrupted"):  # never final: hand it back for another run
+        store.release(trial_id, me)
+        return
+    if store.finish(trial_id, me, record):
+        stats.finished[status] = stats.finished.get(status, 0) + 1
+        seconds = record.get("seconds", {})
+        stats.train_seconds += seconds.get("train", 0.0) or 0.0
+        stats.images += sum(r.get("images", 0) for r in record.get("epochs", []))
+        if seconds.get("wall"):
+            stats.trial_seconds.append(seconds["wall"])
+    else:
+        stats.lost_leases += 1

@@ -1,0 +1,14 @@
+"""Results store: the contract (:mod:`bocb.store.base`) and the SQLite implementation."""
+
+from bocb.store.base import FINAL, STATUSES, Store
+from bocb.store.sqlite import SCHEMA_VERSION, SQLiteStore, StoreVersionError
+
+DEFAULT_STORE = "bocb-results/store.sqlite"  # relative to the working directory; `make demo` uses it
+
+
+def open_store(path: str) -> SQLiteStore:
+    return SQLiteStore(path)
+
+
+__all__ = ["DEFAULT_STORE", "FINAL", "SCHEMA_VERSION", "STATUSES", "SQLiteStore", "Store",
+           "StoreVersionError", "open_store"]

@@ -1,0 +1,278 @@
+"""SQLite store: one file, WAL journal, claims in ``BEGIN IMMEDIATE`` transactions.
+
+WAL lets readers (``bocb status``, the analysis) read while a runner writes; ``BEGIN IMMEDIATE``
+takes the write lock before reading, so two runners claiming at once serialise and can never pick
+the same trial. Timestamps are Unix seconds from the runners' clocks (one machine, or NTP-synced
+hosts: a lease is minutes long, so skew of seconds does not matter).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from bocb.store.base import FINAL, STATUSES, Store
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    study_id TEXT PRIMARY KEY, name TEXT NOT NULL, path TEXT, settings TEXT NOT NULL, created REAL
+);
+CREATE TABLE IF NOT EXISTS trials (
+    trial_id TEXT PRIMARY KEY, spec TEXT NOT NULL, status TEXT NOT NULL,
+    backbone TEXT, optimizer TEXT, category TEXT, lr REAL, weight_decay REAL, seed INTEGER,
+    recipe TEXT, tier TEXT,
+    runner TEXT, lease_expires REAL, attempts INTEGER NOT NULL DEFAULT 0,
+    final_top1 REAL, best_top1 REAL, best_epoch INTEGER, diverged_epoch INTEGER,
+    error TEXT, skip_reason TEXT,
+    seconds_train REAL, seconds_eval REAL, seconds_wall REAL, images_per_second REAL,
+    host TEXT, device TEXT, code_version TEXT, libraries TEXT, record TEXT,
+    created REAL, started REAL, finished REAL
+);
+CREATE INDEX IF NOT EXISTS trials_status ON trials (status);
+CREATE TABLE IF NOT EXISTS study_trials (
+    study_id TEXT NOT NULL, trial_id TEXT NOT NULL, position INTEGER NOT NULL,
+    PRIMARY KEY (study_id, trial_id)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    trial_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_top1 REAL,
+    test_top5 REAL, test_loss REAL, lr REAL, seconds_train REAL, seconds_eval REAL,
+    PRIMARY KEY (trial_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    trial_id TEXT NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (trial_id, kind)
+);
+"""
+
+_SUMMARY = (
+    "trial_id, status, backbone, optimizer, category, lr, weight_decay, seed, recipe, tier, "
+    "final_top1, best_top1, best_epoch, diverged_epoch, error, skip_reason, attempts, "
+    "seconds_train, seconds_eval, seconds_wall, images_per_second, host, device, code_version, "
+    "started, finished"
+)
+
+
+class StoreVersionError(RuntimeError):
+    pass
+
+
+class SQLiteStore(Store):
+    """The default store. ``SQLiteStore(path)`` creates the file and schema if needed."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode; transactions are explicit. A generous timeout rides out another
+        # runner's write lock (claims and result writes take milliseconds).
+        self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=60000")
+        with self._tx():
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreVersionError(
+                    f"{self.path} has store schema v{row[0]}, this bocb reads v{SCHEMA_VERSION}: "
+                    f"open it with the bocb version that wrote it and `bocb export` it"
+                )
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> _Tx:
+        return self._Tx(self._db)
+
+    # -- studies and trials -----------------------------------------------------------------------
+    def add_study(self, study_id: str, name: str, path: str, settings: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?)",
+                (study_id, name, path, json.dumps(settings, sort_keys=True), time.time()),
+            )
+
+    def add_trials(self, study_id: str, trials: list[tuple[str, dict[str, Any]]],
+                   skipped: list[tuple[str, dict[str, Any], str]] = ()) -> int:
+        now = time.time()
+        new = 0
+        with self._tx() as db:
+            position = db.execute(
+                "SELECT COALESCE(MAX(position), -1) + 1 FROM study_trials WHERE study_id=?", (study_id,)
+            ).fetchone()[0]
+            rows = [(tid, spec, "pending", None) for tid, spec in trials]
+            rows += [(tid, spec, "skipped", reason) for tid, spec, reason in skipped]
+            for trial_id, spec, status, reason in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO trials (trial_id, spec, status, backbone, optimizer, category, "
+                    "lr, weight_decay, seed, recipe, tier, skip_reason, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (trial_id, json.dumps(spec, sort_keys=True), status, *_summary_fields(spec), reason, now),
+                )
+                new += cur.rowcount
+                linked = db.execute(
+                    "INSERT OR IGNORE INTO study_trials VALUES (?, ?, ?)", (study_id, trial_id, position)
+                ).rowcount
+                position += linked
+        return new
+
+    def claim(self, runner: str, lease_s: float, study_id: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        now = time.time()
+        scope, args = ("", ()) if study_id is None else (
+            "AND t.trial_id IN (SELECT trial_id FROM study_trials WHERE study_id=?)", (study_id,))
+        order = "ORDER BY t.rowid" if study_id is None else (
+            "ORDER BY (SELECT position FROM study_trials s WHERE s.study_id=? AND s.trial_id=t.trial_id)")
+        order_args = () if study_id is None else (study_id,)
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT t.trial_id, t.spec FROM trials t WHERE "
+                f"(t.status='pending' OR (t.status='running' AND t.lease_expires < ?)) {scope} {order} LIMIT 1",
+                (now, *args, *order_args),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE trials SET status='running', runner=?, lease_expires=?, attempts=attempts+1, "
+                "started=? WHERE trial_id=?",
+                (runner, now + lease_s, now, row["trial_id"]),
+            )
+        return row["trial_id"], json.loads(row["spec"])
+
+    def renew(self, trial_id: str, runner: str, lease_s: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE trials SET lease_expires=? WHERE trial_id=? AND runner=? AND status='running'",
+                (time.time() + lease_s, trial_id, runner),
+            )
+        return cur.rowcount == 1
+
+    def finish(self, trial_id: str, runner: str, record: dict[str, Any]) -> bool:
+        status = record["status"]
+        if status not in STATUSES or status in ("pending", "running", "skipped"):
+            raise ValueError(f"cannot finish trial {trial_id} with status {status!r}")
+        seconds = record.get("seconds", {})
+        device = record.get("device", {})
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE trials SET status=?, final_top1=?, best_top1=?, best_epoch=?, diverged_epoch=?, "
+                "error=?, seconds_train=?, seconds_eval=?, seconds_wall=?, images_per_second=?, host=?, "
+                "device=?, code_version=?, libraries=?, record=?, finished=?, lease_expires=NULL "
+                "WHERE trial_id=? AND runner=? AND status='running'",
+                (
+                    status, record.get("final_top1"), record.get("best_top1"), record.get("best_epoch"),
+                    record.get("diverged_epoch"), record.get("error"), seconds.get("train"),
+                    seconds.get("eval"), seconds.get("wall"), record.get("train_images_per_second"),
+                    device.get("host"), json.dumps(device), record.get("code_version"),
+                    json.dumps(record.get("libraries", {})), json.dumps(record, allow_nan=False),
+                    time.time(), trial_id, runner,
+                ),
+            )
+            if cur.rowcount != 1:
+                return False
+            db.execute("DELETE FROM epochs WHERE trial_id=?", (trial_id,))
+            db.executemany(
+                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(trial_id, r["epoch"], r.get("train_loss"), r.get("test_top1"), r.get("test_top5"),
+                  r.get("test_loss"), r.get("lr"), r.get("seconds_train"), r.get("seconds_eval"))
+                 for r in record.get("epochs", [])],
+            )
+            for kind, path in (record.get("artifacts") or {}).items():
+                db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (trial_id, kind, path))
+        return True
+
+    def release(self, trial_id: str, runner: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE trials SET status='pending', runner=NULL, lease_expires=NULL "
+                "WHERE trial_id=? AND runner=? AND status='running'",
+                (trial_id, runner),
+            )
+
+    def set_artifact(self, trial_id: str, kind: str, path: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (trial_id, kind, path))
+
+    def retry_failed(self, study_id: str | None = None) -> int:
+        scope, args = ("", ()) if study_id is None else (
+            "AND trial_id IN (SELECT trial_id FROM study_trials WHERE study_id=?)", (study_id,))
+        with self._tx() as db:
+            return db.execute(
+                f"UPDATE trials SET status='pending', runner=NULL, lease_expires=NULL WHERE status='failed' {scope}",
+                args,
+            ).rowcount
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _scoped(self, columns: str, study_id: str | None) -> list[sqlite3.Row]:
+        if study_id is None:
+            return self._db.execute(f"SELECT {columns} FROM trials ORDER BY rowid").fetchall()
+        return self._db.execute(
+            f"SELECT {columns} FROM trials t JOIN study_trials s USING (trial_id) "
+            f"WHERE s.study_id=? ORDER BY s.position", (study_id,),
+        ).fetchall()
+
+    def counts(self, study_id: str | None = None) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for row in self._scoped("status", study_id):
+            out[row["status"]] += 1
+        out["total"] = sum(out[s] for s in STATUSES)
+        return out
+
+    def trials(self, study_id: str | None = None) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._scoped(_SUMMARY, study_id)]
+
+    def record(self, trial_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT record FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
+        return json.loads(row["record"]) if row and row["record"] else None
+
+    def spec(self, trial_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT spec FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
+        return json.loads(row["spec"]) if row else None
+
+    def epochs(self, trial_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM epochs WHERE trial_id=? ORDER BY epoch", (trial_id,))
+        return [dict(r) for r in rows]
+
+    def artifacts(self, trial_id: str) -> dict[str, str]:
+        rows = self._db.execute("SELECT kind, path FROM artifacts WHERE trial_id=?", (trial_id,))
+        return {r["kind"]: r["path"] for r in rows}
+
+    def studies(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT study_id, name, path, created FROM studies ORDER BY created")
+        return [dict(r) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _summary_fields(spec: dict[str, Any]) -> tuple[Any, ...]:
+    opt = spec["optimizer"]
+    return (
+        spec["backbone"]["short"], opt["short"], opt["category"], opt["args"]["lr"],
+        opt["args"].get("weight_decay"), spec["seed"], spec["recipe"]["name"], spec["recipe"]["tier"],
+    )
+
+
+__all__ = ["FINAL", "SCHEMA_VERSION", "SQLiteStore", "StoreVersionError"]

@@ -1,0 +1,267 @@
+"""Study files: one TOML file declares a grid; :func:`expand` turns it into trial specs.
+
+A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budget tier::
+
+    [study]
+    name = "demo"
+    data = "sample"              # as `bocb train --data`
+    tier = "smoke"               # full | fast | smoke
+    seeds = [0]                  # or a count: seeds = 3 means [0, 1, 2]
+    tuning = "fixed"             # grid | paper | fixed
+    wd_policy = "no_decay_1d"    # or decay_all; one policy for the whole grid
+    # optional budget overrides for every trial: epochs, batch_size, train_per_class,
+    # test_per_class; and run limits: time_limit_s, memory_limit_gb
+
+    [[backbones]]                # or: backbones = ["R-50", "DeiT-S"]
+    name = "R-50"
+    policy = "cifar"             # optional: cifar | upsample (default: the backbone's)
+    scale = "tiny"               # optional: paper | tiny (default: the tier's)
+    recipe = "pytorch"           # optional (default: the paper's assignment)
+    drop_path = 0.1              # optional
+
+    [[optimizers]]               # or: optimizers = ["SGD-M", "AdamW"]
+    name = "SGD-M"
+    lr = [0.05, 0.1]             # optional explicit values (grid mode: the grid; fixed: one value)
+    weight_decay = [1e-4]
+    args = { nesterov = true }   # optional optimizer arguments
+
+Tuning modes: ``grid`` runs every (lr, wd) of the optimizer's 5-point grids (or the explicit
+lists); ``paper`` uses the paper's chosen lr/wd for the pair (Tables A4/A5) and records pairs the
+paper has no value for as skipped, with the reason; ``fixed`` runs one setting per pair (explicit
+values, else the recipe's for its base optimizer, else the optimizer's grid centre).
+
+Every mistake is found before any trial runs and reported in one line naming the file, the
+place and the valid choices (:class:`StudyError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bocb import paper
+from bocb.data import DatasetSpec, parse_data_arg
+from bocb.optim import POLICIES as WD_POLICIES
+from bocb.optim import get_optimizer_info
+from bocb.recipes import RECIPES, TIERS
+from bocb.registry import UnknownNameError
+from bocb.spec import TrialSpec, resolve_trial
+from bocb.zoo import POLICIES, SCALES, get_backbone_info
+
+TUNING = {
+    "grid": "every (lr, wd) of the optimizer's grids (or the explicit lists)",
+    "paper": "the paper's chosen lr/wd per pair; pairs without one are skipped",
+    "fixed": "one setting per pair: explicit, else the recipe's, else the optimizer's centre",
+}
+
+_STUDY_KEYS = {
+    "name": str, "description": str, "data": str, "tier": str, "seeds": (list, int), "tuning": str,
+    "wd_policy": str, "epochs": int, "batch_size": int, "train_per_class": int,
+    "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
+}
+_BACKBONE_KEYS = {"name": str, "policy": str, "scale": str, "recipe": str, "drop_path": (int, float)}
+_OPTIMIZER_KEYS = {"name": str, "lr": (list, int, float), "weight_decay": (list, int, float), "args": dict}
+_TOP_KEYS = {"study": dict, "backbones": list, "optimizers": list}
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message is one line: file, place, problem, choices."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A combination the study declares but that cannot run, kept as data with its reason."""
+
+    backbone: str
+    optimizer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: str
+    data: DatasetSpec
+    tier: str
+    seeds: tuple[int, ...]
+    tuning: str
+    wd_policy: str
+    settings: dict[str, Any]  # the parsed file, for the store's record
+    backbones: tuple[dict[str, Any], ...]
+    optimizers: tuple[dict[str, Any], ...]
+    time_limit_s: float | None = None
+    memory_limit_gb: float | None = None
+    description: str = ""
+    overrides: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def study_id(self) -> str:
+        """Content hash of the parsed settings: editing the file makes a new study version."""
+        text = json.dumps(self.settings, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _type_name(t: Any) -> str:
+    types = t if isinstance(t, tuple) else (t,)
+    return " or ".join({list: "array", dict: "table", str: "string", int: "integer", float: "number"}[x] for x in types)
+
+
+def _check_table(where: str, table: dict[str, Any], schema: dict[str, Any], required: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in schema:
+            raise StudyError(f"{where}: unknown key {key!r}: valid: {', '.join(schema)}")
+        value, expected = table[key], schema[key]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise StudyError(f"{where}.{key}: expected {_type_name(expected)}, got {type(value).__name__} {value!r}")
+    for key in required:
+        if key not in table:
+            raise StudyError(f"{where}: missing required key {key!r}")
+
+
+def _choice(where: str, value: str, choices: dict[str, Any] | list[str]) -> str:
+    if value not in choices:
+        raise StudyError(f"{where}: unknown value {value!r}: valid: {', '.join(choices)}")
+    return value
+
+
+def _entries(where: str, raw: list[Any], schema: dict[str, Any]) -> list[dict[str, Any]]:
+    if not raw:
+        raise StudyError(f"{where}: empty list: a study needs at least one entry")
+    out = []
+    for i, item in enumerate(raw, 1):
+        place = f"{where}[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise StudyError(f"{place}: expected a name or a table, got {type(item).__name__}")
+        _check_table(place, item, schema, ("name",))
+        out.append(dict(item))
+    return out
+
+
+def _values(where: str, value: Any) -> list[float]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise StudyError(f"{where}: empty list")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise StudyError(f"{where}: expected non-negative numbers, got {v!r}")
+    return [float(v) for v in values]
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse and validate a study file; nothing is built or run."""
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyError(f"{where}: no such study file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"{where}: not valid TOML: {exc}") from None
+    _check_table(where, raw, _TOP_KEYS, ("study", "backbones", "optimizers"))
+    s = raw["study"]
+    _check_table(f"{where} [study]", s, _STUDY_KEYS, ("name",))
+    tier = _choice(f"{where} [study].tier", s.get("tier", "full"), TIERS)
+    tuning = _choice(f"{where} [study].tuning", s.get("tuning", "grid"), TUNING)
+    wd_policy = _choice(f"{where} [study].wd_policy", s.get("wd_policy", "no_decay_1d"), WD_POLICIES)
+    seeds_raw = s.get("seeds", [0])
+    seeds = list(range(seeds_raw)) if isinstance(seeds_raw, int) else seeds_raw
+    if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise StudyError(f"{where} [study].seeds: expected a count >= 1 or a non-empty list of integers")
+    try:
+        data = parse_data_arg(s.get("data", "sample"))
+    except ValueError as exc:
+        raise StudyError(f"{where} [study].data: {exc}") from None
+
+    backbones = _entries(f"{where} backbones", raw["backbones"], _BACKBONE_KEYS)
+    for i, b in enumerate(backbones, 1):
+        place = f"{where} backbones[{i}]"
+        try:
+            get_backbone_info(b["name"])
+        except UnknownNameError as exc:
+            raise StudyError(f"{place}.name: {exc}") from None
+        if "policy" in b:
+            _choice(f"{place}.policy", b["policy"], POLICIES)
+        if "scale" in b:
+            _choice(f"{place}.scale", b["scale"], SCALES)
+        if "recipe" in b:
+            _choice(f"{place}.recipe", b["recipe"], RECIPES)
+    optimizers = _entries(f"{where} optimizers", raw["optimizers"], _OPTIMIZER_KEYS)
+    for i, o in enumerate(optimizers, 1):
+        place = f"{where} optimizers[{i}]"
+        try:
+            get_optimizer_info(o["name"])
+        except UnknownNameError as exc:
+            raise StudyError(f"{place}.name: {exc}") from None
+        for key in ("lr", "weight_decay"):
+            if key in o:
+                o[key] = _values(f"{place}.{key}", o[key])
+                if tuning == "fixed" and len(o[key]) != 1:
+                    raise StudyError(f"{place}.{key}: tuning 'fixed' takes one value, got {len(o[key])}")
+    overrides = {k: s[k] for k in ("epochs", "batch_size", "train_per_class", "test_per_class") if k in s}
+    for k, v in overrides.items():
+        if v < 1:
+            raise StudyError(f"{where} [study].{k}: must be >= 1, got {v}")
+    study = Study(
+        name=s["name"], path=str(path), data=data, tier=tier, seeds=tuple(seeds), tuning=tuning,
+        wd_policy=wd_policy, settings=raw, backbones=tuple(backbones), optimizers=tuple(optimizers),
+        time_limit_s=s.get("time_limit_s"), memory_limit_gb=s.get("memory_limit_gb"),
+        description=s.get("description", ""), overrides=overrides,
+    )
+    return study
+
+
+def _settings(study: Study, backbone: dict[str, Any], optimizer: dict[str, Any]) -> list[tuple[float | None, float | None]] | str:
+    """The (lr, wd) pairs to run for one pair, or the reason there are none."""
+    info = get_optimizer_info(optimizer["name"])
+    if study.tuning == "grid":
+        lrs = optimizer.get("lr") or list(info.lr_grid())
+        wds = optimizer.get("weight_decay") or list(info.wd_grid())
+        return [(lr, wd) for lr in lrs for wd in wds]
+    if study.tuning == "fixed":
+        return [(optimizer.get("lr", [None])[0], optimizer.get("weight_decay", [None])[0])]
+    short = get_backbone_info(backbone["name"]).short
+    hp = paper.best_hparams().query("optimizer == @info.short and backbone == @short")
+    if hp.empty:
+        return f"the paper gives no lr/wd for {info.short} on {short}"
+    row = hp.iloc[0]
+    return [(float(row["lr"]), float(row["weight_decay"]))]
+
+
+def expand(study: Study, num_classes: int) -> tuple[list[TrialSpec], list[Skipped]]:
+    """Every trial of the study (backbone x optimizer x setting x seed), plus skipped pairs."""
+    trials: list[TrialSpec] = []
+    skipped: list[Skipped] = []
+    for b in study.backbones:
+        for o in study.optimizers:
+            settings = _settings(study, b, o)
+            if isinstance(settings, str):
+                skipped.append(Skipped(b["name"], o["name"], settings))
+                continue
+            for lr, wd in settings:
+                for seed in study.seeds:
+                    try:
+                        spec = resolve_trial(
+                            b["name"], o["name"], data=study.data, num_classes=num_classes, lr=lr,
+                            weight_decay=wd, recipe=b.get("recipe"), tier=study.tier, seed=seed,
+                            policy=b.get("policy"), scale=b.get("scale"),
+                            epochs=study.overrides.get("epochs"),
+                            batch_size=study.overrides.get("batch_size"),
+                            drop_path_rate=b.get("drop_path"), wd_policy=study.wd_policy,
+                            optimizer_args=o.get("args"),
+                        )
+                    except ValueError as exc:
+                        raise StudyError(f"{study.path}: {b['name']} x {o['name']}: {exc}") from None
+                    subsets = {k: study.overrides[k] for k in ("train_per_class", "test_per_class") if k in study.overrides}
+                    if subsets:
+                        spec = TrialSpec(spec.backbone, spec.optimizer, spec.recipe.with_changes(**subsets),
+                                         spec.data, spec.seed)
+                    trials.append(spec)
+    if not trials:
+        raise StudyError(f"{study.path}: the grid is empty (every pair was skipped)")
+    return trials, skipped
