@@ -68,13 +68,18 @@ def vgg13_bn(num_classes: int, policy: str, scale: str, drop_path_rate: float) -
     reference="He et al., CVPR 2016",
 )
 def resnet50(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+    return _resnet("resnet50", resnet.Bottleneck, num_classes, policy, scale, drop_path_rate)
+
+
+def _resnet(variant: str, block: type, num_classes: int, policy: str, scale: str,
+            drop_path_rate: float) -> nn.Module:
     if scale == "tiny":
         model = resnet.ResNet(
-            resnet.Bottleneck, (1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16,
+            block, (1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16,
             num_classes=num_classes, drop_path_rate=drop_path_rate,
         )
     else:
-        model = timm.create_model("resnet50", num_classes=num_classes, drop_path_rate=drop_path_rate)
+        model = timm.create_model(variant, num_classes=num_classes, drop_path_rate=drop_path_rate)
     if policy == "cifar":
         replace_conv(model, "conv1", kernel=3, stride=1)
         model.maxpool = nn.Identity()
@@ -165,14 +170,4 @@ def repvgg_a1(num_classes: int, policy: str, scale: str, drop_path_rate: float) 
     reference="He et al., CVPR 2016 (not in the BOCB grid; the standard CIFAR speed benchmark)",
 )
 def resnet18(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
-    if scale == "tiny":
-        model = resnet.ResNet(
-            resnet.BasicBlock, (1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16,
-            num_classes=num_classes, drop_path_rate=drop_path_rate,
-        )
-    else:
-        model = timm.create_model("resnet18", num_classes=num_classes, drop_path_rate=drop_path_rate)
-    if policy == "cifar":
-        replace_conv(model, "conv1", kernel=3, stride=1)
-        model.maxpool = nn.Identity()
-    return model
+    return _resnet("resnet18", resnet.BasicBlock, num_classes, policy, scale, drop_path_rate)
