@@ -1,0 +1,80 @@
+"""The BOCB analysis: pure functions from result frames to statistics (method.md sections 5, 6, 8).
+
+Input everywhere: a long frame with ``optimizer``, ``backbone``, ``top1`` and optionally ``seed``,
+``lr``, ``weight_decay``, ``category`` (:func:`load_results` checks it). Pairs run at several
+settings are reduced to their best-tuned setting, seeds to their mean, by the statistics themselves.
+
+- :mod:`~bocb.analysis.results`: loading, best-tuned selection, pair means, the wide table.
+- :mod:`~bocb.analysis.failure`: the failure rule (Eq. 1, literal and fitted) and :func:`flag`.
+- :mod:`~bocb.analysis.summary`: per-backbone mean, std, range, top-4.
+- :mod:`~bocb.analysis.coupling`: the additive model, interaction residuals, variance shares,
+  coupling and generality scores.
+- :mod:`~bocb.analysis.ranks`: Kendall tau-b, Spearman, agreement of optimizer orderings.
+- :mod:`~bocb.analysis.bootstrap`: percentile CIs over seeds for any table statistic.
+- :mod:`~bocb.analysis.robustness`: hyper-parameter grid indices, modes and distances.
+- :mod:`~bocb.analysis.ranking`: the 40/20/20/20 optimizer ranking.
+
+Nothing here plots, prints or reads the command line.
+"""
+
+from bocb.analysis.bootstrap import N_RESAMPLES, bootstrap, resampled_tables
+from bocb.analysis.coupling import (
+    METHODS,
+    AdditiveFit,
+    coupling_scores,
+    coupling_statistics,
+    fit_additive,
+    generality_scores,
+    variance_shares,
+)
+from bocb.analysis.failure import RULES, FailureRule, compare_with_marks, flag, flag_table, rule
+from bocb.analysis.ranking import WEIGHTS, performance_scores, rank_optimizers
+from bocb.analysis.ranks import (
+    kendall_tau_b,
+    mean_off_diagonal,
+    order_agreement,
+    ranking_agreement,
+    spearman_rho,
+)
+from bocb.analysis.results import best_tuned, has_replicates, load_results, pair_means, to_long, wide
+from bocb.analysis.robustness import best_settings, distance_summary, grid_index, hparam_distances
+from bocb.analysis.summary import backbone_summary, paper_round
+
+__all__ = [
+    "METHODS",
+    "N_RESAMPLES",
+    "RULES",
+    "WEIGHTS",
+    "AdditiveFit",
+    "FailureRule",
+    "backbone_summary",
+    "best_settings",
+    "best_tuned",
+    "bootstrap",
+    "compare_with_marks",
+    "coupling_scores",
+    "coupling_statistics",
+    "distance_summary",
+    "fit_additive",
+    "flag",
+    "flag_table",
+    "generality_scores",
+    "grid_index",
+    "has_replicates",
+    "hparam_distances",
+    "kendall_tau_b",
+    "load_results",
+    "mean_off_diagonal",
+    "order_agreement",
+    "pair_means",
+    "paper_round",
+    "performance_scores",
+    "rank_optimizers",
+    "ranking_agreement",
+    "resampled_tables",
+    "rule",
+    "spearman_rho",
+    "to_long",
+    "variance_shares",
+    "wide",
+]

@@ -1,0 +1,134 @@
+"""Result frames: the one input format of the analysis, its validation, and the pair-mean table.
+
+Every analysis function takes a *long* frame with one row per run: ``optimizer``, ``backbone``,
+``top1`` and optionally ``seed``, ``lr``, ``weight_decay``, ``category`` (other columns are kept
+and ignored), like the paper's ``paper_cifar100_top1.csv`` or a study's trial table.
+
+Three reductions, in this order, turn runs into the backbone x optimizer table the statistics use:
+
+1. :func:`best_tuned` — when ``lr``/``weight_decay`` are present and a pair was run at several
+   settings, keep only the setting with the highest mean top-1 over its seeds (method.md section 5:
+   "each pair's best-tuned top-1"). Ties go to the setting listed first.
+2. :func:`pair_means` — mean top-1 over the seeds of each pair (at its best setting).
+3. :func:`wide` — the pair means as a backbone (rows) x optimizer (columns) table, in the order of
+   first appearance in the input, NaN where a pair was not run.
+
+Replicates without a ``seed`` column (a pair appearing several times at one setting) are taken as
+unnamed seeds and numbered 0, 1, ... in input order, so they are kept, not collapsed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED = ("optimizer", "backbone", "top1")
+OPTIONAL = ("seed", "lr", "weight_decay", "category")
+PAIR = ["optimizer", "backbone"]
+
+
+def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """Read (``.csv`` or ``.parquet``) or copy a result frame and check it.
+
+    Returns a new frame with every input row and column, ``top1`` as float, and a ``seed`` column
+    whenever some pair has replicate rows (numbered in input order if the input had none).
+    Raises ``ValueError`` (one line) for missing columns, non-numeric or missing ``top1``, or two
+    rows claiming the same pair, setting and seed.
+    """
+    if isinstance(source, pd.DataFrame):
+        frame = source.copy()
+    else:
+        path = Path(source)
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif path.suffix == ".csv":
+            frame = pd.read_csv(path)
+        else:
+            raise ValueError(f"cannot read results from {str(path)!r}: valid suffixes: .csv, .parquet")
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"results lack column(s) {', '.join(missing)}: required: {', '.join(REQUIRED)}"
+            f" (optional: {', '.join(OPTIONAL)})"
+        )
+    if not len(frame):
+        raise ValueError("results are empty: need at least one row of optimizer, backbone, top1")
+    top1 = pd.to_numeric(frame["top1"], errors="coerce")
+    bad = top1.isna()
+    if bad.any():
+        row = frame.loc[bad].iloc[0]
+        raise ValueError(
+            f"top1 is missing or not a number in {int(bad.sum())} row(s), first: "
+            f"{row['optimizer']}/{row['backbone']} = {row['top1']!r}; record a diverged run's "
+            "measured accuracy or drop the row"
+        )
+    frame["top1"] = top1.astype(float)
+    frame["optimizer"] = frame["optimizer"].astype(str)
+    frame["backbone"] = frame["backbone"].astype(str)
+    setting = PAIR + [c for c in ("lr", "weight_decay") if c in frame.columns]
+    if "seed" not in frame.columns and frame.duplicated(setting).any():
+        frame["seed"] = frame.groupby(setting, sort=False).cumcount()
+    if "seed" in frame.columns:
+        dup = frame.duplicated(setting + ["seed"])
+        if dup.any():
+            row = frame.loc[dup].iloc[0]
+            raise ValueError(
+                f"duplicate run {row['optimizer']}/{row['backbone']} seed {row['seed']}: "
+                f"each ({', '.join(setting)}, seed) must appear once"
+            )
+    return frame.reset_index(drop=True)
+
+
+def has_replicates(frame: pd.DataFrame) -> bool:
+    """True when some pair has two or more seeds at its best-tuned setting."""
+    runs = best_tuned(load_results(frame))
+    return bool((runs.groupby(PAIR, sort=False).size() > 1).any())
+
+
+def best_tuned(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs of each pair's best (lr, weight_decay) setting, all of its seeds.
+
+    Best = highest mean top-1 over seeds. Without ``lr``/``weight_decay`` columns every row is
+    kept. Expects a frame that passed :func:`load_results`.
+    """
+    knobs = [c for c in ("lr", "weight_decay") if c in frame.columns]
+    if not knobs:
+        return frame
+    setting = PAIR + knobs
+    # dropna=False: a pair run without a weight decay (NaN) is still a setting.
+    means = frame.groupby(setting, sort=False, dropna=False)["top1"].mean().reset_index()
+    best = means.loc[means.groupby(PAIR, sort=False)["top1"].idxmax(), setting]
+    return frame.merge(best, on=setting, how="inner")
+
+
+def pair_means(frame: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """One row per pair: optimizer, backbone, top1 (mean over seeds at the best setting), n_seeds.
+
+    ``category`` is carried along when present (it is a property of the optimizer).
+    """
+    runs = best_tuned(load_results(frame))
+    grouped = runs.groupby(PAIR, sort=False)
+    out = grouped["top1"].agg(top1="mean", n_seeds="size").reset_index()
+    if "category" in runs.columns:
+        out["category"] = grouped["category"].first().to_numpy()
+    return out
+
+
+def wide(frame: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """Pair means as backbone (rows) x optimizer (columns), input order, NaN for missing pairs."""
+    means = pair_means(frame)
+    table = means.pivot(index="backbone", columns="optimizer", values="top1")
+    table = table.loc[list(dict.fromkeys(means["backbone"])), list(dict.fromkeys(means["optimizer"]))]
+    table.index.name, table.columns.name = "backbone", "optimizer"
+    return table.astype(float)
+
+
+def to_long(table: pd.DataFrame, value: str = "top1") -> pd.DataFrame:
+    """Inverse of :func:`wide`: a backbone x optimizer table as optimizer, backbone, ``value`` rows.
+
+    Rows come optimizer by optimizer (the paper's row order), NaN cells dropped.
+    """
+    long = table.T.stack().rename(value).reset_index()
+    long.columns = ["optimizer", "backbone", value]
+    return long.dropna(subset=[value]).reset_index(drop=True)
