@@ -18,13 +18,14 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The demo study (studies/demo.toml) into the default store, then its results as CSV.
+# The demo study (studies/demo.toml) into the default store, its results as CSV, and its report.
 DEMO_STORE := bocb-results/store.sqlite
 
 demo: $(STAMP)
 	$(BIN)/bocb run studies/demo.toml --store $(DEMO_STORE) --slots 2
 	$(BIN)/bocb export --store $(DEMO_STORE) --study studies/demo.toml --out bocb-results/demo.csv
-	@echo "results: bocb-results/demo.csv (store: $(DEMO_STORE))"
+	$(BIN)/bocb report studies/demo.toml --store $(DEMO_STORE) --out bocb-results/report-demo
+	@echo "results: bocb-results/demo.csv, report: bocb-results/report-demo/report.html"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -51,12 +51,13 @@ def test_load_results_reads_csv_and_keeps_unnamed_replicates(tmp_path):
 
 
 def test_best_tuned_picks_the_setting_with_the_best_mean_not_the_best_run():
+    # lr 0.1 has one seed, so no seed can be held out: selection on the same numbers, by mean.
     runs = pd.DataFrame({
-        "optimizer": ["o"] * 4, "backbone": ["b"] * 4, "lr": [0.1, 0.1, 0.2, 0.2],
-        "weight_decay": [0.0] * 4, "seed": [0, 1, 0, 1], "top1": [60.0, 61.0, 70.0, 40.0],
+        "optimizer": ["o"] * 3, "backbone": ["b"] * 3, "lr": [0.1, 0.2, 0.2],
+        "weight_decay": [0.0] * 3, "seed": [0, 0, 1], "top1": [60.0, 70.0, 40.0],
     })
     best = A.best_tuned(A.load_results(runs))
-    assert set(best["lr"]) == {0.1} and A.pair_means(runs)["top1"].item() == 60.5
+    assert set(best["lr"]) == {0.1} and A.pair_means(runs)["top1"].item() == 60.0
 
 
 # --- failure rule ----------------------------------------------------------------------------------
@@ -264,3 +265,20 @@ def test_ranking_cost_component_and_errors():
     with pytest.raises(ValueError, match="no cost data for optimizer"):
         A.rank_optimizers(frame, cost={"o0": 1.0})
     assert A.ranking_agreement(["a", "b", "c"], ["c", "b", "a"])["kendall"] == pytest.approx(-1.0)
+
+
+def test_tuning_never_silently_selects_on_the_reported_seeds():
+    """With >= 2 seeds per setting, the setting is picked on a held-out seed; the rest are reported."""
+    from bocb.analysis.results import best_tuned, load_results, selection_rule
+
+    rows = []
+    for lr, scores in ((0.1, {0: 90.0, 1: 50.0, 2: 52.0}), (0.2, {0: 60.0, 1: 70.0, 2: 72.0})):
+        for seed, top1 in scores.items():
+            rows.append({"optimizer": "o", "backbone": "b", "lr": lr, "weight_decay": 0.0, "seed": seed, "top1": top1})
+    frame = load_results(pd.DataFrame(rows))
+    assert selection_rule(frame) == "held-out seed"
+    chosen = best_tuned(frame)
+    # Seed 0 prefers lr 0.1 (90 vs 60); only seeds 1 and 2 of that setting are reported.
+    assert set(chosen["lr"]) == {0.1} and sorted(chosen["seed"]) == [1, 2]
+    single = load_results(pd.DataFrame([r for r in rows if r["seed"] == 0]))
+    assert selection_rule(single) == "same numbers"

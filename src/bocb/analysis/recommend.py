@@ -1,0 +1,105 @@
+"""Which optimizers to try first for a backbone (or a design family), and how likely each fails.
+
+Evidence is a results frame (the paper's Table 1, a study's results, or both stacked). The query
+selects the evidence backbones:
+
+- a backbone that has results: that backbone alone;
+- a zoo backbone without results: the backbones with results that share its design (same group,
+  else same stage design + token mixer), named in the answer — "one like it";
+- a design family: every backbone with results whose group, stage design, block or token mixer
+  contains the words (e.g. "classical CNN", "hierarchical attention").
+
+Per optimizer, over the evidence backbones: the mean gap to each backbone's best top-1, its
+spread, and the failure risk = share of those backbones on which the failure rule flags it. With
+a single backbone the risk is 0 or 1; the answer says how many backbones it rests on.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bocb.analysis.failure import flag
+from bocb.analysis.results import load_results
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in text.lower().replace("-", " ").split() if w]
+
+
+def evidence_backbones(query: str, available: list[str]) -> tuple[list[str], str]:
+    """The backbones (short names present in the results) that answer ``query``, and why."""
+    from bocb.registry import UnknownNameError
+    from bocb.zoo import BACKBONES, list_backbones
+
+    infos = {b.short: b for b in list_backbones()}
+    if query in BACKBONES:
+        info = BACKBONES.get(query)
+        if info.short in available:
+            return [info.short], f"results for {info.short} itself"
+        same_group = [s for s in available if s in infos and infos[s].group == info.group]
+        if same_group:
+            return same_group, f"no results for {info.short}; backbones of the same group ({info.group})"
+        alike = [s for s in available if s in infos and (infos[s].stages, infos[s].token_mixer) == (info.stages, info.token_mixer)]
+        if alike:
+            return alike, f"no results for {info.short}; backbones with the same stages and token mixer"
+        raise ValueError(f"no results for {info.short} or any backbone like it ({info.group}, {info.stages}, {info.token_mixer})")
+    words = _words(query)
+    matched = []
+    for short in available:
+        if short not in infos:
+            continue
+        b = infos[short]
+        text = " ".join([b.group, b.stages, b.block, b.token_mixer, b.model]).lower().replace("-", " ")
+        if all(w in text or (w.endswith("s") and w[:-1] in text) for w in words):
+            matched.append(short)
+    if not matched:
+        try:
+            BACKBONES.get(query)
+        except UnknownNameError as err:
+            groups = sorted({b.group for b in infos.values()})
+            raise ValueError(f"{query!r} is neither a backbone nor a design family with results: "
+                             f"{err}; families: {', '.join(groups)}") from None
+    return matched, f"backbones matching the design words {words}"
+
+
+def recommend(results: pd.DataFrame, query: str, failure_rule: str = "fitted", gamma: float | None = None,
+              settings: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
+    """Ranked optimizers for ``query`` and a sentence naming the evidence.
+
+    Columns: optimizer, expected_gap (mean points below the best), gap_std, failure_risk (0-1),
+    backbones (how many), and lr / weight_decay (the usual setting: the mode over the evidence
+    backbones in ``settings`` when given, else the zoo's grid centre).
+    """
+    from bocb.analysis.failure import rule
+
+    frame = load_results(results)
+    flags = flag(frame, rule(failure_rule, gamma))
+    chosen, why = evidence_backbones(query, list(dict.fromkeys(flags["backbone"])))
+    part = flags[flags["backbone"].isin(chosen)].copy()
+    part["gap"] = part.groupby("backbone")["top1"].transform("max") - part["top1"]
+    out = part.groupby("optimizer", sort=False).agg(
+        expected_gap=("gap", "mean"), gap_std=("gap", "std"), failure_risk=("flagged", "mean"),
+        backbones=("backbone", "nunique"),
+    ).reset_index()
+    out["gap_std"] = out["gap_std"].fillna(0.0)
+    lr, wd = [], []
+    for opt in out["optimizer"]:
+        usual = None
+        if settings is not None:
+            rows = settings[(settings["optimizer"] == opt) & settings["backbone"].isin(chosen)]
+            if len(rows):
+                usual = (rows["lr"].mode().iloc[0], rows["weight_decay"].mode().iloc[0])
+        if usual is None:
+            try:
+                from bocb.optim import get_optimizer_info
+
+                info = get_optimizer_info(opt)
+                usual = (info.lr, info.weight_decay)
+            except KeyError:
+                usual = (float("nan"), float("nan"))
+        lr.append(usual[0])
+        wd.append(usual[1])
+    out["lr"], out["weight_decay"] = lr, wd
+    out = out.sort_values(["failure_risk", "expected_gap"]).reset_index(drop=True)
+    evidence = f"{why}: {', '.join(chosen)} ({len(chosen)} backbone{'s' if len(chosen) != 1 else ''})"
+    return out, evidence
