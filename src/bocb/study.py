@@ -128,6 +128,14 @@ def _choice(where: str, value: str, choices: dict[str, Any] | list[str]) -> str:
     return value
 
 
+def _known(place: str, lookup: Any, name: str) -> None:
+    """Registry lookup whose miss becomes a StudyError naming the place and the close choices."""
+    try:
+        lookup(name)
+    except UnknownNameError as exc:
+        raise StudyError(f"{place}.name: {exc}") from None
+
+
 def _entries(where: str, raw: list[Any], schema: dict[str, Any]) -> list[dict[str, Any]]:
     if not raw:
         raise StudyError(f"{where}: empty list: a study needs at least one entry")
@@ -181,10 +189,7 @@ def load_study(path: str | Path) -> Study:
     backbones = _entries(f"{where} backbones", raw["backbones"], _BACKBONE_KEYS)
     for i, b in enumerate(backbones, 1):
         place = f"{where} backbones[{i}]"
-        try:
-            get_backbone_info(b["name"])
-        except UnknownNameError as exc:
-            raise StudyError(f"{place}.name: {exc}") from None
+        _known(place, get_backbone_info, b["name"])
         if "policy" in b:
             _choice(f"{place}.policy", b["policy"], POLICIES)
         if "scale" in b:
@@ -194,10 +199,7 @@ def load_study(path: str | Path) -> Study:
     optimizers = _entries(f"{where} optimizers", raw["optimizers"], _OPTIMIZER_KEYS)
     for i, o in enumerate(optimizers, 1):
         place = f"{where} optimizers[{i}]"
-        try:
-            get_optimizer_info(o["name"])
-        except UnknownNameError as exc:
-            raise StudyError(f"{place}.name: {exc}") from None
+        _known(place, get_optimizer_info, o["name"])
         for key in ("lr", "weight_decay"):
             if key in o:
                 o[key] = _values(f"{place}.{key}", o[key])

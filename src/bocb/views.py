@@ -14,10 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bocb import paper
-from bocb.optim import get_optimizer_info, list_optimizers, resolve_optimizer
+from bocb.optim import OPTIMIZERS, get_optimizer_info, list_optimizers, resolve_optimizer
 from bocb.registry import UnknownNameError
 from bocb.zoo import BACKBONES, count_params, list_backbones, resolve_backbone
-from bocb.optim import OPTIMIZERS
 
 # Parameter counts in the listing are for the study's setting: CIFAR-100 head, default policy.
 LISTING_CLASSES = 100
