@@ -6,9 +6,5 @@ from bocb.store.sqlite import SCHEMA_VERSION, SQLiteStore, StoreVersionError
 DEFAULT_STORE = "bocb-results/store.sqlite"  # relative to the working directory; `make demo` uses it
 
 
-def open_store(path: str) -> SQLiteStore:
-    return SQLiteStore(path)
-
-
 __all__ = ["DEFAULT_STORE", "FINAL", "SCHEMA_VERSION", "STATUSES", "SQLiteStore", "Store",
-           "StoreVersionError", "open_store"]
+           "StoreVersionError"]

@@ -241,10 +241,6 @@ class SQLiteStore(Store):
         row = self._db.execute("SELECT record FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
         return json.loads(row["record"]) if row and row["record"] else None
 
-    def spec(self, trial_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT spec FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
-        return json.loads(row["spec"]) if row else None
-
     def epochs(self, trial_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM epochs WHERE trial_id=? ORDER BY epoch", (trial_id,))
         return [dict(r) for r in rows]
