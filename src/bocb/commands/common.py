@@ -54,3 +54,12 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def open_existing_store(path: str):
+    """The store at ``path`` for reading commands; a missing file is an error, not a new store."""
+    from bocb.store import SQLiteStore
+
+    if not Path(path).exists():
+        raise ValueError(f"no store at {path}: run a study first (bocb run STUDY.toml --store {path})")
+    return SQLiteStore(path)

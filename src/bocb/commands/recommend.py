@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
         settings = paper.best_hparams()
     if args.evidence in ("store", "both"):
         from bocb.analysis.from_store import results_frame
-        from bocb.commands.status import _open
+        from bocb.commands.common import open_existing_store
 
-        with _open(args.store) as store:
+        with open_existing_store(args.store) as store:
             mine = results_frame(store, None)
         # The paper's cells and a study's trials are different experiments: keep them apart.
         mine = mine.assign(backbone=mine["backbone"] + (" (yours)" if args.evidence == "both" else ""))

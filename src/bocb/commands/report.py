@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 def _from_store(args: argparse.Namespace, today: str):
     from bocb.analysis.from_store import excluded, results_frame
     from bocb.analysis.robustness import best_settings
-    from bocb.commands.status import _open
+    from bocb.commands.common import open_existing_store
     from bocb.provenance import code_version
     from bocb.report import Section, Table, Text
 
@@ -63,7 +63,7 @@ def _from_store(args: argparse.Namespace, today: str):
         from bocb.study import load_study
 
         study = load_study(args.study)
-    with _open(args.store) as store:
+    with open_existing_store(args.store) as store:
         study_id = study.study_id if study else None
         results = results_frame(store, study_id, metric=args.metric)
         left_out = excluded(store, study_id)

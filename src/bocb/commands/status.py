@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bocb.commands.common import add_data_args, data_dirs, default_cache_dir
+from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, open_existing_store
 from bocb.store import DEFAULT_STORE, STATUSES
 
 # Effective training throughput used for the plan's time estimate, from a measurement: a CIFAR
@@ -40,14 +40,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=export)
 
 
-def _open(path: str):
-    from bocb.store import SQLiteStore
-
-    if not Path(path).exists():
-        raise ValueError(f"no store at {path}: run a study first (bocb run STUDY.toml --store {path})")
-    return SQLiteStore(path)
-
-
 def _study_id(path: Path | None) -> tuple[str | None, str | None]:
     if path is None:
         return None, None
@@ -59,7 +51,7 @@ def _study_id(path: Path | None) -> tuple[str | None, str | None]:
 
 def status(args: argparse.Namespace) -> int:
     study_id, name = _study_id(args.study)
-    with _open(args.store) as store:
+    with open_existing_store(args.store) as store:
         counts = store.counts(study_id)
     if args.json:
         print(json.dumps({"study": name, "study_id": study_id, **counts}))
@@ -81,7 +73,7 @@ def plan(args: argparse.Namespace) -> int:
     study = prepared.study
     done: dict[str, str] = {}
     if Path(args.store).exists():
-        with _open(args.store) as store:
+        with open_existing_store(args.store) as store:
             done = {r["trial_id"]: r["status"] for r in store.trials()}
     flops = 0.0
     per_backbone: dict[str, list[float]] = {}
@@ -115,7 +107,7 @@ def export(args: argparse.Namespace) -> int:
     import pandas as pd
 
     study_id, _ = _study_id(args.study)
-    with _open(args.store) as store:
+    with open_existing_store(args.store) as store:
         rows = store.trials(study_id)
     frame = pd.DataFrame(rows)
     if args.format == "parquet":

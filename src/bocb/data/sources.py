@@ -16,7 +16,7 @@ This module holds :func:`parse_data_arg` (the CLI's ``--data`` text to a spec, d
 from a path), the locating of data (CIFAR in data dirs, the cache dir, or by download) and
 :func:`load_dataset`, which picks a reader and, with a ``cache_dir``, caches the decoded dataset
 (:mod:`bocb.data.cache`). The value types are in :mod:`bocb.data.types`; the per-kind readers and
-image decoding in :mod:`bocb.data.readers`. The public names of both are re-exported here.
+image decoding in :mod:`bocb.data.readers`. Import them from :mod:`bocb.data`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from bocb.data.cache import cache_path, fingerprint, read_cache, write_cache
 from bocb.data.readers import (
     _CIFAR,
     _CIFAR_TITLES,
-    IMAGE_EXTENSIONS,
     _Plan,
     _cifar_files,
     _cifar_plan,
@@ -39,7 +38,6 @@ from bocb.data.readers import (
     _parquet_dirs,
     _parquet_plan,
     _parquet_plan_at,
-    decode_images,
 )
 from bocb.data.types import (
     DATA_KINDS,
@@ -50,18 +48,7 @@ from bocb.data.types import (
     UnknownDataKindError,
 )
 
-__all__ = [
-    "DATA_KINDS",
-    "IMAGE_EXTENSIONS",
-    "DataNotFoundError",
-    "Dataset",
-    "DatasetSpec",
-    "ImageSet",
-    "UnknownDataKindError",
-    "decode_images",
-    "load_dataset",
-    "parse_data_arg",
-]
+__all__ = ["load_dataset", "parse_data_arg"]
 
 
 # -- the CLI's --data argument -------------------------------------------------------------------
