@@ -114,7 +114,7 @@ def test_schema_version_mismatch_names_both_versions(path):
     db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     db.commit()
     db.close()
-    with pytest.raises(StoreVersionError, match="v99.*v1"):
+    with pytest.raises(StoreVersionError, match="v99.*v2"):
         SQLiteStore(path)
 
 

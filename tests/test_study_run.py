@@ -122,7 +122,10 @@ def test_run_twice_runs_nothing_new_and_one_new_knob_runs_only_that(tmp_path, ca
     assert "1 new" in third.stdout and _last_json(third.stdout)["done"] == 3
     with SQLiteStore(store) as s:
         after = {r["trial_id"]: r["finished"] for r in s.trials()}
+        # Weight diagnostics: every trial's final weights, and the backbone's init once.
+        sources = sorted(x["source"] for x in s.snapshots(load_study(path).study_id) if x["error"] is None)
     assert all(after[t] == before[t] for t in before)  # nothing re-run
+    assert sources == ["final", "final", "final", "init"]
     status = _bocb("status", path, "--store", store, "--json", cache=cache)
     counts = _last_json(status.stdout)
     assert counts["done"] == 3 and counts["total"] == 3 and counts["study"] == "twice"

@@ -38,7 +38,7 @@ from bocb.data.augment import BatchAugment
 from bocb.optim import Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
 from bocb.spec import TrialSpec
-from bocb.zoo import build_backbone
+from bocb.zoo import init_backbone
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -129,6 +129,7 @@ def _train(
     recipe = spec.recipe
     record.update(device=device_info(device), precision=precision, compile=options.compile)
     _seed_all(spec.seed, device)
+    model = init_backbone(spec.backbone, spec.seed)  # first, so its init depends on the seed alone
 
     # --- data: class-balanced subsets for reduced tiers, then the whole set on the device -----
     train = dataset.train.subset(recipe.train_per_class, seed=spec.seed)
@@ -148,7 +149,7 @@ def _train(
     augment = BatchAugment(aug_cfg, dataset.num_classes, device)
 
     # --- model ---------------------------------------------------------------------------------
-    model = build_backbone(spec.backbone).to(device)
+    model = model.to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     record["params"] = sum(p.numel() for p in model.parameters())
@@ -287,7 +288,9 @@ def _train(
     images = sum(r["images"] for r in record["epochs"])
     record["train_images_per_second"] = round(images / seconds["train"], 1) if seconds["train"] else None
     if work and record["status"] in ("done", "diverged"):
-        checkpoint.save_weights(work / FINAL_WEIGHTS, model, metadata={"trial_id": spec.trial_id})
+        # The spec travels in the file's metadata, so `bocb diagnose --checkpoint` needs nothing else.
+        checkpoint.save_weights(work / FINAL_WEIGHTS, model,
+                                metadata={"trial_id": spec.trial_id, "spec": spec.to_json()})
         record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
 
 

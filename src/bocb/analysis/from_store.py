@@ -18,6 +18,10 @@ from typing import Any, Literal
 import pandas as pd
 
 COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id"]
+METRICS = ["alpha", "alpha_status", "n_eig", "n_tail", "xmin", "entropy", "l2", "pca_energy", "log_norm",
+           "log_spectral_norm", "stable_rank", "alpha_weighted"]
+WEIGHT_COLUMNS = ["snapshot_id", "source", "backbone", "optimizer", "lr", "weight_decay", "seed", "status",
+                  "trial_id", "layer_index", "layer", "kind", "rows", "cols", *METRICS]
 
 
 def results_frame(store: Any, study_id: str | None, metric: Literal["final", "best"] = "final") -> pd.DataFrame:
@@ -51,3 +55,41 @@ def excluded(store: Any, study_id: str | None) -> pd.DataFrame:
         for t in store.trials(study_id) if t["status"] not in ("done", "diverged")
     ]
     return pd.DataFrame(rows, columns=["trial_id", "backbone", "optimizer", "status", "reason"])
+
+
+def weights_frame(store: Any, study_id: str | None) -> pd.DataFrame:
+    """The study's weight diagnostics, one row per (snapshot, layer): :data:`WEIGHT_COLUMNS`.
+
+    ``source`` is ``final`` (a trial's final weights; ``optimizer``, ``lr``, ``weight_decay``,
+    ``seed``, ``status`` and ``trial_id`` are the trial's) or ``init`` (the backbone's random
+    initialisation; ``optimizer`` is ``"init"`` and the trial fields are empty). ``layer_index``
+    counts a snapshot's Linear/Conv2d layers from the input side. Snapshots whose measurement
+    failed have no rows (:func:`snapshot_errors` lists them). Missing metrics (a fit that did not
+    succeed) are NaN. Empty frame when nothing was measured.
+    """
+    snaps = [s for s in store.snapshots(study_id) if s["error"] is None]
+    layers = pd.DataFrame(store.layer_metrics([s["snapshot_id"] for s in snaps]))
+    if layers.empty:
+        return pd.DataFrame(columns=WEIGHT_COLUMNS)
+    trials = {t["trial_id"]: t for t in store.trials(study_id)}
+    info = []
+    for s in snaps:
+        t = trials.get(s["trial_id"]) or {}
+        info.append({
+            "snapshot_id": s["snapshot_id"], "source": s["source"], "backbone": s["backbone"],
+            "optimizer": t.get("optimizer", "init") if s["source"] == "final" else "init",
+            "lr": t.get("lr"), "weight_decay": t.get("weight_decay"), "seed": s["seed"],
+            "status": t.get("status"), "trial_id": s["trial_id"],
+        })
+    frame = pd.DataFrame(info).merge(layers, on="snapshot_id", how="inner")
+    for column in METRICS:
+        if column != "alpha_status":
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    return frame[WEIGHT_COLUMNS].reset_index(drop=True)
+
+
+def snapshot_errors(store: Any, study_id: str | None) -> pd.DataFrame:
+    """Snapshots whose measurement failed, with the error."""
+    rows = [{"snapshot_id": s["snapshot_id"], "source": s["source"], "backbone": s["backbone"],
+             "error": s["error"]} for s in store.snapshots(study_id) if s["error"] is not None]
+    return pd.DataFrame(rows, columns=["snapshot_id", "source", "backbone", "error"])

@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]stopped: running trials were handed back and resume on the next run[/]")
         return 130
+    # Random-init snapshots (and any final weights not yet measured), once per study.
+    from bocb.commands.diagnose import diagnose_study
+
+    diagnose_study(store, study.study_id, workers=args.slots, console=console)
     counts = store.counts(study.study_id)
     console.print(_results_table(store, study.study_id))
     print(json.dumps({"study": study.name, "study_id": study.study_id, **counts}), flush=True)

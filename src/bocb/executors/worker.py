@@ -1,5 +1,8 @@
 """What an executor runs for one trial, in whatever process it chose: data, trial, record.
 
+After a trial that kept its final weights, the worker measures them (weight diagnostics, one BLAS
+thread) and hands the snapshot back inside the record; the runner stores both at once.
+
 Kept apart from the executors so the local process pool and Ray run exactly the same code.
 Datasets are loaded once per worker process and reused across its trials.
 """
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bocb.data import Dataset, DatasetSpec, load_dataset
+from bocb.diagnostics.snapshot import final_snapshot
 from bocb.spec import TrialSpec
 from bocb.trial import Progress, RunOptions, run_trial
 
@@ -59,4 +63,8 @@ def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None 
     except Exception as exc:  # noqa: BLE001 - a trial that cannot load its data is a failed trial
         return {"trial_id": spec.trial_id, "spec": spec_dict, "status": "failed",
                 "error": f"{type(exc).__name__}: {exc}", "epochs": []}
-    return run_trial(spec, dataset, options, progress)
+    record = run_trial(spec, dataset, options, progress)
+    weights = (record.get("artifacts") or {}).get("final_weights")
+    if weights:
+        record["diagnostics"] = final_snapshot(spec.trial_id, weights, spec_dict)
+    return record

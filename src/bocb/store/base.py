@@ -12,6 +12,10 @@ rows and its artifact paths. Runners take work with a claim/lease protocol:
 - :meth:`Store.finish` stores the result record if the runner still holds the lease.
 - :meth:`Store.release` hands an unfinished trial back (``pending``) when a runner stops cleanly.
 
+Weight diagnostics (issue 6) are stored per *snapshot*: a trial's final weights (``snapshot_id`` =
+its ``trial_id``) or a backbone's random initialisation for a study (``init:<hash>``), each with
+one row of metrics per layer.
+
 Statuses: ``pending``, ``running``, ``done``, ``diverged``, ``failed``, ``skipped`` (a declared
 combination that cannot run, with its reason). Only ``done`` and ``diverged`` are final;
 ``failed`` trials are retried on request (:meth:`Store.retry_failed`).
@@ -83,6 +87,18 @@ class Store(ABC):
     @abstractmethod
     def retry_failed(self, study_id: str | None = None) -> int:
         """Turn ``failed`` trials back into ``pending``; returns how many."""
+
+    @abstractmethod
+    def put_snapshot(self, snapshot: dict[str, Any], study_id: str | None = None) -> None:
+        """Store (or replace) one snapshot's per-layer weight metrics; link it to ``study_id``."""
+
+    @abstractmethod
+    def snapshots(self, study_id: str | None = None) -> list[dict[str, Any]]:
+        """Snapshots of the study's trials plus those linked to the study (all when None)."""
+
+    @abstractmethod
+    def layer_metrics(self, snapshot_ids: list[str]) -> list[dict[str, Any]]:
+        """Per-layer metric rows of the snapshots, in order."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -14,9 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bocb.store.base import FINAL, STATUSES, Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# v2 added the weight-diagnostics tables (snapshots, layer_metrics, study_snapshots). The change is
+# additive, so a v1 file is upgraded in place when opened (its tables are created empty).
+_UPGRADABLE = {1}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,7 +52,27 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS artifacts (
     trial_id TEXT NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (trial_id, kind)
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    snapshot_id TEXT PRIMARY KEY, trial_id TEXT, source TEXT NOT NULL, backbone TEXT NOT NULL,
+    seed INTEGER, path TEXT, settings TEXT NOT NULL, seconds REAL, error TEXT, created REAL
+);
+CREATE TABLE IF NOT EXISTS layer_metrics (
+    snapshot_id TEXT NOT NULL, layer_index INTEGER NOT NULL, layer TEXT NOT NULL, kind TEXT,
+    rows INTEGER, cols INTEGER, n_eig INTEGER, alpha REAL, alpha_status TEXT, n_tail INTEGER,
+    xmin REAL, entropy REAL, l2 REAL, pca_energy REAL, log_norm REAL, log_spectral_norm REAL,
+    stable_rank REAL, alpha_weighted REAL,
+    PRIMARY KEY (snapshot_id, layer_index)
+);
+CREATE TABLE IF NOT EXISTS study_snapshots (
+    study_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, PRIMARY KEY (study_id, snapshot_id)
+);
 """
+
+# Per-layer metric columns in the order of bocb.diagnostics.COLUMNS, shape split into rows/cols.
+_LAYER_COLUMNS = (
+    "layer", "kind", "rows", "cols", "n_eig", "alpha", "alpha_status", "n_tail", "xmin", "entropy",
+    "l2", "pca_energy", "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted",
+)  # fmt: skip
 
 _SUMMARY = (
     "trial_id, status, backbone, optimizer, category, lr, weight_decay, seed, recipe, tier, "
@@ -80,6 +105,8 @@ class SQLiteStore(Store):
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) in _UPGRADABLE:
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreVersionError(
                     f"{self.path} has store schema v{row[0]}, this bocb reads v{SCHEMA_VERSION}: "
@@ -169,6 +196,10 @@ class SQLiteStore(Store):
             raise ValueError(f"cannot finish trial {trial_id} with status {status!r}")
         seconds = record.get("seconds", {})
         device = record.get("device", {})
+        # The final weights' per-layer metrics go to their own table; the record keeps a summary.
+        diagnostics = record.get("diagnostics")
+        if diagnostics is not None:
+            record = {**record, "diagnostics": {k: v for k, v in diagnostics.items() if k != "layers"}}
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE trials SET status=?, final_top1=?, best_top1=?, best_epoch=?, diverged_epoch=?, "
@@ -195,6 +226,8 @@ class SQLiteStore(Store):
             )
             for kind, path in (record.get("artifacts") or {}).items():
                 db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (trial_id, kind, path))
+            if diagnostics is not None:
+                self._put_snapshot(db, diagnostics)
         return True
 
     def release(self, trial_id: str, runner: str) -> None:
@@ -208,6 +241,60 @@ class SQLiteStore(Store):
     def set_artifact(self, trial_id: str, kind: str, path: str) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (trial_id, kind, path))
+
+    # -- weight diagnostics -----------------------------------------------------------------------
+    def put_snapshot(self, snapshot: dict[str, Any], study_id: str | None = None) -> None:
+        """Store one model snapshot's per-layer metrics, replacing an earlier computation.
+
+        ``snapshot``: ``snapshot_id``, ``source`` (``final`` | ``init``), ``backbone``, ``layers``
+        (rows with the columns of :data:`bocb.diagnostics.COLUMNS`), and optionally ``trial_id``,
+        ``seed``, ``path``, ``settings``, ``seconds``, ``error``. ``study_id`` links the snapshot
+        to a study (random-init snapshots belong to studies, final ones to their trials).
+        """
+        with self._tx() as db:
+            self._put_snapshot(db, snapshot)
+            if study_id is not None:
+                db.execute("INSERT OR IGNORE INTO study_snapshots VALUES (?, ?)", (study_id, snapshot["snapshot_id"]))
+
+    @staticmethod
+    def _put_snapshot(db: sqlite3.Connection, snap: dict[str, Any]) -> None:
+        sid = snap["snapshot_id"]
+        db.execute(
+            "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sid, snap.get("trial_id"), snap["source"], snap["backbone"], snap.get("seed"), snap.get("path"),
+             json.dumps(snap.get("settings", {}), sort_keys=True), snap.get("seconds"), snap.get("error"),
+             time.time()),
+        )
+        db.execute("DELETE FROM layer_metrics WHERE snapshot_id=?", (sid,))
+        rows = []
+        for index, layer in enumerate(snap.get("layers") or []):
+            rows_, cols = layer["shape"]
+            values = {**layer, "rows": rows_, "cols": cols}
+            rows.append((sid, index, *(_real(values[c]) for c in _LAYER_COLUMNS)))
+        marks = ", ".join("?" * (2 + len(_LAYER_COLUMNS)))
+        db.executemany(f"INSERT INTO layer_metrics (snapshot_id, layer_index, {', '.join(_LAYER_COLUMNS)}) "
+                       f"VALUES ({marks})", rows)
+
+    def snapshots(self, study_id: str | None = None) -> list[dict[str, Any]]:
+        """Snapshots of the study's trials and the study's own (random-init) ones; all if None."""
+        if study_id is None:
+            rows = self._db.execute("SELECT * FROM snapshots ORDER BY rowid")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM snapshots WHERE trial_id IN (SELECT trial_id FROM study_trials WHERE study_id=?) "
+                "OR snapshot_id IN (SELECT snapshot_id FROM study_snapshots WHERE study_id=?) ORDER BY rowid",
+                (study_id, study_id),
+            )
+        return [{**dict(r), "settings": json.loads(r["settings"])} for r in rows]
+
+    def layer_metrics(self, snapshot_ids: list[str]) -> list[dict[str, Any]]:
+        """Per-layer rows of the given snapshots, in snapshot then layer order."""
+        out: list[dict[str, Any]] = []
+        for sid in snapshot_ids:
+            rows = self._db.execute(
+                "SELECT * FROM layer_metrics WHERE snapshot_id=? ORDER BY layer_index", (sid,))
+            out.extend(dict(r) for r in rows)
+        return out
 
     def retry_failed(self, study_id: str | None = None) -> int:
         scope, args = ("", ()) if study_id is None else (
@@ -261,6 +348,15 @@ class SQLiteStore(Store):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _real(value: Any) -> Any:
+    """NaN as NULL (SQLite has no NaN); numpy scalars as Python numbers."""
+    if isinstance(value, float | np.floating):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _summary_fields(spec: dict[str, Any]) -> tuple[Any, ...]:

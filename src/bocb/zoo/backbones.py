@@ -226,6 +226,16 @@ def build_backbone(spec: BackboneSpec | str, **kwargs: Any) -> nn.Module:
     return info.builder(spec.num_classes, spec.policy, spec.scale, spec.drop_path_rate)
 
 
+def init_backbone(spec: BackboneSpec, seed: int) -> nn.Module:
+    """The randomly initialised network a trial with ``seed`` starts from (on the CPU).
+
+    Seeds torch's global RNG with ``seed`` and builds: the trainer and the weight diagnostics'
+    random-init snapshot both call this, so the snapshot is exactly the trials' starting point.
+    """
+    torch.manual_seed(seed)
+    return build_backbone(spec)
+
+
 def count_params(spec: BackboneSpec) -> int:
     """Parameter count without allocating memory (built on the meta device where possible)."""
     try:

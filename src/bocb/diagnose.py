@@ -1,0 +1,100 @@
+"""Weight diagnostics for a study in the store: what is missing (or everything), in a process pool.
+
+Trials measure their own final weights when they finish (:mod:`bocb.executors.worker`); this module
+fills the rest: each backbone's random initialisation once per study (under the study's lowest
+seed), and final snapshots of trials finished before diagnostics existed or recomputed on request
+(``force``). Jobs run in ``workers`` spawned processes with one BLAS and one torch thread each
+(:mod:`bocb.diagnostics.snapshot`); with one worker, or one job, they run in this process. The
+calling process is the store's only writer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bocb.diagnostics.snapshot import final_snapshot, init_snapshot, init_snapshot_id
+from bocb.store import SQLiteStore
+from bocb.zoo import BackboneSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    """One snapshot to measure: a trial's final weights, or a backbone's initialisation."""
+
+    source: str  # final | init
+    snapshot_id: str
+    backbone: dict[str, Any]
+    seed: int
+    trial_id: str | None = None
+    path: str | None = None
+    spec: dict[str, Any] | None = None
+
+    def run(self) -> dict[str, Any]:
+        if self.source == "final":
+            return final_snapshot(self.trial_id, self.path, self.spec)
+        return init_snapshot(BackboneSpec.from_dict(self.backbone), self.seed)
+
+
+def plan(store: SQLiteStore, study_id: str, force: bool = False) -> list[Job]:
+    """The study's snapshots still to measure (all of them with ``force``), finals first."""
+    done = {s["snapshot_id"] for s in store.snapshots(study_id) if s["error"] is None} if not force else set()
+    jobs: list[Job] = []
+    inits: dict[str, Job] = {}
+    seed = min((t["seed"] for t in store.trials(study_id)), default=0)
+    for t in store.trials(study_id):
+        if t["status"] not in ("done", "diverged"):
+            continue
+        spec = store.record(t["trial_id"])["spec"]
+        path = store.artifacts(t["trial_id"]).get("final_weights")
+        if path and t["trial_id"] not in done:
+            jobs.append(Job("final", t["trial_id"], spec["backbone"], spec["seed"], t["trial_id"], path, spec))
+        init_id = init_snapshot_id(BackboneSpec.from_dict(spec["backbone"]), seed)
+        if init_id not in done and init_id not in inits:
+            inits[init_id] = Job("init", init_id, spec["backbone"], seed)
+    return jobs + list(inits.values())
+
+
+def _one_thread() -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)
+
+
+def _run(job: Job) -> dict[str, Any]:
+    return job.run()
+
+
+def run(store: SQLiteStore, study_id: str, jobs: list[Job], workers: int = 1,
+        on_done: Callable[[Job, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Measure ``jobs`` and store each snapshot as it arrives (random-init ones linked to the study)."""
+    results = []
+
+    def keep(job: Job, snap: dict[str, Any]) -> None:
+        store.put_snapshot(snap, study_id if job.source == "init" else None)
+        results.append(snap)
+        if on_done:
+            on_done(job, snap)
+
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            keep(job, job.run())
+        return results
+    ctx = mp.get_context("spawn")  # fork after torch/BLAS threads exist is unsafe
+    with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_one_thread) as pool:
+        futures = {pool.submit(_run, job): job for job in jobs}
+        for future in cf.as_completed(futures):
+            job = futures[future]
+            try:
+                snap = future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker (e.g. killed for memory) is recorded
+                snap = {"snapshot_id": job.snapshot_id, "source": job.source, "trial_id": job.trial_id,
+                        "backbone": job.backbone["short"], "seed": job.seed, "path": job.path,
+                        "layers": [], "error": f"{type(exc).__name__}: {exc}"}
+            keep(job, snap)
+    return results
