@@ -105,6 +105,7 @@ def test_store_upgrades_a_v1_file_and_keeps_nan_as_null(tmp_path):
     SQLiteStore(path).close()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE layer_metrics")
+    db.execute("ALTER TABLE trials DROP COLUMN pretrained")
     db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     db.commit()
     db.close()
@@ -115,6 +116,7 @@ def test_store_upgrades_a_v1_file_and_keeps_nan_as_null(tmp_path):
     with SQLiteStore(path) as store:
         version = store._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         assert version == "2"
+        assert store.trials() == []  # the upgraded trials table reads (with its new column)
         snap = {"snapshot_id": "init:x", "source": "init", "backbone": "R-18", "layers": [layer]}
         store.put_snapshot(snap, "study")
         store.put_snapshot({**snap, "layers": [layer, {**layer, "layer": "fc2"}]}, "study")  # replaces

@@ -11,6 +11,7 @@ leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -99,6 +100,37 @@ def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | 
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_pretrained(model: torch.nn.Module, path: Path, skip: str, sha256: str | None = None) -> None:
+    """Load a pre-trained state dict into ``model``, every tensor except those under ``skip.``.
+
+    ``skip`` is the module left as initialised (a fine-tuning trial's new classifier). Everything
+    else must match in name and shape; ``sha256`` (when given) must be the file's digest, so a
+    fine-tuning trial never silently starts from other weights than its id says.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"pre-trained weights not found: {path}")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise ValueError(f"pre-trained weights {path} changed since the study was planned (sha256 differs)")
+    state = {k: v for k, v in load_file(str(path), device="cpu").items() if not k.startswith(skip + ".")}
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip + ".")}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    misshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or misshaped:
+        example = (missing or unexpected or misshaped)[0]
+        raise ValueError(f"pre-trained weights {path} do not fit the network: {len(missing)} missing, "
+                         f"{len(unexpected)} unexpected, {len(misshaped)} misshaped tensors (e.g. {example!r})")
+    model.load_state_dict(state, strict=False)
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from bocb.commands import analyze, diagnose, recommend, report, run, status, train
+from bocb.commands import analyze, diagnose, recommend, report, run, status, train, transfer
 from bocb.registry import UnknownNameError
 
 # Commands implemented in bocb.commands (each: add_parser, run).
-COMMANDS = {"train": train, "run": run, "diagnose": diagnose, "analyze": analyze, "report": report,
-            "recommend": recommend}
+COMMANDS = {"train": train, "run": run, "transfer": transfer, "diagnose": diagnose, "analyze": analyze,
+            "report": report, "recommend": recommend}
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 Trials measure their own final weights when they finish (:mod:`bocb.executors.worker`); this module
 fills the rest: each backbone's random initialisation once per study (under the study's lowest
-seed), and final snapshots of trials finished before diagnostics existed or recomputed on request
+seed; not for fine-tuning trials, whose reference is their pre-trained model), and final snapshots of trials finished before diagnostics existed or recomputed on request
 (``force``). Jobs run in ``workers`` spawned processes with one BLAS and one torch thread each
 (:mod:`bocb.diagnostics.snapshot`); with one worker, or one job, they run in this process. The
 calling process is the store's only writer.
@@ -52,6 +52,8 @@ def plan(store: SQLiteStore, study_id: str, force: bool = False) -> list[Job]:
         path = store.artifacts(t["trial_id"]).get("final_weights")
         if path and t["trial_id"] not in done:
             jobs.append(Job("final", t["trial_id"], spec["backbone"], spec["seed"], t["trial_id"], path, spec))
+        if spec.get("pretrained"):
+            continue  # a fine-tuned model's reference is its pre-trained model, already measured
         init_id = init_snapshot_id(BackboneSpec.from_dict(spec["backbone"]), seed)
         if init_id not in done and init_id not in inits:
             inits[init_id] = Job("init", init_id, spec["backbone"], seed)

@@ -5,6 +5,11 @@ the resolved optimizer (every argument), the recipe at its budget tier, the data
 Its canonical JSON (sorted keys, no whitespace) hashes to the ``trial_id``, so the same choice
 always gets the same id and changing any knob gets a new one. Where and how fast it runs (device,
 precision, compile) is not part of it; the result records those.
+
+A fine-tuning trial (transfer, issue 7) is a TrialSpec with ``pretrained`` (:class:`Pretrained`:
+where its starting weights come from, the pre-training trial and optimizer, the weights' sha256)
+and ``finetune`` (``full`` or ``linear``). Both enter the id, except the weights file's path: a
+store moved to another disk keeps its ids. Specs without them serialise exactly as before.
 """
 
 from __future__ import annotations
@@ -20,6 +25,32 @@ from bocb.recipes import Recipe, default_hparams, get_recipe
 from bocb.zoo import BackboneSpec, get_backbone_info, resolve_backbone
 
 
+FINETUNE_MODES = {
+    "full": "every weight trains; the classifier is new",
+    "linear": "linear probe: only the new classifier trains; the backbone is frozen, BatchNorm in eval mode",
+}
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """The weights a fine-tuning trial starts from.
+
+    ``label`` names the pre-trained model in transfer tables (e.g. ``R-50 / LAMB``); ``optimizer``
+    is the pre-training optimizer's short name (``unknown`` for a foreign checkpoint); ``trial_id``
+    the pre-training trial when it came from a store; ``sha256`` the weights file's digest.
+    """
+
+    label: str
+    optimizer: str
+    sha256: str
+    path: str
+    trial_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "optimizer": self.optimizer, "sha256": self.sha256, "path": self.path,
+                "trial_id": self.trial_id}
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     backbone: BackboneSpec
@@ -27,31 +58,50 @@ class TrialSpec:
     recipe: Recipe
     data: DatasetSpec
     seed: int
+    pretrained: Pretrained | None = None
+    finetune: str | None = None  # FINETUNE_MODES; set exactly when pretrained is
+
+    def __post_init__(self) -> None:
+        if (self.pretrained is None) != (self.finetune is None):
+            raise ValueError("a fine-tuning trial needs both pretrained and finetune")
+        if self.finetune is not None and self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"unknown finetune mode {self.finetune!r}: valid: {', '.join(FINETUNE_MODES)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "backbone": self.backbone.to_dict(),
             "optimizer": self.optimizer.to_dict(),
             "recipe": self.recipe.to_dict(),
             "data": self.data.to_dict(),
             "seed": self.seed,
         }
+        if self.pretrained is not None:
+            out["pretrained"] = self.pretrained.to_dict()
+            out["finetune"] = self.finetune
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @property
     def trial_id(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        identity = self.to_dict()
+        if "pretrained" in identity:
+            identity["pretrained"] = {k: v for k, v in identity["pretrained"].items() if k != "path"}
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
+        pretrained = data.get("pretrained")
         return cls(
             backbone=BackboneSpec.from_dict(data["backbone"]),
             optimizer=OptimizerSpec.from_dict(data["optimizer"]),
             recipe=Recipe.from_dict(data["recipe"]),
             data=DatasetSpec(**data["data"]),
             seed=int(data["seed"]),
+            pretrained=Pretrained(**pretrained) if pretrained else None,
+            finetune=data.get("finetune"),
         )
 
 

@@ -10,7 +10,8 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     tuning = "fixed"             # grid | paper | fixed
     wd_policy = "no_decay_1d"    # or decay_all; one policy for the whole grid
     # optional budget overrides for every trial: epochs, batch_size, train_per_class,
-    # test_per_class; and run limits: time_limit_s, memory_limit_gb
+    # test_per_class; run limits: time_limit_s, memory_limit_gb; and classes = [0, 1, 2, 3, 4]
+    # to keep only those classes of the data (relabelled in that order)
 
     [[backbones]]                # or: backbones = ["R-50", "DeiT-S"]
     name = "R-50"
@@ -39,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ _STUDY_KEYS = {
     "name": str, "description": str, "data": str, "tier": str, "seeds": (list, int), "tuning": str,
     "wd_policy": str, "epochs": int, "batch_size": int, "train_per_class": int,
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
+    "classes": list,
 }
 _BACKBONE_KEYS = {"name": str, "policy": str, "scale": str, "recipe": str, "drop_path": (int, float)}
 _OPTIMIZER_KEYS = {"name": str, "lr": (list, int, float), "weight_decay": (list, int, float), "args": dict}
@@ -183,8 +185,10 @@ def load_study(path: str | Path) -> Study:
         raise StudyError(f"{where} [study].seeds: expected a count >= 1 or a non-empty list of integers")
     try:
         data = parse_data_arg(s.get("data", "sample"))
+        if "classes" in s:
+            data = replace(data, classes=tuple(s["classes"]))
     except ValueError as exc:
-        raise StudyError(f"{where} [study].data: {exc}") from None
+        raise StudyError(f"{where} [study].{'classes' if 'classes' in s else 'data'}: {exc}") from None
 
     backbones = _entries(f"{where} backbones", raw["backbones"], _BACKBONE_KEYS)
     for i, b in enumerate(backbones, 1):

@@ -38,7 +38,7 @@ from bocb.data.augment import BatchAugment
 from bocb.optim import Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
 from bocb.spec import TrialSpec
-from bocb.zoo import init_backbone
+from bocb.zoo import classifier_name, init_backbone
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -71,6 +71,20 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available: valid: auto, cpu")
     return torch.device(name)
+
+
+def starting_model(spec: TrialSpec) -> tuple[torch.nn.Module, str]:
+    """The network ``spec`` starts training from, on the CPU, and its classifier's name.
+
+    A pre-training trial starts from :func:`bocb.zoo.init_backbone` under its seed; a fine-tuning
+    trial from the same, then every pre-trained weight except the classifier, which stays new.
+    The weight diagnostics measure how far each layer moved from exactly this network.
+    """
+    model = init_backbone(spec.backbone, spec.seed)
+    head = classifier_name(model)
+    if spec.pretrained is not None:
+        checkpoint.load_pretrained(model, Path(spec.pretrained.path), skip=head, sha256=spec.pretrained.sha256)
+    return model, head
 
 
 def _seed_all(seed: int, device: torch.device) -> torch.Generator:
@@ -129,7 +143,10 @@ def _train(
     recipe = spec.recipe
     record.update(device=device_info(device), precision=precision, compile=options.compile)
     _seed_all(spec.seed, device)
-    model = init_backbone(spec.backbone, spec.seed)  # first, so its init depends on the seed alone
+    model, head = starting_model(spec)  # first, so its init depends on the seed alone
+    if spec.finetune == "linear":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(head + "."))
 
     # --- data: class-balanced subsets for reduced tiers, then the whole set on the device -----
     train = dataset.train.subset(recipe.train_per_class, seed=spec.seed)
@@ -207,7 +224,7 @@ def _train(
     epochs_this_run = 0
     for epoch in range(start_epoch, recipe.epochs):
         generator = _seed_all(_epoch_seed(spec.seed, epoch), device)
-        model.train()
+        _train_mode(model, head if spec.finetune == "linear" else None)
         stepper.train()
         order = torch.randperm(len(train), generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
@@ -292,6 +309,16 @@ def _train(
         checkpoint.save_weights(work / FINAL_WEIGHTS, model,
                                 metadata={"trial_id": spec.trial_id, "spec": spec.to_json()})
         record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
+
+
+def _train_mode(model: torch.nn.Module, only: str | None) -> None:
+    """Training mode for the whole model, or (linear probe) for the module ``only``: a frozen
+    backbone keeps its BatchNorm statistics and has no dropout / drop-path."""
+    if only is None:
+        model.train()
+    else:
+        model.eval()
+        model.get_submodule(only).train()
 
 
 def _row(epoch: int, train_loss: float, test: tuple[float, float, float] | None, lr: float,

@@ -19,9 +19,9 @@ import pandas as pd
 
 COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id"]
 METRICS = ["alpha", "alpha_status", "n_eig", "n_tail", "xmin", "entropy", "l2", "pca_energy", "log_norm",
-           "log_spectral_norm", "stable_rank", "alpha_weighted"]
+           "log_spectral_norm", "stable_rank", "alpha_weighted", "moved"]
 WEIGHT_COLUMNS = ["snapshot_id", "source", "backbone", "optimizer", "lr", "weight_decay", "seed", "status",
-                  "trial_id", "layer_index", "layer", "kind", "rows", "cols", *METRICS]
+                  "trial_id", "pretrained", "layer_index", "layer", "kind", "rows", "cols", *METRICS]
 
 
 def results_frame(store: Any, study_id: str | None, metric: Literal["final", "best"] = "final") -> pd.DataFrame:
@@ -47,6 +47,25 @@ def results_frame(store: Any, study_id: str | None, metric: Literal["final", "be
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def transfer_frame(store: Any, study_id: str, metric: Literal["final", "best"] = "final") -> pd.DataFrame:
+    """A transfer study's results as the analysis's frame, pre-train x fine-tune.
+
+    ``backbone`` is the pre-trained model's label (``"R-50 / LAMB"``), so every table and statistic
+    of the analysis reads "per pre-trained model"; ``optimizer`` is the fine-tuning optimizer.
+    Added: ``network`` (the backbone's short name) and ``pretrain_optimizer``. ``top1`` is the
+    trial's headline metric (top-1 % for classification, COCO box AP % for detection).
+    """
+    frame = results_frame(store, study_id, metric)
+    info = {t["trial_id"]: t for t in store.trials(study_id)}
+    labels = frame["trial_id"].map(lambda tid: info[tid]["pretrained"])
+    if labels.isna().any():
+        raise ValueError("not a transfer study: some trials have no pre-trained model")
+    pre_opt = {tid: (store.record(tid)["spec"]["pretrained"] or {}).get("optimizer") for tid in frame["trial_id"]}
+    frame = frame.assign(network=frame["backbone"], backbone=labels,
+                         pretrain_optimizer=frame["trial_id"].map(pre_opt))
+    return frame
+
+
 def excluded(store: Any, study_id: str | None) -> pd.DataFrame:
     """Trials that are not results (failed, pending, running, skipped), with their reason."""
     rows = [
@@ -57,17 +76,22 @@ def excluded(store: Any, study_id: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial_id", "backbone", "optimizer", "status", "reason"])
 
 
-def weights_frame(store: Any, study_id: str | None) -> pd.DataFrame:
+def weights_frame(store: Any, study_id: str | None, snapshot_ids: set[str] | None = None) -> pd.DataFrame:
     """The study's weight diagnostics, one row per (snapshot, layer): :data:`WEIGHT_COLUMNS`.
 
     ``source`` is ``final`` (a trial's final weights; ``optimizer``, ``lr``, ``weight_decay``,
     ``seed``, ``status`` and ``trial_id`` are the trial's) or ``init`` (the backbone's random
-    initialisation; ``optimizer`` is ``"init"`` and the trial fields are empty). ``layer_index``
+    initialisation; ``optimizer`` is ``"init"`` and the trial fields are empty). ``moved`` is the
+    layer's relative distance from the trial's starting weights (NaN for init). ``pretrained`` is a
+    fine-tuning trial's pre-trained model label (None otherwise). ``layer_index``
     counts a snapshot's Linear/Conv2d layers from the input side. Snapshots whose measurement
     failed have no rows (:func:`snapshot_errors` lists them). Missing metrics (a fit that did not
-    succeed) are NaN. Empty frame when nothing was measured.
+    succeed) are NaN. Empty frame when nothing was measured. ``snapshot_ids`` keeps only those
+    snapshots (with ``study_id=None``: from the whole store, e.g. a transfer study's pre-trained
+    models, which belong to another study).
     """
-    snaps = [s for s in store.snapshots(study_id) if s["error"] is None]
+    snaps = [s for s in store.snapshots(study_id) if s["error"] is None
+             and (snapshot_ids is None or s["snapshot_id"] in snapshot_ids)]
     layers = pd.DataFrame(store.layer_metrics([s["snapshot_id"] for s in snaps]))
     if layers.empty:
         return pd.DataFrame(columns=WEIGHT_COLUMNS)
@@ -79,7 +103,7 @@ def weights_frame(store: Any, study_id: str | None) -> pd.DataFrame:
             "snapshot_id": s["snapshot_id"], "source": s["source"], "backbone": s["backbone"],
             "optimizer": t.get("optimizer", "init") if s["source"] == "final" else "init",
             "lr": t.get("lr"), "weight_decay": t.get("weight_decay"), "seed": s["seed"],
-            "status": t.get("status"), "trial_id": s["trial_id"],
+            "status": t.get("status"), "trial_id": s["trial_id"], "pretrained": t.get("pretrained"),
         })
     frame = pd.DataFrame(info).merge(layers, on="snapshot_id", how="inner")
     for column in METRICS:

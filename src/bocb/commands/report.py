@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bocb.provenance import code_version
     from bocb.report import build_report
+    from bocb.transfer.study import is_transfer_file
 
     today = datetime.date.today().isoformat()
     if args.paper:
@@ -40,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         }
         title = "BOCB paper, CIFAR-100: backbone-optimizer coupling"
         extra = None
+    elif args.study is not None and is_transfer_file(args.study):
+        if args.gamma is None:
+            args.gamma = 3.0  # the paper's floor for its transfer table
+        results, hparams, name, provenance, title, extra = _from_transfer(args, today)
     else:
         results, hparams, name, provenance, title, extra = _from_store(args, today)
     out = args.out or Path("bocb-results") / f"report-{name}"
@@ -52,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_store(args: argparse.Namespace, today: str):
-    from bocb.analysis.from_store import excluded, results_frame
+    from bocb.analysis import rule
+    from bocb.analysis.from_store import excluded, results_frame, snapshot_errors, weights_frame
     from bocb.analysis.robustness import best_settings
     from bocb.commands.common import open_existing_store
     from bocb.provenance import code_version
@@ -67,6 +73,8 @@ def _from_store(args: argparse.Namespace, today: str):
         study_id = study.study_id if study else None
         results = results_frame(store, study_id, metric=args.metric)
         left_out = excluded(store, study_id)
+        weights = weights_frame(store, study_id)
+        weight_errors = snapshot_errors(store, study_id)
         versions = sorted({t["code_version"] for t in store.trials(study_id) if t["code_version"]})
     # Robustness needs a tuned grid: with one setting per pair there is nothing to measure.
     hparams = None
@@ -89,5 +97,66 @@ def _from_store(args: argparse.Namespace, today: str):
             (Text("Failed, pending, running or skipped trials are left out of every statistic above."),
              Table(left_out.set_index("trial_id").astype(str))),
         ))
+    from bocb.report.weights import weights_sections
+
+    extra.extend(weights_sections(results, weights, rule(args.rule, args.gamma), errors=weight_errors,
+                                  n_resamples=args.resamples))
     title = f"bocb study '{name}': backbone-optimizer coupling"
     return results, hparams, name, provenance, title, extra or None
+
+
+def _from_transfer(args: argparse.Namespace, today: str):
+    """A transfer study: the pre-train x fine-tune table (columns are pre-trained models)."""
+    from bocb.analysis import flag, rule
+    from bocb.analysis.from_store import excluded, snapshot_errors, transfer_frame, weights_frame
+    from bocb.analysis.robustness import best_settings
+    from bocb.commands.common import open_existing_store
+    from bocb.provenance import code_version
+    from bocb.report import Section, Table, Text
+    from bocb.report.transfer import transfer_section
+    from bocb.report.weights import weights_sections
+    from bocb.transfer.study import load_transfer
+
+    import pandas as pd
+
+    study = load_transfer(args.study)
+    with open_existing_store(args.store) as store:
+        results = transfer_frame(store, study.study_id, metric=args.metric)
+        left_out = excluded(store, study.study_id)
+        finetuned = weights_frame(store, study.study_id)
+        pre_ids = {t["pretrained"]: store.record(t["trial_id"])["spec"]["pretrained"]["trial_id"]
+                   for t in store.trials(study.study_id) if t["pretrained"] and t["status"] in ("done", "diverged")}
+        pretrained = weights_frame(store, None, snapshot_ids={i for i in pre_ids.values() if i})
+        weight_errors = snapshot_errors(store, study.study_id)
+        versions = sorted({t["code_version"] for t in store.trials(study.study_id) if t["code_version"]})
+    chosen = rule(args.rule, args.gamma)
+    flags = flag(results, chosen)
+    hparams = best_settings(results) if study.tuning == "grid" else None
+    provenance = {
+        "source": f"bocb store {args.store}",
+        "study": f"{study.name} ({study.study_id}), transfer ({study.task}"
+                 f"{', ' + study.finetune + ' fine-tuning' if study.task == 'classification' else ''}), "
+                 f"{study.tuning} tuning, tier {study.tier}, file {study.path}",
+        "trials": f"{len(results)} finished (done or diverged), {len(left_out)} not results",
+        "epoch": f"{args.metric}-epoch {'test top-1' if study.task == 'classification' else 'box AP'} per trial",
+        "code_version": f"report {code_version()}; trials {', '.join(versions) or 'unknown'}",
+        "date": today,
+    }
+    extra = [transfer_section(results, flags, chosen, finetuned, pretrained, pre_ids)]
+    if len(left_out):
+        extra.append(Section(
+            "Trials that are not results",
+            (Text("Failed, pending, running or skipped trials are left out of every statistic above."),
+             Table(left_out.set_index("trial_id").astype(str))),
+        ))
+    # Weight sections per pre-trained model (the table's columns). A fine-tuned model's reference is
+    # its pre-trained model, so that snapshot takes the place the random init has in a study report.
+    label_of = {sid: label for label, sid in pre_ids.items()}
+    reference = pretrained.assign(source="init", optimizer="init", pretrained=None,
+                                  backbone=pretrained["snapshot_id"].map(label_of))
+    relabelled = pd.concat([finetuned[finetuned["source"] == "final"].assign(backbone=lambda f: f["pretrained"]),
+                            reference], ignore_index=True)
+    extra.extend(weights_sections(results, relabelled, chosen, errors=weight_errors, n_resamples=args.resamples,
+                                  reference="pre-trained"))
+    title = f"bocb transfer study '{study.name}': pre-training x fine-tuning optimizers"
+    return results, hparams, study.name, provenance, title, extra

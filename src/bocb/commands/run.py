@@ -19,6 +19,11 @@ from bocb.store import DEFAULT_STORE
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a study file's trials into the store (resumable)")
     p.add_argument("study", type=Path, help="study file (TOML)")
+    add_run_args(p)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Where results go and how trials run: shared by ``bocb run`` and ``bocb transfer``."""
     p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite store (default: {DEFAULT_STORE})")
     p.add_argument("--artifacts", type=Path, help="checkpoints/weights (default: beside the store)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -34,16 +39,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bocb.commands.study_setup import prepare, register
+    from bocb.store import SQLiteStore
+
+    cache_dir = args.cache_dir or default_cache_dir()
+    prepared = prepare(args.study, cache_dir, data_dirs(), args.download)
+    store = SQLiteStore(args.store)
+    new = register(store, prepared)
+    return run_registered(args, store, prepared.study, new)
+
+
+def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
+    """Run a registered study's runnable trials with the live view, then measure missing snapshots.
+
+    ``study`` is a :class:`bocb.study.Study` or :class:`bocb.transfer.study.TransferStudy` (name,
+    study_id, time_limit_s, memory_limit_gb). Shared by ``bocb run`` and ``bocb transfer``.
+    """
+    from bocb.commands.diagnose import diagnose_study
     from bocb.executors.worker import WorkerConfig
     from bocb.runner import run_study
-    from bocb.store import SQLiteStore
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     cache_dir = args.cache_dir or default_cache_dir()
-    prepared = prepare(args.study, cache_dir, data_dirs(), args.download)
-    study = prepared.study
-    store = SQLiteStore(args.store)
-    new = register(store, prepared)
     if args.retry_failed:
         store.retry_failed(study.study_id)
     counts = store.counts(study.study_id)
@@ -68,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
         console.print("[yellow]stopped: running trials were handed back and resume on the next run[/]")
         return 130
     # Random-init snapshots (and any final weights not yet measured), once per study.
-    from bocb.commands.diagnose import diagnose_study
-
     diagnose_study(store, study.study_id, workers=args.slots, console=console)
     counts = store.counts(study.study_id)
     console.print(_results_table(store, study.study_id))
@@ -123,11 +137,15 @@ class _LiveView:
 
 
 def _results_table(store, study_id: str) -> Table:
-    table = Table(title="results (final / best test top-1 %)")
-    for col in ("backbone", "optimizer", "lr", "wd", "seed", "status", "final", "best"):
+    rows = store.trials(study_id)
+    transfer = any(r["pretrained"] for r in rows)
+    # A trial's headline metric: test top-1, or box AP for detection fine-tuning (final_top1 holds it).
+    table = Table(title="results (final / best: test top-1 %, box AP % for detection)")
+    for col in ("pre-trained" if transfer else "backbone", "optimizer", "lr", "wd", "seed", "status", "final", "best"):
         table.add_column(col)
-    for r in store.trials(study_id):
+    for r in rows:
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        table.add_row(r["backbone"], r["optimizer"], f"{r['lr']:g}", f"{r['weight_decay'] or 0:g}",
-                      str(r["seed"]), r["status"], fmt(r["final_top1"]), fmt(r["best_top1"]))
+        table.add_row(r["pretrained"] if transfer else r["backbone"], r["optimizer"], f"{r['lr']:g}",
+                      f"{r['weight_decay'] or 0:g}", str(r["seed"]), r["status"], fmt(r["final_top1"]),
+                      fmt(r["best_top1"]))
     return table

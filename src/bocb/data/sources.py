@@ -137,7 +137,7 @@ def load_dataset(spec: DatasetSpec, *, cache_dir: Path | None = None, data_dirs:
         splits = plan.read()
         if path is not None:
             write_cache(path, splits, fingerprint=fp, name=plan.name, source=plan.source)
-    return Dataset(
+    dataset = Dataset(
         name=plan.name,
         train=ImageSet(splits.train_images, splits.train_labels),
         test=ImageSet(splits.test_images, splits.test_labels),
@@ -145,6 +145,7 @@ def load_dataset(spec: DatasetSpec, *, cache_dir: Path | None = None, data_dirs:
         source=plan.source,
         fingerprint=fp,
     )
+    return dataset.select_classes(spec.classes) if spec.classes is not None else dataset
 
 
 def _plan(spec: DatasetSpec, *, cache_dir: Path | None, data_dirs: list[Path], download: bool) -> _Plan:

@@ -14,8 +14,10 @@ datasets into these types, with the readers of :mod:`bocb.data.readers`.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 
@@ -109,6 +111,15 @@ class ImageSet:
         index = torch.cat(picked).sort().values
         return ImageSet(self.images[index].contiguous(), self.labels[index])
 
+    def select(self, classes: tuple[int, ...]) -> ImageSet:
+        """The images of ``classes`` only, relabelled ``0..len(classes)-1`` in the order given."""
+        mapping = torch.full((int(self.labels.max()) + 1 if len(self) else 1,), -1, dtype=torch.int64)
+        for new, old in enumerate(classes):
+            if old < len(mapping):
+                mapping[old] = new
+        keep = mapping[self.labels] >= 0
+        return ImageSet(self.images[keep].contiguous(), mapping[self.labels[keep]])
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -118,13 +129,17 @@ class DatasetSpec:
     usual places" for cifar10/cifar100 (see :func:`load_dataset`), and is an error for parquet and
     folder; the bundled sample takes none. ``label_column`` (parquet only): default ``label``,
     else ``fine_label``. ``image_size`` (sample, parquet, folder): resize the shorter side to it
-    and centre-crop to square at load time, so images of different sizes stack.
+    and centre-crop to square at load time, so images of different sizes stack. ``classes``: keep
+    only these class indices, relabelled ``0..k-1`` in the order given (the transfer demo
+    pre-trains on CIFAR-10 classes 0-4 and fine-tunes on 5-9); None keeps all. A spec without
+    ``classes`` serialises without the key, so trial ids from before it existed stay the same.
     """
 
     kind: str
     root: str | None = None
     label_column: str | None = None
     image_size: int | None = None
+    classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
@@ -143,10 +158,21 @@ class DatasetSpec:
             if self.kind not in _DECODED_KINDS:
                 raise ValueError(f"image_size applies to the kinds that decode image files "
                                  f"({', '.join(_DECODED_KINDS)}), not {self.kind!r}")
+        if self.classes is not None:
+            classes = tuple(self.classes)
+            if (len(classes) < 2 or len(set(classes)) != len(classes)
+                    or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
+                raise ValueError(f"classes must be at least two distinct class indices >= 0, got {self.classes!r}")
+            object.__setattr__(self, "classes", classes)
 
-    def to_dict(self) -> dict[str, str | int | None]:
+    def to_dict(self) -> dict[str, Any]:
         """The spec as a JSON-serialisable dict; :meth:`from_dict` inverts it."""
-        return asdict(self)
+        out = asdict(self)
+        if self.classes is None:
+            del out["classes"]
+        else:
+            out["classes"] = list(self.classes)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> DatasetSpec:
@@ -187,6 +213,17 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def select_classes(self, classes: tuple[int, ...]) -> Dataset:
+        """This dataset restricted to ``classes`` (relabelled in that order); the fingerprint says so."""
+        bad = [c for c in classes if c >= self.num_classes]
+        if bad:
+            raise ValueError(f"dataset {self.name!r} has classes 0..{self.num_classes - 1}; asked for {bad}")
+        return Dataset(
+            name=f"{self.name}[{','.join(map(str, classes))}]", train=self.train.select(classes),
+            test=self.test.select(classes), classes=tuple(self.classes[c] for c in classes), source=self.source,
+            fingerprint=hashlib.sha256(f"{self.fingerprint}:classes={list(classes)}".encode()).hexdigest(),
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -1,5 +1,9 @@
 """Snapshots: one model's weights -> its per-layer metrics, with what produced them.
 
+Every final snapshot's layers also carry ``moved``: the relative Frobenius distance of the weight
+from the network the trial started from (:func:`bocb.trial.starting_model`: the random init for
+pre-training, the pre-trained weights for fine-tuning, where the classifier is new).
+
 A snapshot is either a trial's final weights (``source="final"``, ``snapshot_id`` = the trial's
 id, read from ``final.safetensors``) or a backbone's random initialisation (``source="init"``,
 ``snapshot_id`` = ``init:<hash of backbone spec and seed>``), built exactly as a trial with that
@@ -27,13 +31,14 @@ from safetensors.torch import load_file
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from bocb.diagnostics.metrics import DEFAULT_K, ENTROPY_BINS, MIN_TAIL, layer_metrics
+from bocb.diagnostics.metrics import DEFAULT_CONV, DEFAULT_K, ENTROPY_BINS, MIN_TAIL, layer_metrics
 from bocb.zoo import BackboneSpec, build_backbone, init_backbone
 
 
 def settings() -> dict[str, Any]:
     """What a snapshot's numbers depend on besides the weights (stored with every snapshot)."""
-    return {"k": DEFAULT_K, "entropy_bins": ENTROPY_BINS, "min_tail": MIN_TAIL, "conv": "reshape",
+    return {"k": DEFAULT_K, "entropy_bins": ENTROPY_BINS, "min_tail": MIN_TAIL, "conv": DEFAULT_CONV,
+            "ks": "one-sided (WeightWatcher, Clauset plfit)", "eigenvalues": "eigvalsh of the smaller Gram, svd fallback",
             "numpy": np.__version__}
 
 
@@ -68,25 +73,42 @@ def load_model(path: Path, backbone: BackboneSpec) -> nn.Module:
     return model
 
 
-def measure(model: nn.Module) -> tuple[list[dict[str, Any]], float]:
-    """Per-layer rows and the seconds they took, single-threaded (see the module doc)."""
+def moved(model: nn.Module, reference: nn.Module, layer: str) -> float:
+    """``||W - W0||_F / ||W0||_F`` of one layer's weight against the reference network's."""
+    w = model.get_submodule(layer).weight.detach().double()
+    w0 = reference.get_submodule(layer).weight.detach().double()
+    if w.shape != w0.shape:
+        return float("nan")
+    norm = float(torch.linalg.vector_norm(w0))
+    return float(torch.linalg.vector_norm(w - w0)) / norm if norm > 0 else float("nan")
+
+
+def measure(model: nn.Module, reference: nn.Module | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Per-layer rows and the seconds they took, single-threaded (see the module doc).
+
+    With ``reference`` (the network training started from) every row also gets ``moved``, the
+    relative Frobenius distance of the layer's weight from its starting value.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with threadpool_limits(limits=1):
             t0 = time.perf_counter()
-            frame = layer_metrics(model)
+            rows = layer_metrics(model).to_dict("records")
+            for row in rows:
+                row["moved"] = moved(model, reference, row["layer"]) if reference is not None else None
             seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
-    return frame.to_dict("records"), round(seconds, 3)
+    return rows, round(seconds, 3)
 
 
-def _snapshot(snapshot_id: str, source: str, backbone: BackboneSpec, build, **fields: Any) -> dict[str, Any]:
+def _snapshot(snapshot_id: str, source: str, backbone: BackboneSpec, build, reference=None,
+              **fields: Any) -> dict[str, Any]:
     snap: dict[str, Any] = {"snapshot_id": snapshot_id, "source": source, "backbone": backbone.short,
                             "settings": settings(), "layers": [], "error": None, "seconds": None, **fields}
     try:
-        snap["layers"], snap["seconds"] = measure(build())
+        snap["layers"], snap["seconds"] = measure(build(), reference() if reference else None)
     except Exception as exc:  # noqa: BLE001 - a snapshot that cannot be measured is recorded as such
         snap["error"] = f"{type(exc).__name__}: {exc}"
     return snap
@@ -98,8 +120,12 @@ def final_snapshot(trial_id: str, path: str | Path, spec: dict[str, Any] | None 
     spec = spec or read_spec(path)
     if spec is None:
         raise ValueError(f"{path} has no trial spec in its metadata: give the backbone to `bocb diagnose`")
+    from bocb.spec import TrialSpec
+    from bocb.trial import starting_model
+
     backbone = BackboneSpec.from_dict(spec["backbone"])
     return _snapshot(trial_id, "final", backbone, lambda: load_model(path, backbone),
+                     reference=lambda: starting_model(TrialSpec.from_dict(spec))[0],
                      trial_id=trial_id, seed=spec["seed"], path=str(path))
 
 

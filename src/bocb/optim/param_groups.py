@@ -21,6 +21,8 @@ from typing import Any
 from timm.optim._param_groups import param_groups_weight_decay
 from torch import nn
 
+from bocb.zoo.backbones import classifier_name
+
 POLICIES: dict[str, str] = {
     "no_decay_1d": "no decay for 1-D params (norms, biases, layer scales) and model.no_weight_decay()",
     "decay_all": "every parameter decayed",
@@ -41,16 +43,11 @@ def _model_no_weight_decay(model: nn.Module) -> set[str]:
 
 
 def _head_names(model: nn.Module) -> set[str]:
-    """Parameter names of the classifier: the last ``nn.Linear`` in module order.
-
-    Used only to route the head to Muon's AdamW fallback (Muon's authors keep the head and
-    embeddings on AdamW); every zoo model ends in a linear classifier.
-    """
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = name
-    if last is None:
+    """Parameter names of the classifier (:func:`bocb.zoo.classifier_name`), for Muon's AdamW
+    fallback: Muon's authors keep the head and embeddings on AdamW."""
+    try:
+        last = classifier_name(model)
+    except ValueError:
         return set()
     return {f"{last}.{p}" if last else p for p, _ in model.get_submodule(last).named_parameters()}
 

@@ -19,9 +19,10 @@ import numpy as np
 from bocb.store.base import FINAL, STATUSES, Store
 
 SCHEMA_VERSION = 2
-# v2 added the weight-diagnostics tables (snapshots, layer_metrics, study_snapshots). The change is
-# additive, so a v1 file is upgraded in place when opened (its tables are created empty).
-_UPGRADABLE = {1}
+# v2 added the weight-diagnostics tables (snapshots, layer_metrics, study_snapshots) and the trials'
+# `pretrained` column (a fine-tuning trial's pre-trained model). The change is additive, so a v1
+# file is upgraded in place when opened.
+_UPGRADES = {1: ("ALTER TABLE trials ADD COLUMN pretrained TEXT",)}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS studies (
 CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY, spec TEXT NOT NULL, status TEXT NOT NULL,
     backbone TEXT, optimizer TEXT, category TEXT, lr REAL, weight_decay REAL, seed INTEGER,
-    recipe TEXT, tier TEXT,
+    recipe TEXT, tier TEXT, pretrained TEXT,
     runner TEXT, lease_expires REAL, attempts INTEGER NOT NULL DEFAULT 0,
     final_top1 REAL, best_top1 REAL, best_epoch INTEGER, diverged_epoch INTEGER,
     error TEXT, skip_reason TEXT,
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS layer_metrics (
     snapshot_id TEXT NOT NULL, layer_index INTEGER NOT NULL, layer TEXT NOT NULL, kind TEXT,
     rows INTEGER, cols INTEGER, n_eig INTEGER, alpha REAL, alpha_status TEXT, n_tail INTEGER,
     xmin REAL, entropy REAL, l2 REAL, pca_energy REAL, log_norm REAL, log_spectral_norm REAL,
-    stable_rank REAL, alpha_weighted REAL,
+    stable_rank REAL, alpha_weighted REAL, moved REAL,
     PRIMARY KEY (snapshot_id, layer_index)
 );
 CREATE TABLE IF NOT EXISTS study_snapshots (
@@ -68,14 +69,15 @@ CREATE TABLE IF NOT EXISTS study_snapshots (
 );
 """
 
-# Per-layer metric columns in the order of bocb.diagnostics.COLUMNS, shape split into rows/cols.
+# Per-layer metric columns in the order of bocb.diagnostics.COLUMNS, shape split into rows/cols, and
+# `moved` (distance from the trial's starting weights; NULL for init snapshots).
 _LAYER_COLUMNS = (
     "layer", "kind", "rows", "cols", "n_eig", "alpha", "alpha_status", "n_tail", "xmin", "entropy",
-    "l2", "pca_energy", "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted",
+    "l2", "pca_energy", "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted", "moved",
 )  # fmt: skip
 
 _SUMMARY = (
-    "trial_id, status, backbone, optimizer, category, lr, weight_decay, seed, recipe, tier, "
+    "trial_id, status, backbone, optimizer, category, lr, weight_decay, seed, recipe, tier, pretrained, "
     "final_top1, best_top1, best_epoch, diverged_epoch, error, skip_reason, attempts, "
     "seconds_train, seconds_eval, seconds_wall, images_per_second, host, device, code_version, "
     "started, finished"
@@ -105,7 +107,9 @@ class SQLiteStore(Store):
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) in _UPGRADABLE:
+            elif int(row[0]) in _UPGRADES:
+                for statement in _UPGRADES[int(row[0])]:
+                    self._db.execute(statement)
                 self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreVersionError(
@@ -149,8 +153,8 @@ class SQLiteStore(Store):
             for trial_id, spec, status, reason in rows:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO trials (trial_id, spec, status, backbone, optimizer, category, "
-                    "lr, weight_decay, seed, recipe, tier, skip_reason, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "lr, weight_decay, seed, recipe, tier, pretrained, skip_reason, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (trial_id, json.dumps(spec, sort_keys=True), status, *_summary_fields(spec), reason, now),
                 )
                 new += cur.rowcount
@@ -270,7 +274,7 @@ class SQLiteStore(Store):
         for index, layer in enumerate(snap.get("layers") or []):
             rows_, cols = layer["shape"]
             values = {**layer, "rows": rows_, "cols": cols}
-            rows.append((sid, index, *(_real(values[c]) for c in _LAYER_COLUMNS)))
+            rows.append((sid, index, *(_real(values.get(c)) for c in _LAYER_COLUMNS)))
         marks = ", ".join("?" * (2 + len(_LAYER_COLUMNS)))
         db.executemany(f"INSERT INTO layer_metrics (snapshot_id, layer_index, {', '.join(_LAYER_COLUMNS)}) "
                        f"VALUES ({marks})", rows)
@@ -364,6 +368,7 @@ def _summary_fields(spec: dict[str, Any]) -> tuple[Any, ...]:
     return (
         spec["backbone"]["short"], opt["short"], opt["category"], opt["args"]["lr"],
         opt["args"].get("weight_decay"), spec["seed"], spec["recipe"]["name"], spec["recipe"]["tier"],
+        (spec.get("pretrained") or {}).get("label"),
     )
 
 

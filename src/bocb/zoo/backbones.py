@@ -226,6 +226,21 @@ def build_backbone(spec: BackboneSpec | str, **kwargs: Any) -> nn.Module:
     return info.builder(spec.num_classes, spec.policy, spec.scale, spec.drop_path_rate)
 
 
+def classifier_name(model: nn.Module) -> str:
+    """Qualified name of the classifier: the last ``nn.Linear`` in module order.
+
+    Every zoo model ends in a linear classifier; the optimizer's head routing (Muon) and
+    fine-tuning's new head both use this one rule.
+    """
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
+    return last
+
+
 def init_backbone(spec: BackboneSpec, seed: int) -> nn.Module:
     """The randomly initialised network a trial with ``seed`` starts from (on the CPU).
 

@@ -1,0 +1,356 @@
+"""Transfer study files: pre-trained models x fine-tuning optimizers x settings x seeds (issue 7).
+
+The paper's second finding (method.md section 9) is about the pre-train x fine-tune table: a
+backbone pre-trained with one optimizer, fine-tuned with another. A transfer study file declares
+that grid::
+
+    [study]
+    name = "transfer-demo"
+    task = "classification"       # or "detection"
+    data = "sample"               # classification: the downstream data (as `bocb train --data`)
+    classes = [5, 6, 7, 8, 9]     # optional: keep these classes (relabelled in this order)
+    finetune = "full"             # classification: full | linear (linear probe)
+    tier = "smoke"                # full | fast | smoke (classification recipes; detection below)
+    tuning = "fixed"              # grid | fixed (the paper's Tables A4/A5 are pre-training values)
+    seeds = [0]
+    # optional, as in study files: epochs, batch_size, train_per_class, test_per_class,
+    # wd_policy, time_limit_s, memory_limit_gb
+
+    [detection]                   # task = "detection" only: COCO-format data and the recipe
+    train_annotations = "coco/train.json"
+    train_images = "coco/train"
+    val_annotations = "coco/val.json"
+    val_images = "coco/val"
+    image_size = 64               # images are resized to this square
+    recipe = "retinanet-1x"       # or "smoke" (default: smoke for the smoke tier, else 1x)
+
+    [[pretrained]]                # trials of another study in the same store
+    study = "transfer-pretrain.toml"
+    backbones = ["R-50"]          # optional filters (default: every backbone / optimizer)
+    optimizers = ["SGD-M", "LAMB"]
+
+    [[pretrained]]                # or a weights file
+    checkpoint = "final.safetensors"  # a bocb trial's final weights name their own network;
+    backbone = "R-50"             # other safetensors state dicts need backbone (+ scale,
+    scale = "tiny"                # policy, num_classes of its head)
+    optimizer = "unknown"         # its pre-training optimizer, for the tables
+    label = "R-50 / torchvision"  # its column name (default: "BACKBONE / OPTIMIZER")
+
+    [[optimizers]]                # the fine-tuning optimizers, as in study files
+    name = "SGD-M"
+
+Choices, stated: from a pre-training study, each (backbone, optimizer) pair contributes **one**
+model: the setting with the best mean final top-1 over its seeds, and of that setting the lowest
+seed (the paper fine-tunes one pre-trained model per pair). Only ``done`` trials with kept final
+weights qualify; a pair whose trials all diverged has nothing to transfer and is listed as skipped.
+Paths are relative to the study file. Fine-tuning recipes: the pre-trained backbone's own recipe
+at the study's tier (classification), or the detection recipe. Fine-tuning lr/wd default to the
+recipe's values for the optimizer, as in pre-training studies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bocb import checkpoint
+from bocb.data import DatasetSpec, parse_data_arg
+from bocb.diagnostics.snapshot import read_spec
+from bocb.optim import POLICIES as WD_POLICIES
+from bocb.optim import get_optimizer_info
+from bocb.recipes import TIERS
+from bocb.registry import UnknownNameError
+from bocb.spec import FINETUNE_MODES, Pretrained, TrialSpec, resolve_trial
+from bocb.study import (
+    _OPTIMIZER_KEYS,
+    Skipped,
+    StudyError,
+    _check_table,
+    _choice,
+    _entries,
+    _known,
+    _values,
+    load_study,
+)
+from bocb.zoo import BackboneSpec, get_backbone_info, resolve_backbone
+
+TASKS = {
+    "classification": "a new classifier on the downstream classes (full fine-tuning or linear probe)",
+    "detection": "RetinaNet + FPN on the backbone's stages, COCO-format data, COCO box AP",
+}
+TUNING = {"grid": "every (lr, wd) of the optimizer's grids (or the explicit lists)",
+          "fixed": "one setting per pair: explicit, else the recipe's, else the optimizer's centre"}
+
+_STUDY_KEYS = {
+    "name": str, "description": str, "task": str, "data": str, "classes": list, "finetune": str,
+    "tier": str, "seeds": (list, int), "tuning": str, "wd_policy": str, "epochs": int, "batch_size": int,
+    "train_per_class": int, "test_per_class": int, "time_limit_s": (int, float),
+    "memory_limit_gb": (int, float),
+}
+_DETECTION_KEYS = {"train_annotations": str, "train_images": str, "val_annotations": str, "val_images": str,
+                   "image_size": int, "recipe": str}
+_FROM_STUDY_KEYS = {"study": str, "backbones": list, "optimizers": list}
+_FROM_FILE_KEYS = {"checkpoint": str, "backbone": str, "scale": str, "policy": str, "num_classes": int,
+                   "optimizer": str, "label": str}
+_TOP_KEYS = {"study": dict, "detection": dict, "pretrained": list, "optimizers": list}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One pre-trained model: its weights, its network and its place in the tables."""
+
+    pretrained: Pretrained
+    backbone: BackboneSpec  # as pre-trained (its head size is the pre-training one)
+    recipe: str | None  # the pre-training trial's recipe name, when known
+
+
+@dataclass(frozen=True)
+class TransferStudy:
+    name: str
+    path: str
+    task: str
+    settings: dict[str, Any]
+    optimizers: tuple[dict[str, Any], ...]
+    pretrained: tuple[dict[str, Any], ...]
+    seeds: tuple[int, ...]
+    tier: str
+    tuning: str
+    wd_policy: str
+    finetune: str
+    data: DatasetSpec | None
+    detection: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, int] = field(default_factory=dict)
+    time_limit_s: float | None = None
+    memory_limit_gb: float | None = None
+    description: str = ""
+
+    @property
+    def study_id(self) -> str:
+        text = json.dumps({"transfer": self.settings}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the file, relative to the file's folder."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else Path(self.path).resolve().parent / path
+
+
+def is_transfer_file(path: str | Path) -> bool:
+    """True for a transfer study file (it has [[pretrained]] entries); False for anything else."""
+    try:
+        return "pretrained" in tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def load_transfer(path: str | Path) -> TransferStudy:
+    """Parse and validate a transfer study file; nothing is built, read from a store or run."""
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyError(f"{where}: no such study file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"{where}: not valid TOML: {exc}") from None
+    _check_table(where, raw, _TOP_KEYS, ("study", "pretrained", "optimizers"))
+    s = raw["study"]
+    _check_table(f"{where} [study]", s, _STUDY_KEYS, ("name",))
+    task = _choice(f"{where} [study].task", s.get("task", "classification"), TASKS)
+    tier = _choice(f"{where} [study].tier", s.get("tier", "full"), TIERS)
+    tuning = _choice(f"{where} [study].tuning", s.get("tuning", "fixed"), TUNING)
+    wd_policy = _choice(f"{where} [study].wd_policy", s.get("wd_policy", "no_decay_1d"), WD_POLICIES)
+    finetune = _choice(f"{where} [study].finetune", s.get("finetune", "full"), FINETUNE_MODES)
+    seeds_raw = s.get("seeds", [0])
+    seeds = list(range(seeds_raw)) if isinstance(seeds_raw, int) else seeds_raw
+    if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise StudyError(f"{where} [study].seeds: expected a count >= 1 or a non-empty list of integers")
+
+    data = None
+    detection: dict[str, Any] = {}
+    if task == "classification":
+        if "detection" in raw:
+            raise StudyError(f"{where} [detection]: only for task = 'detection'")
+        try:
+            data = parse_data_arg(s.get("data", "sample"))
+            if "classes" in s:
+                data = replace(data, classes=tuple(s["classes"]))
+        except ValueError as exc:
+            raise StudyError(f"{where} [study].data: {exc}") from None
+    else:
+        for key in ("data", "classes", "finetune"):
+            if key in s:
+                raise StudyError(f"{where} [study].{key}: not used by task 'detection' (its data is [detection])")
+        if "detection" not in raw:
+            raise StudyError(f"{where}: task 'detection' needs a [detection] table with the COCO files")
+        detection = dict(raw["detection"])
+        _check_table(f"{where} [detection]", detection, _DETECTION_KEYS,
+                     ("train_annotations", "train_images", "val_annotations", "val_images"))
+
+    pretrained = []
+    for i, entry in enumerate(raw["pretrained"], 1):
+        place = f"{where} pretrained[{i}]"
+        if not isinstance(entry, dict):
+            raise StudyError(f"{place}: expected a table with 'study' or 'checkpoint'")
+        if ("study" in entry) == ("checkpoint" in entry):
+            raise StudyError(f"{place}: give exactly one of 'study' (a pre-training study) or 'checkpoint' (a file)")
+        _check_table(place, entry, _FROM_STUDY_KEYS if "study" in entry else _FROM_FILE_KEYS, ())
+        if "backbone" in entry:
+            try:
+                get_backbone_info(entry["backbone"])
+            except UnknownNameError as exc:
+                raise StudyError(f"{place}.backbone: {exc}") from None
+        pretrained.append(dict(entry))
+    if not pretrained:
+        raise StudyError(f"{where} pretrained: empty list: a transfer study needs at least one pre-trained model")
+
+    optimizers = _entries(f"{where} optimizers", raw["optimizers"], _OPTIMIZER_KEYS)
+    for i, o in enumerate(optimizers, 1):
+        place = f"{where} optimizers[{i}]"
+        _known(place, get_optimizer_info, o["name"])
+        for key in ("lr", "weight_decay"):
+            if key in o:
+                o[key] = _values(f"{place}.{key}", o[key])
+                if tuning == "fixed" and len(o[key]) != 1:
+                    raise StudyError(f"{place}.{key}: tuning 'fixed' takes one value, got {len(o[key])}")
+    overrides = {k: s[k] for k in ("epochs", "batch_size", "train_per_class", "test_per_class") if k in s}
+    for k, v in overrides.items():
+        if v < 1:
+            raise StudyError(f"{where} [study].{k}: must be >= 1, got {v}")
+    return TransferStudy(
+        name=s["name"], path=str(path), task=task, settings=raw, optimizers=tuple(optimizers),
+        pretrained=tuple(pretrained), seeds=tuple(seeds), tier=tier, tuning=tuning, wd_policy=wd_policy,
+        finetune=finetune, data=data, detection=detection, overrides=overrides,
+        time_limit_s=s.get("time_limit_s"), memory_limit_gb=s.get("memory_limit_gb"),
+        description=s.get("description", ""),
+    )
+
+
+# -- pre-trained sources ----------------------------------------------------------------------------
+
+
+def sources(study: TransferStudy, store: Any) -> tuple[list[Source], list[Skipped]]:
+    """The pre-trained models the study names, resolved against ``store`` and the file system."""
+    out: list[Source] = []
+    skipped: list[Skipped] = []
+    for i, entry in enumerate(study.pretrained, 1):
+        place = f"{study.path} pretrained[{i}]"
+        if "study" in entry:
+            found, missing = _from_study(study, entry, store, place)
+            out += found
+            skipped += missing
+        else:
+            out.append(_from_file(study, entry, place))
+    labels = [s.pretrained.label for s in out]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise StudyError(f"{study.path} pretrained: the same model is named twice: {repeated} (give labels)")
+    if not out:
+        raise StudyError(f"{study.path} pretrained: no pre-trained model found (run the pre-training study first)")
+    return out, skipped
+
+
+def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: str):
+    pre = load_study(study.resolve(entry["study"]))
+    trials = store.trials(pre.study_id)
+    if not trials:
+        raise StudyError(f"{place}.study: {pre.path} ({pre.study_id}) has no trials in the store "
+                         f"{getattr(store, 'path', '')}: run it first (bocb run {entry['study']})")
+    wanted_b = {get_backbone_info(b).short for b in entry.get("backbones", [])}
+    wanted_o = {get_optimizer_info(o).short for o in entry.get("optimizers", [])}
+    pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for t in trials:
+        if (wanted_b and t["backbone"] not in wanted_b) or (wanted_o and t["optimizer"] not in wanted_o):
+            continue
+        pairs.setdefault((t["backbone"], t["optimizer"]), []).append(t)
+    found, missing = [], []
+    for (backbone, optimizer), rows in pairs.items():
+        usable = [t for t in rows if t["status"] == "done" and t["final_top1"] is not None
+                  and store.artifacts(t["trial_id"]).get("final_weights")]
+        if not usable:
+            states = sorted({t["status"] for t in rows})
+            missing.append(Skipped(backbone, optimizer, f"no finished pre-training trial to transfer ({', '.join(states)})"))
+            continue
+        by_setting: dict[tuple[float, float], list[dict[str, Any]]] = {}
+        for t in usable:
+            by_setting.setdefault((t["lr"], t["weight_decay"] or 0.0), []).append(t)
+        best = max(by_setting.values(), key=lambda ts: sum(t["final_top1"] for t in ts) / len(ts))
+        chosen = min(best, key=lambda t: t["seed"])
+        path = Path(store.artifacts(chosen["trial_id"])["final_weights"])
+        spec = store.record(chosen["trial_id"])["spec"]
+        found.append(Source(
+            Pretrained(label=f"{backbone} / {optimizer}", optimizer=optimizer, sha256=checkpoint.file_sha256(path),
+                       path=str(path), trial_id=chosen["trial_id"]),
+            BackboneSpec.from_dict(spec["backbone"]), spec["recipe"]["name"],
+        ))
+    return found, missing
+
+
+def _from_file(study: TransferStudy, entry: dict[str, Any], place: str) -> Source:
+    path = study.resolve(entry["checkpoint"])
+    if not path.exists():
+        raise StudyError(f"{place}.checkpoint: no such file {path}")
+    try:
+        spec = read_spec(path)
+    except Exception as exc:  # noqa: BLE001 - not a safetensors file: say so in one line
+        raise StudyError(f"{place}.checkpoint: {path} is not a safetensors weights file ({exc})") from None
+    if "backbone" in entry:
+        try:
+            backbone = resolve_backbone(entry["backbone"], num_classes=entry.get("num_classes", 10),
+                                        policy=entry.get("policy"), scale=entry.get("scale", "paper"))
+        except ValueError as exc:
+            raise StudyError(f"{place}: {exc}") from None
+    elif spec is not None:
+        backbone = BackboneSpec.from_dict(spec["backbone"])
+    else:
+        raise StudyError(f"{place}: {path} is not a bocb trial's final weights: name its network with 'backbone'")
+    optimizer = entry.get("optimizer") or (spec["optimizer"]["short"] if spec else "unknown")
+    return Source(
+        Pretrained(label=entry.get("label", f"{backbone.short} / {optimizer}"), optimizer=optimizer,
+                   sha256=checkpoint.file_sha256(path), path=str(path),
+                   trial_id=TrialSpec.from_dict(spec).trial_id if spec else None),
+        backbone, spec["recipe"]["name"] if spec else None,
+    )
+
+
+# -- expansion --------------------------------------------------------------------------------------
+
+
+def _settings(study: TransferStudy, optimizer: dict[str, Any]) -> list[tuple[float | None, float | None]]:
+    if study.tuning == "grid":
+        info = get_optimizer_info(optimizer["name"])
+        lrs = optimizer.get("lr") or list(info.lr_grid())
+        wds = optimizer.get("weight_decay") or list(info.wd_grid())
+        return [(lr, wd) for lr in lrs for wd in wds]
+    return [(optimizer.get("lr", [None])[0], optimizer.get("weight_decay", [None])[0])]
+
+
+def expand_classification(study: TransferStudy, found: list[Source], num_classes: int) -> list[TrialSpec]:
+    """Every fine-tuning trial: pre-trained model x optimizer x setting x seed."""
+    trials = []
+    for source in found:
+        backbone = replace(source.backbone, num_classes=num_classes)
+        for o in study.optimizers:
+            for lr, wd in _settings(study, o):
+                for seed in study.seeds:
+                    try:
+                        spec = resolve_trial(
+                            source.backbone.name, o["name"], data=study.data, num_classes=num_classes, lr=lr,
+                            weight_decay=wd, recipe=source.recipe, tier=study.tier, seed=seed,
+                            policy=backbone.policy, scale=backbone.scale, epochs=study.overrides.get("epochs"),
+                            batch_size=study.overrides.get("batch_size"),
+                            drop_path_rate=backbone.drop_path_rate, wd_policy=study.wd_policy,
+                            optimizer_args=o.get("args"),
+                        )
+                    except ValueError as exc:
+                        raise StudyError(f"{study.path}: {source.pretrained.label} x {o['name']}: {exc}") from None
+                    subsets = {k: study.overrides[k] for k in ("train_per_class", "test_per_class")
+                               if k in study.overrides}
+                    recipe = spec.recipe.with_changes(**subsets) if subsets else spec.recipe
+                    trials.append(replace(spec, backbone=backbone, recipe=recipe, pretrained=source.pretrained,
+                                          finetune=study.finetune))
+    return trials
