@@ -72,10 +72,21 @@ def test_tiny_transfer_study_runs_into_the_store_and_the_report(tmp_path):
     (tmp_path / "pre.toml").write_text(PRE)
     (tmp_path / "ft.toml").write_text(FT)
     store, cache = tmp_path / "store.sqlite", tmp_path / "cache"
-    early = _bocb("transfer", tmp_path / "ft.toml", "--store", store, cache=cache)
-    assert early.returncode == 2 and "run it first" in early.stderr, early.stderr
+    with SQLiteStore(store) as s:
+        with pytest.raises(StudyError, match="run it first"):
+            sources(load_transfer(tmp_path / "ft.toml"), s)
     pre = _bocb("run", tmp_path / "pre.toml", "--store", store, "--slots", "2", cache=cache)
     assert pre.returncode == 0, pre.stderr[-3000:]
+    # The pre-training study's report shows the weight diagnostics of its trained models (issue 6).
+    out = tmp_path / "pre-report"
+    made = _bocb("report", tmp_path / "pre.toml", "--store", store, "--out", out, "--resamples", "200", cache=cache)
+    assert made.returncode == 0, made.stderr[-3000:]
+    html = (out / "report.html").read_text()
+    assert "Weight diagnostics" in html and "Weight metrics, accuracy and failures" in html
+    for name in ("weights_alpha_bars", "weights_ridge_R-50"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert "random initialisation measured for 1 of 1 backbones" in html
+    assert "2 of 2 pairs have a trained model" in html
     ft = _bocb("transfer", tmp_path / "ft.toml", "--store", store, "--slots", "2", cache=cache)
     assert ft.returncode == 0, ft.stderr[-3000:]
     counts = json.loads(ft.stdout.strip().splitlines()[-1])
@@ -91,14 +102,13 @@ def test_tiny_transfer_study_runs_into_the_store_and_the_report(tmp_path):
         moved = s._db.execute("SELECT COUNT(*) FROM layer_metrics WHERE moved IS NOT NULL AND snapshot_id IN "
                               "(SELECT trial_id FROM study_trials WHERE study_id=?)", (study.study_id,)).fetchone()[0]
         assert moved > 6 * 5  # every fine-tuned model measured its distance from the pre-trained weights
-    again = _bocb("transfer", tmp_path / "ft.toml", "--store", store, cache=cache)
-    assert "0 new" in again.stdout and "0 to run" in again.stdout
     report = _bocb("report", tmp_path / "ft.toml", "--store", store, "--out", tmp_path / "rep", cache=cache)
     assert report.returncode == 0, report.stderr[-3000:]
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "Transfer: pre-training optimizer x fine-tuning optimizer" in html
     assert "R-50 / LAMB" in html and "R-50 / SGD-M" in html
     assert "How far fine-tuning moved the backbone" in html
+    assert (tmp_path / "rep" / "figures" / "weights_ridge_R-50_LAMB.png").exists()
 
 
 @pytest.fixture(scope="module")

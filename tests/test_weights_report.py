@@ -1,13 +1,8 @@
 """Weight diagnostics in the analysis and the report: representative models, per-model summaries,
-within-backbone association with CIs and verdicts, ridge plots, alpha bars, the report sections,
-and one end-to-end report from a store made by `bocb run`."""
+within-backbone association with CIs and verdicts, ridge plots, alpha bars, the report sections.
+The end-to-end report from a real store is in tests/test_transfer.py."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,51 +233,5 @@ def test_report_sections_handle_missing_snapshot_and_all_nan_alpha():
     assert plain.startswith("Plainly, with 11 models")
 
 
-# -- end to end: `bocb run` then `bocb report` -----------------------------------------------------
-
-STUDY = """
-[study]
-name = "weights-e2e"
-data = "sample"
-tier = "smoke"
-tuning = "fixed"
-seeds = [0]
-epochs = 1
-train_per_class = 20
-test_per_class = 10
-
-[[backbones]]
-name = "R-18"
-policy = "cifar"
-[[backbones]]
-name = "DeiT-S"
-policy = "cifar"
-[[optimizers]]
-name = "SGD-M"
-[[optimizers]]
-name = "AdamW"
-"""
-
-
-def _bocb(*args, cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, BOCB_CACHE_DIR=str(cache))
-    return subprocess.run([sys.executable, "-m", "bocb", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def test_report_from_a_real_store_has_ridge_plots_and_alpha_bars(tmp_path):
-    # One slot: the trials run one after another in one worker and the random-init diagnostics in
-    # this process, which on 2 cores is faster than spawning a pool for 4 tiny trials.
-    study, store, out = tmp_path / "study.toml", tmp_path / "store.sqlite", tmp_path / "report"
-    study.write_text(STUDY)
-    ran = _bocb("run", study, "--store", store, "--slots", "1", cache=tmp_path / "cache")
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    made = _bocb("report", study, "--store", store, "--out", out, "--resamples", "200", cache=tmp_path / "cache")
-    assert made.returncode == 0, made.stderr[-3000:]
-    html = (out / "report.html").read_text()
-    assert "Weight diagnostics" in html and "Weight metrics, accuracy and failures" in html
-    for name in ("weights_alpha_bars", "weights_ridge_R-18", "weights_ridge_DeiT-S"):
-        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
-    assert "Median alpha over each model" in html and "R-18: per-layer entropy" in html
-    assert "random initialisation measured for 2 of 2 backbones" in html
-    assert "4 of 4 pairs have a trained model" in html
+# The report from a real store (ridge plots and alpha bars of trained models and their random
+# init) is checked end to end in tests/test_transfer.py, on the pre-training study it runs anyway.

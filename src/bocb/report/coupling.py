@@ -94,7 +94,7 @@ def coupling_section(
 
     tau = order_agreement(table)
     mean_tau = mean_off_diagonal(tau)
-    upper = tau.where(np.triu(np.ones(tau.shape, bool), k=1)).stack()
+    upper = tau.where(np.triu(np.ones(tau.shape, bool), k=1)).stack().dropna()  # pandas 3 keeps NaN
     tau_text = f"Mean Kendall tau-b between two backbones' orderings of the optimizers: {fmt(mean_tau, 2)}"
     if with_ci:
         tau_text += f", 95 % CI {_ci(boot, 'order_tau', 'mean')}"
