@@ -263,7 +263,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
     assert counts["running"] == 0 and counts["pending"] >= 1 and counts["total"] == 3
 
 
-@pytest.mark.parametrize("name", ["demo", "paper-cifar100-fast", "paper-cifar100"])
+@pytest.mark.parametrize("name", ["demo", "paper-cifar100-fast", "paper-cifar100", "transfer-pretrain"])
 def test_shipped_study_files_are_valid(name):
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / f"{name}.toml")
     if name == "paper-cifar100":  # 30,000 trials: check the declaration, not every spec
@@ -272,4 +272,4 @@ def test_shipped_study_files_are_valid(name):
     from bocb.study import expand
 
     trials, skipped = expand(study, num_classes=100 if "cifar100" in name else 10)
-    assert len(trials) == (24 if name == "demo" else 400) and not skipped
+    assert len(trials) == {"demo": 24, "transfer-pretrain": 6}.get(name, 400) and not skipped

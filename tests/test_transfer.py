@@ -205,3 +205,10 @@ def test_a_foreign_checkpoint_needs_its_backbone_named(tmp_path):
         (tmp_path / "b.toml").write_text(body.format('backbone="R-50"\nscale="tiny"\nnum_classes=5'))
         found, _ = sources(load_transfer(tmp_path / "b.toml"), store)
     assert found[0].pretrained.label == "R-50 / unknown" and found[0].pretrained.trial_id is None
+
+
+@pytest.mark.parametrize("name", ["transfer-demo"])
+def test_shipped_transfer_study_is_valid(name):
+    study = load_transfer(Path(__file__).resolve().parents[1] / "studies" / f"{name}.toml")
+    assert study.task == "classification" and study.data.classes == (5, 6, 7, 8, 9)
+    assert study.resolve(study.pretrained[0]["study"]).exists()

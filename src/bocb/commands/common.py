@@ -63,3 +63,11 @@ def open_existing_store(path: str):
     if not Path(path).exists():
         raise ValueError(f"no store at {path}: run a study first (bocb run STUDY.toml --store {path})")
     return SQLiteStore(path)
+
+
+def load_any_study(path: Path):
+    """A study file or a transfer study file (it has [[pretrained]] entries), parsed and validated."""
+    from bocb.study import load_study
+    from bocb.transfer.study import is_transfer_file, load_transfer
+
+    return load_transfer(path) if is_transfer_file(path) else load_study(path)

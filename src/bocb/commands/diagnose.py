@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if args.study is None:
         raise ValueError("give a study file (bocb diagnose STUDY.toml) or --checkpoint FILE")
     from bocb.commands.common import open_existing_store
-    from bocb.study import load_study
+    from bocb.commands.common import load_any_study
 
-    study = load_study(args.study)
+    study = load_any_study(args.study)
     with open_existing_store(args.store) as store:
         measured = diagnose_study(store, study.study_id, workers=args.workers, force=args.force)
         errors = [s for s in measured if s.get("error")]

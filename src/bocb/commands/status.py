@@ -43,9 +43,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _study_id(path: Path | None) -> tuple[str | None, str | None]:
     if path is None:
         return None, None
-    from bocb.study import load_study
+    from bocb.commands.common import load_any_study
 
-    study = load_study(path)
+    study = load_any_study(path)
     return study.study_id, study.name
 
 
@@ -67,7 +67,11 @@ def status(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     from bocb.commands.study_setup import prepare
     from bocb.compute import trial_flops
+    from bocb.transfer.study import is_transfer_file
 
+    if is_transfer_file(args.study):
+        raise ValueError(f"{args.study} is a transfer study: its trials depend on the pre-trained models in "
+                         f"the store; `bocb plan` sizes pre-training studies (plan those, then `bocb transfer`)")
     prepared = prepare(args.study, args.cache_dir or default_cache_dir(), data_dirs(), args.download,
                        require_data=False)
     study = prepared.study
