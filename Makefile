@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo demo-transfer clean
 
 # torch/torchvision come from the pinned wheels; pip (not uv) resolves them.
 $(STAMP): pyproject.toml
@@ -28,6 +28,14 @@ demo: $(STAMP)
 	$(BIN)/bocb export --store $(DEMO_STORE) --study studies/demo.toml --out bocb-results/demo.csv
 	$(BIN)/bocb report studies/demo.toml --store $(DEMO_STORE) --out bocb-results/report-demo
 	@echo "results: bocb-results/demo.csv, report: bocb-results/report-demo/report.html"
+
+# The transfer demo: pre-train 2 tiny backbones x 3 optimizers on CIFAR-10 classes 0-4, fine-tune
+# each with 4 optimizers on classes 5-9, then the transfer report.
+demo-transfer: $(STAMP)
+	$(BIN)/bocb run studies/transfer-pretrain.toml --store $(DEMO_STORE) --slots 2
+	$(BIN)/bocb transfer studies/transfer-demo.toml --store $(DEMO_STORE) --slots 2
+	$(BIN)/bocb report studies/transfer-demo.toml --store $(DEMO_STORE) --out bocb-results/report-transfer-demo
+	@echo "report: bocb-results/report-transfer-demo/report.html"
 
 clean:
 	rm -rf $(VENV) .pytest_cache
