@@ -212,3 +212,27 @@ def test_shipped_transfer_study_is_valid(name):
     study = load_transfer(Path(__file__).resolve().parents[1] / "studies" / f"{name}.toml")
     assert study.task == "classification" and study.data.classes == (5, 6, 7, 8, 9)
     assert study.resolve(study.pretrained[0]["study"]).exists()
+
+
+def test_transfer_section_names_the_failing_fine_tuning_optimizers():
+    import pandas as pd
+
+    from bocb.analysis import flag, rule
+    from bocb.report.document import Table, Text
+    from bocb.report.transfer import transfer_section
+
+    rows = []
+    for label, pre, scores in [("R-50 / SGD-M", "SGD-M", (60, 59, 58, 57)),
+                               ("R-50 / LAMB", "LAMB", (60, 59, 58, 20))]:
+        for optimizer, top1 in zip(("SGD-M", "AdamW", "LAMB", "LARS"), scores, strict=True):
+            rows.append({"optimizer": optimizer, "backbone": label, "top1": float(top1), "pretrain_optimizer": pre,
+                         "trial_id": f"{label}{optimizer}"})
+    results = pd.DataFrame(rows)
+    chosen = rule("fitted", 3)
+    flags = flag(results, chosen)
+    empty = pd.DataFrame(columns=["source", "snapshot_id", "layer_index", "moved", "pretrained", "optimizer"])
+    section = transfer_section(results, flags, chosen, empty, empty, {})
+    text = " ".join(b.text for b in section.blocks if isinstance(b, Text))
+    assert "R-50 / LAMB: LARS fails (of 4)" in text and "R-50 / SGD-M: no fine-tuning optimizer fails" in text
+    rates = [b for b in section.blocks if isinstance(b, Table)][1].cells
+    assert rates.loc["LAMB", "failure_rate"] == "25.0 %" and rates.loc["SGD-M", "failure_rate"] == "0.0 %"

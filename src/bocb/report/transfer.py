@@ -30,7 +30,7 @@ def transfer_section(results: pd.DataFrame, flags: pd.DataFrame, chosen: Failure
         Table(by_model.assign(best_top1=by_model["best_top1"].map(fmt), threshold=by_model["threshold"].map(fmt))
               .set_index("pretrained").astype(str),
               caption="Per pre-trained model: the fine-tuning optimizers below its threshold, and its best."),
-        Table(rates.assign(failure_rate=rates["failure_rate"].map(lambda v: percent(100 * v)))
+        Table(rates.assign(failure_rate=rates["failure_rate"].map(percent))
               .set_index("pretrain_optimizer").astype(str),
               caption="Per pre-training optimizer, pooled over networks: share of fine-tuning runs that fail."),
     ]
