@@ -236,3 +236,62 @@ def test_transfer_section_names_the_failing_fine_tuning_optimizers():
     assert "R-50 / LAMB: LARS fails (of 4)" in text and "R-50 / SGD-M: no fine-tuning optimizer fails" in text
     rates = [b for b in section.blocks if isinstance(b, Table)][1].cells
     assert rates.loc["LAMB", "failure_rate"] == "25.0 %" and rates.loc["SGD-M", "failure_rate"] == "0.0 %"
+
+
+def test_detection_transfer_study_runs_from_a_study_file(tmp_path):
+    # Two "pre-trained" tiny R-50s (one epoch on classes 0-4 with SGD-M and with AdamW), fine-tuned
+    # for detection with two optimizers on synthetic shapes over real CIFAR backgrounds.
+    from bocb.transfer.synthetic import make_synthetic_coco
+
+    low = load_dataset(DatasetSpec("sample", classes=(0, 1, 2, 3, 4)))
+    for optimizer in ("sgd_m", "adamw"):
+        spec = _smoke(DatasetSpec("sample", classes=(0, 1, 2, 3, 4)), optimizer)
+        assert run_trial(spec, low, RunOptions(device="cpu", work_dir=tmp_path / optimizer))["status"] == "done"
+    backgrounds = load_dataset(DatasetSpec("sample")).test.images
+    make_synthetic_coco(tmp_path / "coco" / "train", backgrounds[:200], 64, image_size=32, seed=1)
+    make_synthetic_coco(tmp_path / "coco" / "val", backgrounds[200:], 24, image_size=32, seed=2)
+    (tmp_path / "det.toml").write_text("""
+[study]
+name = "det"
+task = "detection"
+tier = "smoke"
+seeds = [0]
+epochs = 2
+
+[detection]
+train_annotations = "coco/train/annotations.json"
+train_images = "coco/train/images"
+val_annotations = "coco/val/annotations.json"
+val_images = "coco/val/images"
+image_size = 32
+
+[[pretrained]]
+checkpoint = "sgd_m/final.safetensors"
+[[pretrained]]
+checkpoint = "adamw/final.safetensors"
+
+[[optimizers]]
+name = "SGD-M"
+lr = 0.01
+[[optimizers]]
+name = "AdamW"
+lr = 0.001
+""")
+    store, cache = tmp_path / "store.sqlite", tmp_path / "cache"
+    ran = _bocb("transfer", tmp_path / "det.toml", "--store", store, cache=cache)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    study = load_transfer(tmp_path / "det.toml")
+    with SQLiteStore(store) as s:
+        rows = s.trials(study.study_id)
+        assert len(rows) == 4 and {r["status"] for r in rows} <= {"done", "diverged"}, rows
+        assert sorted({r["pretrained"] for r in rows}) == ["R-50 / AdamW", "R-50 / SGD-M"]
+        record = s.record(rows[0]["trial_id"])
+        assert record["task"] == "detection" and len(record["epochs"]) == 2
+        assert record["final_top1"] == record["final_map"] and record["final_ap50"] is not None
+        snaps = [x for x in s.snapshots(study.study_id) if x["error"] is None]
+        assert len(snaps) == 4  # the backbone inside each detector, measured against its pre-trained weights
+        moved = s.layer_metrics([snaps[0]["snapshot_id"]])
+        assert moved and all(m["moved"] is not None and m["moved"] > 0 for m in moved)
+    report = _bocb("report", tmp_path / "det.toml", "--store", store, "--out", tmp_path / "rep", cache=cache)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "box AP" in (tmp_path / "rep" / "report.html").read_text()

@@ -34,6 +34,10 @@ class Job:
     spec: dict[str, Any] | None = None
 
     def run(self) -> dict[str, Any]:
+        if self.source == "final" and self.spec and self.spec.get("task") == "detection":
+            from bocb.transfer.detection_trial import detection_snapshot
+
+            return detection_snapshot(self.trial_id, self.path, self.spec)
         if self.source == "final":
             return final_snapshot(self.trial_id, self.path, self.spec)
         return init_snapshot(BackboneSpec.from_dict(self.backbone), self.seed)

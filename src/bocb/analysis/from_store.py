@@ -33,10 +33,10 @@ def results_frame(store: Any, study_id: str | None, metric: Literal["final", "be
         if t["status"] not in ("done", "diverged"):
             continue
         value = t["final_top1"] if metric == "final" else t["best_top1"]
-        if value is None:  # diverged before the first evaluation
+        if value is None:  # diverged before the first evaluation: chance (box AP 0 for detection)
             record = store.record(t["trial_id"]) or {}
             classes = (record.get("dataset") or {}).get("num_classes") or record["spec"]["backbone"]["num_classes"]
-            value = 100.0 / classes
+            value = 0.0 if record.get("task") == "detection" else 100.0 / classes
         rows.append({
             "optimizer": t["optimizer"], "backbone": t["backbone"], "top1": float(value), "seed": t["seed"],
             "lr": t["lr"], "weight_decay": t["weight_decay"] or 0.0, "category": t["category"],

@@ -128,11 +128,15 @@ class _LiveView:
         self.progress.update(self.task, completed=stats.done,
                              info=f"{counts}; {len(stats.last_epoch)} reporting; {ips:.0f} img/s per slot")
         table = Table(show_header=True, box=None)
-        for col in ("running trial", "epoch", "test top-1", "train loss"):
+        for col in ("running trial", "epoch", "test top-1 / box AP", "train loss"):
             table.add_column(col)
         for trial_id, event in stats.last_epoch.items():
             row = event["row"]
-            table.add_row(trial_id, str(row["epoch"]), f"{row['test_top1']:.2f}", f"{row['train_loss'] or float('nan'):.3f}")
+            # Detection rows score box AP ("map"); any missing number shows as "-", never a crash.
+            score = row.get("test_top1", row.get("map"))
+            loss = row.get("train_loss")
+            table.add_row(trial_id, str(row.get("epoch", "-")), "-" if score is None else f"{score:.2f}",
+                          "-" if loss is None else f"{loss:.3f}")
         return Group(self.progress, table)
 
 

@@ -44,7 +44,11 @@ def _model_no_weight_decay(model: nn.Module) -> set[str]:
 
 def _head_names(model: nn.Module) -> set[str]:
     """Parameter names of the classifier (:func:`bocb.zoo.classifier_name`), for Muon's AdamW
-    fallback: Muon's authors keep the head and embeddings on AdamW."""
+    fallback: Muon's authors keep the head and embeddings on AdamW. A model naming its head itself
+    (``head_parameter_names()``, e.g. the detection transfer's RetinaNet) is taken at its word."""
+    hook = getattr(model, "head_parameter_names", None)
+    if callable(hook):
+        return set(hook())
     try:
         last = classifier_name(model)
     except ValueError:

@@ -354,3 +354,43 @@ def expand_classification(study: TransferStudy, found: list[Source], num_classes
                     trials.append(replace(spec, backbone=backbone, recipe=recipe, pretrained=source.pretrained,
                                           finetune=study.finetune))
     return trials
+
+
+def expand_detection(study: TransferStudy, found: list[Source]) -> list:
+    """Every detection fine-tuning trial: pre-trained model x optimizer x setting x seed.
+
+    The recipe is ``[detection] recipe`` (default: ``smoke`` for the smoke tier, else
+    ``retinanet-1x``) with the study's ``epochs`` / ``batch_size`` overrides. lr/wd default to the
+    optimizer's grid centre (the pre-training recipes' values do not carry over to detection).
+    """
+    from bocb.optim import resolve_optimizer
+    from bocb.transfer.detection import get_detection_recipe
+    from bocb.transfer.detection_trial import CocoSpec, DetectionTrialSpec
+
+    det = study.detection
+    files = {}
+    for key in ("train_annotations", "train_images", "val_annotations", "val_images"):
+        files[key] = study.resolve(det[key])
+        if not files[key].exists():
+            raise StudyError(f"{study.path} [detection].{key}: no such {'file' if 'annotations' in key else 'folder'} "
+                             f"{files[key]}")
+    data = CocoSpec.at(files["train_annotations"], files["train_images"], files["val_annotations"],
+                       files["val_images"], det.get("image_size"))
+    try:
+        recipe = get_detection_recipe(det.get("recipe", "smoke" if study.tier == "smoke" else "retinanet-1x"))
+        changes = {k: study.overrides[k] for k in ("epochs", "batch_size") if k in study.overrides}
+        recipe = recipe.with_changes(**changes) if changes else recipe
+    except ValueError as exc:
+        raise StudyError(f"{study.path} [detection].recipe: {exc}") from None
+    trials = []
+    for source in found:
+        for o in study.optimizers:
+            for lr, wd in _settings(study, o):
+                try:
+                    optimizer = resolve_optimizer(o["name"], lr=lr, weight_decay=wd, wd_policy=study.wd_policy,
+                                                  **(o.get("args") or {}))
+                except ValueError as exc:
+                    raise StudyError(f"{study.path}: {source.pretrained.label} x {o['name']}: {exc}") from None
+                for seed in study.seeds:
+                    trials.append(DetectionTrialSpec(source.backbone, optimizer, recipe, data, seed, source.pretrained))
+    return trials
