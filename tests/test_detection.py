@@ -19,11 +19,11 @@ from bocb.transfer.detection import (
     DETECTION_RECIPES,
     DetectionRecipe,
     _flip,
-    build_detector,
     evaluate,
     get_detection_recipe,
     run_detection,
 )
+from bocb.transfer.retinanet import build_detector
 from bocb.transfer.synthetic import make_synthetic_coco
 from bocb.zoo import build_backbone, init_backbone, resolve_backbone
 

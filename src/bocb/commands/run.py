@@ -83,8 +83,9 @@ def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]stopped: running trials were handed back and resume on the next run[/]")
         return 130
-    # Random-init snapshots (and any final weights not yet measured), once per study.
-    diagnose_study(store, study.study_id, workers=args.slots, console=console)
+    # Random-init snapshots (and any final weights not yet measured), once per study. In this
+    # process: a few cheap snapshots cost less than starting a pool (`bocb diagnose` uses one).
+    diagnose_study(store, study.study_id, workers=1, console=console)
     counts = store.counts(study.study_id)
     console.print(_results_table(store, study.study_id))
     print(json.dumps({"study": study.name, "study_id": study.study_id, **counts}), flush=True)

@@ -9,7 +9,7 @@ trial would cost minutes), the weights by their sha256.
 
 :func:`run_detection_trial` builds the network the trial starts from (the pre-trained backbone,
 seeded as :func:`bocb.trial.starting_model`), puts RetinaNet + FPN on it
-(:func:`~bocb.transfer.detection.build_detector`), fine-tunes it (:func:`~bocb.transfer.detection.run_detection`)
+(:func:`~bocb.transfer.retinanet.build_detector`), fine-tunes it (:func:`~bocb.transfer.detection.run_detection`)
 and keeps the detector's final weights. The record speaks the store's language: ``final_top1`` /
 ``best_top1`` hold box AP (the trial's headline metric, as the report's title says) and each epoch
 row's ``test_top1`` its AP. Its weight snapshot measures the backbone's layers inside the detector
@@ -31,7 +31,8 @@ from bocb import checkpoint
 from bocb.optim import OptimizerSpec
 from bocb.spec import Pretrained
 from bocb.transfer.coco import DetectionSet, load_coco
-from bocb.transfer.detection import DetectionRecipe, build_detector, run_detection
+from bocb.transfer.detection import DetectionRecipe, run_detection
+from bocb.transfer.retinanet import build_detector
 from bocb.zoo import BackboneSpec, classifier_name, init_backbone
 
 TASK = "detection"
