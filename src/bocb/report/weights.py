@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pandas as pd
 
 from bocb.analysis import flag, load_results, rule
@@ -25,7 +24,6 @@ from bocb.analysis.weights import (
     N_RESAMPLES,
     SMALL_AUC,
     SMALL_RHO,
-    SUMMARIES,
     association,
     init_summaries,
     model_table,
