@@ -253,3 +253,17 @@ def test_alpha_matches_weightwatcher(name: str, kwargs: dict, at_least: int) -> 
     # convs in the CNN, plain Linear matrices (incl. the attention qkv) in the ViT.
     plain = "conv2d" if name == "resnet18" else "linear"
     assert ("conv2d", True) in kinds and (plain, False) in kinds
+
+
+def test_a_layer_with_non_finite_weights_is_reported_not_raised() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((20, 30))
+    w[3, 4] = np.nan
+    row = matrix_metrics(w)
+    assert row["alpha_status"] == "non-finite weights" and np.isnan(row["alpha"]) and np.isnan(row["l2"])
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("inf")
+    frame = layer_metrics(model)
+    assert list(frame["alpha_status"] == "non-finite weights") == [False, True]
+    assert np.isfinite(frame.loc[0, "l2"])

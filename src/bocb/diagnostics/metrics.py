@@ -51,7 +51,9 @@ Every choice the paper leaves open is fixed here and stated once:
   agree to rounding (cross-checked in ``tests/test_diagnostics.py``).
   ``alpha_status`` is ``"ok"``, ``"too few eigenvalues"`` (fewer than ``MIN_TAIL`` kept) or
   ``"degenerate"`` (no candidate with a finite fit, e.g. all tail eigenvalues equal); alpha, xmin
-  and the derived ``alpha_weighted`` are NaN unless ``"ok"``.
+  and the derived ``alpha_weighted`` are NaN unless ``"ok"``. A layer holding NaN or inf (a
+  diverged model) gets ``"non-finite weights"`` and NaN for every metric, so one bad layer does
+  not cost the rest of the model its row.
 - **WeightWatcher scalars** from the same eigenvalues: ``log_norm = log10(sum eig)`` (= log10 of the
   squared Frobenius norm, the same in both conv modes), ``log_spectral_norm = log10(max eig)``,
   ``stable_rank = sum eig / max eig``, ``alpha_weighted = alpha * log10(max eig)``.
@@ -81,6 +83,7 @@ ENTROPY_BINS = 100
 DEFAULT_K = 10
 CONV_MODES = ("reshape", "slices")
 DEFAULT_CONV = "reshape"
+NON_FINITE = "non-finite weights"  # alpha_status of a layer holding NaN/inf (a diverged model)
 COLUMNS = (
     "layer", "kind", "shape", "n_eig", "alpha", "alpha_status", "n_tail", "xmin", "entropy", "l2",
     "pca_energy", "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted",
@@ -295,6 +298,13 @@ def pca_energy(eig: np.ndarray, k: int = DEFAULT_K) -> float:
 def matrix_metrics(w: np.ndarray, k: int = DEFAULT_K) -> dict[str, object]:
     """All metrics of one matrix (or stack of conv slices): a row without ``layer``, ``kind``."""
     w = np.asarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        # A diverged model: the layer is reported as such rather than failing the whole snapshot.
+        n = int(np.prod(w.shape[:-2], dtype=np.int64)) * min(w.shape[-2:])
+        return {"shape": tuple(int(d) for d in w.shape[-2:]), "n_eig": n, "alpha": np.nan,
+                "alpha_status": NON_FINITE, "n_tail": 0, "xmin": np.nan, "entropy": np.nan, "l2": np.nan,
+                "pca_energy": np.nan, "log_norm": np.nan, "log_spectral_norm": np.nan, "stable_rank": np.nan,
+                "alpha_weighted": np.nan}
     eig = eigenvalues(w)
     alpha, xmin, n_tail, status = fit_power_law(eig, w.shape)
     top, total = float(eig[-1]), float(eig.sum())
