@@ -112,7 +112,8 @@ def _type_name(t: Any) -> str:
     return " or ".join({list: "array", dict: "table", str: "string", int: "integer", float: "number"}[x] for x in types)
 
 
-def _check_table(where: str, table: dict[str, Any], schema: dict[str, Any], required: tuple[str, ...]) -> None:
+def check_table(where: str, table: dict[str, Any], schema: dict[str, Any], required: tuple[str, ...] = ()) -> None:
+    """Unknown keys, wrong types and missing required keys of one TOML table, as StudyErrors."""
     for key in table:
         if key not in schema:
             raise StudyError(f"{where}: unknown key {key!r}: valid: {', '.join(schema)}")
@@ -148,7 +149,7 @@ def _entries(where: str, raw: list[Any], schema: dict[str, Any]) -> list[dict[st
             item = {"name": item}
         if not isinstance(item, dict):
             raise StudyError(f"{place}: expected a name or a table, got {type(item).__name__}")
-        _check_table(place, item, schema, ("name",))
+        check_table(place, item, schema, ("name",))
         out.append(dict(item))
     return out
 
@@ -163,32 +164,90 @@ def _values(where: str, value: Any) -> list[float]:
     return [float(v) for v in values]
 
 
+def read_file(path: Path) -> dict[str, Any]:
+    """The parsed TOML of a study file (either kind); a missing or malformed file is a StudyError."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise StudyError(f"{path}: no such study file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"{path}: not valid TOML: {exc}") from None
+
+
+def choice(where: str, table: dict[str, Any], key: str, default: str, choices: dict[str, Any] | list[str]) -> str:
+    """``table[key]`` (or ``default``), which must be one of ``choices``."""
+    return _choice(f"{where}.{key}", table.get(key, default), choices)
+
+
+def parse_seeds(where: str, table: dict[str, Any]) -> tuple[int, ...]:
+    """``seeds``: a count (``3`` means 0, 1, 2) or a list of integers; default ``[0]``."""
+    raw = table.get("seeds", [0])
+    seeds = list(range(raw)) if isinstance(raw, int) else raw
+    if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise StudyError(f"{where}.seeds: expected a count >= 1 or a non-empty list of integers")
+    return tuple(seeds)
+
+
+def parse_data(where: str, table: dict[str, Any]) -> DatasetSpec:
+    """``data`` (as ``bocb train --data``, default ``sample``) with its optional ``classes`` subset."""
+    try:
+        data = parse_data_arg(table.get("data", "sample"))
+        if "classes" in table:
+            data = replace(data, classes=tuple(table["classes"]))
+    except ValueError as exc:
+        raise StudyError(f"{where}.{'classes' if 'classes' in table else 'data'}: {exc}") from None
+    return data
+
+
+def parse_optimizers(where: str, raw: list[Any], tuning: str) -> tuple[dict[str, Any], ...]:
+    """``[[optimizers]]`` entries: known names, non-negative lr/wd lists, one value under ``fixed``."""
+    optimizers = _entries(f"{where} optimizers", raw, _OPTIMIZER_KEYS)
+    for i, o in enumerate(optimizers, 1):
+        place = f"{where} optimizers[{i}]"
+        _known(place, get_optimizer_info, o["name"])
+        for key in ("lr", "weight_decay"):
+            if key in o:
+                o[key] = _values(f"{place}.{key}", o[key])
+                if tuning == "fixed" and len(o[key]) != 1:
+                    raise StudyError(f"{place}.{key}: tuning 'fixed' takes one value, got {len(o[key])}")
+    return tuple(optimizers)
+
+
+def parse_overrides(where: str, table: dict[str, Any]) -> dict[str, int]:
+    """Budget overrides for every trial (epochs, batch_size, train/test_per_class), each >= 1."""
+    overrides = {k: table[k] for k in ("epochs", "batch_size", "train_per_class", "test_per_class") if k in table}
+    for k, v in overrides.items():
+        if v < 1:
+            raise StudyError(f"{where}.{k}: must be >= 1, got {v}")
+    return overrides
+
+
+def optimizer_settings(tuning: str, optimizer: dict[str, Any]) -> list[tuple[float | None, float | None]]:
+    """The (lr, wd) pairs of one optimizer entry under ``grid`` or ``fixed`` tuning (None: default)."""
+    if tuning == "grid":
+        info = get_optimizer_info(optimizer["name"])
+        lrs = optimizer.get("lr") or list(info.lr_grid())
+        wds = optimizer.get("weight_decay") or list(info.wd_grid())
+        return [(lr, wd) for lr in lrs for wd in wds]
+    if tuning == "fixed":
+        return [(optimizer.get("lr", [None])[0], optimizer.get("weight_decay", [None])[0])]
+    raise ValueError(f"optimizer_settings covers grid and fixed tuning, not {tuning!r}")
+
+
 def load_study(path: str | Path) -> Study:
     """Parse and validate a study file; nothing is built or run."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyError(f"{where}: no such study file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"{where}: not valid TOML: {exc}") from None
-    _check_table(where, raw, _TOP_KEYS, ("study", "backbones", "optimizers"))
+    raw = read_file(path)
+    check_table(where, raw, _TOP_KEYS, ("study", "backbones", "optimizers"))
     s = raw["study"]
-    _check_table(f"{where} [study]", s, _STUDY_KEYS, ("name",))
-    tier = _choice(f"{where} [study].tier", s.get("tier", "full"), TIERS)
-    tuning = _choice(f"{where} [study].tuning", s.get("tuning", "grid"), TUNING)
-    wd_policy = _choice(f"{where} [study].wd_policy", s.get("wd_policy", "no_decay_1d"), WD_POLICIES)
-    seeds_raw = s.get("seeds", [0])
-    seeds = list(range(seeds_raw)) if isinstance(seeds_raw, int) else seeds_raw
-    if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
-        raise StudyError(f"{where} [study].seeds: expected a count >= 1 or a non-empty list of integers")
-    try:
-        data = parse_data_arg(s.get("data", "sample"))
-        if "classes" in s:
-            data = replace(data, classes=tuple(s["classes"]))
-    except ValueError as exc:
-        raise StudyError(f"{where} [study].{'classes' if 'classes' in s else 'data'}: {exc}") from None
+    head = f"{where} [study]"
+    check_table(head, s, _STUDY_KEYS, ("name",))
+    tier = choice(head, s, "tier", "full", TIERS)
+    tuning = choice(head, s, "tuning", "grid", TUNING)
+    wd_policy = choice(head, s, "wd_policy", "no_decay_1d", WD_POLICIES)
+    seeds = parse_seeds(head, s)
+    data = parse_data(head, s)
 
     backbones = _entries(f"{where} backbones", raw["backbones"], _BACKBONE_KEYS)
     for i, b in enumerate(backbones, 1):
@@ -200,37 +259,20 @@ def load_study(path: str | Path) -> Study:
             _choice(f"{place}.scale", b["scale"], SCALES)
         if "recipe" in b:
             _choice(f"{place}.recipe", b["recipe"], RECIPES)
-    optimizers = _entries(f"{where} optimizers", raw["optimizers"], _OPTIMIZER_KEYS)
-    for i, o in enumerate(optimizers, 1):
-        place = f"{where} optimizers[{i}]"
-        _known(place, get_optimizer_info, o["name"])
-        for key in ("lr", "weight_decay"):
-            if key in o:
-                o[key] = _values(f"{place}.{key}", o[key])
-                if tuning == "fixed" and len(o[key]) != 1:
-                    raise StudyError(f"{place}.{key}: tuning 'fixed' takes one value, got {len(o[key])}")
-    overrides = {k: s[k] for k in ("epochs", "batch_size", "train_per_class", "test_per_class") if k in s}
-    for k, v in overrides.items():
-        if v < 1:
-            raise StudyError(f"{where} [study].{k}: must be >= 1, got {v}")
-    study = Study(
-        name=s["name"], path=str(path), data=data, tier=tier, seeds=tuple(seeds), tuning=tuning,
-        wd_policy=wd_policy, settings=raw, backbones=tuple(backbones), optimizers=tuple(optimizers),
+    return Study(
+        name=s["name"], path=str(path), data=data, tier=tier, seeds=seeds, tuning=tuning,
+        wd_policy=wd_policy, settings=raw, backbones=tuple(backbones),
+        optimizers=parse_optimizers(where, raw["optimizers"], tuning),
         time_limit_s=s.get("time_limit_s"), memory_limit_gb=s.get("memory_limit_gb"),
-        description=s.get("description", ""), overrides=overrides,
+        description=s.get("description", ""), overrides=parse_overrides(head, s),
     )
-    return study
 
 
 def _settings(study: Study, backbone: dict[str, Any], optimizer: dict[str, Any]) -> list[tuple[float | None, float | None]] | str:
     """The (lr, wd) pairs to run for one pair, or the reason there are none."""
+    if study.tuning != "paper":
+        return optimizer_settings(study.tuning, optimizer)
     info = get_optimizer_info(optimizer["name"])
-    if study.tuning == "grid":
-        lrs = optimizer.get("lr") or list(info.lr_grid())
-        wds = optimizer.get("weight_decay") or list(info.wd_grid())
-        return [(lr, wd) for lr in lrs for wd in wds]
-    if study.tuning == "fixed":
-        return [(optimizer.get("lr", [None])[0], optimizer.get("weight_decay", [None])[0])]
     short = get_backbone_info(backbone["name"]).short
     hp = paper.best_hparams().query("optimizer == @info.short and backbone == @short")
     if hp.empty:

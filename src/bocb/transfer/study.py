@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from bocb import checkpoint
-from bocb.data import DatasetSpec, parse_data_arg
+from bocb.data import DatasetSpec
 from bocb.diagnostics.snapshot import read_spec
 from bocb.optim import POLICIES as WD_POLICIES
 from bocb.optim import get_optimizer_info
@@ -66,15 +66,17 @@ from bocb.recipes import TIERS
 from bocb.registry import UnknownNameError
 from bocb.spec import FINETUNE_MODES, Pretrained, TrialSpec, resolve_trial
 from bocb.study import (
-    _OPTIMIZER_KEYS,
     Skipped,
     StudyError,
-    _check_table,
-    _choice,
-    _entries,
-    _known,
-    _values,
+    check_table,
+    choice,
     load_study,
+    optimizer_settings,
+    parse_data,
+    parse_optimizers,
+    parse_overrides,
+    parse_seeds,
+    read_file,
 )
 from bocb.zoo import BackboneSpec, get_backbone_info, resolve_backbone
 
@@ -151,83 +153,56 @@ def load_transfer(path: str | Path) -> TransferStudy:
     """Parse and validate a transfer study file; nothing is built, read from a store or run."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyError(f"{where}: no such study file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"{where}: not valid TOML: {exc}") from None
-    _check_table(where, raw, _TOP_KEYS, ("study", "pretrained", "optimizers"))
+    raw = read_file(path)
+    check_table(where, raw, _TOP_KEYS, ("study", "pretrained", "optimizers"))
     s = raw["study"]
-    _check_table(f"{where} [study]", s, _STUDY_KEYS, ("name",))
-    task = _choice(f"{where} [study].task", s.get("task", "classification"), TASKS)
-    tier = _choice(f"{where} [study].tier", s.get("tier", "full"), TIERS)
-    tuning = _choice(f"{where} [study].tuning", s.get("tuning", "fixed"), TUNING)
-    wd_policy = _choice(f"{where} [study].wd_policy", s.get("wd_policy", "no_decay_1d"), WD_POLICIES)
-    finetune = _choice(f"{where} [study].finetune", s.get("finetune", "full"), FINETUNE_MODES)
-    seeds_raw = s.get("seeds", [0])
-    seeds = list(range(seeds_raw)) if isinstance(seeds_raw, int) else seeds_raw
-    if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
-        raise StudyError(f"{where} [study].seeds: expected a count >= 1 or a non-empty list of integers")
+    head = f"{where} [study]"
+    check_table(head, s, _STUDY_KEYS, ("name",))
+    task = choice(head, s, "task", "classification", TASKS)
+    tuning = choice(head, s, "tuning", "fixed", TUNING)
 
     data = None
     detection: dict[str, Any] = {}
     if task == "classification":
         if "detection" in raw:
             raise StudyError(f"{where} [detection]: only for task = 'detection'")
-        try:
-            data = parse_data_arg(s.get("data", "sample"))
-            if "classes" in s:
-                data = replace(data, classes=tuple(s["classes"]))
-        except ValueError as exc:
-            raise StudyError(f"{where} [study].data: {exc}") from None
+        data = parse_data(head, s)
     else:
         for key in ("data", "classes", "finetune"):
             if key in s:
-                raise StudyError(f"{where} [study].{key}: not used by task 'detection' (its data is [detection])")
+                raise StudyError(f"{head}.{key}: not used by task 'detection' (its data is [detection])")
         if "detection" not in raw:
             raise StudyError(f"{where}: task 'detection' needs a [detection] table with the COCO files")
         detection = dict(raw["detection"])
-        _check_table(f"{where} [detection]", detection, _DETECTION_KEYS,
-                     ("train_annotations", "train_images", "val_annotations", "val_images"))
+        check_table(f"{where} [detection]", detection, _DETECTION_KEYS,
+                    ("train_annotations", "train_images", "val_annotations", "val_images"))
 
-    pretrained = []
-    for i, entry in enumerate(raw["pretrained"], 1):
-        place = f"{where} pretrained[{i}]"
-        if not isinstance(entry, dict):
-            raise StudyError(f"{place}: expected a table with 'study' or 'checkpoint'")
-        if ("study" in entry) == ("checkpoint" in entry):
-            raise StudyError(f"{place}: give exactly one of 'study' (a pre-training study) or 'checkpoint' (a file)")
-        _check_table(place, entry, _FROM_STUDY_KEYS if "study" in entry else _FROM_FILE_KEYS, ())
-        if "backbone" in entry:
-            try:
-                get_backbone_info(entry["backbone"])
-            except UnknownNameError as exc:
-                raise StudyError(f"{place}.backbone: {exc}") from None
-        pretrained.append(dict(entry))
+    pretrained = [_pretrained_entry(f"{where} pretrained[{i}]", entry) for i, entry in enumerate(raw["pretrained"], 1)]
     if not pretrained:
         raise StudyError(f"{where} pretrained: empty list: a transfer study needs at least one pre-trained model")
-
-    optimizers = _entries(f"{where} optimizers", raw["optimizers"], _OPTIMIZER_KEYS)
-    for i, o in enumerate(optimizers, 1):
-        place = f"{where} optimizers[{i}]"
-        _known(place, get_optimizer_info, o["name"])
-        for key in ("lr", "weight_decay"):
-            if key in o:
-                o[key] = _values(f"{place}.{key}", o[key])
-                if tuning == "fixed" and len(o[key]) != 1:
-                    raise StudyError(f"{place}.{key}: tuning 'fixed' takes one value, got {len(o[key])}")
-    overrides = {k: s[k] for k in ("epochs", "batch_size", "train_per_class", "test_per_class") if k in s}
-    for k, v in overrides.items():
-        if v < 1:
-            raise StudyError(f"{where} [study].{k}: must be >= 1, got {v}")
     return TransferStudy(
-        name=s["name"], path=str(path), task=task, settings=raw, optimizers=tuple(optimizers),
-        pretrained=tuple(pretrained), seeds=tuple(seeds), tier=tier, tuning=tuning, wd_policy=wd_policy,
-        finetune=finetune, data=data, detection=detection, overrides=overrides,
-        time_limit_s=s.get("time_limit_s"), memory_limit_gb=s.get("memory_limit_gb"),
-        description=s.get("description", ""),
+        name=s["name"], path=str(path), task=task, settings=raw,
+        optimizers=parse_optimizers(where, raw["optimizers"], tuning), pretrained=tuple(pretrained),
+        seeds=parse_seeds(head, s), tier=choice(head, s, "tier", "full", TIERS), tuning=tuning,
+        wd_policy=choice(head, s, "wd_policy", "no_decay_1d", WD_POLICIES),
+        finetune=choice(head, s, "finetune", "full", FINETUNE_MODES), data=data, detection=detection,
+        overrides=parse_overrides(head, s), time_limit_s=s.get("time_limit_s"),
+        memory_limit_gb=s.get("memory_limit_gb"), description=s.get("description", ""),
     )
+
+
+def _pretrained_entry(place: str, entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise StudyError(f"{place}: expected a table with 'study' or 'checkpoint'")
+    if ("study" in entry) == ("checkpoint" in entry):
+        raise StudyError(f"{place}: give exactly one of 'study' (a pre-training study) or 'checkpoint' (a file)")
+    check_table(place, entry, _FROM_STUDY_KEYS if "study" in entry else _FROM_FILE_KEYS)
+    if "backbone" in entry:
+        try:
+            get_backbone_info(entry["backbone"])
+        except UnknownNameError as exc:
+            raise StudyError(f"{place}.backbone: {exc}") from None
+    return dict(entry)
 
 
 # -- pre-trained sources ----------------------------------------------------------------------------
@@ -320,22 +295,13 @@ def _from_file(study: TransferStudy, entry: dict[str, Any], place: str) -> Sourc
 # -- expansion --------------------------------------------------------------------------------------
 
 
-def _settings(study: TransferStudy, optimizer: dict[str, Any]) -> list[tuple[float | None, float | None]]:
-    if study.tuning == "grid":
-        info = get_optimizer_info(optimizer["name"])
-        lrs = optimizer.get("lr") or list(info.lr_grid())
-        wds = optimizer.get("weight_decay") or list(info.wd_grid())
-        return [(lr, wd) for lr in lrs for wd in wds]
-    return [(optimizer.get("lr", [None])[0], optimizer.get("weight_decay", [None])[0])]
-
-
 def expand_classification(study: TransferStudy, found: list[Source], num_classes: int) -> list[TrialSpec]:
     """Every fine-tuning trial: pre-trained model x optimizer x setting x seed."""
     trials = []
     for source in found:
         backbone = replace(source.backbone, num_classes=num_classes)
         for o in study.optimizers:
-            for lr, wd in _settings(study, o):
+            for lr, wd in optimizer_settings(study.tuning, o):
                 for seed in study.seeds:
                     try:
                         spec = resolve_trial(
@@ -385,7 +351,7 @@ def expand_detection(study: TransferStudy, found: list[Source]) -> list:
     trials = []
     for source in found:
         for o in study.optimizers:
-            for lr, wd in _settings(study, o):
+            for lr, wd in optimizer_settings(study.tuning, o):
                 try:
                     optimizer = resolve_optimizer(o["name"], lr=lr, weight_decay=wd, wd_policy=study.wd_policy,
                                                   **(o.get("args") or {}))
