@@ -270,6 +270,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _with_ids(data: dict[str, Any], key: str, kind: str, fail: Any):
+    """``(where, entry)`` for each entry of ``data[key]``: an object with a unique integer ``id``.
+    ``where`` names it for messages, e.g. ``image 7 (images[3])``."""
+    seen: set[int] = set()
+    for i, entry in enumerate(data[key]):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict):
+            raise fail(f"{where} must be an object, got a {type(entry).__name__}")
+        if not _is_int(entry.get("id")):
+            raise fail(f"{where} has no integer 'id' (got {entry.get('id')!r})")
+        if entry["id"] in seen:
+            raise fail(f"{kind} {entry['id']} ({where}): duplicate {kind} id {entry['id']}")
+        seen.add(entry["id"])
+        yield f"{kind} {entry['id']} ({where})", entry
+
+
 def _validate(data: Any, fail: Any) -> tuple[dict[int, dict], dict[int, dict], list[dict]]:
     """Check the layout; returns images and categories by id, and normalised annotations."""
     if not isinstance(data, dict):
@@ -284,15 +300,7 @@ def _validate(data: Any, fail: Any) -> tuple[dict[int, dict], dict[int, dict], l
             raise fail(f"'{key}' must be a list, got a {type(data[key]).__name__}")
 
     images: dict[int, dict] = {}
-    for i, im in enumerate(data["images"]):
-        where = f"images[{i}]"
-        if not isinstance(im, dict):
-            raise fail(f"{where} must be an object, got a {type(im).__name__}")
-        if not _is_int(im.get("id")):
-            raise fail(f"{where} has no integer 'id' (got {im.get('id')!r})")
-        where = f"image {im['id']} (images[{i}])"
-        if im["id"] in images:
-            raise fail(f"{where}: duplicate image id {im['id']}")
+    for where, im in _with_ids(data, "images", "image", fail):
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
             raise fail(f"{where} has no 'file_name'")
         for dim in ("width", "height"):
@@ -301,32 +309,15 @@ def _validate(data: Any, fail: Any) -> tuple[dict[int, dict], dict[int, dict], l
         images[im["id"]] = im
 
     categories: dict[int, dict] = {}
-    for i, cat in enumerate(data["categories"]):
-        where = f"categories[{i}]"
-        if not isinstance(cat, dict):
-            raise fail(f"{where} must be an object, got a {type(cat).__name__}")
-        if not _is_int(cat.get("id")):
-            raise fail(f"{where} has no integer 'id' (got {cat.get('id')!r})")
-        if cat["id"] in categories:
-            raise fail(f"category {cat['id']} ({where}): duplicate category id {cat['id']}")
+    for where, cat in _with_ids(data, "categories", "category", fail):
         if not isinstance(cat.get("name"), str):
-            raise fail(f"category {cat['id']} ({where}) has no 'name'")
+            raise fail(f"{where} has no 'name'")
         categories[cat["id"]] = cat
     if not categories:
         raise fail("'categories' is empty")
 
     annotations: list[dict] = []
-    seen: set[int] = set()
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}]"
-        if not isinstance(ann, dict):
-            raise fail(f"{where} must be an object, got a {type(ann).__name__}")
-        if not _is_int(ann.get("id")):
-            raise fail(f"{where} has no integer 'id' (got {ann.get('id')!r})")
-        where = f"annotation {ann['id']} (annotations[{i}])"
-        if ann["id"] in seen:
-            raise fail(f"{where}: duplicate annotation id {ann['id']}")
-        seen.add(ann["id"])
+    for where, ann in _with_ids(data, "annotations", "annotation", fail):
         image_id, cat_id = ann.get("image_id"), ann.get("category_id")
         if not _is_int(image_id) or image_id not in images:
             raise fail(f"{where} refers to unknown image_id {image_id!r}")
