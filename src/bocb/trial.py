@@ -20,7 +20,6 @@ the loss is summed on the device and synchronised rarely. Every epoch reseeds al
 from __future__ import annotations
 
 import math
-import random
 import time
 import traceback
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +35,7 @@ from bocb.data import Dataset
 from bocb.data.augment import BatchAugment
 from bocb.optim import Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
+from bocb.seeding import epoch_seed, seed_all, synchronize
 from bocb.spec import TrialSpec
 from bocb.zoo import classifier_name, init_backbone
 
@@ -87,15 +86,8 @@ def starting_model(spec: TrialSpec) -> tuple[torch.nn.Module, str]:
     return model, head
 
 
-def _seed_all(seed: int, device: torch.device) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    return torch.Generator(device=device).manual_seed(seed)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch + 1
 
 
 def run_trial(
@@ -142,7 +134,7 @@ def _train(
         raise ValueError(f"unknown precision {precision!r}: valid: auto, fp32, bf16")
     recipe = spec.recipe
     record.update(device=device_info(device), precision=precision, compile=options.compile)
-    _seed_all(spec.seed, device)
+    seed_all(spec.seed, device)
     model, head = starting_model(spec)  # first, so its init depends on the seed alone
     if spec.finetune == "linear":
         for name, p in model.named_parameters():
@@ -223,12 +215,12 @@ def _train(
     record["status"] = "running"
     epochs_this_run = 0
     for epoch in range(start_epoch, recipe.epochs):
-        generator = _seed_all(_epoch_seed(spec.seed, epoch), device)
+        generator = seed_all(epoch_seed(spec.seed, epoch), device)
         _train_mode(model, head if spec.finetune == "linear" else None)
         stepper.train()
         order = torch.randperm(len(train), generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         diverged = False
         for i in range(steps_per_epoch):
@@ -249,7 +241,7 @@ def _train(
             )
             loss_sum += loss
             if options.compile and epoch == start_epoch and i == 0:
-                _sync(device)
+                synchronize(device)
                 seconds["compile"] += time.perf_counter() - step_t0  # first call compiles
             if (i + 1) % check_every == 0 or i + 1 == steps_per_epoch:
                 if not math.isfinite(loss_sum.item()) or loss.item() > loss_limit:
@@ -257,7 +249,7 @@ def _train(
                     break
             if progress:
                 progress({"event": "step", "epoch": epoch, "step": i + 1, "steps": steps_per_epoch})
-        _sync(device)
+        synchronize(device)
         train_seconds = time.perf_counter() - t0
         if options.compile and epoch == start_epoch:
             train_seconds -= seconds["compile"]
@@ -361,6 +353,3 @@ def _evaluate(model: torch.nn.Module, augment: BatchAugment, x: torch.Tensor, y:
             loss_value if math.isfinite(loss_value) else float("nan"))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

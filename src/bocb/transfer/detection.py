@@ -49,20 +49,19 @@ import contextlib
 import dataclasses
 import io
 import math
-import random
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 from bocb.optim import OptimizerSpec, Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
+from bocb.seeding import epoch_seed, seed_all, synchronize
 from bocb.transfer.coco import DetectionSet
 from bocb.transfer.retinanet import Detector, build_detector
 
@@ -162,16 +161,8 @@ def get_detection_recipe(name: str) -> DetectionRecipe:
 # -- a run -----------------------------------------------------------------------------------------
 
 
-def _seed_all(seed: int) -> torch.Generator:
-    """Seed every RNG; returns a CPU generator for batch order and flips (the same on any device)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch + 1
 
 
 def run_detection(
@@ -251,7 +242,7 @@ def _train(model: nn.Module, spec: OptimizerSpec, train: DetectionSet, val: Dete
     }
     if len(train_rows) < recipe.batch_size:
         raise ValueError(f"{len(train_rows)} training images with boxes is fewer than one batch of {recipe.batch_size}")
-    _seed_all(seed)
+    seed_all(seed)
     height, width = train.image_size
     if not isinstance(model, Detector):
         if height != width:
@@ -302,7 +293,7 @@ def _train(model: nn.Module, spec: OptimizerSpec, train: DetectionSet, val: Dete
     record["status"] = "running"
     lr_now = 0.0
     for epoch in range(recipe.epochs):
-        generator = _seed_all(_epoch_seed(seed, epoch))
+        generator = seed_all(epoch_seed(seed, epoch))
         model.train()
         for m in bn:
             m.eval()
@@ -310,7 +301,7 @@ def _train(model: nn.Module, spec: OptimizerSpec, train: DetectionSet, val: Dete
         order = torch.randperm(len(train_rows), generator=generator)
         loss_sum = torch.zeros((), device=device)
         part_sum = torch.zeros(2, device=device)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         diverged = False
         for i in range(steps_per_epoch):
@@ -336,7 +327,7 @@ def _train(model: nn.Module, spec: OptimizerSpec, train: DetectionSet, val: Dete
                     break
             if progress:
                 progress({"event": "step", "epoch": epoch, "step": i + 1, "steps": steps_per_epoch})
-        _sync(device)
+        synchronize(device)
         train_seconds = time.perf_counter() - t0
         seconds["train"] += train_seconds
         steps_done = i + 1
@@ -440,6 +431,3 @@ def evaluate(model: nn.Module, data: DetectionSet, batch_size: int = 16,
     return round(max(ap, 0.0) * 100, 4), round(max(ap50, 0.0) * 100, 4), len(results)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
