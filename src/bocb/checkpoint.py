@@ -110,27 +110,32 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_pretrained(model: torch.nn.Module, path: Path, skip: str, sha256: str | None = None) -> None:
-    """Load a pre-trained state dict into ``model``, every tensor except those under ``skip.``.
+def load_weights(model: torch.nn.Module, path: Path, *, skip: str | None = None, sha256: str | None = None,
+                 network: str = "the network") -> None:
+    """Load a safetensors state dict into ``model``: every tensor, or all but those under ``skip.``.
 
-    ``skip`` is the module left as initialised (a fine-tuning trial's new classifier). Everything
-    else must match in name and shape; ``sha256`` (when given) must be the file's digest, so a
+    ``skip`` is a module left as initialised (a fine-tuning trial's new classifier). Everything
+    else must match in name and shape, else one line names the counts and an example (``network``
+    says what the weights were meant for). ``sha256`` (when given) must be the file's digest, so a
     fine-tuning trial never silently starts from other weights than its id says.
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"pre-trained weights not found: {path}")
+        raise ValueError(f"weights not found: {path}")
     if sha256 is not None and file_sha256(path) != sha256:
-        raise ValueError(f"pre-trained weights {path} changed since the study was planned (sha256 differs)")
-    state = {k: v for k, v in load_file(str(path), device="cpu").items() if not k.startswith(skip + ".")}
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip + ".")}
+        raise ValueError(f"weights {path} changed since the study was planned (sha256 differs)")
+
+    def kept(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return state if skip is None else {k: v for k, v in state.items() if not k.startswith(skip + ".")}
+
+    state, expected = kept(load_file(str(path), device="cpu")), kept(model.state_dict())
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     misshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or misshaped:
         example = (missing or unexpected or misshaped)[0]
-        raise ValueError(f"pre-trained weights {path} do not fit the network: {len(missing)} missing, "
-                         f"{len(unexpected)} unexpected, {len(misshaped)} misshaped tensors (e.g. {example!r})")
-    model.load_state_dict(state, strict=False)
+        raise ValueError(f"the weights in {path} do not fit {network}: {len(missing)} missing, {len(unexpected)} "
+                         f"unexpected, {len(misshaped)} misshaped tensors (e.g. {example!r})")
+    model.load_state_dict(state, strict=skip is None)
 
 
 def rng_state() -> dict[str, Any]:

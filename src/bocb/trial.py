@@ -82,7 +82,7 @@ def starting_model(spec: TrialSpec) -> tuple[torch.nn.Module, str]:
     model = init_backbone(spec.backbone, spec.seed)
     head = classifier_name(model)
     if spec.pretrained is not None:
-        checkpoint.load_pretrained(model, Path(spec.pretrained.path), skip=head, sha256=spec.pretrained.sha256)
+        checkpoint.load_weights(model, Path(spec.pretrained.path), skip=head, sha256=spec.pretrained.sha256)
     return model, head
 
 

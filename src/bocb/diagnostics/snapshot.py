@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from bocb import checkpoint
 from bocb.diagnostics.metrics import DEFAULT_CONV, DEFAULT_K, ENTROPY_BINS, MIN_TAIL, layer_metrics
 from bocb.zoo import BackboneSpec, build_backbone, init_backbone
 
@@ -57,19 +57,11 @@ def read_spec(path: Path) -> dict[str, Any] | None:
 def load_model(path: Path, backbone: BackboneSpec) -> nn.Module:
     """``backbone`` built on the CPU with the weights in ``path`` (strict: every key must match)."""
     model = build_backbone(backbone)
-    state = load_file(str(path), device="cpu")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or misshaped:
-        example = (missing or unexpected or misshaped)[0]
-        raise ValueError(
-            f"the weights in {path} do not fit {backbone.short} (scale {backbone.scale}, {backbone.num_classes} "
-            f"classes): {len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} misshaped "
-            f"tensors (e.g. {example!r}); check --backbone, --scale and --num-classes"
-        )
-    model.load_state_dict(state, strict=True)
+    try:
+        checkpoint.load_weights(model, path, network=f"{backbone.short} (scale {backbone.scale}, "
+                                                     f"{backbone.num_classes} classes)")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; check --backbone, --scale and --num-classes") from None
     return model
 
 

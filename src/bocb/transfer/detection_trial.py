@@ -112,7 +112,7 @@ def _data(spec: CocoSpec) -> tuple[DetectionSet, DetectionSet]:
 def starting_detector(spec: DetectionTrialSpec, train: DetectionSet) -> torch.nn.Module:
     """The detector the trial starts from: pre-trained backbone, new FPN and head, seeded."""
     backbone = init_backbone(spec.backbone, spec.seed)
-    checkpoint.load_pretrained(backbone, Path(spec.pretrained.path), skip=classifier_name(backbone),
+    checkpoint.load_weights(backbone, Path(spec.pretrained.path), skip=classifier_name(backbone),
                                sha256=spec.pretrained.sha256)
     torch.manual_seed(spec.seed)  # the FPN and head's init depend on the seed alone
     height, width = train.image_size
