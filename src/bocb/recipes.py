@@ -96,11 +96,16 @@ class Recipe:
 
     def with_changes(self, **changes: Any) -> Recipe:
         """A copy with some fields replaced; unknown field names are an error naming the valid ones."""
-        valid = {f.name for f in dataclasses.fields(self)}
-        bad = sorted(set(changes) - valid)
-        if bad:
-            raise ValueError(f"recipe has no field {', '.join(bad)}: valid: {', '.join(sorted(valid))}")
-        return dataclasses.replace(self, **changes)
+        return checked_replace(self, "recipe", changes)
+
+
+def checked_replace(obj: Any, what: str, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace`` that names the valid fields when a change names an unknown one."""
+    valid = {f.name for f in dataclasses.fields(obj)}
+    bad = sorted(set(changes) - valid)
+    if bad:
+        raise ValueError(f"{what} has no field {', '.join(bad)}: valid: {', '.join(sorted(valid))}")
+    return dataclasses.replace(obj, **changes)
 
 
 _CROP_FLIP = AugmentConfig(crop_padding=4, flip=True)

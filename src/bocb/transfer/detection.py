@@ -61,6 +61,7 @@ from torch import nn
 
 from bocb.optim import OptimizerSpec, Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
+from bocb.recipes import checked_replace
 from bocb.seeding import epoch_seed, seed_all, synchronize
 from bocb.transfer.coco import DetectionSet
 from bocb.transfer.retinanet import Detector, build_detector
@@ -124,11 +125,7 @@ class DetectionRecipe:
 
     def with_changes(self, **changes: Any) -> DetectionRecipe:
         """A copy with some fields replaced; unknown field names are an error naming the valid ones."""
-        valid = {f.name for f in dataclasses.fields(self)}
-        bad = sorted(set(changes) - valid)
-        if bad:
-            raise ValueError(f"detection recipe has no field {', '.join(bad)}: valid: {', '.join(sorted(valid))}")
-        return dataclasses.replace(self, **changes)
+        return checked_replace(self, "detection recipe", changes)
 
     def lr_factor(self, step: int, steps_per_epoch: int, schedule_free: bool = False) -> float:
         """Multiplier on the optimizer's lr at global ``step`` (0-based): step decay by epoch,
