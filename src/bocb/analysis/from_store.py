@@ -52,18 +52,18 @@ def transfer_frame(store: Any, study_id: str, metric: Literal["final", "best"] =
 
     ``backbone`` is the pre-trained model's label (``"R-50 / LAMB"``), so every table and statistic
     of the analysis reads "per pre-trained model"; ``optimizer`` is the fine-tuning optimizer.
-    Added: ``network`` (the backbone's short name) and ``pretrain_optimizer``. ``top1`` is the
-    trial's headline metric (top-1 % for classification, COCO box AP % for detection).
+    Added: ``network`` (the backbone's short name), ``pretrain_optimizer`` and ``pretrain_trial``
+    (the pre-training trial's id, None for a foreign checkpoint). ``top1`` is the trial's headline
+    metric (top-1 % for classification, COCO box AP % for detection).
     """
     frame = results_frame(store, study_id, metric)
-    info = {t["trial_id"]: t for t in store.trials(study_id)}
-    labels = frame["trial_id"].map(lambda tid: info[tid]["pretrained"])
-    if labels.isna().any():
+    sources = {tid: store.record(tid)["spec"].get("pretrained") for tid in frame["trial_id"]}
+    if not all(sources.values()):
         raise ValueError("not a transfer study: some trials have no pre-trained model")
-    pre_opt = {tid: (store.record(tid)["spec"]["pretrained"] or {}).get("optimizer") for tid in frame["trial_id"]}
-    frame = frame.assign(network=frame["backbone"], backbone=labels,
-                         pretrain_optimizer=frame["trial_id"].map(pre_opt))
-    return frame
+    ids = frame["trial_id"]
+    return frame.assign(network=frame["backbone"], backbone=ids.map(lambda t: sources[t]["label"]),
+                        pretrain_optimizer=ids.map(lambda t: sources[t]["optimizer"]),
+                        pretrain_trial=ids.map(lambda t: sources[t]["trial_id"]))
 
 
 def excluded(store: Any, study_id: str | None) -> pd.DataFrame:

@@ -61,8 +61,6 @@ def _from_store(args: argparse.Namespace, today: str):
     from bocb.analysis.from_store import excluded, results_frame, snapshot_errors, weights_frame
     from bocb.analysis.robustness import best_settings
     from bocb.commands.common import open_existing_store
-    from bocb.provenance import code_version
-    from bocb.report import Section, Table, Text
 
     study = None
     if args.study is not None:
@@ -81,22 +79,10 @@ def _from_store(args: argparse.Namespace, today: str):
     if study is None or study.tuning == "grid":
         hparams = best_settings(results)
     name = study.name if study else "store"
-    provenance = {
-        "source": f"bocb store {args.store}",
-        "study": f"{study.name} ({study.study_id}), {study.tuning} tuning, tier {study.tier}, file {study.path}"
-                 if study else "all studies in the store",
-        "trials": f"{len(results)} finished (done or diverged), {len(left_out)} not results",
-        "epoch": f"{args.metric}-epoch test top-1 per trial",
-        "code_version": f"report {code_version()}; trials {', '.join(versions) or 'unknown'}",
-        "date": today,
-    }
-    extra = []
-    if len(left_out):
-        extra.append(Section(
-            "Trials that are not results",
-            (Text("Failed, pending, running or skipped trials are left out of every statistic above."),
-             Table(left_out.set_index("trial_id").astype(str))),
-        ))
+    described = (f"{study.name} ({study.study_id}), {study.tuning} tuning, tier {study.tier}, file {study.path}"
+                 if study else "all studies in the store")
+    provenance = _provenance(args, today, described, results, left_out, versions, "test top-1")
+    extra = _not_results(left_out)
     from bocb.report.weights import weights_sections
 
     extra.extend(weights_sections(results, weights, rule(args.rule, args.gamma), errors=weight_errors,
@@ -111,8 +97,6 @@ def _from_transfer(args: argparse.Namespace, today: str):
     from bocb.analysis.from_store import excluded, snapshot_errors, transfer_frame, weights_frame
     from bocb.analysis.robustness import best_settings
     from bocb.commands.common import open_existing_store
-    from bocb.provenance import code_version
-    from bocb.report import Section, Table, Text
     from bocb.report.transfer import transfer_section
     from bocb.report.weights import weights_sections
     from bocb.transfer.study import load_transfer
@@ -124,31 +108,19 @@ def _from_transfer(args: argparse.Namespace, today: str):
         results = transfer_frame(store, study.study_id, metric=args.metric)
         left_out = excluded(store, study.study_id)
         finetuned = weights_frame(store, study.study_id)
-        pre_ids = {t["pretrained"]: store.record(t["trial_id"])["spec"]["pretrained"]["trial_id"]
-                   for t in store.trials(study.study_id) if t["pretrained"] and t["status"] in ("done", "diverged")}
-        pretrained = weights_frame(store, None, snapshot_ids={i for i in pre_ids.values() if i})
+        pre_ids = results.drop_duplicates("backbone").set_index("backbone")["pretrain_trial"].dropna().to_dict()
+        pretrained = weights_frame(store, None, snapshot_ids=set(pre_ids.values()))
         weight_errors = snapshot_errors(store, study.study_id)
         versions = sorted({t["code_version"] for t in store.trials(study.study_id) if t["code_version"]})
     chosen = rule(args.rule, args.gamma)
     flags = flag(results, chosen)
     hparams = best_settings(results) if study.tuning == "grid" else None
-    provenance = {
-        "source": f"bocb store {args.store}",
-        "study": f"{study.name} ({study.study_id}), transfer ({study.task}"
-                 f"{', ' + study.finetune + ' fine-tuning' if study.task == 'classification' else ''}), "
-                 f"{study.tuning} tuning, tier {study.tier}, file {study.path}",
-        "trials": f"{len(results)} finished (done or diverged), {len(left_out)} not results",
-        "epoch": f"{args.metric}-epoch {'test top-1' if study.task == 'classification' else 'box AP'} per trial",
-        "code_version": f"report {code_version()}; trials {', '.join(versions) or 'unknown'}",
-        "date": today,
-    }
-    extra = [transfer_section(results, flags, chosen, finetuned, pretrained, pre_ids)]
-    if len(left_out):
-        extra.append(Section(
-            "Trials that are not results",
-            (Text("Failed, pending, running or skipped trials are left out of every statistic above."),
-             Table(left_out.set_index("trial_id").astype(str))),
-        ))
+    mode = f", {study.finetune} fine-tuning" if study.task == "classification" else ""
+    described = (f"{study.name} ({study.study_id}), transfer ({study.task}{mode}), {study.tuning} tuning, "
+                 f"tier {study.tier}, file {study.path}")
+    measure = "test top-1" if study.task == "classification" else "box AP"
+    provenance = _provenance(args, today, described, results, left_out, versions, measure)
+    extra = [transfer_section(results, flags, chosen, finetuned, pretrained, pre_ids), *_not_results(left_out)]
     # Weight sections per pre-trained model (the table's columns). A fine-tuned model's reference is
     # its pre-trained model, so that snapshot takes the place the random init has in a study report.
     label_of = {sid: label for label, sid in pre_ids.items()}
@@ -160,3 +132,30 @@ def _from_transfer(args: argparse.Namespace, today: str):
                                   reference="pre-trained"))
     title = f"bocb transfer study '{study.name}': pre-training x fine-tuning optimizers"
     return results, hparams, study.name, provenance, title, extra
+
+
+def _provenance(args: argparse.Namespace, today: str, study: str, results, left_out, versions: list[str],
+                measure: str) -> dict[str, str]:
+    from bocb.provenance import code_version
+
+    return {
+        "source": f"bocb store {args.store}",
+        "study": study,
+        "trials": f"{len(results)} finished (done or diverged), {len(left_out)} not results",
+        "epoch": f"{args.metric}-epoch {measure} per trial",
+        "code_version": f"report {code_version()}; trials {', '.join(versions) or 'unknown'}",
+        "date": today,
+    }
+
+
+def _not_results(left_out) -> list:
+    """The section listing failed, pending, running or skipped trials (none when there are none)."""
+    from bocb.report import Section, Table, Text
+
+    if not len(left_out):
+        return []
+    return [Section(
+        "Trials that are not results",
+        (Text("Failed, pending, running or skipped trials are left out of every statistic above."),
+         Table(left_out.set_index("trial_id").astype(str))),
+    )]
