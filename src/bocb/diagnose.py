@@ -48,11 +48,13 @@ def plan(store: SQLiteStore, study_id: str, force: bool = False) -> list[Job]:
     done = {s["snapshot_id"] for s in store.snapshots(study_id) if s["error"] is None} if not force else set()
     jobs: list[Job] = []
     inits: dict[str, Job] = {}
-    seed = min((t["seed"] for t in store.trials(study_id)), default=0)
-    for t in store.trials(study_id):
+    trials = store.trials(study_id)
+    specs = store.specs(study_id)
+    seed = min((t["seed"] for t in trials), default=0)
+    for t in trials:
         if t["status"] not in ("done", "diverged"):
             continue
-        spec = store.record(t["trial_id"])["spec"]
+        spec = specs[t["trial_id"]]
         path = store.artifacts(t["trial_id"]).get("final_weights")
         if path and t["trial_id"] not in done:
             jobs.append(Job("final", t["trial_id"], spec["backbone"], spec["seed"], t["trial_id"], path, spec))
@@ -72,10 +74,6 @@ def _one_thread() -> None:
     threadpool_limits(limits=1)
 
 
-def _run(job: Job) -> dict[str, Any]:
-    return job.run()
-
-
 def run(store: SQLiteStore, study_id: str, jobs: list[Job], workers: int = 1,
         on_done: Callable[[Job, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Measure ``jobs`` and store each snapshot as it arrives (random-init ones linked to the study)."""
@@ -93,7 +91,7 @@ def run(store: SQLiteStore, study_id: str, jobs: list[Job], workers: int = 1,
         return results
     ctx = mp.get_context("spawn")  # fork after torch/BLAS threads exist is unsafe
     with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_one_thread) as pool:
-        futures = {pool.submit(_run, job): job for job in jobs}
+        futures = {pool.submit(job.run): job for job in jobs}
         for future in cf.as_completed(futures):
             job = futures[future]
             try:

@@ -57,7 +57,8 @@ def transfer_frame(store: Any, study_id: str, metric: Literal["final", "best"] =
     metric (top-1 % for classification, COCO box AP % for detection).
     """
     frame = results_frame(store, study_id, metric)
-    sources = {tid: store.record(tid)["spec"].get("pretrained") for tid in frame["trial_id"]}
+    specs = store.specs(study_id)
+    sources = {tid: specs[tid].get("pretrained") for tid in frame["trial_id"]}
     if not all(sources.values()):
         raise ValueError("not a transfer study: some trials have no pre-trained model")
     ids = frame["trial_id"]

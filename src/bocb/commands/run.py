@@ -133,8 +133,8 @@ class _LiveView:
             table.add_column(col)
         for trial_id, event in stats.last_epoch.items():
             row = event["row"]
-            # Detection rows score box AP ("map"); any missing number shows as "-", never a crash.
-            score = row.get("test_top1", row.get("map"))
+            # A number an epoch does not have (no evaluation yet) shows as "-", never a crash.
+            score = row.get("test_top1")
             loss = row.get("train_loss")
             table.add_row(trial_id, str(row.get("epoch", "-")), "-" if score is None else f"{score:.2f}",
                           "-" if loss is None else f"{loss:.3f}")

@@ -17,7 +17,7 @@ from typing import Any
 from bocb.data import Dataset, DatasetSpec, load_dataset
 from bocb.diagnostics.snapshot import final_snapshot
 from bocb.spec import TrialSpec
-from bocb.transfer.detection_trial import DetectionTrialSpec, is_detection, run_detection_trial
+from bocb.transfer.detection_trial import is_detection, run_detection_trial
 from bocb.trial import Progress, RunOptions, run_trial
 
 
@@ -55,9 +55,7 @@ def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None 
     Never raises for a trial's own failure: data errors become a ``failed`` record too.
     """
     if is_detection(spec_dict):
-        probe = DetectionTrialSpec.from_dict(spec_dict)
-        return run_detection_trial(spec_dict, device or config.device,
-                                   Path(config.artifacts_dir) / probe.trial_id, progress)
+        return run_detection_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress)
     spec = TrialSpec.from_dict(spec_dict)
     options = RunOptions(
         device=device or config.device, precision=config.precision, compile=config.compile,

@@ -73,6 +73,10 @@ class Store(ABC):
         """One summary row per trial: id, status, backbone, optimizer, lr, wd, seed, accuracy..."""
 
     @abstractmethod
+    def specs(self, study_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Every trial's spec (the study's, or all), by trial id."""
+
+    @abstractmethod
     def record(self, trial_id: str) -> dict[str, Any] | None:
         """The full result record of a finished trial (None if it has none yet)."""
 

@@ -362,6 +362,8 @@ def _row(epoch: int, train_loss: float, parts: list[float], scores: tuple[float,
         "train_loss_cls": finite[0],
         "train_loss_box": finite[1],
         "map": scores[0] if scores else None,
+        # The same AP under the name the store and the live view read every trial's score by.
+        "test_top1": scores[0] if scores else None,
         "ap50": scores[1] if scores else None,
         "detections": scores[2] if scores else None,
         "lr": lr,

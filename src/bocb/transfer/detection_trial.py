@@ -12,7 +12,7 @@ seeded as :func:`bocb.trial.starting_model`), puts RetinaNet + FPN on it
 (:func:`~bocb.transfer.retinanet.build_detector`), fine-tunes it (:func:`~bocb.transfer.detection.run_detection`)
 and keeps the detector's final weights. The record speaks the store's language: ``final_top1`` /
 ``best_top1`` hold box AP (the trial's headline metric, as the report's title says) and each epoch
-row's ``test_top1`` its AP. Its weight snapshot measures the backbone's layers inside the detector
+row's ``test_top1`` its AP (:mod:`bocb.transfer.detection` writes both names). Its weight snapshot measures the backbone's layers inside the detector
 (layer names as inside the detector's stage wrapper, prefixed ``body.``), ``moved`` against the pre-trained weights.
 """
 
@@ -33,6 +33,7 @@ from bocb.spec import Pretrained
 from bocb.transfer.coco import DetectionSet, load_coco
 from bocb.transfer.detection import DetectionRecipe, run_detection
 from bocb.transfer.retinanet import build_detector
+from bocb.trial import resolve_device
 from bocb.zoo import BackboneSpec, classifier_name, init_backbone
 
 TASK = "detection"
@@ -121,28 +122,23 @@ def starting_detector(spec: DetectionTrialSpec, train: DetectionSet) -> torch.nn
     return build_detector(backbone, train.num_classes, height, spec.recipe.fpn_channels)
 
 
-def run_detection_trial(spec_dict: dict[str, Any], device: str, work_dir: Path | None,
+def run_detection_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path | None,
                         progress=None) -> dict[str, Any]:
-    """Run one detection fine-tuning trial; always returns a record (failures included)."""
+    """Run one detection fine-tuning trial; always returns a record (failures included). Its
+    final weights go to ``artifacts_dir/<trial_id>/`` (nothing is kept when it is None)."""
     spec = DetectionTrialSpec.from_dict(spec_dict)
     base = {"trial_id": spec.trial_id, "spec": spec_dict, "status": "failed", "epochs": []}
     try:
+        dev = resolve_device(device)
         train, val = _data(spec.data)
         detector = starting_detector(spec, train)
-    except Exception as exc:  # noqa: BLE001 - data or weights that cannot load: a failed trial
+    except Exception as exc:  # noqa: BLE001 - no device, data or weights: a failed trial
         return {**base, "error": f"{type(exc).__name__}: {exc}"}
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     record = {**base, **run_detection(detector, spec.optimizer, train, val, spec.recipe, spec.seed, dev, progress)}
-    record["trial_id"], record["spec"] = spec.trial_id, spec_dict
     record["final_top1"], record["best_top1"] = record["final_map"], record["best_map"]
-    for row in record["epochs"]:
-        row["test_top1"], row["test_top5"] = row.get("map"), None
-    images = sum(r.get("images", 0) for r in record["epochs"])
-    train_seconds = (record.get("seconds") or {}).get("train")
-    record.setdefault("train_images_per_second", round(images / train_seconds, 1) if train_seconds else None)
-    if work_dir is not None and record["status"] in ("done", "diverged"):
+    if artifacts_dir is not None and record["status"] in ("done", "diverged"):
         detector = detector.to("cpu")
-        path = Path(work_dir) / "final.safetensors"
+        path = Path(artifacts_dir) / spec.trial_id / "final.safetensors"
         checkpoint.save_weights(path, detector, metadata={"trial_id": spec.trial_id, "spec": json.dumps(spec_dict)})
         record["artifacts"] = {"final_weights": str(path)}
         record["diagnostics"] = _snapshot(spec, path, lambda: detector, train)
