@@ -15,6 +15,7 @@ the intervals are about ``sqrt(2/3)`` = 0.82 times too narrow; read them as opti
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -59,6 +60,19 @@ def resampled_tables(
     return table, draws
 
 
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile CI of resampled ``values`` along axis 0, NaN resamples skipped (all NaN: NaN)."""
+    alpha = (1 - level) / 2
+    values = np.asarray(values, dtype=float)
+    if not np.isfinite(values).any():
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan.copy()
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no finite resample stays NaN
+        lo, hi = np.nanquantile(np.where(np.isfinite(values), values, np.nan), [alpha, 1 - alpha], axis=0)
+    return lo, hi
+
+
 def bootstrap(
     frame: pd.DataFrame,
     statistic: Statistic = coupling_statistics,
@@ -81,8 +95,7 @@ def bootstrap(
     for r in range(n_resamples):
         resampled = pd.DataFrame(draws[r], index=table.index, columns=table.columns)
         values[r] = _as_series(statistic(resampled)).reindex(estimate.index).to_numpy()
-    alpha = (1 - level) / 2
+    lo, hi = percentile_interval(values, level)
     with np.errstate(invalid="ignore"):
-        lo, hi = np.nanquantile(values, [alpha, 1 - alpha], axis=0)
         se = np.nanstd(values, axis=0, ddof=1) if n_resamples > 1 else np.full(len(estimate), np.nan)
     return pd.DataFrame({"estimate": estimate.to_numpy(), "lo": lo, "hi": hi, "se": se}, index=estimate.index)

@@ -59,6 +59,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bocb.analysis.bootstrap import percentile_interval
 from bocb.analysis.results import PAIR, best_tuned, load_results
 
 ALPHA_BAND = (2.0, 6.0)
@@ -177,10 +178,9 @@ def init_summaries(weights: pd.DataFrame) -> pd.DataFrame:
 
 
 def _avg_ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based, ties share their mean rank) along the last axis."""
-    less = (x[..., None, :] < x[..., :, None]).sum(-1)
-    equal = (x[..., None, :] == x[..., :, None]).sum(-1)
-    return less + (equal + 1) / 2.0
+    """Average ranks (1-based, ties share their mean rank) along the last axis (pandas' rank)."""
+    flat = pd.DataFrame(x.reshape(-1, x.shape[-1]))
+    return flat.rank(axis=1, method="average").to_numpy().reshape(x.shape)
 
 
 def _rho(metric: np.ndarray, top1: np.ndarray, blocks: list[slice]) -> np.ndarray:
@@ -240,11 +240,7 @@ def _strata_draws(groups: list[np.ndarray], n_resamples: int, rng: np.random.Gen
 
 
 def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return np.nan, np.nan
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(values, [tail, 1 - tail])
+    lo, hi = percentile_interval(values, level)
     return float(lo), float(hi)
 
 
