@@ -1,5 +1,10 @@
 """Per-layer weight metrics of the trained weights (method.md section 7, issue 6).
 
+Written here rather than taken from ``weightwatcher`` or ``powerlaw``: both fit every layer with
+their own filters and defaults (WeightWatcher also pulls in scikit-learn and plotting), and the
+fit must run after every trial within a second per ResNet-18; ``weightwatcher`` stays the test
+suite's reference (``tests/test_diagnostics.py`` checks alpha per layer against it).
+
 Every choice the paper leaves open is fixed here and stated once:
 
 - **Layers.** In ``model.named_modules()`` order: every ``nn.Linear``, every ``nn.Conv2d``, and the
