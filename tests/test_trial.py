@@ -9,10 +9,10 @@ import pytest
 from safetensors.torch import load_file
 
 from bocb.data import DatasetSpec, load_dataset
-from bocb.recipes import get_recipe
+from bocb.recipes import get_recipe, recipe_for
 from bocb.spec import TrialSpec, resolve_trial
 from bocb.trial import FINAL_WEIGHTS, RunOptions, run_trial
-from bocb.zoo import build_backbone
+from bocb.zoo import build_backbone, get_backbone_info
 
 SAMPLE = DatasetSpec("sample")
 
@@ -88,7 +88,7 @@ def test_trial_id_is_stable_and_changes_with_any_knob():
 def test_swapping_the_optimizer_changes_only_its_own_settings():
     deit = resolve_trial("deit_small", "adamw", data=SAMPLE, num_classes=10)
     lamb = resolve_trial("deit_small", "lamb", data=SAMPLE, num_classes=10)
-    assert deit.recipe == lamb.recipe == get_recipe("deit")
+    assert deit.recipe == lamb.recipe == recipe_for(get_backbone_info("deit_small"))
     assert deit.optimizer.lr == 1e-3 and deit.optimizer.weight_decay == 0.05  # the recipe's own
     assert lamb.optimizer.lr == 5e-3  # LAMB's typical value from the paper's tables
     assert deit.backbone.drop_path_rate == 0.1

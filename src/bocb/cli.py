@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=("table", "csv"), default="table")
     h = paper_sub.add_parser("hparams", help="Tables A4/A5: chosen lr and weight decay")
     h.add_argument("--format", choices=("table", "csv"), default="table")
+    pr = paper_sub.add_parser("protocol", help="fidelity table: the paper's / released configs' value of every "
+                                               "recipe setting, backbone override and optimizer knob next to bocb's")
+    pr.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table",
+                    help="output format (default: table)")
+    pr.add_argument("--differences", action="store_true", help="only the settings where bocb differs")
 
     for command in COMMANDS.values():
         command.add_parser(sub)
@@ -100,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.what == "table":
                 views.print_paper_table(console, args.format)
+            elif args.what == "protocol":
+                views.print_protocol(console, args.format, args.differences)
             else:
                 from bocb import paper as paper_data
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bocb.diagnostics.metrics import DEFAULT_CONV
 from bocb.diagnostics.snapshot import final_snapshot, init_snapshot, init_snapshot_id
 from bocb.store import SQLiteStore
 from bocb.zoo import BackboneSpec
@@ -32,6 +33,7 @@ class Job:
     trial_id: str | None = None
     path: str | None = None
     spec: dict[str, Any] | None = None
+    conv: str = DEFAULT_CONV
 
     def run(self) -> dict[str, Any]:
         if self.source == "final" and self.spec and self.spec.get("task") == "detection":
@@ -39,13 +41,17 @@ class Job:
 
             return detection_snapshot(self.trial_id, self.path, self.spec)
         if self.source == "final":
-            return final_snapshot(self.trial_id, self.path, self.spec)
-        return init_snapshot(BackboneSpec.from_dict(self.backbone), self.seed)
+            return final_snapshot(self.trial_id, self.path, self.spec, conv=self.conv)
+        return init_snapshot(BackboneSpec.from_dict(self.backbone), self.seed, conv=self.conv)
 
 
-def plan(store: SQLiteStore, study_id: str, force: bool = False) -> list[Job]:
-    """The study's snapshots still to measure (all of them with ``force``), finals first."""
-    done = {s["snapshot_id"] for s in store.snapshots(study_id) if s["error"] is None} if not force else set()
+def plan(store: SQLiteStore, study_id: str, force: bool = False, conv: str = DEFAULT_CONV) -> list[Job]:
+    """The study's snapshots still to measure (all of them with ``force``), finals first.
+
+    A snapshot measured under another conv convention than ``conv`` (the study's ``weight_conv``)
+    counts as missing, so changing the convention remeasures."""
+    done = {s["snapshot_id"] for s in store.snapshots(study_id)
+            if s["error"] is None and s["settings"].get("conv", "reshape") == conv} if not force else set()
     jobs: list[Job] = []
     inits: dict[str, Job] = {}
     trials = store.trials(study_id)
@@ -57,12 +63,12 @@ def plan(store: SQLiteStore, study_id: str, force: bool = False) -> list[Job]:
         spec = specs[t["trial_id"]]
         path = store.artifacts(t["trial_id"]).get("final_weights")
         if path and t["trial_id"] not in done:
-            jobs.append(Job("final", t["trial_id"], spec["backbone"], spec["seed"], t["trial_id"], path, spec))
+            jobs.append(Job("final", t["trial_id"], spec["backbone"], spec["seed"], t["trial_id"], path, spec, conv))
         if spec.get("pretrained"):
             continue  # a fine-tuned model's reference is its pre-trained model, already measured
         init_id = init_snapshot_id(BackboneSpec.from_dict(spec["backbone"]), seed)
         if init_id not in done and init_id not in inits:
-            inits[init_id] = Job("init", init_id, spec["backbone"], seed)
+            inits[init_id] = Job("init", init_id, spec["backbone"], seed, conv=conv)
     return jobs + list(inits.values())
 
 

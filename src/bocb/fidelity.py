@@ -22,7 +22,9 @@ class Claim:
     short name); ``key`` is the setting (a Recipe field, a backbone override key, an optimizer
     constructor argument, or ``wd_policy``); ``paper`` the value used there; ``source`` where that
     value is read (a released config file, a table of the paper, or "paper's tables: no config
-    released"); ``note`` why bocb differs, when it does.
+    released"); ``note`` why bocb differs, when it does. ``bocb`` is set only for a behaviour bocb
+    has no setting for (e.g. a crop it does differently): bocb's behaviour in words; every other
+    claim's bocb value is read from the code.
     """
 
     kind: Kind
@@ -31,3 +33,4 @@ class Claim:
     paper: Any
     source: str
     note: str = ""
+    bocb: str | None = None

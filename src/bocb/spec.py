@@ -3,8 +3,9 @@
 A :class:`TrialSpec` is what the trainer consumes and what a store keys on: the resolved backbone,
 the resolved optimizer (every argument), the recipe at its budget tier, the dataset and the seed.
 Its canonical JSON (sorted keys, no whitespace) hashes to the ``trial_id``, so the same choice
-always gets the same id and changing any knob gets a new one. Where and how fast it runs (device,
-precision, compile) is not part of it; the result records those.
+always gets the same id and changing any knob gets a new one. Numeric precision is part of it (in
+the recipe: fp32, tf32 or bf16 change the numbers); where and how fast it runs (device, compile)
+is not, and the result records those.
 
 A fine-tuning trial (transfer, issue 7) is a TrialSpec with ``pretrained`` (:class:`Pretrained`:
 where its starting weights come from, the pre-training trial and optimizer, the weights' sha256)
@@ -21,7 +22,7 @@ from typing import Any
 
 from bocb.data import DatasetSpec
 from bocb.optim import DEFAULT_POLICY, OptimizerSpec, resolve_optimizer
-from bocb.recipes import Recipe, default_hparams, get_recipe
+from bocb.recipes import Recipe, default_hparams, recipe_for
 from bocb.zoo import BackboneSpec, get_backbone_info, resolve_backbone
 
 
@@ -123,23 +124,29 @@ def resolve_trial(
     drop_path_rate: float | None = None,
     wd_policy: str = DEFAULT_POLICY,
     optimizer_args: dict[str, Any] | None = None,
+    precision: str | None = None,
+    holdout_per_class: int | None = None,
 ) -> TrialSpec:
     """Resolve a user's choice into a TrialSpec; ``None`` means "the default", stated here:
 
-    recipe: the paper's recipe for the backbone; optimizer: the recipe's base optimizer;
-    lr/weight_decay: :func:`bocb.recipes.default_hparams`; policy: the backbone's default; scale:
-    the tier's (``tiny`` for smoke); drop_path_rate: the recipe's where the backbone has stochastic
-    depth, else 0.
+    recipe: the paper's recipe for the backbone, with the backbone's released-config overrides
+    (:func:`bocb.recipes.recipe_for`); optimizer: the recipe's base optimizer; lr/weight_decay:
+    :func:`bocb.recipes.default_hparams`; policy: the backbone's default; scale: the tier's
+    (``tiny`` for smoke); drop_path_rate / dropout: the recipe's where the backbone has them, else
+    0; epochs: the tier's (a change scales the warm-up, :meth:`Recipe.with_epochs`); precision: the
+    tier's; holdout_per_class: none (settings are chosen on the test set, the paper's way).
     """
     info = get_backbone_info(backbone)
-    rec = get_recipe(recipe or info.recipe, tier)
-    changes: dict[str, Any] = {}
+    rec = recipe_for(info, recipe, tier)
     if epochs is not None:
-        changes["epochs"] = epochs
-        # Keep the warm-up's share of training, as the budget tiers do.
-        changes["warmup_epochs"] = round(rec.warmup_epochs * epochs / rec.epochs)
+        rec = rec.with_epochs(epochs)
+    changes: dict[str, Any] = {}
     if batch_size is not None:
         changes["batch_size"] = batch_size
+    if precision is not None:
+        changes["precision"] = precision
+    if holdout_per_class is not None:
+        changes["holdout_per_class"] = holdout_per_class
     if changes:
         rec = rec.with_changes(**changes)
     opt_name = optimizer or rec.base_optimizer
@@ -151,6 +158,7 @@ def resolve_trial(
         policy=policy,
         scale=scale or rec.scale,
         drop_path_rate=dpr if drop_path_rate is None else drop_path_rate,
+        drop_rate=rec.drop_rate if info.supports_dropout else 0.0,
     )
     opt = resolve_optimizer(
         opt_name,

@@ -9,6 +9,11 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     seeds = [0]                  # or a count: seeds = 3 means [0, 1, 2]
     tuning = "fixed"             # grid | paper | fixed
     wd_policy = "no_decay_1d"    # or decay_all; one policy for the whole grid
+    precision = "tf32"           # optional: fp32 | tf32 | bf16 (default: the tier's; part of trial ids)
+    selection = "test"           # optional: test (the paper's way) | holdout (see below)
+    holdout_per_class = 50       # optional, with selection = "holdout" (default 50)
+    weight_conv = "slices"       # optional: conv matricisation of the weight diagnostics
+                                 # (slices: WeightWatcher's, the default; reshape)
     # optional budget overrides for every trial: epochs, batch_size, train_per_class,
     # test_per_class; run limits: time_limit_s, memory_limit_gb; and classes = [0, 1, 2, 3, 4]
     # to keep only those classes of the data (relabelled in that order)
@@ -31,6 +36,11 @@ lists); ``paper`` uses the paper's chosen lr/wd for the pair (Tables A4/A5) and 
 paper has no value for as skipped, with the reason; ``fixed`` runs one setting per pair (explicit
 values, else the recipe's for its base optimizer, else the optimizer's grid centre).
 
+Selection (``selection``): ``test`` chooses each pair's setting, each trial's best epoch and a
+transfer study's pre-trained models on test accuracy, as the paper did; ``holdout`` holds out
+``holdout_per_class`` training images per class (the same images for every trial), chooses all
+three on their accuracy and reports the test accuracy of what it chose. Reports say which.
+
 Every mistake is found before any trial runs and reported in one line naming the file, the
 place and the valid choices (:class:`StudyError`).
 """
@@ -48,10 +58,17 @@ from bocb import paper
 from bocb.data import DatasetSpec, parse_data_arg
 from bocb.optim import POLICIES as WD_POLICIES
 from bocb.optim import get_optimizer_info
-from bocb.recipes import RECIPES, TIERS
+from bocb.diagnostics.metrics import CONV_MODES
+from bocb.recipes import PRECISIONS, RECIPES, TIERS
 from bocb.registry import UnknownNameError
 from bocb.spec import TrialSpec, resolve_trial
 from bocb.zoo import POLICIES, SCALES, get_backbone_info
+
+SELECTION = {
+    "test": "settings, best epoch and transfer sources chosen on the test set (the paper's way)",
+    "holdout": "chosen on training images held out per class; test accuracy reported for the choice",
+}
+DEFAULT_HOLDOUT_PER_CLASS = 50
 
 TUNING = {
     "grid": "every (lr, wd) of the optimizer's grids (or the explicit lists)",
@@ -63,7 +80,7 @@ _STUDY_KEYS = {
     "name": str, "description": str, "data": str, "tier": str, "seeds": (list, int), "tuning": str,
     "wd_policy": str, "epochs": int, "batch_size": int, "train_per_class": int,
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
-    "classes": list,
+    "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
 }
 _BACKBONE_KEYS = {"name": str, "policy": str, "scale": str, "recipe": str, "drop_path": (int, float)}
 _OPTIMIZER_KEYS = {"name": str, "lr": (list, int, float), "weight_decay": (list, int, float), "args": dict}
@@ -99,6 +116,13 @@ class Study:
     memory_limit_gb: float | None = None
     description: str = ""
     overrides: dict[str, int] = field(default_factory=dict)
+    precision: str | None = None  # None: the tier's
+    holdout_per_class: int | None = None  # set exactly when selection is "holdout"
+    weight_conv: str = "slices"
+
+    @property
+    def selection(self) -> str:
+        return "holdout" if self.holdout_per_class else "test"
 
     @property
     def study_id(self) -> str:
@@ -213,6 +237,19 @@ def parse_optimizers(where: str, raw: list[Any], tuning: str) -> tuple[dict[str,
     return tuple(optimizers)
 
 
+def parse_selection(where: str, table: dict[str, Any]) -> int | None:
+    """``selection`` and ``holdout_per_class``: the images per class held out, or None (test)."""
+    selection = choice(where, table, "selection", "test", SELECTION)
+    if selection == "test":
+        if "holdout_per_class" in table:
+            raise StudyError(f"{where}.holdout_per_class: only with selection = \"holdout\"")
+        return None
+    per_class = table.get("holdout_per_class", DEFAULT_HOLDOUT_PER_CLASS)
+    if per_class < 1:
+        raise StudyError(f"{where}.holdout_per_class: must be >= 1, got {per_class}")
+    return per_class
+
+
 def parse_overrides(where: str, table: dict[str, Any]) -> dict[str, int]:
     """Budget overrides for every trial (epochs, batch_size, train/test_per_class), each >= 1."""
     overrides = {k: table[k] for k in ("epochs", "batch_size", "train_per_class", "test_per_class") if k in table}
@@ -248,6 +285,9 @@ def load_study(path: str | Path) -> Study:
     wd_policy = choice(head, s, "wd_policy", "no_decay_1d", WD_POLICIES)
     seeds = parse_seeds(head, s)
     data = parse_data(head, s)
+    precision = choice(head, s, "precision", "tf32", PRECISIONS) if "precision" in s else None
+    holdout = parse_selection(head, s)
+    weight_conv = choice(head, s, "weight_conv", "slices", CONV_MODES)
 
     backbones = _entries(f"{where} backbones", raw["backbones"], _BACKBONE_KEYS)
     for i, b in enumerate(backbones, 1):
@@ -265,6 +305,7 @@ def load_study(path: str | Path) -> Study:
         optimizers=parse_optimizers(where, raw["optimizers"], tuning),
         time_limit_s=s.get("time_limit_s"), memory_limit_gb=s.get("memory_limit_gb"),
         description=s.get("description", ""), overrides=parse_overrides(head, s),
+        precision=precision, holdout_per_class=holdout, weight_conv=weight_conv,
     )
 
 
@@ -301,7 +342,8 @@ def expand(study: Study, num_classes: int) -> tuple[list[TrialSpec], list[Skippe
                             epochs=study.overrides.get("epochs"),
                             batch_size=study.overrides.get("batch_size"),
                             drop_path_rate=b.get("drop_path"), wd_policy=study.wd_policy,
-                            optimizer_args=o.get("args"),
+                            optimizer_args=o.get("args"), precision=study.precision,
+                            holdout_per_class=study.holdout_per_class,
                         )
                     except ValueError as exc:
                         raise StudyError(f"{study.path}: {b['name']} x {o['name']}: {exc}") from None

@@ -10,6 +10,22 @@ accuracy that had risen to at least twice chance falling back to within 10% of c
 is recorded); ``failed`` (any exception, with its message); ``interrupted`` (stopped on purpose by
 ``stop_after_epochs``; the checkpoint lets the next run resume).
 
+A diverged trial is scored on the weights it ended with, never on an earlier epoch: when training
+stops on a bad loss, those weights are evaluated and that row is the trial's last; weights or
+logits that are not finite cannot be evaluated and score chance (100 / classes top-1, 500 /
+classes top-5). So ``final_top1`` of a diverged trial is what its training produced, and the
+analysis counts it as such (it cannot win tuning with a pre-divergence epoch).
+
+Selection without the test set (``recipe.holdout_per_class``): that many training images per
+class are held out (the same images for every trial and seed: split seed 0, before any subset)
+and evaluated every epoch as ``val_*``; ``best_epoch`` is then chosen on validation accuracy and
+``best_top1`` is the test accuracy at that epoch, so no number the analysis selects on comes from
+the test set. Without a hold-out, ``best_epoch`` is the best test epoch (the paper's tools).
+
+Precision (``recipe.precision``, part of the trial's identity): ``fp32`` switches TF32 off,
+``tf32`` allows it in matmuls and cuDNN convolutions (the paper's A100 runs), ``bf16`` adds bf16
+autocast. The record's ``precision_effective`` says what the device actually did (a CPU has no TF32).
+
 Speed choices (the GPU path; CPU runs the same code): the whole dataset sits on the device as
 uint8 and is augmented there in batches (no DataLoader, no host-device copies per step); bf16
 autocast and channels_last on CUDA; ``torch.compile`` as an option, its warm-up timed apart;
@@ -43,6 +59,7 @@ Progress = Callable[[dict[str, Any]], None]
 
 CHECKPOINT = "checkpoint.safetensors"
 FINAL_WEIGHTS = "final.safetensors"
+HOLDOUT_SEED = 0  # the validation split is the same for every trial and seed of a study
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,6 @@ class RunOptions:
     """How a trial runs; none of this is part of its identity (the result records it)."""
 
     device: str = "auto"  # auto: cuda when available, else cpu
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or "fp32" / "bf16"
     compile: bool = False
     work_dir: Path | None = None  # checkpoints and final weights go here; None = keep nothing
     checkpoint_every: int = 1  # epochs
@@ -111,15 +127,26 @@ def run_trial(
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc(limit=8)
-    rows = record["epochs"]
-    finite = [r for r in rows if r["test_top1"] is not None]
-    record["final_top1"] = finite[-1]["test_top1"] if finite else None
-    record["final_top5"] = finite[-1]["test_top5"] if finite else None
-    best = max(finite, key=lambda r: r["test_top1"]) if finite else None
-    record["best_top1"] = best["test_top1"] if best else None
-    record["best_epoch"] = best["epoch"] if best else None
+    _summarise(record, spec.recipe.holdout_per_class is not None)
     record.setdefault("seconds", {})["wall"] = round(time.time() - started, 3)
     return record
+
+
+def _summarise(record: dict[str, Any], holdout: bool) -> None:
+    """final_* from the last evaluated row (for a diverged trial: its ended weights); best_epoch
+    chosen on validation accuracy with a hold-out, else on test accuracy (see the module doc)."""
+    rows = [r for r in record["epochs"] if r["test_top1"] is not None]
+    last = rows[-1] if rows else None
+    record["final_top1"] = last["test_top1"] if last else None
+    record["final_top5"] = last["test_top5"] if last else None
+    key = "val_top1" if holdout else "test_top1"
+    best = max(rows, key=lambda r: r[key]) if rows else None
+    record["best_top1"] = best["test_top1"] if best else None
+    record["best_epoch"] = best["epoch"] if best else None
+    record["selection"] = "holdout" if holdout else "test"
+    if holdout:
+        record["final_val_top1"] = last["val_top1"] if last else None
+        record["best_val_top1"] = best["val_top1"] if best else None
 
 
 def _train(
@@ -129,11 +156,10 @@ def _train(
     # --- setup -------------------------------------------------------------------------------
     device = resolve_device(options.device)
     cuda = device.type == "cuda"
-    precision = options.precision if options.precision != "auto" else ("bf16" if cuda else "fp32")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}: valid: auto, fp32, bf16")
     recipe = spec.recipe
-    record.update(device=device_info(device), precision=precision, compile=options.compile)
+    precision = recipe.precision
+    record.update(device=device_info(device), precision=precision,
+                  precision_effective=set_precision(device, precision), compile=options.compile)
     seed_all(spec.seed, device)
     model, head = starting_model(spec)  # first, so its init depends on the seed alone
     if spec.finetune == "linear":
@@ -141,16 +167,21 @@ def _train(
             p.requires_grad_(name.startswith(head + "."))
 
     # --- data: class-balanced subsets for reduced tiers, then the whole set on the device -----
-    train = dataset.train.subset(recipe.train_per_class, seed=spec.seed)
+    train, val = dataset.train, None
+    if recipe.holdout_per_class is not None:
+        train, val = train.split(recipe.holdout_per_class, seed=HOLDOUT_SEED)
+    train = train.subset(recipe.train_per_class, seed=spec.seed)
     test = dataset.test.subset(recipe.test_per_class, seed=spec.seed)
     record["dataset"] = {
         "name": dataset.name, "source": dataset.source, "fingerprint": dataset.fingerprint,
         "train_images": len(train), "test_images": len(test), "num_classes": dataset.num_classes,
+        "val_images": len(val) if val is not None else 0,
     }
     if len(train) < recipe.batch_size:
         raise ValueError(f"{len(train)} training images is fewer than one batch of {recipe.batch_size}")
     train_x, train_y = train.images.to(device), train.labels.to(device)
     test_x, test_y = test.images.to(device), test.labels.to(device)
+    val_xy = (val.images.to(device), val.labels.to(device)) if val is not None else None
     input_size = spec.backbone.input_size
     aug_cfg = recipe.augment
     if train_x.shape[-1] != input_size:  # the upsample policy, or a dataset at another size
@@ -174,7 +205,7 @@ def _train(
     schedule_free = spec.optimizer.needs_train_eval
 
     def set_lr(step: int) -> float:
-        factor = recipe.lr_factor(step, steps_per_epoch, schedule_free)
+        factor = recipe.lr_factor(step, steps_per_epoch, schedule_free, base_lr=spec.optimizer.lr)
         for group in optimizer.param_groups:
             group["lr"] = group["bocb_base_lr"] * factor
         return factor * spec.optimizer.lr
@@ -209,6 +240,16 @@ def _train(
 
     # --- epochs ----------------------------------------------------------------------------------
     chance = 100.0 / dataset.num_classes
+
+    def evaluate() -> dict[str, Any]:
+        stepper.eval()
+        scores = {"test": _evaluate(forward_model, augment, test_x, test_y, recipe.eval_batch_size, autocast)}
+        if val_xy is not None:
+            scores["val"] = _evaluate(forward_model, augment, *val_xy, recipe.eval_batch_size, autocast)
+        return scores
+
+    # Collapse back to chance is judged on the numbers selection uses (validation when held out).
+    watched = "val_top1" if val_xy is not None else "test_top1"
     loss_limit = 100.0 * math.log(max(dataset.num_classes, 2))
     # One host sync per step is free on CPU; on a GPU it would stall the queue, so check rarely.
     check_every = 25 if cuda else 1
@@ -254,26 +295,24 @@ def _train(
         if options.compile and epoch == start_epoch:
             train_seconds -= seconds["compile"]
         seconds["train"] += train_seconds
+        t1 = time.perf_counter()
+        scores = evaluate()  # a diverged trial is scored on the weights it ended with
+        eval_seconds = time.perf_counter() - t1
+        seconds["eval"] += eval_seconds
+        steps_done = i + 1 if diverged else steps_per_epoch
+        row = _row(epoch, loss_sum.item() / steps_done, scores, lr_now, train_seconds, eval_seconds,
+                   steps_done * recipe.batch_size)
         if diverged:
             record["status"] = "diverged"
             record["diverged_epoch"] = epoch + 1
-            mean_loss = loss_sum.item() / (i + 1)  # non-finite becomes None in the row
-            record["epochs"].append(_row(epoch, mean_loss, None, lr_now, train_seconds, 0.0, 0))
+            record["epochs"].append(row)
             break
-
-        t1 = time.perf_counter()
-        stepper.eval()
-        top1, top5, test_loss = _evaluate(forward_model, augment, test_x, test_y, recipe.eval_batch_size, autocast)
-        eval_seconds = time.perf_counter() - t1
-        seconds["eval"] += eval_seconds
-        row = _row(epoch, loss_sum.item() / steps_per_epoch, (top1, top5, test_loss), lr_now,
-                   train_seconds, eval_seconds, steps_per_epoch * recipe.batch_size)
         record["epochs"].append(row)
         if progress:
             progress({"event": "epoch", "epoch": epoch, "row": row})
 
-        best = max(r["test_top1"] for r in record["epochs"] if r["test_top1"] is not None)
-        if best >= 2 * chance and top1 <= 1.1 * chance:
+        best = max(r[watched] for r in record["epochs"] if r.get(watched) is not None)
+        if best >= 2 * chance and row[watched] <= 1.1 * chance:
             record["status"] = "diverged"
             record["diverged_epoch"] = epoch + 1
             break
@@ -313,41 +352,58 @@ def _train_mode(model: torch.nn.Module, only: str | None) -> None:
         model.get_submodule(only).train()
 
 
-def _row(epoch: int, train_loss: float, test: tuple[float, float, float] | None, lr: float,
+def _row(epoch: int, train_loss: float, scores: dict[str, tuple[float, float, float]], lr: float,
          train_seconds: float, eval_seconds: float, images: int) -> dict[str, Any]:
-    return {
-        "epoch": epoch + 1,
-        "train_loss": train_loss if math.isfinite(train_loss) else None,
-        "test_top1": test[0] if test else None,
-        "test_top5": test[1] if test else None,
-        "test_loss": test[2] if test and math.isfinite(test[2]) else None,
-        "lr": lr,
-        "seconds_train": round(train_seconds, 3),
-        "seconds_eval": round(eval_seconds, 3),
-        "images": images,
-    }
+    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss if math.isfinite(train_loss) else None}
+    for split, (top1, top5, loss) in scores.items():
+        row.update({f"{split}_top1": top1, f"{split}_top5": top5,
+                    f"{split}_loss": loss if math.isfinite(loss) else None})
+    row.update(lr=lr, seconds_train=round(train_seconds, 3), seconds_eval=round(eval_seconds, 3), images=images)
+    return row
+
+
+def set_precision(device: torch.device, precision: str) -> str:
+    """Switch TF32 on or off for this process (every trial sets it: a worker runs many trials) and
+    say what the device really does with ``precision``."""
+    allow = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    if device.type != "cuda":
+        return {"fp32": "fp32", "tf32": "fp32 (no TF32 on a CPU)", "bf16": "bf16 autocast"}[precision]
+    has_tf32 = torch.cuda.get_device_capability(device)[0] >= 8  # Ampere and later
+    base = "tf32" if allow and has_tf32 else "fp32"
+    return f"bf16 autocast, {base} elsewhere" if precision == "bf16" else base
 
 
 @torch.no_grad()
 def _evaluate(model: torch.nn.Module, augment: BatchAugment, x: torch.Tensor, y: torch.Tensor,
               batch_size: int, autocast: torch.autocast) -> tuple[float, float, float]:
-    """Top-1 and top-5 accuracy (%) and mean cross-entropy on the whole test set."""
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy on the whole set.
+
+    Weights that produce a non-finite logit anywhere cannot be evaluated: the set scores chance
+    (100 / classes, 500 / classes top-5) with a NaN loss (see the module doc)."""
     model.eval()
     correct1 = torch.zeros((), device=x.device)
     correct5 = torch.zeros((), device=x.device)
     loss = torch.zeros((), device=x.device)
+    finite = torch.ones((), dtype=torch.bool, device=x.device)
+    classes = None
     for i in range(0, len(x), batch_size):
         images = augment.eval(x[i:i + batch_size])
         if x.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(images).float()
+        classes = logits.shape[1]
+        finite &= torch.isfinite(logits).all()
         labels = y[i:i + batch_size]
         loss += F.cross_entropy(logits, labels, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == labels).sum()
         correct5 += (top == labels[:, None]).any(dim=1).sum()
     n = len(x)
+    if classes is not None and not bool(finite):
+        return round(100.0 / classes, 4), round(100.0 * min(5, classes) / classes, 4), float("nan")
     loss_value = loss.item() / n
     return (round(100.0 * correct1.item() / n, 4), round(100.0 * correct5.item() / n, 4),
             loss_value if math.isfinite(loss_value) else float("nan"))

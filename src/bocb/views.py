@@ -87,9 +87,13 @@ def describe(name: str, lr: float | None = None, wd: float | None = None) -> dic
     """Backbone or optimizer metadata; for an optimizer also its fully resolved spec."""
     if name in BACKBONES:
         info = BACKBONES.get(name)
+        from bocb.recipes import recipe_for
+
         out = {k: v for k, v in vars(info).items() if k != "builder"}
+        out["recipe_overrides"] = dict(info.recipe_overrides)
         out["input_size"] = {p: info.input_size(p) for p in ("cifar", "upsample")}
-        return {"backbone": out}
+        # The recipe a paper-tier trial of this backbone runs, overrides applied and named.
+        return {"backbone": out, "recipe": recipe_for(info).to_dict()}
     if name in OPTIMIZERS:
         info = get_optimizer_info(name)
         out = {k: v for k, v in vars(info).items() if k != "fixed"}
@@ -105,6 +109,22 @@ def describe(name: str, lr: float | None = None, wd: float | None = None) -> dic
             close += err.close
     valid = BACKBONES.names() + OPTIMIZERS.names()
     raise UnknownNameError("backbone or optimizer", name, close[:3], valid)
+
+
+def print_protocol(console: Console, fmt: str, differences_only: bool = False) -> None:
+    """``bocb paper protocol``: the fidelity table (:mod:`bocb.protocol`)."""
+    from dataclasses import asdict
+
+    from bocb import protocol
+
+    if fmt == "markdown":
+        print(protocol.markdown(), end="")
+        return
+    rows = protocol.differences() if differences_only else protocol.table()
+    frame = pd.DataFrame([asdict(r) for r in rows])
+    if fmt == "table":
+        frame["same"] = frame["same"].map({True: "", False: "≠"})
+    print_frame(console, frame, fmt, title="Fidelity to the paper's protocol" + (" (differences)" if differences_only else ""))
 
 
 def print_frame(console: Console, df: pd.DataFrame, fmt: str, title: str = "") -> None:

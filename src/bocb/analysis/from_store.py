@@ -6,9 +6,12 @@ One row per finished trial: ``optimizer``, ``backbone`` (paper short names), ``t
 - ``top1`` is the trial's **final-epoch** test accuracy by default (``metric="final"``): the
   best epoch on the test set is itself a selection on test numbers. ``metric="best"`` gives the
   best epoch, as the paper's tools report.
-- A ``diverged`` trial is a result: its last measured accuracy, or chance (100 / classes) when it
-  diverged before its first evaluation. ``failed`` trials (exceptions, lost workers) are not
-  results and are left out; :func:`excluded` lists them.
+- A ``diverged`` trial is a result: the accuracy of the weights it ended with (the trainer
+  evaluates them; chance when they cannot be evaluated), never an earlier epoch's. Records from
+  before that rule without a final evaluation count as chance (100 / classes). ``failed`` trials
+  (exceptions, lost workers) are not results and are left out; :func:`excluded` lists them.
+- A study with ``selection = "holdout"`` adds ``val_top1`` (the held-out images' accuracy of the
+  same weights), which :func:`bocb.analysis.results.best_tuned` chooses settings on.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any, Literal
 
 import pandas as pd
 
-COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id"]
+COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id",
+           "val_top1"]
 METRICS = ["alpha", "alpha_status", "n_eig", "n_tail", "xmin", "entropy", "l2", "pca_energy", "log_norm",
            "log_spectral_norm", "stable_rank", "alpha_weighted", "moved"]
 WEIGHT_COLUMNS = ["snapshot_id", "source", "backbone", "optimizer", "lr", "weight_decay", "seed", "status",
-                  "trial_id", "pretrained", "layer_index", "layer", "kind", "rows", "cols", *METRICS]
+                  "trial_id", "pretrained", "conv", "layer_index", "layer", "kind", "rows", "cols", *METRICS]
 
 
 def results_frame(store: Any, study_id: str | None, metric: Literal["final", "best"] = "final") -> pd.DataFrame:
@@ -29,18 +33,28 @@ def results_frame(store: Any, study_id: str | None, metric: Literal["final", "be
     if metric not in ("final", "best"):
         raise ValueError(f"unknown metric {metric!r}: valid: final, best")
     rows = []
+    specs: dict[str, Any] | None = None
     for t in store.trials(study_id):
         if t["status"] not in ("done", "diverged"):
             continue
         value = t["final_top1"] if metric == "final" else t["best_top1"]
+        if t["status"] == "diverged":
+            value = t["final_top1"]  # the weights it ended with, whatever the metric
+        record = None
         if value is None:  # diverged before the first evaluation: chance (box AP 0 for detection)
             record = store.record(t["trial_id"]) or {}
             classes = (record.get("dataset") or {}).get("num_classes") or record["spec"]["backbone"]["num_classes"]
             value = 0.0 if record.get("task") == "detection" else 100.0 / classes
+        if specs is None:
+            specs = store.specs(study_id)
+        val = None
+        if (specs[t["trial_id"]].get("recipe") or {}).get("holdout_per_class"):
+            record = record or store.record(t["trial_id"]) or {}
+            val = record.get("final_val_top1" if metric == "final" or t["status"] == "diverged" else "best_val_top1")
         rows.append({
             "optimizer": t["optimizer"], "backbone": t["backbone"], "top1": float(value), "seed": t["seed"],
             "lr": t["lr"], "weight_decay": t["weight_decay"] or 0.0, "category": t["category"],
-            "status": t["status"], "trial_id": t["trial_id"],
+            "status": t["status"], "trial_id": t["trial_id"], "val_top1": val,
         })
     if not rows:
         raise ValueError("the study has no finished (done or diverged) trials yet: run it first")
@@ -84,7 +98,8 @@ def weights_frame(store: Any, study_id: str | None, snapshot_ids: set[str] | Non
     ``seed``, ``status`` and ``trial_id`` are the trial's) or ``init`` (the backbone's random
     initialisation; ``optimizer`` is ``"init"`` and the trial fields are empty). ``moved`` is the
     layer's relative distance from the trial's starting weights (NaN for init). ``pretrained`` is a
-    fine-tuning trial's pre-trained model label (None otherwise). ``layer_index``
+    fine-tuning trial's pre-trained model label (None otherwise). ``conv`` is the snapshot's
+    conv matricisation (``slices`` or ``reshape``). ``layer_index``
     counts a snapshot's Linear/Conv2d layers from the input side. Snapshots whose measurement
     failed have no rows (:func:`snapshot_errors` lists them). Missing metrics (a fit that did not
     succeed) are NaN. Empty frame when nothing was measured. ``snapshot_ids`` keeps only those
@@ -105,6 +120,7 @@ def weights_frame(store: Any, study_id: str | None, snapshot_ids: set[str] | Non
             "optimizer": t.get("optimizer", "init") if s["source"] == "final" else "init",
             "lr": t.get("lr"), "weight_decay": t.get("weight_decay"), "seed": s["seed"],
             "status": t.get("status"), "trial_id": s["trial_id"], "pretrained": t.get("pretrained"),
+            "conv": s["settings"].get("conv", "reshape"),  # snapshots from before it was recorded
         })
     frame = pd.DataFrame(info).merge(layers, on="snapshot_id", how="inner")
     for column in METRICS:

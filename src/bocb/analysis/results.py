@@ -7,8 +7,12 @@ and ignored), like the paper's ``paper_cifar100_top1.csv`` or a study's trial ta
 Three reductions, in this order, turn runs into the backbone x optimizer table the statistics use:
 
 1. :func:`best_tuned` — when ``lr``/``weight_decay`` are present and a pair was run at several
-   settings, keep only the setting with the highest mean top-1 over its seeds (method.md section 5:
-   "each pair's best-tuned top-1"). Ties go to the setting listed first.
+   settings, keep only the setting with the highest mean top-1 over its seeds (the paper's "each
+   pair's best-tuned top-1"). Ties go to the setting listed first. Two refinements:
+   with a ``val_top1`` column (a study that held out training images, ``selection = "holdout"``)
+   settings are chosen on it and ``top1`` (test) is reported for the choice; with a ``status``
+   column, a setting where some run ``diverged`` is chosen only when every setting of the pair
+   diverged somewhere, so a diverged run never wins tuning over a finished one.
 2. :func:`pair_means` — mean top-1 over the seeds of each pair (at its best setting).
 3. :func:`wide` — the pair means as a backbone (rows) x optimizer (columns) table, in the order of
    first appearance in the input, NaN where a pair was not run.
@@ -24,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 REQUIRED = ("optimizer", "backbone", "top1")
-OPTIONAL = ("seed", "lr", "weight_decay", "category")
+OPTIONAL = ("seed", "lr", "weight_decay", "category", "status", "val_top1")
 PAIR = ["optimizer", "backbone"]
 
 
@@ -121,10 +125,24 @@ def best_tuned(frame: pd.DataFrame) -> pd.DataFrame:
         first = frame.groupby(PAIR, sort=False)["seed"].transform("min")
         chooser = frame[frame["seed"] == first]
         frame = frame[frame["seed"] != first]
+    score = selection_column(frame)
     # dropna=False: a pair run without a weight decay (NaN) is still a setting.
-    means = chooser.groupby(setting, sort=False, dropna=False)["top1"].mean().reset_index()
-    best = means.loc[means.groupby(PAIR, sort=False)["top1"].idxmax(), setting]
+    grouped = chooser.groupby(setting, sort=False, dropna=False)
+    means = grouped[score].mean().rename("score").reset_index()
+    if "status" in chooser.columns:
+        means["clean"] = grouped["status"].agg(lambda s: not s.eq("diverged").any()).to_numpy()
+        # Rank clean settings above any with a diverged run: score + a large offset.
+        means["score"] = means["score"] + means["clean"].map({True: 1e6, False: 0.0})
+    best = means.loc[means.groupby(PAIR, sort=False)["score"].idxmax(), setting]
     return frame.merge(best, on=setting, how="inner")
+
+
+def selection_column(frame: pd.DataFrame) -> str:
+    """The column settings are chosen on: ``val_top1`` when every run has one (a hold-out study),
+    else ``top1`` (the test set, the paper's way)."""
+    if "val_top1" in frame.columns and len(frame) and frame["val_top1"].notna().all():
+        return "val_top1"
+    return "top1"
 
 
 def pair_means(frame: pd.DataFrame | str | Path) -> pd.DataFrame:

@@ -31,7 +31,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from bocb.analysis.plots import FLAG_FACE, FLAG_HATCH, _figure
-from bocb.analysis.weights import ALPHA_BAND, init_summaries, model_summaries, representatives
+from bocb.analysis.weights import ALPHA_BAND, band_applies, init_summaries, model_summaries, representatives
 
 RIDGE_METRICS = ("entropy", "l2", "pca_energy", "alpha")
 METRIC_LABELS = {
@@ -235,7 +235,8 @@ def alpha_bars(
     x = np.arange(n_opt)
     for k, backbone in enumerate(backbones):
         ax = axes[k]
-        ax.axhspan(*ALPHA_BAND, color=BAND_COLOUR, alpha=0.12, linewidth=0, zorder=0)
+        if band_applies(weights):
+            ax.axhspan(*ALPHA_BAND, color=BAND_COLOUR, alpha=0.12, linewidth=0, zorder=0)
         for j, optimizer in enumerate(optimizers):
             v = value.get((optimizer, backbone), np.nan)
             if (optimizer, backbone) not in marks:

@@ -63,6 +63,14 @@ from bocb.analysis.bootstrap import percentile_interval
 from bocb.analysis.results import PAIR, best_tuned, load_results
 
 ALPHA_BAND = (2.0, 6.0)
+BAND_CONV = "slices"  # the conv convention the band was stated for (WeightWatcher's)
+
+
+def band_applies(weights: pd.DataFrame) -> bool:
+    """Whether the [2, 6] alpha band may be read on these snapshots: it comes from WeightWatcher's
+    analyses, whose conv layers are per-kernel-offset slices; alphas of reshaped conv matrices are
+    on another scale, so reports draw and count the band only when every snapshot used slices."""
+    return "conv" not in weights.columns or bool(weights["conv"].eq(BAND_CONV).all())
 SUMMARIES: dict[str, str] = {
     "alpha_mean": "mean alpha",
     "alpha_median": "median alpha",
@@ -134,7 +142,9 @@ def model_summaries(weights: pd.DataFrame) -> pd.DataFrame:
     ok = w["alpha_status"].eq("ok") & np.isfinite(w["alpha"].astype(float))
     w["_alpha"] = w["alpha"].astype(float).where(ok)
     lo, hi = ALPHA_BAND
-    w["_outside"] = ((w["_alpha"] < lo) | (w["_alpha"] > hi)).astype(float).where(ok)
+    # The band is WeightWatcher's, for WeightWatcher's conv convention only (see band_applies).
+    banded = ok & (w["conv"].eq(BAND_CONV) if "conv" in w.columns else True)
+    w["_outside"] = ((w["_alpha"] < lo) | (w["_alpha"] > hi)).astype(float).where(banded)
     l2 = w["l2"].astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         w["_log_l2"] = np.log10(l2.where(l2 > 0))

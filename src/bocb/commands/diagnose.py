@@ -45,19 +45,28 @@ def run(args: argparse.Namespace) -> int:
 
     study = load_any_study(args.study)
     with open_existing_store(args.store) as store:
-        measured = diagnose_study(store, study.study_id, workers=args.workers, force=args.force)
+        measured = diagnose_study(store, study.study_id, workers=args.workers, force=args.force,
+                                  conv=weight_conv(study))
         errors = [s for s in measured if s.get("error")]
     print(json.dumps({"study": study.name, "study_id": study.study_id, "measured": len(measured),
                       "errors": len(errors)}), flush=True)
     return 0
 
 
+def weight_conv(study) -> str:
+    """The study's conv convention for weight diagnostics (transfer studies: the default)."""
+    from bocb.diagnostics.metrics import DEFAULT_CONV
+
+    return getattr(study, "weight_conv", DEFAULT_CONV)
+
+
 def diagnose_study(store, study_id: str, workers: int | None = None, force: bool = False,
-                   console: Console | None = None) -> list[dict]:
+                   console: Console | None = None, conv: str | None = None) -> list[dict]:
     """Measure the study's missing snapshots with a progress bar; returns the new snapshots."""
     from bocb import diagnose
+    from bocb.diagnostics.metrics import DEFAULT_CONV
 
-    jobs = diagnose.plan(store, study_id, force=force)
+    jobs = diagnose.plan(store, study_id, force=force, conv=conv or DEFAULT_CONV)
     if not jobs:
         return []
     workers = workers or os.cpu_count() or 1

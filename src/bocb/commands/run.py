@@ -54,7 +54,7 @@ def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
     ``study`` is a :class:`bocb.study.Study` or :class:`bocb.transfer.study.TransferStudy` (name,
     study_id, time_limit_s, memory_limit_gb). Shared by ``bocb run`` and ``bocb transfer``.
     """
-    from bocb.commands.diagnose import diagnose_study
+    from bocb.commands.diagnose import diagnose_study, weight_conv
     from bocb.executors.worker import WorkerConfig
     from bocb.runner import run_study
 
@@ -71,7 +71,7 @@ def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
     config = WorkerConfig(
         artifacts_dir=str(artifacts), cache_dir=str(cache_dir),
         data_dirs=tuple(str(d) for d in data_dirs()), download=args.download, device=args.device,
-        compile=args.compile,
+        compile=args.compile, weight_conv=weight_conv(study),
     )
     executor = _executor(args, config, study)
     view = _LiveView(runnable)
@@ -85,7 +85,7 @@ def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
         return 130
     # Random-init snapshots (and any final weights not yet measured), once per study. In this
     # process: a few cheap snapshots cost less than starting a pool (`bocb diagnose` uses one).
-    diagnose_study(store, study.study_id, workers=1, console=console)
+    diagnose_study(store, study.study_id, workers=1, console=console, conv=config.weight_conv)
     counts = store.counts(study.study_id)
     console.print(_results_table(store, study.study_id))
     print(json.dumps({"study": study.name, "study_id": study.study_id, **counts}), flush=True)

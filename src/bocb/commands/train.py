@@ -33,7 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_data_args(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"],
+                   help="numeric precision, part of the trial's identity (default: the tier's: tf32 for "
+                        "full and fast, as the paper's A100 runs; fp32 for smoke)")
+    p.add_argument("--holdout-per-class", type=int, metavar="N",
+                   help="hold out N training images per class to choose the best epoch (default: "
+                        "choose on the test set, the paper's way)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--work-dir", type=Path, help="checkpoints + final weights here; resumes if a checkpoint exists")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
@@ -62,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, weight_decay=args.wd, recipe=recipe, tier=tier, seed=args.seed,
         policy=args.policy, scale=args.scale, epochs=args.epochs, batch_size=args.batch_size,
         drop_path_rate=args.drop_path, wd_policy=args.wd_policy, optimizer_args=parse_kv(args.opt_arg),
+        precision=args.precision, holdout_per_class=args.holdout_per_class,
     )
     options = RunOptions(
-        device=args.device, precision=args.precision, compile=args.compile, work_dir=args.work_dir,
+        device=args.device, compile=args.compile, work_dir=args.work_dir,
         checkpoint_every=args.checkpoint_every,
     )
     title = (f"{spec.backbone.short} ({spec.backbone.scale}, {spec.backbone.policy}) x "

@@ -18,9 +18,11 @@ mixup runs on the collated (already normalised) batch.
 
 Choices, stated once here and recorded through :meth:`AugmentConfig.to_dict`:
 
-- **Crop padding is zero padding** (torchvision ``RandomCrop(32, padding=4)``'s default, the
-  "PyTorch" recipe's augmentation), not reflection. Crop offsets and flips are drawn per image from
-  the passed ``torch.Generator`` and applied with two ``gather`` calls, no per-image loop.
+- **Crop padding** is ``crop_pad_mode``: ``zeros`` (torchvision ``RandomCrop(32, padding=4)``'s
+  default) or ``reflect`` (``padding_mode="reflect"``, what the authors' released CIFAR pipelines
+  use and bocb's recipes default to). Crop offsets and flips are drawn per image from the passed
+  ``torch.Generator`` and applied with two ``gather`` calls, no per-image loop; reflection is an
+  index map inside those gathers, so it costs nothing extra and works for any dtype and device.
 - **RandAugment is torchvision's, applied per group of images.** ``v2.RandAugment`` draws one op
   sequence per call, so calling it on the whole batch would give every image the same ops. It is
   called on consecutive chunks of ``randaugment_group`` images (default 8); batches are slices of
@@ -98,6 +100,7 @@ CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
 TIMM_MAX_MAGNITUDE = 10
 RANDAUGMENT_BINS = 31
 _BINS_PER_TIMM_STEP = (RANDAUGMENT_BINS - 1) // TIMM_MAX_MAGNITUDE
+PAD_MODES = ("zeros", "reflect")
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,10 @@ class AugmentConfig:
     recipe (random crop with zero padding 4, horizontal flip, nothing else).
 
     Attributes:
-        crop_padding: random crop of the input size after **zero** padding by this many pixels on
-            each side; ``None`` turns cropping off (0 also crops nothing).
+        crop_padding: random crop of the input size after padding by this many pixels on each
+            side; ``None`` turns cropping off (0 also crops nothing).
+        crop_pad_mode: ``zeros`` or ``reflect`` (mirror without repeating the edge pixel, as
+            ``torch.nn.functional.pad(mode="reflect")``).
         flip: random horizontal flip with probability 0.5.
         randaugment: ``(num_ops, magnitude)`` with magnitude on timm's 0-10 scale, e.g. ``(2, 9)``
             for timm's ``rand-m9-n2``; ``None`` turns it off.
@@ -129,6 +134,7 @@ class AugmentConfig:
     """
 
     crop_padding: int | None = 4
+    crop_pad_mode: str = "zeros"
     flip: bool = True
     randaugment: tuple[int, int] | None = None
     randaugment_group: int = 8
@@ -146,6 +152,8 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.crop_padding is not None and self.crop_padding < 0:
             raise ValueError(f"crop_padding must be None or >= 0, got {self.crop_padding}")
+        if self.crop_pad_mode not in PAD_MODES:
+            raise ValueError(f"crop_pad_mode {self.crop_pad_mode!r}: valid: {', '.join(PAD_MODES)}")
         if self.randaugment is not None:
             if len(self.randaugment) != 2:
                 raise ValueError(f"randaugment must be (num_ops, magnitude), got {self.randaugment}")
@@ -181,11 +189,17 @@ class AugmentConfig:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field as JSON-serialisable values (tuples become lists)."""
-        return {
+        """Every field as JSON-serialisable values (tuples become lists).
+
+        ``crop_pad_mode`` is left out when it is ``zeros``, so configs from before it existed keep
+        their serialisation (and trial ids)."""
+        out = {
             key: list(value) if isinstance(value, tuple) else value
             for key, value in dataclasses.asdict(self).items()
         }
+        if out["crop_pad_mode"] == "zeros":
+            del out["crop_pad_mode"]
+        return out
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> AugmentConfig:
@@ -201,9 +215,12 @@ class AugmentConfig:
 
 
 def random_crop_flip(
-    images: Tensor, padding: int, flip: bool, generator: torch.Generator
+    images: Tensor, padding: int, flip: bool, generator: torch.Generator, mode: str = "zeros"
 ) -> Tensor:
-    """Random crop of each image's own size after zero padding, and random horizontal flip.
+    """Random crop of each image's own size after padding, and random horizontal flip.
+
+    ``mode`` is ``zeros`` or ``reflect`` (see :class:`AugmentConfig`); both draw the same random
+    numbers, so they crop the same windows.
 
     ``images`` is (B, C, H, W) of any dtype; the result has the same shape, dtype and device.
     Per image, the vertical and horizontal offsets are uniform in ``[0, 2 * padding]`` and the flip
@@ -214,8 +231,12 @@ def random_crop_flip(
         return images
     batch, channels, height, width = images.shape
     device = images.device
+    reflect = mode == "reflect" and padding > 0
+    if reflect and padding >= min(height, width):
+        raise ValueError(f"reflect padding {padding} needs images larger than it, got {height}x{width}")
     if padding > 0:
-        images = F.pad(images, (padding, padding, padding, padding))  # zeros
+        if not reflect:
+            images = F.pad(images, (padding, padding, padding, padding))  # zeros
         size = 2 * padding + 1
         top = torch.randint(0, size, (batch,), generator=generator, device=device)
         left = torch.randint(0, size, (batch,), generator=generator, device=device)
@@ -223,6 +244,9 @@ def random_crop_flip(
         top = left = torch.zeros(batch, dtype=torch.long, device=device)
     rows = top[:, None] + torch.arange(height, device=device)  # (B, H)
     cols = left[:, None] + torch.arange(width, device=device)  # (B, W)
+    if reflect:  # index into the unpadded image: -1 -> 1, n -> n - 2 (edge pixel not repeated)
+        rows = _reflect(rows - padding, height)
+        cols = _reflect(cols - padding, width)
     if flip:
         flipped = torch.rand(batch, generator=generator, device=device) < 0.5
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
@@ -230,6 +254,11 @@ def random_crop_flip(
     padded_width = images.shape[3]
     images = images.gather(2, rows[:, None, :, None].expand(batch, channels, height, padded_width))
     return images.gather(3, cols[:, None, None, :].expand(batch, channels, height, width))
+
+
+def _reflect(index: Tensor, size: int) -> Tensor:
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
 @contextmanager
@@ -365,7 +394,7 @@ class BatchAugment:
         if generator.device.type != images.device.type:
             raise ValueError(f"generator is on {generator.device}, images on {images.device}")
         config = self.config
-        images = random_crop_flip(images, config.crop_padding or 0, config.flip, generator)
+        images = random_crop_flip(images, config.crop_padding or 0, config.flip, generator, config.crop_pad_mode)
         if not self.uses_global_rngs:
             x = self._to_input(images)
             if self.soft_targets:

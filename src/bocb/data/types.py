@@ -111,6 +111,17 @@ class ImageSet:
         index = torch.cat(picked).sort().values
         return ImageSet(self.images[index].contiguous(), self.labels[index])
 
+    def split(self, per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
+        """``(rest, held)``: ``held`` is :meth:`subset` ``(per_class, seed)``, ``rest`` every other
+        image; both keep their original order and together hold every image exactly once."""
+        held_set = self.subset(per_class, seed)
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        held = torch.zeros(len(self), dtype=torch.bool)
+        for cls in self.classes_present():
+            held[order[self.labels[order] == cls][:per_class]] = True
+        rest = (~held).nonzero().flatten()
+        return ImageSet(self.images[rest].contiguous(), self.labels[rest]), held_set
+
     def select(self, classes: tuple[int, ...]) -> ImageSet:
         """The images of ``classes`` only, relabelled ``0..len(classes)-1`` in the order given."""
         mapping = torch.full((int(self.labels.max()) + 1 if len(self) else 1,), -1, dtype=torch.int64)

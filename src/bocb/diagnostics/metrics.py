@@ -87,7 +87,9 @@ MIN_TAIL = 5
 ENTROPY_BINS = 100
 DEFAULT_K = 10
 CONV_MODES = ("reshape", "slices")
-DEFAULT_CONV = "reshape"
+# WeightWatcher's convention by default (the paper's alpha values come from WeightWatcher, and its
+# 2..6 band is only meaningful for them); `reshape` stays selectable per study (`weight_conv`).
+DEFAULT_CONV = "slices"
 NON_FINITE = "non-finite weights"  # alpha_status of a layer holding NaN/inf (a diverged model)
 COLUMNS = (
     "layer", "kind", "shape", "n_eig", "alpha", "alpha_status", "n_tail", "xmin", "entropy", "l2",

@@ -35,9 +35,9 @@ from bocb.diagnostics.metrics import DEFAULT_CONV, DEFAULT_K, ENTROPY_BINS, MIN_
 from bocb.zoo import BackboneSpec, build_backbone, init_backbone
 
 
-def settings() -> dict[str, Any]:
+def settings(conv: str = DEFAULT_CONV) -> dict[str, Any]:
     """What a snapshot's numbers depend on besides the weights (stored with every snapshot)."""
-    return {"k": DEFAULT_K, "entropy_bins": ENTROPY_BINS, "min_tail": MIN_TAIL, "conv": DEFAULT_CONV,
+    return {"k": DEFAULT_K, "entropy_bins": ENTROPY_BINS, "min_tail": MIN_TAIL, "conv": conv,
             "ks": "one-sided (WeightWatcher, Clauset plfit)", "eigenvalues": "eigvalsh of the smaller Gram, svd fallback",
             "numpy": np.__version__}
 
@@ -75,7 +75,8 @@ def moved(model: nn.Module, reference: nn.Module, layer: str) -> float:
     return float(torch.linalg.vector_norm(w - w0)) / norm if norm > 0 else float("nan")
 
 
-def measure(model: nn.Module, reference: nn.Module | None = None) -> tuple[list[dict[str, Any]], float]:
+def measure(model: nn.Module, reference: nn.Module | None = None,
+            conv: str = DEFAULT_CONV) -> tuple[list[dict[str, Any]], float]:
     """Per-layer rows and the seconds they took, single-threaded (see the module doc).
 
     With ``reference`` (the network training started from) every row also gets ``moved``, the
@@ -86,7 +87,7 @@ def measure(model: nn.Module, reference: nn.Module | None = None) -> tuple[list[
     try:
         with threadpool_limits(limits=1):
             t0 = time.perf_counter()
-            rows = layer_metrics(model).to_dict("records")
+            rows = layer_metrics(model, conv=conv).to_dict("records")
             for row in rows:
                 row["moved"] = moved(model, reference, row["layer"]) if reference is not None else None
             seconds = time.perf_counter() - t0
@@ -96,17 +97,18 @@ def measure(model: nn.Module, reference: nn.Module | None = None) -> tuple[list[
 
 
 def _snapshot(snapshot_id: str, source: str, backbone: BackboneSpec, build, reference=None,
-              **fields: Any) -> dict[str, Any]:
+              conv: str = DEFAULT_CONV, **fields: Any) -> dict[str, Any]:
     snap: dict[str, Any] = {"snapshot_id": snapshot_id, "source": source, "backbone": backbone.short,
-                            "settings": settings(), "layers": [], "error": None, "seconds": None, **fields}
+                            "settings": settings(conv), "layers": [], "error": None, "seconds": None, **fields}
     try:
-        snap["layers"], snap["seconds"] = measure(build(), reference() if reference else None)
+        snap["layers"], snap["seconds"] = measure(build(), reference() if reference else None, conv)
     except Exception as exc:  # noqa: BLE001 - a snapshot that cannot be measured is recorded as such
         snap["error"] = f"{type(exc).__name__}: {exc}"
     return snap
 
 
-def final_snapshot(trial_id: str, path: str | Path, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+def final_snapshot(trial_id: str, path: str | Path, spec: dict[str, Any] | None = None,
+                   conv: str = DEFAULT_CONV) -> dict[str, Any]:
     """The snapshot of a trial's final weights at ``path`` (its spec read from the file if None)."""
     path = Path(path)
     spec = spec or read_spec(path)
@@ -117,11 +119,11 @@ def final_snapshot(trial_id: str, path: str | Path, spec: dict[str, Any] | None 
 
     backbone = BackboneSpec.from_dict(spec["backbone"])
     return _snapshot(trial_id, "final", backbone, lambda: load_model(path, backbone),
-                     reference=lambda: starting_model(TrialSpec.from_dict(spec))[0],
+                     reference=lambda: starting_model(TrialSpec.from_dict(spec))[0], conv=conv,
                      trial_id=trial_id, seed=spec["seed"], path=str(path))
 
 
-def init_snapshot(backbone: BackboneSpec, seed: int) -> dict[str, Any]:
+def init_snapshot(backbone: BackboneSpec, seed: int, conv: str = DEFAULT_CONV) -> dict[str, Any]:
     """The snapshot of ``backbone``'s random initialisation under ``seed``."""
     return _snapshot(init_snapshot_id(backbone, seed), "init", backbone,
-                     lambda: init_backbone(backbone, seed), trial_id=None, seed=int(seed), path=None)
+                     lambda: init_backbone(backbone, seed), conv=conv, trial_id=None, seed=int(seed), path=None)

@@ -30,9 +30,9 @@ class WorkerConfig:
     data_dirs: tuple[str, ...] = ()
     download: bool = False
     device: str = "auto"
-    precision: str = "auto"
     compile: bool = False
     checkpoint_every: int = 1
+    weight_conv: str = "slices"  # the study's conv matricisation for weight diagnostics
 
 
 _DATASETS: dict[str, Dataset] = {}
@@ -58,7 +58,7 @@ def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None 
         return run_detection_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress)
     spec = TrialSpec.from_dict(spec_dict)
     options = RunOptions(
-        device=device or config.device, precision=config.precision, compile=config.compile,
+        device=device or config.device, compile=config.compile,
         work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every,
     )
     try:
@@ -69,5 +69,5 @@ def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None 
     record = run_trial(spec, dataset, options, progress)
     weights = (record.get("artifacts") or {}).get("final_weights")
     if weights:
-        record["diagnostics"] = final_snapshot(spec.trial_id, weights, spec_dict)
+        record["diagnostics"] = final_snapshot(spec.trial_id, weights, spec_dict, conv=config.weight_conv)
     return record

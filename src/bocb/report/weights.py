@@ -25,6 +25,7 @@ from bocb.analysis.weights import (
     SMALL_AUC,
     SMALL_RHO,
     association,
+    band_applies,
     init_summaries,
     model_table,
 )
@@ -192,7 +193,11 @@ def weights_sections(
         alpha_bars(weights, flags, results, statistic="median", rule_name=rule_name, reference=reference), "weights_alpha_bars",
         "Median alpha over each model's layers with an ok fit, per backbone and optimizer (study order). "
         "Grey hatched bars: pairs the failure rule flags. Dashed line: the backbone's random initialisation. "
-        f"Shaded: the band [{ALPHA_BAND[0]:g}, {ALPHA_BAND[1]:g}]. 'n/a': no layer of the model had an ok fit."))
+        + (f"Shaded: the band [{ALPHA_BAND[0]:g}, {ALPHA_BAND[1]:g}] (WeightWatcher's, for its per-kernel-offset "
+           "conv slices). " if band_applies(weights) else
+           "No band: these snapshots matricise conv layers by reshaping, where WeightWatcher's [2, 6] band does not "
+           "apply (study key weight_conv = \"slices\" gives its convention). ")
+        + "'n/a': no layer of the model had an ok fit."))
     if len(models) <= MAX_MODEL_ROWS:
         blocks.append(Table(_model_cells(models, init), "Per-model summaries: means over layers (alpha over layers "
                                                         "with an ok fit: 'alpha layers' counts them)."))

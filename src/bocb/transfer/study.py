@@ -253,7 +253,8 @@ def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: 
         by_setting: dict[tuple[float, float], list[dict[str, Any]]] = {}
         for t in usable:
             by_setting.setdefault((t["lr"], t["weight_decay"] or 0.0), []).append(t)
-        best = max(by_setting.values(), key=lambda ts: sum(t["final_top1"] for t in ts) / len(ts))
+        score = {t["trial_id"]: _selection_score(store, t) for t in usable}
+        best = max(by_setting.values(), key=lambda ts: sum(score[t["trial_id"]] for t in ts) / len(ts))
         chosen = min(best, key=lambda t: t["seed"])
         path = Path(store.artifacts(chosen["trial_id"])["final_weights"])
         spec = store.record(chosen["trial_id"])["spec"]
@@ -263,6 +264,15 @@ def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: 
             BackboneSpec.from_dict(spec["backbone"]), spec["recipe"]["name"],
         ))
     return found, missing
+
+
+def _selection_score(store: Any, trial: dict[str, Any]) -> float:
+    """What a pre-trained model is chosen on: its held-out accuracy when its study held images out
+    (``selection = "holdout"``), else its final test accuracy (the paper's way)."""
+    record = store.record(trial["trial_id"]) or {}
+    if record.get("selection") == "holdout" and record.get("final_val_top1") is not None:
+        return float(record["final_val_top1"])
+    return float(trial["final_top1"])
 
 
 def _from_file(study: TransferStudy, entry: dict[str, Any], place: str) -> Source:

@@ -9,6 +9,13 @@ the default CIFAR input policy, where it comes from) and a builder
 - ``scale`` is ``paper`` (the size the study used) or ``tiny`` (the same design with few channels
   and blocks, for CPU smoke runs).
 
+A backbone whose info says ``supports_dropout`` also takes ``drop_rate`` (dropout inside its
+blocks) as a fifth argument; no other builder is ever called with one.
+
+``recipe_overrides`` are the backbone's departures from its family recipe in the authors' released
+config (Recipe field names, or ``augment.<field>``); ``recipe_source`` names that config. They are
+applied by :func:`bocb.recipes.recipe_for` and recorded in every trial's spec.
+
 :func:`resolve_backbone` turns a user's choice into a frozen, serialisable :class:`BackboneSpec`
 (a trial's model identity); :func:`build_backbone` builds it. Users add their own models with
 :func:`register_backbone` or through the ``bocb.backbones`` entry-point group.
@@ -19,7 +26,9 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from importlib import metadata
 from typing import Any, Literal
 
@@ -60,13 +69,17 @@ class BackboneInfo:
     native_size: int = 224
     published_params_m: float | None = None  # ImageNet-1k model at native_size, as published
     supports_drop_path: bool = True
+    supports_dropout: bool = False  # the builder takes drop_rate (see the module doc)
     paper: bool = True
     cifar_stem: str = ""  # what the cifar policy changes, in words
     reference: str = ""
+    recipe_overrides: Mapping[str, Any] = field(default_factory=dict)
+    recipe_source: str = ""  # the released config the recipe and its overrides come from
 
     def __post_init__(self) -> None:
         if self.default_policy not in POLICIES:
             raise ValueError(f"{self.name}: default_policy must be one of {list(POLICIES)}")
+        object.__setattr__(self, "recipe_overrides", MappingProxyType(dict(self.recipe_overrides)))
 
     def input_size(self, policy: str) -> int:
         return CIFAR_SIZE if policy == "cifar" else self.native_size
@@ -163,9 +176,13 @@ class BackboneSpec:
     input_size: int
     source: str
     source_version: str
+    drop_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.drop_rate:  # specs without dropout keep the identity they had before it existed
+            del out["drop_rate"]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -189,6 +206,7 @@ def resolve_backbone(
     policy: str | None = None,
     scale: str = "paper",
     drop_path_rate: float = 0.0,
+    drop_rate: float = 0.0,
 ) -> BackboneSpec:
     """Validate a backbone choice; ``policy=None`` takes the backbone's default CIFAR policy."""
     info = get_backbone_info(name)
@@ -203,6 +221,10 @@ def resolve_backbone(
         raise ValueError(f"{info.short} has no stochastic depth: drop_path_rate must be 0, got {drop_path_rate}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    if drop_rate and not info.supports_dropout:
+        raise ValueError(f"{info.short} takes no dropout rate: drop_rate must be 0, got {drop_rate}")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
     return BackboneSpec(
         name=info.name,
         short=info.short,
@@ -213,6 +235,7 @@ def resolve_backbone(
         input_size=info.input_size(policy),
         source=info.source,
         source_version=_source_version(info.source),
+        drop_rate=float(drop_rate),
     )
 
 
@@ -223,6 +246,8 @@ def build_backbone(spec: BackboneSpec | str, **kwargs: Any) -> nn.Module:
     elif kwargs:
         raise TypeError("pass either a BackboneSpec or a name with keyword arguments, not both")
     info = get_backbone_info(spec.name)
+    if info.supports_dropout:
+        return info.builder(spec.num_classes, spec.policy, spec.scale, spec.drop_path_rate, spec.drop_rate)  # type: ignore[call-arg]
     return info.builder(spec.num_classes, spec.policy, spec.scale, spec.drop_path_rate)
 
 

@@ -66,6 +66,7 @@ def vgg13_bn(num_classes: int, policy: str, scale: str, drop_path_rate: float) -
     block="bottleneck", token_mixer="conv", residual_norm="add", source="timm", default_policy="cifar",
     published_params_m=25.56, cifar_stem="3x3 stride-1 stem conv, no max-pool",
     reference="He et al., CVPR 2016",
+    recipe_source="released: Westlake-AI/openmixup configs/classification/cifar100/optimizers/basic/r50_CE_none_bs100.py",
 )
 def resnet50(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
     return _resnet("resnet50", resnet.Bottleneck, num_classes, policy, scale, drop_path_rate)

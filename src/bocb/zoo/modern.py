@@ -18,6 +18,10 @@ from bocb.zoo.backbones import CIFAR_SIZE, register_backbone
 from bocb.zoo.models import moganet, transnext, unireplknet
 from bocb.zoo.surgery import replace_conv
 
+# The authors' released CIFAR-100 configs (repository Westlake-AI/openmixup); each backbone below
+# that has one names it as its recipe source and lists its departures from the family recipe.
+_RELEASED = "released: Westlake-AI/openmixup configs/classification/cifar100/advanced/"
+
 
 def _size(policy: str) -> int:
     return CIFAR_SIZE if policy == "cifar" else 224
@@ -28,6 +32,7 @@ def _size(policy: str) -> int:
     stages="isotropic", block="MetaFormer", token_mixer="attention", residual_norm="pre-norm",
     source="timm", default_policy="upsample", published_params_m=22.05,
     cifar_stem="4x4 patches at 32x32 (64 tokens)", reference="Touvron et al., ICML 2021",
+    recipe_source=_RELEASED + "deit_s_adamw_sz224_bs100_ep200.py",
 )
 def deit_small(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
     kwargs = dict(embed_dim=64, depth=2, num_heads=2) if scale == "tiny" else {}
@@ -42,14 +47,19 @@ def deit_small(num_classes: int, policy: str, scale: str, drop_path_rate: float)
     "mixer_s16", recipe="deit", short="MLP-S", model="MLP-Mixer-S/16", group="modern: MLP", stages="isotropic",
     block="MetaFormer", token_mixer="MLP", residual_norm="pre-norm", source="timm", default_policy="upsample",
     published_params_m=18.5, cifar_stem="4x4 patches at 32x32 (64 tokens)",
-    reference="Tolstikhin et al., NeurIPS 2021",
+    reference="Tolstikhin et al., NeurIPS 2021", supports_dropout=True,
+    recipe_source=_RELEASED + "mlpmixer_s_adamw_sz224_bs100_ep200.py",
+    # The released config trains Mixer with dropout 0.1 in its MLPs and no stochastic depth.
+    recipe_overrides={"drop_path_rate": 0.0, "drop_rate": 0.1},
 )
-def mixer_s16(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
+def mixer_s16(num_classes: int, policy: str, scale: str, drop_path_rate: float, drop_rate: float = 0.0) -> nn.Module:
     # timm's mixer_s16_224 fixes its arguments, so the class is built directly with S/16's values.
+    # drop_rate is dropout inside the token- and channel-mixing MLPs (timm's proj_drop_rate), what
+    # the released config's MlpMixer(drop_rate=0.1) does; timm's own drop_rate is head dropout.
     size = dict(num_blocks=2, embed_dim=64) if scale == "tiny" else dict(num_blocks=8, embed_dim=512)
     return MlpMixer(
         num_classes=num_classes, img_size=_size(policy), patch_size=4 if policy == "cifar" else 16,
-        drop_path_rate=drop_path_rate, **size,
+        drop_path_rate=drop_path_rate, proj_drop_rate=drop_rate, **size,
     )
 
 
@@ -58,6 +68,11 @@ def mixer_s16(num_classes: int, policy: str, scale: str, drop_path_rate: float) 
     stages="hierarchical", block="MetaFormer", token_mixer="window attention",
     residual_norm="pre-norm", source="timm", default_policy="upsample", published_params_m=28.29,
     cifar_stem="2x2 patches, 4x4 windows (stages at 16, 8, 4, 2)", reference="Liu et al., ICCV 2021",
+    recipe_source=_RELEASED + "swin_t_adamw_sz224_bs100_ep200.py",
+    # The released Swin-T config: DeiT's 20 warm-up epochs and 1e-6 floor, drop-path 0.2, and the
+    # sz224_randaug pipeline (RandAugment m7, no random erasing).
+    recipe_overrides={"warmup_epochs": 20, "drop_path_rate": 0.2, "augment.randaugment": (2, 7),
+                      "augment.random_erasing": 0.0, "min_lr": 1e-6},
 )
 def swin_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
     kwargs = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4)) if scale == "tiny" else {}
@@ -82,6 +97,8 @@ def _convnext(variant: str, num_classes: int, policy: str, scale: str, drop_path
     source="timm", default_policy="cifar", published_params_m=28.59,
     cifar_stem="3x3 stride-1 conv + LayerNorm instead of 4x4 patchify",
     reference="Liu et al., CVPR 2022",
+    recipe_source=_RELEASED + "convext_t_adamw_bs100_ep200.py",
+    recipe_overrides={"drop_path_rate": 0.3, "grad_clip": None},
 )
 def convnext_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
     return _convnext("convnext_tiny", num_classes, policy, scale, drop_path_rate)
@@ -103,6 +120,8 @@ def convnextv2_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: f
     block="MetaFormer", token_mixer="dw-conv + gating", residual_norm="pre-norm + LayerScale",
     default_policy="cifar", source="bocb", published_params_m=moganet.PUBLISHED_PARAMS_M,
     cifar_stem="stride-1 conv stem", reference="Li et al., ICLR 2024 (arXiv 2211.03295)",
+    recipe_source=_RELEASED + "moganet_s_adamw_bs100_ep200.py",
+    recipe_overrides={"drop_path_rate": 0.1, "grad_clip": 5.0},
 )
 def moganet_small(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
     return moganet.MogaNet(
