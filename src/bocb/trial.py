@@ -25,6 +25,8 @@ the test set. Without a hold-out, ``best_epoch`` is the best test epoch (the pap
 Precision (``recipe.precision``, part of the trial's identity): ``fp32`` switches TF32 off,
 ``tf32`` allows it in matmuls and cuDNN convolutions (the paper's A100 runs), ``bf16`` adds bf16
 autocast. The record's ``precision_effective`` says what the device actually did (a CPU has no TF32).
+The record also holds ``peak_memory_mb`` (see :func:`peak_memory_mb`), which the ranking's cost
+component reads next to the measured seconds.
 
 Speed choices (the GPU path; CPU runs the same code): the whole dataset sits on the device as
 uint8 and is augmented there in batches (no DataLoader, no host-device copies per step); bf16
@@ -160,6 +162,8 @@ def _train(
     precision = recipe.precision
     record.update(device=device_info(device), precision=precision,
                   precision_effective=set_precision(device, precision), compile=options.compile)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     seed_all(spec.seed, device)
     model, head = starting_model(spec)  # first, so its init depends on the seed alone
     if spec.finetune == "linear":
@@ -331,6 +335,7 @@ def _train(
         record["status"] = "done"
 
     # --- result ------------------------------------------------------------------------------
+    record["peak_memory_mb"] = peak_memory_mb(device)
     seconds = {k: round(v, 3) for k, v in seconds.items()}
     record["seconds"] = seconds
     images = sum(r["images"] for r in record["epochs"])
@@ -360,6 +365,17 @@ def _row(epoch: int, train_loss: float, scores: dict[str, tuple[float, float, fl
                     f"{split}_loss": loss if math.isfinite(loss) else None})
     row.update(lr=lr, seconds_train=round(train_seconds, 3), seconds_eval=round(eval_seconds, 3), images=images)
     return row
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this trial in MiB: on CUDA the allocator's peak since the trial started; on a
+    CPU the worker process's peak resident set (an upper bound: it includes the interpreter, the
+    data and any earlier trial of the same process)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def set_precision(device: torch.device, precision: str) -> str:
