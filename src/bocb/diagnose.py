@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bocb.diagnostics.metrics import DEFAULT_CONV
-from bocb.diagnostics.snapshot import final_snapshot, init_snapshot, init_snapshot_id
+from bocb.diagnostics.snapshot import init_snapshot, init_snapshot_id
 from bocb.store import SQLiteStore
+from bocb.tasks import task_of
 from bocb.zoo import BackboneSpec
 
 
@@ -36,12 +37,8 @@ class Job:
     conv: str = DEFAULT_CONV
 
     def run(self) -> dict[str, Any]:
-        if self.source == "final" and self.spec and self.spec.get("task") == "detection":
-            from bocb.transfer.detection_trial import detection_snapshot
-
-            return detection_snapshot(self.trial_id, self.path, self.spec)
         if self.source == "final":
-            return final_snapshot(self.trial_id, self.path, self.spec, conv=self.conv)
+            return task_of(self.spec or {}).snapshot(self.trial_id, self.path, self.spec, self.conv)
         return init_snapshot(BackboneSpec.from_dict(self.backbone), self.seed, conv=self.conv)
 
 

@@ -1,8 +1,10 @@
-"""One training trial: (backbone, optimizer, settings, seed) -> a result record.
+"""The classification task: one trial (backbone, optimizer, settings, seed) -> a result record.
 
-:func:`run_trial` reads top to bottom: setup, data, model, optimizer, schedule, resume, the epoch
-loop (train, evaluate, record, checkpoint), result. It talks to the zoo, the optimizer registry
-and the data layer only through their specs and builders.
+:func:`run_trial` prepares what is particular to classification (:func:`_prepare`: the data on
+the device, the model, augmented batches, the loss, top-1/top-5 evaluation, the collapse rule)
+and hands it to the one training loop, :func:`bocb.engine.train`, which does the rest for every
+task (optimizer, schedule, resume, epochs, divergence, checkpoints, final weights). It talks to the
+zoo, the optimizer registry and the data layer only through their specs and builders.
 
 Outcomes are data, never exceptions: ``done``; ``diverged`` (a non-finite training loss, a
 training loss above 100 x ln(classes) — 230 for CIFAR-10 where training starts near 2.3 — or test
@@ -25,8 +27,8 @@ the test set. Without a hold-out, ``best_epoch`` is the best test epoch (the pap
 Precision (``recipe.precision``, part of the trial's identity): ``fp32`` switches TF32 off,
 ``tf32`` allows it in matmuls and cuDNN convolutions (the paper's A100 runs), ``bf16`` adds bf16
 autocast. The record's ``precision_effective`` says what the device actually did (a CPU has no TF32).
-The record also holds ``peak_memory_mb`` (see :func:`peak_memory_mb`), which the ranking's cost
-component reads next to the measured seconds.
+The record also holds ``peak_memory_mb`` (:func:`bocb.engine.peak_memory_mb`), which the ranking's
+cost component reads next to the measured seconds. Each row's ``score`` is its test top-1.
 
 Speed choices (the GPU path; CPU runs the same code): the whole dataset sits on the device as
 uint8 and is augmented there in batches (no DataLoader, no host-device copies per step); bf16
@@ -37,10 +39,10 @@ the loss is summed on the device and synchronised rarely. Every epoch reseeds al
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,19 +50,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bocb import checkpoint
+from bocb import engine
 from bocb.data import Dataset
 from bocb.data.augment import BatchAugment
-from bocb.optim import Stepper, build_optimizer
-from bocb.provenance import code_version, device_info, library_versions
-from bocb.seeding import epoch_seed, seed_all, synchronize
+from bocb.engine import CHECKPOINT, FINAL_WEIGHTS, Progress
 from bocb.spec import TrialSpec
-from bocb.zoo import classifier_name, init_backbone
+from bocb.networks import starting_model
 
-Progress = Callable[[dict[str, Any]], None]
+__all__ = ["CHECKPOINT", "FINAL_WEIGHTS", "HOLDOUT_SEED", "Progress", "RunOptions", "resolve_device",
+           "run_trial", "starting_model"]
 
-CHECKPOINT = "checkpoint.safetensors"
-FINAL_WEIGHTS = "final.safetensors"
 HOLDOUT_SEED = 0  # the validation split is the same for every trial and seed of a study
 
 
@@ -90,22 +89,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def starting_model(spec: TrialSpec) -> tuple[torch.nn.Module, str]:
-    """The network ``spec`` starts training from, on the CPU, and its classifier's name.
-
-    A pre-training trial starts from :func:`bocb.zoo.init_backbone` under its seed; a fine-tuning
-    trial from the same, then every pre-trained weight except the classifier, which stays new.
-    The weight diagnostics measure how far each layer moved from exactly this network.
-    """
-    model = init_backbone(spec.backbone, spec.seed)
-    head = classifier_name(model)
-    if spec.pretrained is not None:
-        checkpoint.load_weights(model, Path(spec.pretrained.path), skip=head, sha256=spec.pretrained.sha256)
-    return model, head
+_DATASETS: dict[str, Dataset] = {}
 
 
+def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
+            progress: Progress | None = None) -> dict[str, Any]:
+    """The classification task's entry in :mod:`bocb.tasks`: load the data (once per worker process),
+    run the trial in ``config.artifacts_dir/<trial_id>`` and measure its final weights."""
+    from bocb.data import load_dataset
+    from bocb.diagnostics.snapshot import final_snapshot
 
-
+    spec = TrialSpec.from_dict(spec_dict)
+    options = RunOptions(device=device or config.device, compile=config.compile,
+                         work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every)
+    key = json.dumps(spec.data.to_dict(), sort_keys=True)
+    try:
+        if key not in _DATASETS:
+            _DATASETS[key] = load_dataset(
+                spec.data, cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+                data_dirs=[Path(d) for d in config.data_dirs], download=config.download)
+    except Exception as exc:  # noqa: BLE001 - a trial that cannot load its data is a failed trial
+        return {"trial_id": spec.trial_id, "spec": spec_dict, "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}", "epochs": []}
+    record = run_trial(spec, _DATASETS[key], options, progress)
+    weights = (record.get("artifacts") or {}).get("final_weights")
+    if weights:
+        record["diagnostics"] = final_snapshot(spec.trial_id, weights, spec_dict, conv=config.weight_conv)
+    return record
 
 
 def run_trial(
@@ -113,18 +123,17 @@ def run_trial(
 ) -> dict[str, Any]:
     """Train and evaluate ``spec`` on ``dataset``; always returns a result record (see module doc)."""
     started = time.time()
-    record: dict[str, Any] = {
-        "trial_id": spec.trial_id,
-        "spec": spec.to_dict(),
-        "status": "failed",
-        "error": None,
-        "diverged_epoch": None,
-        "epochs": [],
-        "code_version": code_version(),
-        "libraries": library_versions(),
-    }
+    record = engine.new_record(trial_id=spec.trial_id, spec=spec.to_dict(), task="classification", metric="top1")
     try:
-        _train(spec, dataset, options, progress, record)
+        engine.train(
+            lambda device: _prepare(spec, dataset, device), spec.optimizer, seed=spec.seed, run_id=spec.trial_id,
+            device=resolve_device(options.device), precision=spec.recipe.precision,
+            options=engine.LoopOptions(
+                compile=options.compile, work_dir=options.work_dir, checkpoint_every=options.checkpoint_every,
+                resume=options.resume, stop_after_epochs=options.stop_after_epochs,
+                weights_metadata={"spec": spec.to_json()}),
+            progress=progress, record=record,
+        )
     except Exception as exc:  # noqa: BLE001 - a crashing trial is a result, not a crashed study
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -137,34 +146,22 @@ def run_trial(
 def _summarise(record: dict[str, Any], holdout: bool) -> None:
     """final_* from the last evaluated row (for a diverged trial: its ended weights); best_epoch
     chosen on validation accuracy with a hold-out, else on test accuracy (see the module doc)."""
-    rows = [r for r in record["epochs"] if r["test_top1"] is not None]
+    engine.summarise(record, "val_top1" if holdout else "score")
+    rows = [r for r in record["epochs"] if r.get("test_top1") is not None]
     last = rows[-1] if rows else None
+    best = next((r for r in rows if r["epoch"] == record["best_epoch"]), None)
     record["final_top1"] = last["test_top1"] if last else None
     record["final_top5"] = last["test_top5"] if last else None
-    key = "val_top1" if holdout else "test_top1"
-    best = max(rows, key=lambda r: r[key]) if rows else None
     record["best_top1"] = best["test_top1"] if best else None
-    record["best_epoch"] = best["epoch"] if best else None
     record["selection"] = "holdout" if holdout else "test"
     if holdout:
         record["final_val_top1"] = last["val_top1"] if last else None
         record["best_val_top1"] = best["val_top1"] if best else None
 
 
-def _train(
-    spec: TrialSpec, dataset: Dataset, options: RunOptions, progress: Progress | None,
-    record: dict[str, Any],
-) -> None:
-    # --- setup -------------------------------------------------------------------------------
-    device = resolve_device(options.device)
-    cuda = device.type == "cuda"
+def _prepare(spec: TrialSpec, dataset: Dataset, device: torch.device) -> engine.Run:
+    """The classification task: data on the device, the model, batches, loss and evaluation."""
     recipe = spec.recipe
-    precision = recipe.precision
-    record.update(device=device_info(device), precision=precision,
-                  precision_effective=set_precision(device, precision), compile=options.compile)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    seed_all(spec.seed, device)
     model, head = starting_model(spec)  # first, so its init depends on the seed alone
     if spec.finetune == "linear":
         for name, p in model.named_parameters():
@@ -176,175 +173,76 @@ def _train(
         train, val = train.split(recipe.holdout_per_class, seed=HOLDOUT_SEED)
     train = train.subset(recipe.train_per_class, seed=spec.seed)
     test = dataset.test.subset(recipe.test_per_class, seed=spec.seed)
-    record["dataset"] = {
+    info = {"dataset": {
         "name": dataset.name, "source": dataset.source, "fingerprint": dataset.fingerprint,
         "train_images": len(train), "test_images": len(test), "num_classes": dataset.num_classes,
         "val_images": len(val) if val is not None else 0,
-    }
-    if len(train) < recipe.batch_size:
-        raise ValueError(f"{len(train)} training images is fewer than one batch of {recipe.batch_size}")
+    }}
     train_x, train_y = train.images.to(device), train.labels.to(device)
     test_x, test_y = test.images.to(device), test.labels.to(device)
     val_xy = (val.images.to(device), val.labels.to(device)) if val is not None else None
-    input_size = spec.backbone.input_size
     aug_cfg = recipe.augment
-    if train_x.shape[-1] != input_size:  # the upsample policy, or a dataset at another size
-        aug_cfg = replace(aug_cfg, resize_to=input_size)
+    if train_x.shape[-1] != spec.backbone.input_size:  # the upsample policy, or data at another size
+        aug_cfg = replace(aug_cfg, resize_to=spec.backbone.input_size)
     augment = BatchAugment(aug_cfg, dataset.num_classes, device)
-
-    # --- model ---------------------------------------------------------------------------------
     model = model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    record["params"] = sum(p.numel() for p in model.parameters())
-    forward_model = torch.compile(model) if options.compile else model
-
-    # --- optimizer and schedule -------------------------------------------------------------
-    optimizer, optimizer_record = build_optimizer(spec.optimizer, model)
-    record["optimizer"] = optimizer_record
-    stepper = Stepper(optimizer, spec.optimizer)
-    for group in optimizer.param_groups:
-        group["bocb_base_lr"] = group["lr"]  # the schedule multiplies this; survives checkpoints
-    steps_per_epoch = len(train) // recipe.batch_size  # drop_last: mixup needs full, even batches
-    schedule_free = spec.optimizer.needs_train_eval
-
-    def set_lr(step: int) -> float:
-        factor = recipe.lr_factor(step, steps_per_epoch, schedule_free, base_lr=spec.optimizer.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = group["bocb_base_lr"] * factor
-        return factor * spec.optimizer.lr
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    params = [p for p in model.parameters() if p.requires_grad]
+    cuda = device.type == "cuda"
+    classes = dataset.num_classes
 
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if recipe.loss == "bce":
             if targets.dtype == torch.long:
-                targets = F.one_hot(targets, dataset.num_classes).float()
+                targets = F.one_hot(targets, classes).float()
             return F.binary_cross_entropy_with_logits(logits, targets)
         return F.cross_entropy(logits, targets)
 
-    # --- resume ----------------------------------------------------------------------------------
-    work = options.work_dir
-    ckpt_path = work / CHECKPOINT if work else None
-    start_epoch = 0
-    seconds = {"train": 0.0, "eval": 0.0, "compile": 0.0}
-    if ckpt_path and options.resume and ckpt_path.exists():
-        state = checkpoint.load(ckpt_path, device=device)
-        if state["trial_id"] != spec.trial_id:
-            raise ValueError(f"{ckpt_path} belongs to trial {state['trial_id']}, not {spec.trial_id}")
-        model.load_state_dict(state["model"])
-        stepper.load_state_dict(state["stepper"])
-        checkpoint.set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
-        record["epochs"] = list(state["rows"])
-        seconds = dict(state["seconds"])
-        record["resumed_from_epoch"] = start_epoch
+    def batch(forward_model: torch.nn.Module, index: torch.Tensor, generator: torch.Generator):
+        images, targets = augment.train(train_x[index], train_y[index], generator)
+        if cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
 
-    # --- epochs ----------------------------------------------------------------------------------
-    chance = 100.0 / dataset.num_classes
+        def forward() -> torch.Tensor:
+            with autocast:
+                return forward_model(images)
 
-    def evaluate() -> dict[str, Any]:
-        stepper.eval()
+        return forward, lambda logits: loss_fn(logits, targets)
+
+    def evaluate(forward_model: torch.nn.Module, autocast: torch.autocast) -> dict[str, Any]:
         scores = {"test": _evaluate(forward_model, augment, test_x, test_y, recipe.eval_batch_size, autocast)}
         if val_xy is not None:
             scores["val"] = _evaluate(forward_model, augment, *val_xy, recipe.eval_batch_size, autocast)
-        return scores
+        return _score_fields(scores)
 
+    chance = 100.0 / classes
+    unscorable = _score_fields({split: (round(chance, 4), round(100.0 * min(5, classes) / classes, 4), float("nan"))
+                                for split in (("test", "val") if val_xy is not None else ("test",))})
     # Collapse back to chance is judged on the numbers selection uses (validation when held out).
     watched = "val_top1" if val_xy is not None else "test_top1"
-    loss_limit = 100.0 * math.log(max(dataset.num_classes, 2))
-    # One host sync per step is free on CPU; on a GPU it would stall the queue, so check rarely.
-    check_every = 25 if cuda else 1
-    record["status"] = "running"
-    epochs_this_run = 0
-    for epoch in range(start_epoch, recipe.epochs):
-        generator = seed_all(epoch_seed(spec.seed, epoch), device)
-        _train_mode(model, head if spec.finetune == "linear" else None)
-        stepper.train()
-        order = torch.randperm(len(train), generator=generator, device=device)
-        loss_sum = torch.zeros((), device=device)
-        synchronize(device)
-        t0 = time.perf_counter()
-        diverged = False
-        for i in range(steps_per_epoch):
-            step_t0 = time.perf_counter()
-            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            images, targets = augment.train(train_x[idx], train_y[idx], generator)
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
-            lr_now = set_lr(epoch * steps_per_epoch + i)
 
-            def forward(images: torch.Tensor = images) -> torch.Tensor:
-                with autocast:
-                    return forward_model(images)
+    def collapsed(rows: list[dict[str, Any]]) -> bool:
+        best = max(r[watched] for r in rows if r.get(watched) is not None)
+        return best >= 2 * chance and rows[-1][watched] <= 1.1 * chance
 
-            loss, _ = stepper.step(
-                forward, lambda logits, t=targets: loss_fn(logits, t),
-                params=params, clip_grad_norm=recipe.grad_clip,
-            )
-            loss_sum += loss
-            if options.compile and epoch == start_epoch and i == 0:
-                synchronize(device)
-                seconds["compile"] += time.perf_counter() - step_t0  # first call compiles
-            if (i + 1) % check_every == 0 or i + 1 == steps_per_epoch:
-                if not math.isfinite(loss_sum.item()) or loss.item() > loss_limit:
-                    diverged = True
-                    break
-            if progress:
-                progress({"event": "step", "epoch": epoch, "step": i + 1, "steps": steps_per_epoch})
-        synchronize(device)
-        train_seconds = time.perf_counter() - t0
-        if options.compile and epoch == start_epoch:
-            train_seconds -= seconds["compile"]
-        seconds["train"] += train_seconds
-        t1 = time.perf_counter()
-        scores = evaluate()  # a diverged trial is scored on the weights it ended with
-        eval_seconds = time.perf_counter() - t1
-        seconds["eval"] += eval_seconds
-        steps_done = i + 1 if diverged else steps_per_epoch
-        row = _row(epoch, loss_sum.item() / steps_done, scores, lr_now, train_seconds, eval_seconds,
-                   steps_done * recipe.batch_size)
-        if diverged:
-            record["status"] = "diverged"
-            record["diverged_epoch"] = epoch + 1
-            record["epochs"].append(row)
-            break
-        record["epochs"].append(row)
-        if progress:
-            progress({"event": "epoch", "epoch": epoch, "row": row})
+    return engine.Run(
+        model=model, examples=len(train), batch_size=recipe.batch_size, epochs=recipe.epochs,
+        lr_factor=lambda step, steps, sf: recipe.lr_factor(step, steps, sf, base_lr=spec.optimizer.lr),
+        order=lambda generator: torch.randperm(len(train), generator=generator, device=device),
+        batch=batch, evaluate=evaluate, unscorable=unscorable,
+        loss_limit=100.0 * math.log(max(classes, 2)), grad_clip=recipe.grad_clip, generator_device=device,
+        train_mode=lambda: _train_mode(model, head if spec.finetune == "linear" else None),
+        collapsed=collapsed, info=info,
+    )
 
-        best = max(r[watched] for r in record["epochs"] if r.get(watched) is not None)
-        if best >= 2 * chance and row[watched] <= 1.1 * chance:
-            record["status"] = "diverged"
-            record["diverged_epoch"] = epoch + 1
-            break
-        epochs_this_run += 1
-        last = epoch + 1 == recipe.epochs
-        if ckpt_path and (last or (epoch + 1) % options.checkpoint_every == 0):
-            checkpoint.save(ckpt_path, {
-                "trial_id": spec.trial_id, "epoch": epoch + 1, "model": model.state_dict(),
-                "stepper": stepper.state_dict(), "rng": checkpoint.rng_state(),
-                "rows": record["epochs"], "seconds": seconds,
-            })
-        if options.stop_after_epochs is not None and epochs_this_run >= options.stop_after_epochs and not last:
-            record["status"] = "interrupted"
-            break
-    else:
-        record["status"] = "done"
 
-    # --- result ------------------------------------------------------------------------------
-    record["peak_memory_mb"] = peak_memory_mb(device)
-    seconds = {k: round(v, 3) for k, v in seconds.items()}
-    record["seconds"] = seconds
-    images = sum(r["images"] for r in record["epochs"])
-    record["train_images_per_second"] = round(images / seconds["train"], 1) if seconds["train"] else None
-    if work and record["status"] in ("done", "diverged"):
-        # The spec travels in the file's metadata, so `bocb diagnose --checkpoint` needs nothing else.
-        checkpoint.save_weights(work / FINAL_WEIGHTS, model,
-                                metadata={"trial_id": spec.trial_id, "spec": spec.to_json()})
-        record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
+def _score_fields(scores: dict[str, tuple[float, float, float]]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for split, (top1, top5, loss) in scores.items():
+        row.update({f"{split}_top1": top1, f"{split}_top5": top5,
+                    f"{split}_loss": loss if math.isfinite(loss) else None})
+    row["score"] = row["test_top1"]
+    return row
 
 
 def _train_mode(model: torch.nn.Module, only: str | None) -> None:
@@ -355,40 +253,6 @@ def _train_mode(model: torch.nn.Module, only: str | None) -> None:
     else:
         model.eval()
         model.get_submodule(only).train()
-
-
-def _row(epoch: int, train_loss: float, scores: dict[str, tuple[float, float, float]], lr: float,
-         train_seconds: float, eval_seconds: float, images: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss if math.isfinite(train_loss) else None}
-    for split, (top1, top5, loss) in scores.items():
-        row.update({f"{split}_top1": top1, f"{split}_top5": top5,
-                    f"{split}_loss": loss if math.isfinite(loss) else None})
-    row.update(lr=lr, seconds_train=round(train_seconds, 3), seconds_eval=round(eval_seconds, 3), images=images)
-    return row
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this trial in MiB: on CUDA the allocator's peak since the trial started; on a
-    CPU the worker process's peak resident set (an upper bound: it includes the interpreter, the
-    data and any earlier trial of the same process)."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-
-
-def set_precision(device: torch.device, precision: str) -> str:
-    """Switch TF32 on or off for this process (every trial sets it: a worker runs many trials) and
-    say what the device really does with ``precision``."""
-    allow = precision != "fp32"
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    torch.backends.cudnn.allow_tf32 = allow
-    if device.type != "cuda":
-        return {"fp32": "fp32", "tf32": "fp32 (no TF32 on a CPU)", "bf16": "bf16 autocast"}[precision]
-    has_tf32 = torch.cuda.get_device_capability(device)[0] >= 8  # Ampere and later
-    base = "tf32" if allow and has_tf32 else "fp32"
-    return f"bf16 autocast, {base} elsewhere" if precision == "bf16" else base
 
 
 @torch.no_grad()

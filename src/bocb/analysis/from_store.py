@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from bocb.tasks import task_of
+
 COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id",
            "val_top1"]
 METRICS = ["alpha", "alpha_status", "n_eig", "n_tail", "xmin", "entropy", "l2", "pca_energy", "log_norm",
@@ -43,8 +45,7 @@ def results_frame(store: Any, study_id: str | None, metric: Literal["final", "be
         record = None
         if value is None:  # diverged before the first evaluation: chance (box AP 0 for detection)
             record = store.record(t["trial_id"]) or {}
-            classes = (record.get("dataset") or {}).get("num_classes") or record["spec"]["backbone"]["num_classes"]
-            value = 0.0 if record.get("task") == "detection" else 100.0 / classes
+            value = task_of(record["spec"]).unscored(record)
         if specs is None:
             specs = store.specs(study_id)
         val = None

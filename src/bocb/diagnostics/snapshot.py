@@ -1,7 +1,7 @@
 """Snapshots: one model's weights -> its per-layer metrics, with what produced them.
 
 Every final snapshot's layers also carry ``moved``: the relative Frobenius distance of the weight
-from the network the trial started from (:func:`bocb.trial.starting_model`: the random init for
+from the network the trial started from (:func:`bocb.networks.starting_model`: the random init for
 pre-training, the pre-trained weights for fine-tuning, where the classifier is new).
 
 A snapshot is either a trial's final weights (``source="final"``, ``snapshot_id`` = the trial's
@@ -114,8 +114,8 @@ def final_snapshot(trial_id: str, path: str | Path, spec: dict[str, Any] | None 
     spec = spec or read_spec(path)
     if spec is None:
         raise ValueError(f"{path} has no trial spec in its metadata: give the backbone to `bocb diagnose`")
+    from bocb.networks import starting_model
     from bocb.spec import TrialSpec
-    from bocb.trial import starting_model
 
     backbone = BackboneSpec.from_dict(spec["backbone"])
     return _snapshot(trial_id, "final", backbone, lambda: load_model(path, backbone),

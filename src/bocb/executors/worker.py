@@ -3,22 +3,18 @@
 After a trial that kept its final weights, the worker measures them (weight diagnostics, one BLAS
 thread) and hands the snapshot back inside the record; the runner stores both at once.
 
-Kept apart from the executors so the local process pool and Ray run exactly the same code.
-Datasets are loaded once per worker process and reused across its trials.
+Kept apart from the executors so the local process pool and Ray run exactly the same code. The
+worker never names a task: the spec's task (:mod:`bocb.tasks`) runs it. Datasets are loaded once
+per worker process and reused across its trials (each task module keeps its own cache).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bocb.data import Dataset, DatasetSpec, load_dataset
-from bocb.diagnostics.snapshot import final_snapshot
-from bocb.spec import TrialSpec
-from bocb.transfer.detection_trial import is_detection, run_detection_trial
-from bocb.trial import Progress, RunOptions, run_trial
+from bocb.engine import Progress
+from bocb.tasks import task_of
 
 
 @dataclass(frozen=True)
@@ -35,39 +31,8 @@ class WorkerConfig:
     weight_conv: str = "slices"  # the study's conv matricisation for weight diagnostics
 
 
-_DATASETS: dict[str, Dataset] = {}
-
-
-def _dataset(spec: DatasetSpec, config: WorkerConfig) -> Dataset:
-    key = json.dumps(spec.to_dict(), sort_keys=True)
-    if key not in _DATASETS:
-        _DATASETS[key] = load_dataset(
-            spec, cache_dir=Path(config.cache_dir) if config.cache_dir else None,
-            data_dirs=[Path(d) for d in config.data_dirs], download=config.download,
-        )
-    return _DATASETS[key]
-
-
 def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None = None,
             progress: Progress | None = None) -> dict[str, Any]:
-    """Run one trial (resuming from its checkpoint in ``artifacts_dir/<trial_id>`` if any).
-
-    Never raises for a trial's own failure: data errors become a ``failed`` record too.
-    """
-    if is_detection(spec_dict):
-        return run_detection_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress)
-    spec = TrialSpec.from_dict(spec_dict)
-    options = RunOptions(
-        device=device or config.device, compile=config.compile,
-        work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every,
-    )
-    try:
-        dataset = _dataset(spec.data, config)
-    except Exception as exc:  # noqa: BLE001 - a trial that cannot load its data is a failed trial
-        return {"trial_id": spec.trial_id, "spec": spec_dict, "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}", "epochs": []}
-    record = run_trial(spec, dataset, options, progress)
-    weights = (record.get("artifacts") or {}).get("final_weights")
-    if weights:
-        record["diagnostics"] = final_snapshot(spec.trial_id, weights, spec_dict, conv=config.weight_conv)
-    return record
+    """Run one trial (resuming from its checkpoint in ``artifacts_dir/<trial_id>`` if any) with
+    its task's function (:mod:`bocb.tasks`). Never raises for a trial's own failure."""
+    return task_of(spec_dict).execute(spec_dict, config, device, progress)

@@ -27,7 +27,10 @@ smoke tier's tests) has no statistics worth freezing.
 **A run** (:func:`run_detection`): outcomes are data, never exceptions: ``done``; ``diverged`` on a
 non-finite training loss or one step's loss above :data:`LOSS_LIMIT` (100, some 50x the ~2 a fresh
 RetinaNet starts at; checked every step on the CPU, every 25 on CUDA, as bocb.trial); ``failed`` on
-any exception, with its message and traceback. Every epoch reseeds all RNGs from (seed, epoch), as
+any exception, with its message and traceback; a diverged run's last row evaluates the weights it
+ended with (AP 0 when they are not finite). The loop itself is :func:`bocb.engine.train`, the one
+classification uses too (checkpoints and resume included); this module only prepares what is
+particular to detection (:func:`_prepare`). Every epoch reseeds all RNGs from (seed, epoch), as
 bocb.trial does; batch order and flips come from a CPU generator, so they are the same on any
 device. The data stays in host memory as uint8 and each batch is copied to the device (a detection
 set can outgrow it); batches are drawn without replacement and the last partial batch is dropped
@@ -51,7 +54,6 @@ import io
 import math
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +61,12 @@ import torch
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
-from bocb.optim import OptimizerSpec, Stepper, build_optimizer
-from bocb.provenance import code_version, device_info, library_versions
+from bocb import engine
+from bocb.engine import LoopOptions, Progress
+from bocb.optim import OptimizerSpec
 from bocb.recipes import checked_replace
-from bocb.seeding import epoch_seed, seed_all, synchronize
 from bocb.transfer.coco import DetectionSet
 from bocb.transfer.retinanet import Detector, build_detector
-
-Progress = Callable[[dict[str, Any]], None]
 
 LOSS_LIMIT = 100.0
 
@@ -172,74 +172,64 @@ def run_detection(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
     precision: str = "auto",
+    options: LoopOptions = LoopOptions(),
+    run_id: str = "detection",
 ) -> dict[str, Any]:
     """Fine-tune ``model`` for detection on ``train``, evaluating on ``val`` after every epoch.
 
     ``model``: a backbone (a detector is built on a copy of it with :func:`build_detector`, at the
     training images' size, ``recipe.fpn_channels`` wide, after seeding with ``seed``) or a
     :class:`Detector` from :func:`build_detector` (used as given, and trained in place).
-    Always returns a record (see module doc); ``progress`` gets ``step`` and ``epoch`` events
-    like bocb.trial's. ``device``: ``cpu``, ``cuda`` or ``cuda:N``. ``precision``: ``auto`` (bf16
-    autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+    Always returns a record (see module doc); the training loop is :func:`bocb.engine.train`,
+    shared with classification (``options``: checkpoints, resume and final weights in its
+    ``work_dir``). ``device``: ``cpu``, ``cuda`` or ``cuda:N``. ``precision``: ``auto`` (bf16
+    autocast on CUDA, fp32 on CPU), ``fp32``, ``tf32`` or ``bf16``.
     """
     started = time.time()
-    record: dict[str, Any] = {
-        "task": "detection",
-        "recipe": recipe.to_dict(),
-        "seed": seed,
-        "status": "failed",
-        "error": None,
-        "diverged_epoch": None,
-        "epochs": [],
-        "code_version": code_version(),
-        "libraries": library_versions(),
-    }
+    record = engine.new_record(task="detection", metric="box_ap", recipe=recipe.to_dict(), seed=seed)
     try:
-        _train(model, optimizer_spec, train, val, recipe, seed, torch.device(device), precision, progress,
-               record)
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but CUDA is not available")
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        if optimizer_spec.curvature == "gnb":
+            raise ValueError(f"{optimizer_spec.short} is not supported for detection: its Gauss-Newton-Bartlett "
+                             "refresh samples labels from a softmax classifier, RetinaNet's loss is not one")
+        engine.train(lambda dev: _prepare(model, train, val, recipe, seed, dev, precision), optimizer_spec,
+                     seed=seed, run_id=run_id, device=device, precision=precision, options=options,
+                     progress=progress, record=record)
     except Exception as exc:  # noqa: BLE001 - a crashing run is a result, not a crashed study
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc(limit=8)
-    rows = [r for r in record["epochs"] if r["map"] is not None]
+    engine.summarise(record)
+    rows = [r for r in record["epochs"] if r.get("map") is not None]
     record["final_map"] = rows[-1]["map"] if rows else None
     record["final_ap50"] = rows[-1]["ap50"] if rows else None
-    best = max(rows, key=lambda r: r["map"]) if rows else None
-    record["best_map"] = best["map"] if best else None
-    record["best_epoch"] = best["epoch"] if best else None
+    record["best_map"] = record["best_score"]
     record.setdefault("seconds", {})["wall"] = round(time.time() - started, 3)
     return record
 
 
-def _train(model: nn.Module, spec: OptimizerSpec, train: DetectionSet, val: DetectionSet,
-           recipe: DetectionRecipe, seed: int, device: torch.device, precision: str,
-           progress: Progress | None, record: dict[str, Any]) -> None:
-    # --- setup -------------------------------------------------------------------------------
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
-    cuda = device.type == "cuda"
-    precision = precision if precision != "auto" else ("bf16" if cuda else "fp32")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}: valid: auto, fp32, bf16")
-    record.update(device=device_info(device), precision=precision)
-    if spec.curvature == "gnb":
-        raise ValueError(f"{spec.short} is not supported for detection: its Gauss-Newton-Bartlett "
-                         "refresh samples labels from a softmax classifier, RetinaNet's loss is not one")
+def _prepare(model: nn.Module, train: DetectionSet, val: DetectionSet, recipe: DetectionRecipe, seed: int,
+             device: torch.device, precision: str) -> engine.Run:
+    """The detection task: the detector, host-side batches with flips, the summed RetinaNet losses,
+    COCOeval on ``val``."""
     if train.category_ids != val.category_ids:
         raise ValueError(f"train ({train.source}) and val ({val.source}) have different categories: "
                          f"{train.category_ids} vs {val.category_ids}")
     train = train.subset(recipe.train_images, seed)
     val = val.subset(recipe.val_images, seed)
     train_rows = [i for i, t in enumerate(train.targets) if len(t["labels"])]  # mmdet's filter_empty_gt
-    record["dataset"] = {
+    info: dict[str, Any] = {"dataset": {
         "train": train.source, "val": val.source, "train_images": len(train_rows),
         "train_images_without_boxes": len(train) - len(train_rows), "val_images": len(val),
         "train_boxes": train.num_boxes, "val_boxes": val.num_boxes, "num_classes": train.num_classes,
         "categories": list(train.category_names), "image_size": list(train.image_size),
-    }
+    }}
     if len(train_rows) < recipe.batch_size:
         raise ValueError(f"{len(train_rows)} training images with boxes is fewer than one batch of {recipe.batch_size}")
-    seed_all(seed)
     height, width = train.image_size
     if not isinstance(model, Detector):
         if height != width:
@@ -255,122 +245,60 @@ def _train(model: nn.Module, spec: OptimizerSpec, train: DetectionSet, val: Dete
     model.nms_thresh = recipe.nms_thresh
     model.topk_candidates = recipe.topk_candidates
     model.detections_per_img = recipe.detections_per_img
-    record["detector"] = getattr(model, "bocb_info", {"backbone": type(model).__name__})
+    info["detector"] = getattr(model, "bocb_info", {"backbone": type(model).__name__})
     model = model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    record["params"] = sum(p.numel() for p in model.parameters())
-
+    cuda = device.type == "cuda"
     # The data stays in host memory (a detection set can outgrow the device); batches are copied.
     train_x = train.images[train_rows]
     train_t = [train.targets[i] for i in train_rows]
-
-    optimizer, optimizer_record = build_optimizer(spec, model)
-    record["optimizer"] = optimizer_record
-    stepper = Stepper(optimizer, spec)
-    for group in optimizer.param_groups:
-        group["bocb_base_lr"] = group["lr"]
-    steps_per_epoch = len(train_rows) // recipe.batch_size  # drop_last, as bocb.trial
-    schedule_free = spec.needs_train_eval
-
-    def set_lr(step: int) -> float:
-        factor = recipe.lr_factor(step, steps_per_epoch, schedule_free)
-        for group in optimizer.param_groups:
-            group["lr"] = group["bocb_base_lr"] * factor
-        return factor * spec.lr
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    params = [p for p in model.parameters() if p.requires_grad]
     bn = [m for m in model.backbone.body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] \
         if recipe.norm_eval else []
+    parts = torch.zeros(2, device=device)
 
-    # --- epochs ----------------------------------------------------------------------------------
-    seconds = {"train": 0.0, "eval": 0.0}
-    check_every = 25 if cuda else 1
-    record["status"] = "running"
-    lr_now = 0.0
-    for epoch in range(recipe.epochs):
-        generator = seed_all(epoch_seed(seed, epoch))
+    def train_mode() -> None:
         model.train()
         for m in bn:
             m.eval()
-        stepper.train()
-        order = torch.randperm(len(train_rows), generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        part_sum = torch.zeros(2, device=device)
-        synchronize(device)
-        t0 = time.perf_counter()
-        diverged = False
-        for i in range(steps_per_epoch):
-            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            images, targets = _flip(train_x[idx], [train_t[j] for j in idx.tolist()], recipe.flip_prob, generator)
-            images = images.to(device, non_blocking=True).float().div_(255)
-            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
-            lr_now = set_lr(epoch * steps_per_epoch + i)
 
-            def forward(images: torch.Tensor = images, targets: list = targets) -> torch.Tensor:
-                with autocast:
-                    losses = model(images, targets)
-                return torch.stack([losses["classification"], losses["bbox_regression"]]).float()
+    def batch(forward_model: nn.Module, index: torch.Tensor, generator: torch.Generator):
+        images, targets = _flip(train_x[index], [train_t[j] for j in index.tolist()], recipe.flip_prob, generator)
+        images = images.to(device, non_blocking=True).float().div_(255)
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        if cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-            loss, parts = stepper.step(forward, lambda p: p.sum(), params=params, clip_grad_norm=recipe.grad_clip)
-            loss_sum += loss
-            part_sum += parts
-            if (i + 1) % check_every == 0 or i + 1 == steps_per_epoch:
-                if not math.isfinite(loss_sum.item()) or loss.item() > LOSS_LIMIT:
-                    diverged = True
-                    break
-            if progress:
-                progress({"event": "step", "epoch": epoch, "step": i + 1, "steps": steps_per_epoch})
-        synchronize(device)
-        train_seconds = time.perf_counter() - t0
-        seconds["train"] += train_seconds
-        steps_done = i + 1
-        mean_loss = loss_sum.item() / steps_done
-        parts_mean = (part_sum / steps_done).tolist()
-        if diverged:
-            record["status"] = "diverged"
-            record["diverged_epoch"] = epoch + 1
-            record["epochs"].append(_row(epoch, mean_loss, parts_mean, None, lr_now, train_seconds, 0.0,
-                                         steps_done * recipe.batch_size))
-            break
-        t1 = time.perf_counter()
-        stepper.eval()
-        scores = evaluate(model, val, recipe.eval_batch_size, autocast)
-        eval_seconds = time.perf_counter() - t1
-        seconds["eval"] += eval_seconds
-        row = _row(epoch, mean_loss, parts_mean, scores, lr_now, train_seconds, eval_seconds,
-                   steps_per_epoch * recipe.batch_size)
-        record["epochs"].append(row)
-        if progress:
-            progress({"event": "epoch", "epoch": epoch, "row": row})
-    else:
-        record["status"] = "done"
-    record["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    images = sum(r["images"] for r in record["epochs"])
-    record["train_images_per_second"] = round(images / seconds["train"], 1) if seconds["train"] else None
+        def forward() -> torch.Tensor:
+            with autocast:
+                losses = forward_model(images, targets)
+            return torch.stack([losses["classification"], losses["bbox_regression"]]).float()
+
+        return forward, lambda p: p.sum()
+
+    def after_step(loss: torch.Tensor, output: torch.Tensor) -> None:
+        parts.add_(output)
+
+    def epoch_fields(steps: int) -> dict[str, Any]:
+        mean = (parts / steps).tolist()
+        parts.zero_()
+        return {"train_loss_cls": mean[0] if math.isfinite(mean[0]) else None,
+                "train_loss_box": mean[1] if math.isfinite(mean[1]) else None}
+
+    def evaluate_fields(forward_model: nn.Module, autocast: torch.autocast) -> dict[str, Any]:
+        return _score_fields(evaluate(model, val, recipe.eval_batch_size, autocast))
+
+    return engine.Run(
+        model=model, examples=len(train_rows), batch_size=recipe.batch_size, epochs=recipe.epochs,
+        lr_factor=recipe.lr_factor, order=lambda generator: torch.randperm(len(train_rows), generator=generator),
+        batch=batch, evaluate=evaluate_fields, unscorable=_score_fields((0.0, 0.0, 0)), loss_limit=LOSS_LIMIT,
+        grad_clip=recipe.grad_clip, generator_device="cpu", train_mode=train_mode, after_step=after_step,
+        epoch_fields=epoch_fields, info=info,
+    )
 
 
-def _row(epoch: int, train_loss: float, parts: list[float], scores: tuple[float, float, int] | None,
-         lr: float, train_seconds: float, eval_seconds: float, images: int) -> dict[str, Any]:
-    finite = [v if math.isfinite(v) else None for v in parts]
-    return {
-        "epoch": epoch + 1,
-        "train_loss": train_loss if math.isfinite(train_loss) else None,
-        "train_loss_cls": finite[0],
-        "train_loss_box": finite[1],
-        "map": scores[0] if scores else None,
-        # The same AP under the name the store and the live view read every trial's score by.
-        "test_top1": scores[0] if scores else None,
-        "ap50": scores[1] if scores else None,
-        "detections": scores[2] if scores else None,
-        "lr": lr,
-        "seconds_train": round(train_seconds, 3),
-        "seconds_eval": round(eval_seconds, 3),
-        "images": images,
-    }
+def _score_fields(scores: tuple[float, float, int]) -> dict[str, Any]:
+    # ``test_top1`` repeats the AP under the name the store and the live view read every trial's score by.
+    return {"map": scores[0], "test_top1": scores[0], "ap50": scores[1], "detections": scores[2], "score": scores[0]}
 
 
 def _flip(images: torch.Tensor, targets: list[dict[str, torch.Tensor]], prob: float,

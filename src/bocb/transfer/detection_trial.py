@@ -8,7 +8,7 @@ files and the image size (the images themselves are not hashed: reading a COCO-s
 trial would cost minutes), the weights by their sha256.
 
 :func:`run_detection_trial` builds the network the trial starts from (the pre-trained backbone,
-seeded as :func:`bocb.trial.starting_model`), puts RetinaNet + FPN on it
+seeded as :func:`bocb.networks.starting_model`), puts RetinaNet + FPN on it
 (:func:`~bocb.transfer.retinanet.build_detector`), fine-tunes it (:func:`~bocb.transfer.detection.run_detection`)
 and keeps the detector's final weights. The record speaks the store's language: ``final_top1`` /
 ``best_top1`` hold box AP (the trial's headline metric, as the report's title says) and each epoch
@@ -31,6 +31,7 @@ from bocb import checkpoint
 from bocb.optim import OptimizerSpec
 from bocb.spec import Pretrained
 from bocb.transfer.coco import DetectionSet, load_coco
+from bocb.engine import LoopOptions
 from bocb.transfer.detection import DetectionRecipe, run_detection
 from bocb.transfer.retinanet import build_detector
 from bocb.trial import resolve_device
@@ -125,7 +126,8 @@ def starting_detector(spec: DetectionTrialSpec, train: DetectionSet) -> torch.nn
 def run_detection_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path | None,
                         progress=None) -> dict[str, Any]:
     """Run one detection fine-tuning trial; always returns a record (failures included). Its
-    final weights go to ``artifacts_dir/<trial_id>/`` (nothing is kept when it is None)."""
+    checkpoints and final weights go to ``artifacts_dir/<trial_id>/`` (nothing is kept when it is
+    None), so a killed trial resumes like a classification one."""
     spec = DetectionTrialSpec.from_dict(spec_dict)
     base = {"trial_id": spec.trial_id, "spec": spec_dict, "status": "failed", "epochs": []}
     try:
@@ -134,18 +136,24 @@ def run_detection_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: P
         detector = starting_detector(spec, train)
     except Exception as exc:  # noqa: BLE001 - no device, data or weights: a failed trial
         return {**base, "error": f"{type(exc).__name__}: {exc}"}
-    record = {**base, **run_detection(detector, spec.optimizer, train, val, spec.recipe, spec.seed, dev, progress)}
+    work = Path(artifacts_dir) / spec.trial_id if artifacts_dir is not None else None
+    options = LoopOptions(work_dir=work, weights_metadata={"spec": json.dumps(spec_dict)})
+    record = {**base, **run_detection(detector, spec.optimizer, train, val, spec.recipe, spec.seed, dev, progress,
+                                      options=options, run_id=spec.trial_id)}
     record["final_top1"], record["best_top1"] = record["final_map"], record["best_map"]
-    if artifacts_dir is not None and record["status"] in ("done", "diverged"):
+    path = (record.get("artifacts") or {}).get("final_weights")
+    if path:
         detector = detector.to("cpu")
-        path = Path(artifacts_dir) / spec.trial_id / "final.safetensors"
-        checkpoint.save_weights(path, detector, metadata={"trial_id": spec.trial_id, "spec": json.dumps(spec_dict)})
-        record["artifacts"] = {"final_weights": str(path)}
-        record["diagnostics"] = _snapshot(spec, path, lambda: detector, train)
+        record["diagnostics"] = _snapshot(spec, Path(path), lambda: detector, train)
     return record
 
 
-def detection_snapshot(trial_id: str, path: str | Path, spec_dict: dict[str, Any]) -> dict[str, Any]:
+def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None, progress=None) -> dict[str, Any]:
+    """The detection task's entry in :mod:`bocb.tasks` (see :func:`run_detection_trial`)."""
+    return run_detection_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress)
+
+
+def detection_snapshot(trial_id: str, path: str | Path, spec_dict: dict[str, Any], conv: str | None = None) -> dict[str, Any]:
     """The weight snapshot of a detection trial's kept weights (for ``bocb diagnose``)."""
     spec = DetectionTrialSpec.from_dict(spec_dict)
 
@@ -154,19 +162,22 @@ def detection_snapshot(trial_id: str, path: str | Path, spec_dict: dict[str, Any
         detector.load_state_dict(load_file(str(path), device="cpu"))
         return detector
 
-    return _snapshot(spec, Path(path), load, None)
+    return _snapshot(spec, Path(path), load, None, conv)
 
 
-def _snapshot(spec: DetectionTrialSpec, path: Path, trained, train: DetectionSet | None) -> dict[str, Any]:
+def _snapshot(spec: DetectionTrialSpec, path: Path, trained, train: DetectionSet | None,
+              conv: str | None = None) -> dict[str, Any]:
     """The backbone's layers inside the detector, ``moved`` against the pre-trained weights."""
+    from bocb.diagnostics.metrics import DEFAULT_CONV
     from bocb.diagnostics.snapshot import measure, settings
 
+    conv = conv or DEFAULT_CONV
     snap = {"snapshot_id": spec.trial_id, "source": "final", "backbone": spec.backbone.short,
-            "trial_id": spec.trial_id, "seed": spec.seed, "path": str(path), "settings": settings(),
+            "trial_id": spec.trial_id, "seed": spec.seed, "path": str(path), "settings": settings(conv),
             "layers": [], "error": None, "seconds": None}
     try:
         reference = starting_detector(spec, train if train is not None else _data(spec.data)[0])
-        snap["layers"], snap["seconds"] = measure(trained().backbone.body, reference.backbone.body)
+        snap["layers"], snap["seconds"] = measure(trained().backbone.body, reference.backbone.body, conv)
     except Exception as exc:  # noqa: BLE001 - diagnostics never fail a trial
         snap["error"] = f"{type(exc).__name__}: {exc}"
     return snap

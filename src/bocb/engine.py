@@ -1,0 +1,298 @@
+"""The one training loop. A task (classification, detection, ...) prepares a :class:`Run` — its
+model, batches, loss and evaluation — and :func:`train` does everything else, the same way for
+every task: device and precision, the optimizer and its parameter groups, the lr schedule, resume
+from a checkpoint, the epochs (steps, divergence checks, evaluation, rows, timing), checkpoints and
+the final weights.
+
+Contract, read top to bottom in :func:`train`:
+
+- Every epoch reseeds all RNGs from ``(seed, epoch)`` (:func:`bocb.seeding.epoch_seed`) on the
+  task's generator device, so a run resumed from its checkpoint replays exactly what an
+  uninterrupted one does.
+- A step's loss is checked for divergence every step on a CPU and every 25 steps on CUDA (a host
+  sync per step would stall the GPU queue): non-finite, or above the task's ``loss_limit``.
+- Evaluation after every epoch, and also when training stopped on a bad loss: a diverged run is
+  scored on the weights it ended with; weights that are not finite cannot be evaluated and get the
+  task's ``unscorable`` row (chance for classification, AP 0 for detection).
+- A task may also call a finished epoch a collapse (``collapsed``: classification's "accuracy back
+  to chance"): the run ends ``diverged`` there.
+- ``interrupted`` when ``stop_after_epochs`` ends a run early on purpose (a checkpoint is written;
+  the next run resumes).
+- Precision: ``fp32`` (TF32 off), ``tf32`` (TF32 on where the GPU has it), ``bf16`` (autocast).
+
+Each row is the task's evaluation fields plus ``epoch``, ``train_loss``, ``lr``, the seconds and the
+images trained on; the task's ``score`` field is the headline number (top-1 %, box AP %, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bocb import checkpoint
+from bocb.optim import OptimizerSpec, Stepper, build_optimizer
+from bocb.provenance import code_version, device_info, library_versions
+from bocb.seeding import epoch_seed, seed_all, synchronize
+
+Progress = Callable[[dict[str, Any]], None]
+Forward = Callable[[], Any]
+CHECKPOINT = "checkpoint.safetensors"
+FINAL_WEIGHTS = "final.safetensors"
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass
+class Run:
+    """What a task hands the loop for one run (built after the loop seeded the RNGs).
+
+    ``model`` is on the device and is what the optimizer trains, checkpoints save and the final
+    weights keep. ``batch(forward_model, index, generator)`` returns ``(forward, loss_fn)`` for
+    :meth:`bocb.optim.Stepper.step`; ``index`` are the positions from ``order``. ``evaluate(
+    forward_model, autocast)`` returns the row's evaluation fields including ``score``.
+    ``after_step(loss, output)`` / ``epoch_fields(steps)`` let a task keep its own per-epoch
+    training statistics (detection's loss parts).
+    """
+
+    model: nn.Module
+    examples: int  # training examples per epoch before drop_last
+    batch_size: int
+    epochs: int
+    lr_factor: Callable[[int, int, bool], float]  # (step, steps_per_epoch, schedule_free)
+    order: Callable[[torch.Generator], torch.Tensor]
+    batch: Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[Forward, Callable[[Any], torch.Tensor]]]
+    evaluate: Callable[[nn.Module, torch.autocast], dict[str, Any]]
+    unscorable: dict[str, Any]
+    loss_limit: float
+    grad_clip: float | None = None
+    generator_device: torch.device | str = "cpu"
+    train_mode: Callable[[], None] | None = None
+    collapsed: Callable[[list[dict[str, Any]]], bool] | None = None
+    after_step: Callable[[torch.Tensor, Any], None] | None = None
+    epoch_fields: Callable[[int], dict[str, Any]] | None = None
+    channels_last: bool = True
+    info: dict[str, Any] = field(default_factory=dict)  # record fields the task adds (dataset, ...)
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How the loop runs; none of this changes a run's numbers except ``stop_after_epochs``."""
+
+    compile: bool = False
+    work_dir: Path | None = None  # checkpoints and final weights; None keeps nothing
+    checkpoint_every: int = 1
+    resume: bool = True
+    stop_after_epochs: int | None = None
+    weights_metadata: dict[str, str] = field(default_factory=dict)
+
+
+def new_record(**fields: Any) -> dict[str, Any]:
+    """A run's record before it trains: ``failed`` until the loop says otherwise, with the code and
+    library versions every result carries; ``fields`` (task, metric, ids, spec) come first."""
+    return {**fields, "status": "failed", "error": None, "diverged_epoch": None, "epochs": [],
+            "code_version": code_version(), "libraries": library_versions()}
+
+
+def set_precision(device: torch.device, precision: str) -> str:
+    """Switch TF32 on or off for this process (every run sets it: a worker runs many) and say what
+    the device really does with ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: valid: {', '.join(PRECISIONS)}")
+    allow = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    if device.type != "cuda":
+        return {"fp32": "fp32", "tf32": "fp32 (no TF32 on a CPU)", "bf16": "bf16 autocast"}[precision]
+    has_tf32 = torch.cuda.get_device_capability(device)[0] >= 8  # Ampere and later
+    base = "tf32" if allow and has_tf32 else "fp32"
+    return f"bf16 autocast, {base} elsewhere" if precision == "bf16" else base
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this run in MiB: on CUDA the allocator's peak since the run started; on a
+    CPU the process's peak resident set (an upper bound: it includes the interpreter, the data and
+    any earlier run of the same worker process)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def train(
+    prepare: Callable[[torch.device], Run],
+    optimizer_spec: OptimizerSpec,
+    *,
+    seed: int,
+    run_id: str,
+    device: torch.device,
+    precision: str,
+    options: LoopOptions,
+    progress: Progress | None,
+    record: dict[str, Any],
+) -> None:
+    """Train what ``prepare(device)`` builds (see the module doc); fills ``record`` in place
+    (``status``, ``epochs``, ``seconds``, ...). Exceptions propagate: the caller records them."""
+    # --- setup -------------------------------------------------------------------------------
+    cuda = device.type == "cuda"
+    record.update(device=device_info(device), precision=precision,
+                  precision_effective=set_precision(device, precision), compile=options.compile)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    seed_all(seed, device)
+    run = prepare(device)  # after seeding, so the model's init depends on the seed alone
+    record.update(run.info)
+    model = run.model
+    if cuda and run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    record["params"] = sum(p.numel() for p in model.parameters())
+    forward_model = torch.compile(model) if options.compile else model
+    steps_per_epoch = run.examples // run.batch_size  # drop_last: mixup needs full, even batches
+    if steps_per_epoch < 1:
+        raise ValueError(f"{run.examples} training examples is fewer than one batch of {run.batch_size}")
+
+    # --- optimizer and schedule -------------------------------------------------------------
+    optimizer, optimizer_record = build_optimizer(optimizer_spec, model)
+    record["optimizer"] = optimizer_record
+    stepper = Stepper(optimizer, optimizer_spec)
+    for group in optimizer.param_groups:
+        group["bocb_base_lr"] = group["lr"]  # the schedule multiplies this; survives checkpoints
+    schedule_free = optimizer_spec.needs_train_eval
+
+    def set_lr(step: int) -> float:
+        factor = run.lr_factor(step, steps_per_epoch, schedule_free)
+        for group in optimizer.param_groups:
+            group["lr"] = group["bocb_base_lr"] * factor
+        return factor * optimizer_spec.lr
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def evaluate() -> dict[str, Any]:
+        stepper.eval()
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            return dict(run.unscorable)  # weights that are not finite cannot be evaluated
+        return run.evaluate(forward_model, autocast)
+
+    # --- resume ----------------------------------------------------------------------------------
+    work = options.work_dir
+    ckpt_path = work / CHECKPOINT if work else None
+    start_epoch = 0
+    seconds = {"train": 0.0, "eval": 0.0, "compile": 0.0}
+    if ckpt_path and options.resume and ckpt_path.exists():
+        state = checkpoint.load(ckpt_path, device=device)
+        if state["trial_id"] != run_id:
+            raise ValueError(f"{ckpt_path} belongs to trial {state['trial_id']}, not {run_id}")
+        model.load_state_dict(state["model"])
+        stepper.load_state_dict(state["stepper"])
+        checkpoint.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+        record["epochs"] = list(state["rows"])
+        seconds = dict(state["seconds"])
+        record["resumed_from_epoch"] = start_epoch
+
+    # --- epochs ----------------------------------------------------------------------------------
+    check_every = 25 if cuda else 1
+    record["status"] = "running"
+    epochs_this_run = 0
+    lr_now = 0.0
+    for epoch in range(start_epoch, run.epochs):
+        generator = seed_all(epoch_seed(seed, epoch), run.generator_device)
+        if run.train_mode:
+            run.train_mode()
+        else:
+            model.train()
+        stepper.train()
+        order = run.order(generator)
+        loss_sum = torch.zeros((), device=device)
+        synchronize(device)
+        t0 = time.perf_counter()
+        diverged = False
+        for i in range(steps_per_epoch):
+            step_t0 = time.perf_counter()
+            index = order[i * run.batch_size:(i + 1) * run.batch_size]
+            forward, loss_fn = run.batch(forward_model, index, generator)
+            lr_now = set_lr(epoch * steps_per_epoch + i)
+            loss, output = stepper.step(forward, loss_fn, params=params, clip_grad_norm=run.grad_clip)
+            loss_sum += loss
+            if run.after_step:
+                run.after_step(loss, output)
+            if options.compile and epoch == start_epoch and i == 0:
+                synchronize(device)
+                seconds["compile"] += time.perf_counter() - step_t0  # the first call compiles
+            if (i + 1) % check_every == 0 or i + 1 == steps_per_epoch:
+                if not math.isfinite(loss_sum.item()) or loss.item() > run.loss_limit:
+                    diverged = True
+                    break
+            if progress:
+                progress({"event": "step", "epoch": epoch, "step": i + 1, "steps": steps_per_epoch})
+        synchronize(device)
+        train_seconds = time.perf_counter() - t0
+        if options.compile and epoch == start_epoch:
+            train_seconds -= seconds["compile"]
+        seconds["train"] += train_seconds
+        steps_done = i + 1
+        t1 = time.perf_counter()
+        scores = evaluate()
+        eval_seconds = time.perf_counter() - t1
+        seconds["eval"] += eval_seconds
+        mean_loss = loss_sum.item() / steps_done
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": mean_loss if math.isfinite(mean_loss) else None}
+        if run.epoch_fields:
+            row.update(run.epoch_fields(steps_done))
+        row.update(scores)
+        row.update(lr=lr_now, seconds_train=round(train_seconds, 3), seconds_eval=round(eval_seconds, 3),
+                   images=steps_done * run.batch_size)
+        record["epochs"].append(row)
+        if diverged:
+            record["status"] = "diverged"
+            record["diverged_epoch"] = epoch + 1
+            break
+        if progress:
+            progress({"event": "epoch", "epoch": epoch, "row": row})
+        if run.collapsed and run.collapsed(record["epochs"]):
+            record["status"] = "diverged"
+            record["diverged_epoch"] = epoch + 1
+            break
+        epochs_this_run += 1
+        last = epoch + 1 == run.epochs
+        if ckpt_path and (last or (epoch + 1) % options.checkpoint_every == 0):
+            checkpoint.save(ckpt_path, {
+                "trial_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
+                "stepper": stepper.state_dict(), "rng": checkpoint.rng_state(),
+                "rows": record["epochs"], "seconds": seconds,
+            })
+        if options.stop_after_epochs is not None and epochs_this_run >= options.stop_after_epochs and not last:
+            record["status"] = "interrupted"
+            break
+    else:
+        record["status"] = "done"
+
+    # --- result ------------------------------------------------------------------------------
+    record["peak_memory_mb"] = peak_memory_mb(device)
+    seconds = {k: round(v, 3) for k, v in seconds.items()}
+    record["seconds"] = seconds
+    images = sum(r["images"] for r in record["epochs"])
+    record["train_images_per_second"] = round(images / seconds["train"], 1) if seconds["train"] else None
+    if work and record["status"] in ("done", "diverged"):
+        # The spec travels in the file's metadata, so `bocb diagnose --checkpoint` needs nothing else.
+        checkpoint.save_weights(work / FINAL_WEIGHTS, model, metadata={"trial_id": run_id, **options.weights_metadata})
+        record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
+
+
+def summarise(record: dict[str, Any], select_on: str = "score") -> None:
+    """``final_score`` from the last evaluated row (a diverged run's: its ended weights) and
+    ``best_score``/``best_epoch`` at the epoch that is best on ``select_on`` (``score``, or a
+    validation score when the task held images out)."""
+    rows = [r for r in record["epochs"] if r.get("score") is not None]
+    last = rows[-1] if rows else None
+    best = max(rows, key=lambda r: r[select_on]) if rows else None
+    record["final_score"] = last["score"] if last else None
+    record["best_score"] = best["score"] if best else None
+    record["best_epoch"] = best["epoch"] if best else None
