@@ -27,8 +27,8 @@ from bocb.analysis.coupling import (
     generality_scores,
     variance_shares,
 )
-from bocb.analysis.failure import RULES, FailureRule, compare_with_marks, flag, flag_table, rule
-from bocb.analysis.ranking import WEIGHTS, performance_scores, rank_optimizers
+from bocb.analysis.failure import DEFAULT_RULE, RULES, FailureRule, compare_with_marks, flag, flag_table, rule
+from bocb.analysis.ranking import VARIANTS, WEIGHTS, cost_table, performance_scores, rank_optimizers
 from bocb.analysis.ranks import (
     kendall_tau_b,
     mean_off_diagonal,
@@ -37,13 +37,22 @@ from bocb.analysis.ranks import (
     spearman_rho,
 )
 from bocb.analysis.results import best_tuned, has_replicates, load_results, pair_means, to_long, wide
-from bocb.analysis.robustness import best_settings, distance_summary, grid_index, hparam_distances
+from bocb.analysis.robustness import (
+    best_settings,
+    distance_summary,
+    hparam_distances,
+    level_distance,
+    reading_agreement,
+    usual_value,
+)
 from bocb.analysis.summary import backbone_summary, paper_round
 
 __all__ = [
+    "DEFAULT_RULE",
     "METHODS",
     "N_RESAMPLES",
     "RULES",
+    "VARIANTS",
     "WEIGHTS",
     "AdditiveFit",
     "FailureRule",
@@ -52,6 +61,7 @@ __all__ = [
     "best_tuned",
     "bootstrap",
     "compare_with_marks",
+    "cost_table",
     "coupling_scores",
     "coupling_statistics",
     "distance_summary",
@@ -59,10 +69,10 @@ __all__ = [
     "flag",
     "flag_table",
     "generality_scores",
-    "grid_index",
     "has_replicates",
     "hparam_distances",
     "kendall_tau_b",
+    "level_distance",
     "load_results",
     "mean_off_diagonal",
     "order_agreement",
@@ -71,10 +81,12 @@ __all__ = [
     "performance_scores",
     "rank_optimizers",
     "ranking_agreement",
+    "reading_agreement",
     "resampled_tables",
     "rule",
     "spearman_rho",
     "to_long",
+    "usual_value",
     "variance_shares",
     "wide",
 ]

@@ -1,7 +1,9 @@
 """A study in the store as the analysis's long results frame (the analysis never sees the trainer).
 
 One row per finished trial: ``optimizer``, ``backbone`` (paper short names), ``top1``, ``seed``,
-``lr``, ``weight_decay``, ``category``, ``status``, ``trial_id``. Choices, stated in the report:
+``lr``, ``weight_decay``, ``category``, ``status``, ``trial_id``, and the trial's measured cost:
+``seconds`` (training seconds, evaluation and compilation excluded) and ``peak_memory_mb`` (NaN
+when the trial did not record it). Choices, stated in the report:
 
 - ``top1`` is the trial's **final-epoch** test accuracy by default (``metric="final"``): the
   best epoch on the test set is itself a selection on test numbers. ``metric="best"`` gives the
@@ -17,7 +19,9 @@ from typing import Any, Literal
 
 import pandas as pd
 
-COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id"]
+COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id",
+           "seconds", "peak_memory_mb"]
+MEMORY_KEY = "peak_memory_mb"  # a trial record's peak accelerator/host memory, when the trainer records it
 METRICS = ["alpha", "alpha_status", "n_eig", "n_tail", "xmin", "entropy", "l2", "pca_energy", "log_norm",
            "log_spectral_norm", "stable_rank", "alpha_weighted", "moved"]
 WEIGHT_COLUMNS = ["snapshot_id", "source", "backbone", "optimizer", "lr", "weight_decay", "seed", "status",
@@ -33,14 +37,19 @@ def results_frame(store: Any, study_id: str | None, metric: Literal["final", "be
         if t["status"] not in ("done", "diverged"):
             continue
         value = t["final_top1"] if metric == "final" else t["best_top1"]
+        # Peak memory lives in the trial record unless the store has a column for it.
+        record = None if MEMORY_KEY in t else (store.record(t["trial_id"]) or {})
+        memory = t.get(MEMORY_KEY) if record is None else record.get(MEMORY_KEY)
         if value is None:  # diverged before the first evaluation: chance (box AP 0 for detection)
-            record = store.record(t["trial_id"]) or {}
+            record = record if record is not None else (store.record(t["trial_id"]) or {})
             classes = (record.get("dataset") or {}).get("num_classes") or record["spec"]["backbone"]["num_classes"]
             value = 0.0 if record.get("task") == "detection" else 100.0 / classes
         rows.append({
             "optimizer": t["optimizer"], "backbone": t["backbone"], "top1": float(value), "seed": t["seed"],
             "lr": t["lr"], "weight_decay": t["weight_decay"] or 0.0, "category": t["category"],
             "status": t["status"], "trial_id": t["trial_id"],
+            "seconds": float("nan") if t.get("seconds_train") is None else float(t["seconds_train"]),
+            "peak_memory_mb": float("nan") if memory is None else float(memory),
         })
     if not rows:
         raise ValueError("the study has no finished (done or diverged) trials yet: run it first")

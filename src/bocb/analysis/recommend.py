@@ -62,9 +62,12 @@ def evidence_backbones(query: str, available: list[str]) -> tuple[list[str], str
     return matched, f"backbones matching the design words {words}"
 
 
-def recommend(results: pd.DataFrame, query: str, failure_rule: str = "fitted", gamma: float | None = None,
+def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None, gamma: float | None = None,
               settings: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
     """Ranked optimizers for ``query`` and a sentence naming the evidence.
+
+    ``failure_rule``/``gamma``: :func:`bocb.analysis.failure.rule` (None: the shared
+    :data:`~bocb.analysis.failure.DEFAULT_RULE`); the sentence names the rule used.
 
     Columns: optimizer, expected_gap (mean points below the best), gap_std, failure_risk (0-1),
     backbones (how many), and lr / weight_decay (the usual setting: the mode over the evidence
@@ -73,7 +76,8 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str = "fitted", g
     from bocb.analysis.failure import rule
 
     frame = load_results(results)
-    flags = flag(frame, rule(failure_rule, gamma))
+    used = rule(failure_rule, gamma)
+    flags = flag(frame, used)
     chosen, why = evidence_backbones(query, list(dict.fromkeys(flags["backbone"])))
     part = flags[flags["backbone"].isin(chosen)].copy()
     part["gap"] = part.groupby("backbone")["top1"].transform("max") - part["top1"]
@@ -101,5 +105,6 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str = "fitted", g
         wd.append(usual[1])
     out["lr"], out["weight_decay"] = lr, wd
     out = out.sort_values(["failure_risk", "expected_gap"]).reset_index(drop=True)
-    evidence = f"{why}: {', '.join(chosen)} ({len(chosen)} backbone{'s' if len(chosen) != 1 else ''})"
+    evidence = (f"{why}: {', '.join(chosen)} ({len(chosen)} backbone{'s' if len(chosen) != 1 else ''}); "
+                f"failure rule '{used.label}'")
     return out, evidence

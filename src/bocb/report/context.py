@@ -92,7 +92,7 @@ def gaps_section(
     epoch = _value(provenance["epoch"]) if "epoch" in provenance else "not given: this report cannot say"
     rows = {
         "which epoch is reported": f"stated in 'The data': {epoch}",
-        "the exact failure rule": f"rule '{chosen.name}' with every parameter in 'Failure rule'",
+        "the exact failure rule": f"rule '{chosen.label}' with every parameter in 'Failure rule'",
         "the hyper-parameter encoding": (
             "grid index on each optimizer's 5-point grids, nearest in log space, mode over backbones"
             if has_hparams else "not applicable: no hyper-parameters given"
