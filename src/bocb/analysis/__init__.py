@@ -1,4 +1,5 @@
-"""The BOCB analysis: pure functions from result frames to statistics (method.md sections 5, 6, 8).
+"""The BOCB analysis: pure functions from result frames to statistics (accuracy and failure marks,
+coupling, hyper-parameter robustness, the optimizer ranking).
 
 Input everywhere: a long frame with ``optimizer``, ``backbone``, ``top1`` and optionally ``seed``,
 ``lr``, ``weight_decay``, ``category`` (:func:`load_results` checks it). Pairs run at several
@@ -11,8 +12,8 @@ settings are reduced to their best-tuned setting, seeds to their mean, by the st
   coupling and generality scores.
 - :mod:`~bocb.analysis.ranks`: Kendall tau-b, Spearman, agreement of optimizer orderings.
 - :mod:`~bocb.analysis.bootstrap`: percentile CIs over seeds for any table statistic.
-- :mod:`~bocb.analysis.robustness`: hyper-parameter grid indices, modes and distances.
-- :mod:`~bocb.analysis.ranking`: the 40/20/20/20 optimizer ranking.
+- :mod:`~bocb.analysis.robustness`: usual settings (modes) and distances in decades, no grid.
+- :mod:`~bocb.analysis.ranking`: the 40/20/20/20 optimizer ranking (variants paper, continuous).
 
 Nothing here plots, prints or reads the command line.
 """

@@ -1,4 +1,4 @@
-"""Coupling beyond the paper: the additive model and what it leaves over (method.md section 5).
+"""Coupling beyond the paper: the additive model and what it leaves over.
 
 The reviewers' objection to Table 1 is that it may only show that some optimizers are good
 everywhere. The additive model ``acc(b, o) = mu + beta_b + omega_o + e_bo`` separates that

@@ -1,4 +1,4 @@
-"""Figures of the BOCB analysis (method.md sections 5 and 6), drawn on matplotlib Agg canvases.
+"""Figures of the BOCB analysis (accuracy and hyper-parameter robustness), drawn on matplotlib Agg canvases.
 
 Every function returns a new :class:`matplotlib.figure.Figure` on its own Agg canvas, built without
 ``pyplot`` and without switching the global backend, so no figure is registered globally and nothing

@@ -7,8 +7,8 @@ and ignored), like the paper's ``paper_cifar100_top1.csv`` or a study's trial ta
 Three reductions, in this order, turn runs into the backbone x optimizer table the statistics use:
 
 1. :func:`best_tuned` — when ``lr``/``weight_decay`` are present and a pair was run at several
-   settings, keep only the setting with the highest mean top-1 over its seeds (method.md section 5:
-   "each pair's best-tuned top-1"). Ties go to the setting listed first.
+   settings, keep only the setting with the highest mean top-1 over its seeds (the paper
+   reports each pair's best-tuned top-1). Ties go to the setting listed first.
 2. :func:`pair_means` — mean top-1 over the seeds of each pair (at its best setting).
 3. :func:`wide` — the pair means as a backbone (rows) x optimizer (columns) table, in the order of
    first appearance in the input, NaN where a pair was not run.

@@ -1,4 +1,4 @@
-"""The pre-train x fine-tune table (method.md section 9): which fine-tuning optimizers fail for a
+"""The pre-train x fine-tune table (the paper's transfer finding): which fine-tuning optimizers fail for a
 model pre-trained with a given optimizer, and how much fine-tuning changes the backbone.
 
 Inputs are the analysis's frames: :func:`bocb.analysis.from_store.transfer_frame` (``backbone`` =

@@ -1,4 +1,4 @@
-"""Sections on accuracy as the paper reports it (method.md section 5): the failure rule, Table 1
+"""Sections on accuracy as the paper reports it (its Table 1 and Eq. 1): the failure rule, Table 1
 and the per-backbone summary."""
 
 from __future__ import annotations

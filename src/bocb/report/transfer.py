@@ -1,4 +1,4 @@
-"""The transfer section (method.md section 9): per pre-trained model, which fine-tuning optimizers
+"""The transfer section (pre-training optimizer x fine-tuning optimizer): per pre-trained model, which fine-tuning optimizers
 fail; per pre-training optimizer, how often; and how far fine-tuning moved the backbone.
 
 The statistics are :mod:`bocb.analysis.transfer`'s; the pre-train x fine-tune table itself is the

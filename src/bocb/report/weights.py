@@ -1,4 +1,4 @@
-"""Sections on the trained weights (method.md section 7): what each metric is, ridge plots per
+"""Sections on the trained weights (the paper's parameter-pattern analysis): what each metric is, ridge plots per
 backbone, alpha bars per backbone x optimizer, and, beyond the paper, how the per-model summaries
 go with accuracy and with the failure flags, with bootstrap CIs and a plain verdict.
 
