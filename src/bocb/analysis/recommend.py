@@ -20,6 +20,7 @@ import pandas as pd
 
 from bocb.analysis.failure import flag
 from bocb.analysis.results import load_results
+from bocb.analysis.robustness import ZERO_WD, usual_value
 
 
 def _words(text: str) -> list[str]:
@@ -71,7 +72,8 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None
 
     Columns: optimizer, expected_gap (mean points below the best), gap_std, failure_risk (0-1),
     backbones (how many), and lr / weight_decay (the usual setting: the mode over the evidence
-    backbones in ``settings`` when given, else the zoo's grid centre).
+    backbones in ``settings`` when given, as :func:`bocb.analysis.robustness.usual_value` defines
+    it, with no weight decay (<= 1e-8) reported as 0; else the zoo's grid centre).
     """
     from bocb.analysis.failure import rule
 
@@ -92,7 +94,9 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None
         if settings is not None:
             rows = settings[(settings["optimizer"] == opt) & settings["backbone"].isin(chosen)]
             if len(rows):
-                usual = (rows["lr"].mode().iloc[0], rows["weight_decay"].mode().iloc[0])
+                # The same "usual setting" as the robustness analysis: mode over the chosen values.
+                usual = (usual_value(rows["lr"].tolist()),
+                         usual_value(rows["weight_decay"].fillna(0.0).tolist(), ZERO_WD))
         if usual is None:
             try:
                 from bocb.optim import get_optimizer_info

@@ -95,7 +95,8 @@ def gaps_section(
         "which epoch is reported": f"stated in 'The data': {epoch}",
         "the exact failure rule": f"rule '{chosen.label}' with every parameter in 'Failure rule'",
         "the hyper-parameter encoding": (
-            "grid index on each optimizer's 5-point grids, nearest in log space, mode over backbones"
+            ("decades from the most common value chosen over backbones, lr and wd added; no grid; "
+             "no weight decay is its own level, 1 decade from any decay")
             if has_hparams else "not applicable: no hyper-parameters given"
         ),
         "coupling vs optimizer quality": "additive model, interaction residuals and variance shares",
