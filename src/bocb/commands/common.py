@@ -43,7 +43,8 @@ def add_rule_args(p: argparse.ArgumentParser) -> None:
     """--rule and --gamma, defaulting to the one rule every command shares (DEFAULT_RULE)."""
     from bocb.analysis.failure import DEFAULT_RULE, RULES
 
-    p.add_argument("--rule", choices=tuple(RULES), default=DEFAULT_RULE.name,
+    # No argparse choices: an unknown name gets bocb's one-line error listing the valid rules.
+    p.add_argument("--rule", default=DEFAULT_RULE.name,
                    help=f"failure rule (default {DEFAULT_RULE.name}): fitted = median - max(0.75 IQR, gamma), "
                         "paper = Eq. 1 literally, max - min(IQR, gamma)")
     p.add_argument("--gamma", type=float, default=None,
