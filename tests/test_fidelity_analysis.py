@@ -16,7 +16,7 @@ import pytest
 
 from bocb import analysis as A
 from bocb import paper
-from bocb.analysis.robustness import hparam_distances, level_distance, reading_agreement, usual_value
+from bocb.analysis import robustness as R
 from bocb.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,37 +140,40 @@ def test_report_command_takes_the_ranking_variant():
 
 def test_distances_are_decades_without_any_grid():
     # lr 1e-4 lies far below SGD-M's 5-point grid (0.02 .. 0.5): measured, not clipped to the grid's end.
-    rows = [("SGD-M", "b0", 0.1, 1e-4), ("SGD-M", "b1", 0.1, 1e-4), ("SGD-M", "b2", 1e-4, 1e-3)]
-    d = hparam_distances(pd.DataFrame(rows, columns=["optimizer", "backbone", "lr", "weight_decay"]))
+    # (The grid encoding clipped it to index 0, two steps from 0.1: distance 2.)
+    rows = [("SGD-M", "b0", 0.1, 1e-4), ("SGD-M", "b1", 0.1, 1e-4), ("SGD-M", "b2", 1e-4, 1e-4),
+            ("SGD-M", "b3", 0.1, 1e-3)]
+    d = R.hparam_distances(pd.DataFrame(rows, columns=["optimizer", "backbone", "lr", "weight_decay"]))
     d = d.set_index("backbone")
-    assert d.loc["b2", "lr_distance"] == pytest.approx(3.0) and d.loc["b2", "wd_distance"] == pytest.approx(1.0)
-    assert d.loc["b2", "distance"] == pytest.approx(4.0) and d.loc["b0", "distance"] == 0.0
+    assert d.loc["b2", "distance"] == pytest.approx(3.0) and d.loc["b0", "distance"] == 0.0
+    assert d.loc["b3", "distance"] == pytest.approx(1.0)  # wd 1e-3 vs 1e-4: one decade
+    assert d.loc["b2", "lr_distance"] == pytest.approx(3.0) and d.loc["b3", "wd_distance"] == pytest.approx(1.0)
     # An optimizer no registry knows, at settings no grid holds (a tuner's output).
     tuned = pd.DataFrame([("MyOpt", "b0", 3.3e-4, 0.013), ("MyOpt", "b1", 3.3e-4, 0.013), ("MyOpt", "b2", 1e-3, 0.0)],
                          columns=["optimizer", "backbone", "lr", "weight_decay"])
-    t = hparam_distances(tuned).set_index("backbone")
+    t = R.hparam_distances(tuned).set_index("backbone")
     assert t.loc["b2", "distance"] == pytest.approx(math.log10(1e-3 / 3.3e-4) + 1.0)
 
 
 def test_zero_weight_decay_is_its_own_level():
-    assert level_distance(0.0, 1e-8, zero_below=1e-8) == 0.0  # 1e-8 is the paper's "no decay"
-    assert level_distance(0.0, 0.05, zero_below=1e-8) == 1.0
-    assert level_distance(0.0, 0.05, zero_below=1e-8, zero_distance=2.5) == 2.5
-    assert level_distance(1e-4, 1e-3) == pytest.approx(1.0)
-    assert usual_value([0.0, 1e-8, 0.05], zero_below=1e-8) == 0.0
+    assert R.level_distance(0.0, 1e-8, zero_below=1e-8) == 0.0  # 1e-8 is the paper's "no decay"
+    assert R.level_distance(0.0, 0.05, zero_below=1e-8) == 1.0
+    assert R.level_distance(0.0, 0.05, zero_below=1e-8, zero_distance=2.5) == 2.5
+    assert R.level_distance(1e-4, 1e-3) == pytest.approx(1.0)
+    assert R.usual_value([0.0, 1e-8, 0.05], zero_below=1e-8) == 0.0
     with pytest.raises(ValueError, match="learning rate must be > 0"):
-        level_distance(0.0, 0.1)
+        R.level_distance(0.0, 0.1)
 
 
 def test_mode_ties_go_to_the_most_central_value_then_the_smaller():
     # 1e-3 and 1e-2 are both chosen twice; 2e-3 sits nearer 1e-3 (total 2.30 vs 2.70 decades).
-    assert usual_value([1e-3, 1e-3, 1e-2, 1e-2, 2e-3]) == 1e-3
-    assert usual_value([1e-3, 1e-2]) == 1e-3  # equally central: the smaller
-    assert usual_value([0.1, 0.1000000000001, 0.2]) == 0.1  # float noise is one value
+    assert R.usual_value([1e-3, 1e-3, 1e-2, 1e-2, 2e-3]) == 1e-3
+    assert R.usual_value([1e-3, 1e-2]) == 1e-3  # equally central: the smaller
+    assert R.usual_value([0.1, 0.1000000000001, 0.2]) == 0.1  # float noise is one value
 
 
 def test_paper_tables_robustness_in_decades():
-    d = hparam_distances(paper.best_hparams())
+    d = R.hparam_distances(paper.best_hparams())
     assert len(d) == 320
     by_opt = A.distance_summary(d)
     # Hand-checkable from Tables A4/A5: AdaDelta's usual lr is 2.0 and its median pair sits at
@@ -193,8 +196,8 @@ def test_paper_tables_against_the_fig5_reading():
     AdaBound is last and LARS 18th, but SGDP sits mid-table (13th) and AdaDelta is 3rd: in real
     units their chosen settings are close together (AdaDelta's lr 1.0-2.4 but for one 0.1).
     """
-    by_opt = A.distance_summary(hparam_distances(paper.best_hparams()))
-    agree = reading_agreement(by_opt, paper.FIG5_ROBUST, paper.FIG5_LEAST)
+    by_opt = A.distance_summary(R.hparam_distances(paper.best_hparams()))
+    agree = R.reading_agreement(by_opt, paper.FIG5_ROBUST, paper.FIG5_LEAST)
     assert agree["robust_positions"] == [1, 5, 2] and agree["least_positions"] == [13, 20, 18]
     assert agree["spearman"] == pytest.approx(0.664, abs=1e-3)
     assert agree["kendall"] == pytest.approx(0.595, abs=1e-3)
