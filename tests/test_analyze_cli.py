@@ -22,12 +22,13 @@ def test_paper_table_with_the_fitted_rule(tmp_path):
     proc = _analyze(str(src), "--rule", "fitted", "--gamma", "2", "--flags-out", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 400 and set(rows[0]) == {"optimizer", "category", "backbone", "top1", "mark", "flagged"}
+    assert len(rows) == 400
+    assert set(rows[0]) == {"optimizer", "category", "backbone", "top1", "mark", "flagged", "failure_rule"}
     hits = sum(r["flagged"] == "True" and r["mark"] in ("fail", "severe") for r in rows)
     others = sum(r["flagged"] == "True" and r["mark"] not in ("fail", "severe") for r in rows)
     assert hits >= 48 and others <= 2
-    default = json.loads(_analyze(str(src), "--json").stdout)  # --gamma defaults to 3
-    assert default["gamma"] == 3.0 and default["rule"] == "fitted"
+    default = json.loads(_analyze(str(src), "--json").stdout)  # the shared default: fitted, gamma 2
+    assert default["gamma"] == 2.0 and default["rule"] == "fitted" and default["flagged"] == 48
 
 
 def test_any_table_with_seeds_and_extra_columns(tmp_path):
@@ -45,7 +46,8 @@ def test_any_table_with_seeds_and_extra_columns(tmp_path):
     proc = _analyze(str(src), "--rule", "fitted", "--flags-out", str(out))
     assert proc.returncode == 0, proc.stderr
     flags = pd.read_csv(out)
-    assert len(flags) == len(rows) and list(flags.columns) == ["backbone", "optimizer", "seed", "top1", "note", "flagged"]
+    assert len(flags) == len(rows)
+    assert list(flags.columns) == ["backbone", "optimizer", "seed", "top1", "note", "flagged", "failure_rule"]
     flagged = flags.loc[flags["flagged"], ["backbone", "optimizer"]].drop_duplicates()
     assert flagged.values.tolist() == [["netB", "opt3"]]
 

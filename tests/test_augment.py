@@ -21,7 +21,7 @@ from bocb.data.augment import (
 NUM_CLASSES = 10
 CPU = torch.device("cpu")
 
-# The DeiT recipe's augmentations (method.md section 4), at a small resize to keep tests fast.
+# The DeiT recipe's augmentations (RandAugment m9, mixup 0.8, cutmix 1.0, erasing 0.25), at a small resize to keep tests fast.
 FULL = AugmentConfig(
     randaugment=(2, 9),
     mixup_alpha=0.8,

@@ -1,4 +1,4 @@
-"""Weight metrics (method.md section 7): known answers on synthetic matrices; a zoo model."""
+"""Weight metrics: known answers on synthetic matrices; a zoo model."""
 
 from __future__ import annotations
 

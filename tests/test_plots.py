@@ -56,7 +56,7 @@ def test_heatmap_table_paper(results, tmp_path):
     fig = heatmap_table(results, "fitted")
     check_files(fig, tmp_path / "table1", landscape=True)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert "flagged by rule 'fitted' (48)" in labels
+    assert "flagged by rule 'fitted (gamma 2)' (48)" in labels
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == paper.backbone_order()
     assert [t.get_text() for t in ax.get_yticklabels()] == paper.optimizer_order()

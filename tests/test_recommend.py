@@ -9,6 +9,7 @@ from bocb.analysis.recommend import evidence_backbones, recommend
 def test_a_vit_is_steered_away_from_sgd():
     ranked, evidence = recommend(paper.top1(), "DeiT-S")
     assert "DeiT-S" in evidence
+    assert "failure rule 'fitted (gamma 2)'" in evidence  # every answer names the shared default rule
     order = list(ranked["optimizer"])
     assert order.index("AdamW") < order.index("SGD-M")
     assert ranked.set_index("optimizer").loc["SGD-M", "failure_risk"] == 1.0  # greyed in Table 1

@@ -112,14 +112,21 @@ def test_paper_report_tables_and_order(paper_report):
 
 def test_paper_report_states_rule_counts_and_missing_cis(paper_report):
     _, text = parse(paper_report["html"])
-    assert "Failure rule 'fitted'" in text
+    assert "Failure rule 'fitted (gamma 2)'" in text
     assert "r < median(R) - max(0.75 x IQR(R), 2)" in text
     assert "floor (gamma)" in text and "numpy 'linear'" in text
     assert "It flags 48 of 400 pairs" in text
     assert "48 flagged here too, 2 missed, 0 flagged here only" in text
     assert "No seeds, no CIs" in text and "95 % CI" not in text
     assert "median polish" in text and "Kendall tau-b" in text
-    assert "cost (no cost table given)" in text
+    assert "Missing, so left out: cost (no measured time or memory)" in text
+    assert "Variant 'paper', failure rule 'fitted (gamma 2)'" in text
+    # Robustness in decades, compared with the paper's Fig. 5 reading; ranking with its Table 4.
+    assert "in decades" in text and "Against the paper's reading of its Fig. 5" in text
+    assert "Spearman rho 0.66, Kendall tau-b 0.60" in text
+    assert "Spearman rho 0.87, Kendall tau-b 0.73" in text
+    # The report stands on its own: it cites no document outside the package.
+    assert "method" + ".md" not in paper_report["html"].read_text(encoding="utf-8")
 
 
 def test_paper_report_markdown(paper_report):

@@ -1,4 +1,4 @@
-"""Training recipes as plain, serialisable objects (method.md section 4), and budget tiers.
+"""Training recipes as plain, serialisable objects (the paper's four CIFAR-100 recipes), and budget tiers.
 
 The paper trains each backbone with one of four recipes; when another optimizer replaces the
 recipe's base optimizer, only the learning rate, weight decay and the optimizer's own knobs change

@@ -1,4 +1,5 @@
-"""The BOCB analysis: pure functions from result frames to statistics (method.md sections 5, 6, 8).
+"""The BOCB analysis: pure functions from result frames to statistics (accuracy and failure marks,
+coupling, hyper-parameter robustness, the optimizer ranking).
 
 Input everywhere: a long frame with ``optimizer``, ``backbone``, ``top1`` and optionally ``seed``,
 ``lr``, ``weight_decay``, ``category`` (:func:`load_results` checks it). Pairs run at several
@@ -11,8 +12,8 @@ settings are reduced to their best-tuned setting, seeds to their mean, by the st
   coupling and generality scores.
 - :mod:`~bocb.analysis.ranks`: Kendall tau-b, Spearman, agreement of optimizer orderings.
 - :mod:`~bocb.analysis.bootstrap`: percentile CIs over seeds for any table statistic.
-- :mod:`~bocb.analysis.robustness`: hyper-parameter grid indices, modes and distances.
-- :mod:`~bocb.analysis.ranking`: the 40/20/20/20 optimizer ranking.
+- :mod:`~bocb.analysis.robustness`: usual settings (modes) and distances in decades, no grid.
+- :mod:`~bocb.analysis.ranking`: the 40/20/20/20 optimizer ranking (variants paper, continuous).
 
 Nothing here plots, prints or reads the command line.
 """
@@ -27,8 +28,8 @@ from bocb.analysis.coupling import (
     generality_scores,
     variance_shares,
 )
-from bocb.analysis.failure import RULES, FailureRule, compare_with_marks, flag, flag_table, rule
-from bocb.analysis.ranking import WEIGHTS, performance_scores, rank_optimizers
+from bocb.analysis.failure import DEFAULT_RULE, RULES, FailureRule, compare_with_marks, flag, flag_table, rule
+from bocb.analysis.ranking import VARIANTS, WEIGHTS, cost_table, performance_scores, rank_optimizers
 from bocb.analysis.ranks import (
     kendall_tau_b,
     mean_off_diagonal,
@@ -37,13 +38,22 @@ from bocb.analysis.ranks import (
     spearman_rho,
 )
 from bocb.analysis.results import best_tuned, has_replicates, load_results, pair_means, to_long, wide
-from bocb.analysis.robustness import best_settings, distance_summary, grid_index, hparam_distances
+from bocb.analysis.robustness import (
+    best_settings,
+    distance_summary,
+    hparam_distances,
+    level_distance,
+    reading_agreement,
+    usual_value,
+)
 from bocb.analysis.summary import backbone_summary, paper_round
 
 __all__ = [
+    "DEFAULT_RULE",
     "METHODS",
     "N_RESAMPLES",
     "RULES",
+    "VARIANTS",
     "WEIGHTS",
     "AdditiveFit",
     "FailureRule",
@@ -52,6 +62,7 @@ __all__ = [
     "best_tuned",
     "bootstrap",
     "compare_with_marks",
+    "cost_table",
     "coupling_scores",
     "coupling_statistics",
     "distance_summary",
@@ -59,10 +70,10 @@ __all__ = [
     "flag",
     "flag_table",
     "generality_scores",
-    "grid_index",
     "has_replicates",
     "hparam_distances",
     "kendall_tau_b",
+    "level_distance",
     "load_results",
     "mean_off_diagonal",
     "order_agreement",
@@ -71,10 +82,12 @@ __all__ = [
     "performance_scores",
     "rank_optimizers",
     "ranking_agreement",
+    "reading_agreement",
     "resampled_tables",
     "rule",
     "spearman_rho",
     "to_long",
+    "usual_value",
     "variance_shares",
     "wide",
 ]

@@ -1,5 +1,4 @@
-"""Bootstrap confidence intervals over seeds (method.md section 5: "a coupling claim comes with
-its uncertainty").
+"""Bootstrap confidence intervals over seeds: a coupling claim comes with its uncertainty.
 
 One resample redraws, independently for every pair, as many seeds as the pair has, with
 replacement, from that pair's runs at its best-tuned setting; the pair means of the redrawn runs

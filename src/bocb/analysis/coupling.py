@@ -1,4 +1,4 @@
-"""Coupling beyond the paper: the additive model and what it leaves over (method.md section 5).
+"""Coupling beyond the paper: the additive model and what it leaves over.
 
 The reviewers' objection to Table 1 is that it may only show that some optimizers are good
 everywhere. The additive model ``acc(b, o) = mu + beta_b + omega_o + e_bo`` separates that
@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from bocb.analysis.failure import FailureRule, flag_table
+from bocb.analysis.failure import DEFAULT_RULE, FailureRule, flag_table
 from bocb.analysis.ranks import mean_off_diagonal, order_agreement
 from bocb.analysis.results import REQUIRED, wide
 
@@ -137,7 +137,7 @@ def weighted_least_squares(x: np.ndarray, w: np.ndarray):
 def fit_additive(
     data: pd.DataFrame,
     method: Method = "median_polish",
-    failure_rule: FailureRule | str = "fitted",
+    failure_rule: FailureRule | str = DEFAULT_RULE,
     flagged_weight: float = 0.1,
     tol: float = 1e-6,
     max_iter: int = 100,
@@ -217,7 +217,7 @@ def generality_scores(fit: AdditiveFit) -> pd.Series:
 
 
 def coupling_statistics(
-    data: pd.DataFrame, method: Method = "median_polish", failure_rule: FailureRule | str = "fitted"
+    data: pd.DataFrame, method: Method = "median_polish", failure_rule: FailureRule | str = DEFAULT_RULE
 ) -> pd.Series:
     """Every coupling statistic of one table as a Series indexed by (statistic, name).
 

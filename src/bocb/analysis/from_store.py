@@ -1,7 +1,9 @@
 """A study in the store as the analysis's long results frame (the analysis never sees the trainer).
 
 One row per finished trial: ``optimizer``, ``backbone`` (paper short names), ``top1``, ``seed``,
-``lr``, ``weight_decay``, ``category``, ``status``, ``trial_id``. Choices, stated in the report:
+``lr``, ``weight_decay``, ``category``, ``status``, ``trial_id``, and the trial's measured cost:
+``seconds`` (training seconds, evaluation and compilation excluded) and ``peak_memory_mb`` (NaN
+when the trial did not record it). Choices, stated in the report:
 
 - ``top1`` is the trial's **final-epoch** test accuracy by default (``metric="final"``): the
   best epoch on the test set is itself a selection on test numbers. ``metric="best"`` gives the
@@ -23,7 +25,8 @@ import pandas as pd
 from bocb.tasks import task_of
 
 COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id",
-           "val_top1"]
+           "val_top1", "seconds", "peak_memory_mb"]
+MEMORY_KEY = "peak_memory_mb"  # a trial record's peak accelerator/host memory, when the trainer records it
 METRICS = ["alpha", "alpha_status", "n_eig", "n_tail", "xmin", "entropy", "l2", "pca_energy", "log_norm",
            "log_spectral_norm", "stable_rank", "alpha_weighted", "moved"]
 WEIGHT_COLUMNS = ["snapshot_id", "source", "backbone", "optimizer", "lr", "weight_decay", "seed", "status",
@@ -35,27 +38,27 @@ def results_frame(store: Any, study_id: str | None, metric: Literal["final", "be
     if metric not in ("final", "best"):
         raise ValueError(f"unknown metric {metric!r}: valid: final, best")
     rows = []
-    specs: dict[str, Any] | None = None
     for t in store.trials(study_id):
         if t["status"] not in ("done", "diverged"):
             continue
         value = t["final_top1"] if metric == "final" else t["best_top1"]
         if t["status"] == "diverged":
             value = t["final_top1"]  # the weights it ended with, whatever the metric
-        record = None
+        # Peak memory and hold-out scores live in the trial record unless the store has columns for them.
+        record = None if MEMORY_KEY in t else (store.record(t["trial_id"]) or {})
+        memory = t.get(MEMORY_KEY) if record is None else record.get(MEMORY_KEY)
         if value is None:  # diverged before the first evaluation: chance (box AP 0 for detection)
-            record = store.record(t["trial_id"]) or {}
+            record = record if record is not None else (store.record(t["trial_id"]) or {})
             value = task_of(record["spec"]).unscored(record)
-        if specs is None:
-            specs = store.specs(study_id)
         val = None
-        if (specs[t["trial_id"]].get("recipe") or {}).get("holdout_per_class"):
-            record = record or store.record(t["trial_id"]) or {}
+        if record is not None and record.get("selection") == "holdout":
             val = record.get("final_val_top1" if metric == "final" or t["status"] == "diverged" else "best_val_top1")
         rows.append({
             "optimizer": t["optimizer"], "backbone": t["backbone"], "top1": float(value), "seed": t["seed"],
             "lr": t["lr"], "weight_decay": t["weight_decay"] or 0.0, "category": t["category"],
             "status": t["status"], "trial_id": t["trial_id"], "val_top1": val,
+            "seconds": float("nan") if t.get("seconds_train") is None else float(t["seconds_train"]),
+            "peak_memory_mb": float("nan") if memory is None else float(memory),
         })
     if not rows:
         raise ValueError("the study has no finished (done or diverged) trials yet: run it first")

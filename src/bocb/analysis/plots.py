@@ -1,4 +1,4 @@
-"""Figures of the BOCB analysis (method.md sections 5 and 6), drawn on matplotlib Agg canvases.
+"""Figures of the BOCB analysis (accuracy and hyper-parameter robustness), drawn on matplotlib Agg canvases.
 
 Every function returns a new :class:`matplotlib.figure.Figure` on its own Agg canvas, built without
 ``pyplot`` and without switching the global backend, so no figure is registered globally and nothing
@@ -29,10 +29,9 @@ from matplotlib.colors import LinearSegmentedColormap, ListedColormap, TwoSlopeN
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import MaxNLocator
 
 from bocb.analysis.coupling import AdditiveFit
-from bocb.analysis.failure import FailureRule, flag, rule
+from bocb.analysis.failure import DEFAULT_RULE, FailureRule, flag, rule
 from bocb.analysis.results import wide
 from bocb.analysis.summary import TOP_K
 
@@ -89,7 +88,7 @@ def _flag_table(frame: pd.DataFrame, flagged: pd.DataFrame | FailureRule | str) 
 
 def heatmap_table(
     frame: pd.DataFrame,
-    flagged: pd.DataFrame | FailureRule | str = "fitted",
+    flagged: pd.DataFrame | FailureRule | str = DEFAULT_RULE,
     top_k: int = TOP_K,
     *,
     rule_name: str | None = None,
@@ -108,7 +107,7 @@ def heatmap_table(
     table = wide(frame).T  # optimizer x backbone, the paper's orientation
     flags = _flag_table(frame, flagged).T.reindex(index=table.index, columns=table.columns, fill_value=False)
     if rule_name is None and isinstance(flagged, FailureRule | str):
-        rule_name = flagged.name if isinstance(flagged, FailureRule) else rule(flagged).name
+        rule_name = flagged.label if isinstance(flagged, FailureRule) else rule(flagged).label
     values = table.to_numpy(float)
     fails = flags.to_numpy(bool) & ~np.isnan(values)
     kept = np.where(fails, np.nan, values)
@@ -174,7 +173,7 @@ def heatmap_table(
     return fig
 
 
-def violins_per_backbone(frame: pd.DataFrame, failure_rule: FailureRule | str = "fitted") -> Figure:
+def violins_per_backbone(frame: pd.DataFrame, failure_rule: FailureRule | str = DEFAULT_RULE) -> Figure:
     """Top-1 over optimizers per backbone (input order): a violin plus one point per optimizer.
 
     Points flagged by ``failure_rule`` are red crosses, so a collapse shows as an outlier with a
@@ -212,7 +211,7 @@ def violins_per_backbone(frame: pd.DataFrame, failure_rule: FailureRule | str = 
     handles = [
         Line2D([], [], marker="o", linestyle="", color="0.15", markersize=4, label="optimizer"),
         Line2D([], [], marker="x", linestyle="", color="#d62728", markersize=6,
-               label=f"flagged by rule '{chosen.name}' ({int(marked['flagged'].sum())})"),
+               label=f"flagged by rule '{chosen.label}' ({int(marked['flagged'].sum())})"),
         Line2D([], [], color="#08519c", label="median"),
     ]
     # Below the axes, not inside: failures sit exactly where an inside legend would go.
@@ -223,33 +222,34 @@ def violins_per_backbone(frame: pd.DataFrame, failure_rule: FailureRule | str = 
 
 
 def _boxes(ax, distances: pd.DataFrame, by: str, font: float, rng: np.random.Generator) -> None:
-    """Box plot plus jittered points of ``distance`` per ``by``, most robust (lowest mean) first."""
-    order = distances.groupby(by, sort=False)["distance"].mean().sort_values(kind="stable").index
+    """Box plot plus jittered points of ``distance`` per ``by``, most robust (lowest median, then
+    mean) first."""
+    stats = distances.groupby(by, sort=False)["distance"].agg(["median", "mean"])
+    order = stats.sort_values(["median", "mean"], kind="stable").index
     data = [distances.loc[distances[by] == name, "distance"].to_numpy(float) for name in order]
     ax.boxplot(data, positions=range(len(order)), widths=0.6, showfliers=False,
                medianprops={"color": "#08519c", "linewidth": 1.5},
                boxprops={"color": "0.35"}, whiskerprops={"color": "0.35"}, capprops={"color": "0.35"})
     for x, d in enumerate(data):
-        # Distances are whole grid steps: jitter sideways only, never in value.
+        # Jitter sideways only, never in value: the distances are the measurement.
         ax.scatter(x + rng.uniform(-0.18, 0.18, len(d)), d, s=9, color="0.2", alpha=0.55, linewidths=0,
                    zorder=3)
         ax.scatter([x], [d.mean()], marker="D", s=22, color="#d62728", zorder=4)
     ax.set_xticks(range(len(order)), order, rotation=45, ha="right", rotation_mode="anchor",
                   fontsize=font + 1)
     ax.set_xlim(-0.6, len(order) - 0.4)
-    top = max(2.0, float(distances["distance"].max()))
-    ax.set_ylim(-0.4, top + 0.6)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    top = max(1.0, float(distances["distance"].max()))
+    ax.set_ylim(-0.05 * top, top * 1.08)
     ax.tick_params(axis="y", labelsize=font + 1)
-    ax.set_ylabel("distance (grid steps)", fontsize=font + 1)
+    ax.set_ylabel("distance (decades of lr + wd)", fontsize=font + 1)
     ax.grid(axis="y", color="0.9")
     ax.set_axisbelow(True)
-    ax.set_title(f"per {by} (sorted: most robust first; red diamond = mean)", fontsize=font + 2)
+    ax.set_title(f"per {by} (sorted by median, most robust first; red diamond = mean)", fontsize=font + 2)
 
 
 def hparam_boxplots(distances: pd.DataFrame) -> Figure:
-    """Manhattan distances of each pair's optimal (lr, wd) grid index to its optimizer's mode:
-    top panel per backbone, bottom panel per optimizer.
+    """Distances in decades of each pair's best (lr, wd) from its optimizer's usual setting (see
+    :mod:`bocb.analysis.robustness`): top panel per backbone, bottom panel per optimizer.
 
     ``distances``: :func:`bocb.analysis.robustness.hparam_distances`'s output (needs ``optimizer``,
     ``backbone``, ``distance``). Low = the optimizer's usual setting transfers.

@@ -20,6 +20,7 @@ import pandas as pd
 
 from bocb.analysis.failure import flag
 from bocb.analysis.results import load_results
+from bocb.analysis.robustness import ZERO_WD, usual_value
 
 
 def _words(text: str) -> list[str]:
@@ -62,18 +63,23 @@ def evidence_backbones(query: str, available: list[str]) -> tuple[list[str], str
     return matched, f"backbones matching the design words {words}"
 
 
-def recommend(results: pd.DataFrame, query: str, failure_rule: str = "fitted", gamma: float | None = None,
+def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None, gamma: float | None = None,
               settings: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
     """Ranked optimizers for ``query`` and a sentence naming the evidence.
 
+    ``failure_rule``/``gamma``: :func:`bocb.analysis.failure.rule` (None: the shared
+    :data:`~bocb.analysis.failure.DEFAULT_RULE`); the sentence names the rule used.
+
     Columns: optimizer, expected_gap (mean points below the best), gap_std, failure_risk (0-1),
     backbones (how many), and lr / weight_decay (the usual setting: the mode over the evidence
-    backbones in ``settings`` when given, else the zoo's grid centre).
+    backbones in ``settings`` when given, as :func:`bocb.analysis.robustness.usual_value` defines
+    it, with no weight decay (<= 1e-8) reported as 0; else the zoo's grid centre).
     """
     from bocb.analysis.failure import rule
 
     frame = load_results(results)
-    flags = flag(frame, rule(failure_rule, gamma))
+    used = rule(failure_rule, gamma)
+    flags = flag(frame, used)
     chosen, why = evidence_backbones(query, list(dict.fromkeys(flags["backbone"])))
     part = flags[flags["backbone"].isin(chosen)].copy()
     part["gap"] = part.groupby("backbone")["top1"].transform("max") - part["top1"]
@@ -88,7 +94,9 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str = "fitted", g
         if settings is not None:
             rows = settings[(settings["optimizer"] == opt) & settings["backbone"].isin(chosen)]
             if len(rows):
-                usual = (rows["lr"].mode().iloc[0], rows["weight_decay"].mode().iloc[0])
+                # The same "usual setting" as the robustness analysis: mode over the chosen values.
+                usual = (usual_value(rows["lr"].tolist()),
+                         usual_value(rows["weight_decay"].fillna(0.0).tolist(), ZERO_WD))
         if usual is None:
             try:
                 from bocb.optim import get_optimizer_info
@@ -101,5 +109,6 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str = "fitted", g
         wd.append(usual[1])
     out["lr"], out["weight_decay"] = lr, wd
     out = out.sort_values(["failure_risk", "expected_gap"]).reset_index(drop=True)
-    evidence = f"{why}: {', '.join(chosen)} ({len(chosen)} backbone{'s' if len(chosen) != 1 else ''})"
+    evidence = (f"{why}: {', '.join(chosen)} ({len(chosen)} backbone{'s' if len(chosen) != 1 else ''}); "
+                f"failure rule '{used.label}'")
     return out, evidence

@@ -44,6 +44,8 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         frame = source.copy()
     else:
         path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"no results file at {str(path)!r}: give a .csv or .parquet results table")
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
         elif path.suffix == ".csv":

@@ -1,21 +1,28 @@
-"""Hyper-parameter robustness (method.md section 6).
+"""Hyper-parameter robustness: how far each pair's best setting lies from its optimizer's usual one.
 
-For each optimizer: each pair's best (lr, weight_decay) becomes a pair of indices on that
-optimizer's 5-point grids (``bocb.optim.get_optimizer_info(name).lr_grid()`` / ``.wd_grid()``); the
-mode of each index over the optimizer's backbones is its "usual setting"; each pair's distance is
-``|lr_idx - lr_mode| + |wd_idx - wd_mode|`` (Manhattan, in grid steps). Low distance = the usual
-setting transfers across backbones.
+The paper (Sec. 3.2, Fig. 5) asks whether an optimizer's usual learning rate and weight decay
+transfer across backbones. Here, in real units and on no grid:
 
-Choices the paper does not state:
+- Each pair's best (lr, weight_decay) is taken as chosen (the paper's Tables A4/A5, or a study's
+  best-tuned setting); nothing is snapped to a grid, so settings from any tuner (grid, random,
+  Bayesian) are measured the same way.
+- The optimizer's usual setting is the **mode over the values actually chosen** across its
+  backbones, separately for lr and for weight decay. Values equal to 9 significant digits count as
+  one (float noise from CSVs). Ties between equally frequent values go to the most central one
+  (the smallest total distance, in decades, to all the optimizer's chosen values), then to the
+  smaller value.
+- Distance of a pair = ``|log10 lr - log10 mode_lr| + d_wd`` in **decades** (a factor of 10 is 1).
+  ``d_wd`` is ``|log10 wd - log10 mode_wd|`` when both are non-zero.
+- **No weight decay is its own level.** A weight decay ``<= ZERO_WD`` (1e-8, the paper's spelling
+  of "no decay") is the level "0"; 0 is at distance 0 from 0 and at :data:`ZERO_WD_DISTANCE`
+  (1 decade) from any non-zero value. Why not a floor value such as 1e-6: the distance would then
+  depend on the floor (0 vs 0.05 would be 4.7 decades with a 1e-6 floor, 6.7 with 1e-8), i.e. on
+  an arbitrary number rather than on the choices made. Switching decay off is one decision; it is
+  counted like a tenfold change of one knob, and the constant is a parameter
+  (``zero_wd_distance``) so a reader can check that a conclusion does not hang on it.
 
-- Off-grid values map to the nearest grid point in log space (ties to the lower index), so values
-  outside the grid are clipped to its ends: distances are capped at 2 x 4 = 8 and the pairs
-  concerned are marked ``off_grid`` (more than 1 % from every grid value).
-- A weight decay <= 1e-8 counts as 0 (the paper writes 1e-8 for "no decay", as
-  ``bocb.optim.catalog`` does); 0 maps to the grid's 0 entry when the grid starts with 0, else to
-  index 0 (the smallest decay).
-- Mode ties go to the tied index with the smallest total distance of the optimizer's pairs to it
-  (the one nearer the median), then to the lower index.
+Summaries (:func:`distance_summary`) give mean, median and max per optimizer or backbone, ordered
+by the **median** distance (the paper reads robustness off box plots), ties by the mean.
 
 Inputs: the paper's Tables A4/A5 (``bocb.paper.best_hparams()``: one row per pair, lr and
 weight_decay) or a study's runs (optimizer, backbone, top1, lr, weight_decay and optionally seed;
@@ -28,41 +35,56 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
+from bocb.analysis.ranks import kendall_tau_b, spearman_rho
 from bocb.analysis.results import best_tuned, load_results
 
-ZERO_WD = 1e-8  # the paper's spelling of "no weight decay"
-OFF_GRID_RTOL = 0.01
+ZERO_WD = 1e-8  # the paper's spelling of "no weight decay": this and below is the level "0"
+ZERO_WD_DISTANCE = 1.0  # decades between "no decay" and any non-zero decay (see the module doc)
+SIGNIFICANT = 9  # values equal to this many significant digits are one value for the mode
 
 
-def grid_index(value: float, grid: Sequence[float], zero_below: float = 0.0) -> int:
-    """Index of the grid point nearest to ``value`` in log space (see the module docstring).
+def _key(value: float) -> float:
+    """A chosen value rounded to :data:`SIGNIFICANT` digits (0 stays 0)."""
+    return float(f"{value:.{SIGNIFICANT - 1}e}") if value else 0.0
 
-    ``value <= zero_below`` counts as 0; 0 maps to the grid's 0 entry if it has one, else index 0.
+
+def level_distance(a: float, b: float, zero_below: float = 0.0,
+                   zero_distance: float = ZERO_WD_DISTANCE) -> float:
+    """Distance in decades between two settings of one knob.
+
+    ``|log10 a - log10 b|`` for two values above ``zero_below``; values ``<= zero_below`` are the
+    level "0": 0 between two zeros, ``zero_distance`` between a zero and a non-zero value. With
+    ``zero_below=0`` (the learning rate) a zero or negative value is an error.
     """
-    if not grid:
-        raise ValueError("grid_index needs a non-empty grid")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"a grid value must be >= 0, got {value}")
-    if value <= zero_below:
-        return 0  # either the grid's 0 entry (always first in bocb's grids) or its smallest value
-    candidates = [(abs(math.log(value / g)), i) for i, g in enumerate(grid) if g > 0]
-    return min(candidates)[1]
+    for v in (a, b):
+        if math.isnan(v) or v < 0:
+            raise ValueError(f"a hyper-parameter value must be >= 0, got {v}")
+    za, zb = a <= zero_below, b <= zero_below
+    if za or zb:
+        if zero_below <= 0:
+            raise ValueError(f"a learning rate must be > 0 to be measured in decades, got {min(a, b)}")
+        return 0.0 if za and zb else float(zero_distance)
+    return abs(math.log10(a) - math.log10(b))
 
 
-def _on_grid(value: float, grid: Sequence[float], zero_below: float) -> bool:
-    if value <= zero_below:
-        return 0.0 in grid
-    return any(g > 0 and abs(value / g - 1) <= OFF_GRID_RTOL for g in grid)
+def usual_value(values: Sequence[float], zero_below: float = 0.0,
+                zero_distance: float = ZERO_WD_DISTANCE) -> float:
+    """The mode of the chosen ``values`` (see the module doc for equality and ties).
 
+    Values ``<= zero_below`` are one level, returned as 0.0.
+    """
+    keys = [0.0 if v <= zero_below else _key(float(v)) for v in values]
+    if not keys:
+        raise ValueError("usual_value needs at least one value")
+    counts = pd.Series(keys).value_counts(sort=False)
+    tied = [float(k) for k in counts.index[counts == counts.max()]]
 
-def _mode(indices: np.ndarray) -> int:
-    values, counts = np.unique(indices, return_counts=True)
-    tied = values[counts == counts.max()]
-    # Smallest total distance to the tied candidate, then the lower index.
-    return int(min(tied, key=lambda m: (np.abs(indices - m).sum(), m)))
+    def spread(m: float) -> float:
+        return sum(level_distance(v, m, zero_below, zero_distance) for v in keys)
+
+    return min(tied, key=lambda m: (spread(m), m))
 
 
 def best_settings(frame: pd.DataFrame) -> pd.DataFrame:
@@ -89,34 +111,30 @@ def best_settings(frame: pd.DataFrame) -> pd.DataFrame:
                 "choose the best: give one row per pair or a top1 column"
             )
     out = runs.drop_duplicates(["optimizer", "backbone"])[["optimizer", "backbone", "lr", "weight_decay"]]
-    return out.astype({"lr": float, "weight_decay": float}).reset_index(drop=True)
+    out = out.astype({"lr": float, "weight_decay": float}).fillna({"weight_decay": 0.0})
+    return out.reset_index(drop=True)
 
 
-def hparam_distances(frame: pd.DataFrame, points: int = 5) -> pd.DataFrame:
-    """Long frame, one row per pair: optimizer, backbone, lr, weight_decay, lr_idx, wd_idx,
-    lr_mode, wd_mode, distance, off_grid (see the module docstring).
+def hparam_distances(frame: pd.DataFrame, zero_wd_distance: float = ZERO_WD_DISTANCE) -> pd.DataFrame:
+    """Long frame, one row per pair: optimizer, backbone, lr, weight_decay, lr_mode, wd_mode,
+    lr_distance, wd_distance, distance (decades; see the module doc).
 
-    Optimizer names are looked up in the zoo (``bocb.optim``), so the paper's short names work; an
-    unknown name raises the registry's one-line error listing the valid ones.
+    ``wd_mode`` is 0.0 when "no decay" is the optimizer's usual level. Any optimizer name works:
+    no grid or registry is consulted.
     """
-    # Imported here: bocb.optim pulls in torch, which the rest of the analysis does not need.
-    from bocb.optim import get_optimizer_info
-
     settings = best_settings(frame)
+    if not (settings["lr"] > 0).all():
+        row = settings.loc[~(settings["lr"] > 0)].iloc[0]
+        raise ValueError(f"pair {row['optimizer']}/{row['backbone']} has lr {row['lr']}: a learning rate must be > 0")
     parts = []
-    for optimizer, rows in settings.groupby("optimizer", sort=False):
-        info = get_optimizer_info(optimizer)
-        lr_grid, wd_grid = info.lr_grid(points), info.wd_grid(points)
+    for _, rows in settings.groupby("optimizer", sort=False):
         rows = rows.copy()
-        rows["lr_idx"] = [grid_index(v, lr_grid) for v in rows["lr"]]
-        rows["wd_idx"] = [grid_index(v, wd_grid, ZERO_WD) for v in rows["weight_decay"]]
-        rows["lr_mode"] = _mode(rows["lr_idx"].to_numpy())
-        rows["wd_mode"] = _mode(rows["wd_idx"].to_numpy())
-        rows["distance"] = (rows["lr_idx"] - rows["lr_mode"]).abs() + (rows["wd_idx"] - rows["wd_mode"]).abs()
-        rows["off_grid"] = [
-            not (_on_grid(lr, lr_grid, 0.0) and _on_grid(wd, wd_grid, ZERO_WD))
-            for lr, wd in zip(rows["lr"], rows["weight_decay"], strict=True)
-        ]
+        lr_mode = usual_value(rows["lr"].tolist())
+        wd_mode = usual_value(rows["weight_decay"].tolist(), ZERO_WD, zero_wd_distance)
+        rows["lr_mode"], rows["wd_mode"] = lr_mode, wd_mode
+        rows["lr_distance"] = [level_distance(v, lr_mode) for v in rows["lr"]]
+        rows["wd_distance"] = [level_distance(v, wd_mode, ZERO_WD, zero_wd_distance) for v in rows["weight_decay"]]
+        rows["distance"] = rows["lr_distance"] + rows["wd_distance"]
         parts.append(rows)
     return pd.concat(parts, ignore_index=True)
 
@@ -124,10 +142,42 @@ def hparam_distances(frame: pd.DataFrame, points: int = 5) -> pd.DataFrame:
 def distance_summary(
     distances: pd.DataFrame, by: Literal["optimizer", "backbone"] = "optimizer"
 ) -> pd.DataFrame:
-    """Mean, median, max distance and pair count per optimizer or backbone, most robust first
-    (lowest mean; ties keep input order)."""
+    """Median, mean, max distance and pair count per optimizer or backbone, most robust first
+    (lowest median, then lowest mean; further ties keep input order)."""
     if by not in ("optimizer", "backbone"):
         raise ValueError(f"distance summary is by 'optimizer' or 'backbone', got {by!r}")
     grouped = distances.groupby(by, sort=False)["distance"]
-    out = grouped.agg(mean="mean", median="median", max="max", pairs="size")
-    return out.sort_values("mean", kind="stable")
+    out = grouped.agg(median="median", mean="mean", max="max", pairs="size")
+    return out.sort_values(["median", "mean"], kind="stable")
+
+
+def reading_agreement(summary: pd.DataFrame, robust: Sequence[str], least: Sequence[str],
+                      statistic: str = "median") -> dict[str, float | int | list[int]]:
+    """How a robustness summary agrees with a coarse published reading (most / least robust names).
+
+    The reading becomes a three-level order (``robust`` = 1, unnamed = 2, ``least`` = 3) over the
+    summary's names; returned: Spearman rho and Kendall tau-b (ties corrected) between it and
+    ``summary[statistic]``, the 1-based positions of the named ones in the summary's order, and
+    ``n``. Names absent from the summary are ignored.
+    """
+    names = list(summary.index)
+    level = [1 if n in robust else 3 if n in least else 2 for n in names]
+    values = summary[statistic].to_numpy(float)
+    return {
+        "n": len(names),
+        "spearman": spearman_rho(values, level),
+        "kendall": kendall_tau_b(values, level),
+        "robust_positions": [names.index(n) + 1 for n in robust if n in names],
+        "least_positions": [names.index(n) + 1 for n in least if n in names],
+    }
+
+
+def usual_settings(distances: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer: its usual lr and weight decay (the modes), from :func:`hparam_distances`."""
+    return distances.drop_duplicates("optimizer").set_index("optimizer")[["lr_mode", "wd_mode"]]
+
+
+__all__ = [
+    "ZERO_WD", "ZERO_WD_DISTANCE", "best_settings", "distance_summary", "hparam_distances",
+    "level_distance", "reading_agreement", "usual_settings", "usual_value",
+]

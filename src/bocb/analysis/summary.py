@@ -1,4 +1,4 @@
-"""Per-backbone description of the result table (method.md section 5, Table 1's bottom rows).
+"""Per-backbone description of the result table (Table 1's bottom rows).
 
 For each backbone, over its optimizers' best-tuned top-1 (mean over seeds), after dropping the
 single worst optimizer (as the paper does): mean, standard deviation (ddof = 1, the sample std) and

@@ -1,4 +1,4 @@
-"""The pre-train x fine-tune table (method.md section 9): which fine-tuning optimizers fail for a
+"""The pre-train x fine-tune table (the paper's transfer finding): which fine-tuning optimizers fail for a
 model pre-trained with a given optimizer, and how much fine-tuning changes the backbone.
 
 Inputs are the analysis's frames: :func:`bocb.analysis.from_store.transfer_frame` (``backbone`` =
@@ -8,7 +8,8 @@ with its :func:`bocb.analysis.failure.flag` output, and the weight diagnostics' 
 
 - **Failures** use the same rule as pre-training grids, applied per pre-trained model (its
   column of the table): a fine-tuning optimizer fails a pre-trained model when its result falls
-  below that model's threshold. The paper uses gamma 3 for this table; ``bocb report`` does too.
+  below that model's threshold. ``bocb report`` uses the shared default rule here too
+  (:data:`bocb.analysis.failure.DEFAULT_RULE`); the paper's gamma 3 belongs to its literal Eq. (1).
 - **Movement** of a fine-tuned model is the mean over its layers of ``moved`` (relative Frobenius
   distance from the pre-trained weights), **excluding the new classifier** (the snapshot's last
   layer, :func:`bocb.zoo.classifier_name`), which starts from random weights.

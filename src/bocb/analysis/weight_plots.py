@@ -1,4 +1,4 @@
-"""Figures of the weight diagnostics (method.md section 7), in :mod:`bocb.analysis.plots`' style:
+"""Figures of the weight diagnostics (the paper's ridge plots and alpha bars), in :mod:`bocb.analysis.plots`' style:
 each function returns a new Agg-canvas :class:`~matplotlib.figure.Figure` (no pyplot), sized from
 the data, for :func:`bocb.analysis.plots.save_figure`.
 

@@ -1,5 +1,5 @@
 """Weight diagnostics per model, and their association with accuracy and failure flags
-(method.md section 7; the input is :func:`bocb.analysis.from_store.weights_frame`'s frame).
+(the paper's parameter patterns; the input is :func:`bocb.analysis.from_store.weights_frame`'s frame).
 
 Every choice is fixed here and stated once:
 
@@ -13,8 +13,8 @@ Every choice is fixed here and stated once:
 - **Per-model summaries** (:func:`model_summaries`), over a snapshot's measured layers:
   ``alpha_mean`` and ``alpha_median`` over the layers whose power-law fit succeeded
   (``alpha_status == "ok"``; NaN when none did); ``alpha_outside``: the share of those layers with
-  alpha outside :data:`ALPHA_BAND` = [2, 6] (method.md: below 2 or above 6 signals over- or
-  under-fitting); ``entropy_mean`` (nats); ``log10_l2_mean``: the mean of ``log10`` of each layer's
+  alpha outside :data:`ALPHA_BAND` = [2, 6] (WeightWatcher's reading: below 2 or above 6
+  signals over- or under-fitting); ``entropy_mean`` (nats); ``log10_l2_mean``: the mean of ``log10`` of each layer's
   Frobenius norm, i.e. log10 of the geometric mean. Logs, because a layer's norm grows with its
   size, so norms span orders of magnitude within one network and a plain mean would be the largest
   layers' norm; and weight decay or growth scales all layers by a factor, which the log turns into

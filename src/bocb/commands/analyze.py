@@ -1,8 +1,10 @@
 """``bocb analyze RESULTS.csv``: failure marks on any long-format results table.
 
 ``--flags-out`` writes every input row plus a boolean ``flagged`` column (a row is flagged when
-its pair's mean over seeds, at the pair's best setting, falls under its backbone's threshold).
-``--gamma`` defaults to 3 for both rules, the paper's CIFAR-100 value (method.md section 5).
+its pair's mean over seeds, at the pair's best setting, falls under its backbone's threshold) and a
+``failure_rule`` column naming the rule and its gamma. Without ``--rule``/``--gamma`` the rule is
+:data:`bocb.analysis.failure.DEFAULT_RULE`, the same one ``report`` and ``recommend`` use; a
+named rule without ``--gamma`` keeps its own floor (fitted 2, paper 3).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bocb.commands.common import add_rule_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="flag failed backbone-optimizer pairs in a results table")
     p.add_argument("results", type=Path, help="CSV or Parquet with optimizer, backbone, top1 [seed, lr, weight_decay]")
-    p.add_argument("--rule", default="fitted", help="fitted (median - max(0.75 IQR, gamma)) or paper (Eq. 1 literally)")
-    p.add_argument("--gamma", type=float, default=3.0, help="the rule's floor (default 3)")
+    add_rule_args(p)
     p.add_argument("--flags-out", type=Path, help="write the input rows plus a boolean 'flagged' column here")
     p.add_argument("--json", action="store_true", help="print the counts as one JSON line")
 
@@ -34,12 +37,13 @@ def run(args: argparse.Namespace) -> int:
     flags = pairs[["optimizer", "backbone", "flagged"]]
     out = frame.merge(flags, on=["optimizer", "backbone"], how="left")
     out["flagged"] = out["flagged"].fillna(False).astype(bool)
+    out["failure_rule"] = chosen.label
     if args.flags_out:
         if args.flags_out.suffix == ".parquet":
             out.to_parquet(args.flags_out, index=False)
         else:
             out.to_csv(args.flags_out, index=False)
-    counts = {"rule": args.rule, "gamma": args.gamma, "pairs": len(pairs), "flagged": int(pairs["flagged"].sum())}
+    counts = {"rule": chosen.name, "gamma": chosen.floor, "pairs": len(pairs), "flagged": int(pairs["flagged"].sum())}
     if "mark" in frame.columns:
         counts.update(compare_with_marks(pairs, frame.drop_duplicates(["optimizer", "backbone"])))
     if args.json:

@@ -39,6 +39,28 @@ def add_data_args(p: argparse.ArgumentParser, data: bool = True) -> None:
                    help="allow downloading CIFAR through torchvision when not found locally")
 
 
+def add_rule_args(p: argparse.ArgumentParser) -> None:
+    """--rule and --gamma, defaulting to the one rule every command shares (DEFAULT_RULE)."""
+    from bocb.analysis.failure import DEFAULT_RULE, RULES
+
+    # No argparse choices: an unknown name gets bocb's one-line error listing the valid rules.
+    p.add_argument("--rule", default=DEFAULT_RULE.name,
+                   help=f"failure rule (default {DEFAULT_RULE.name}): fitted = median - max(0.75 IQR, gamma), "
+                        "paper = Eq. 1 literally, max - min(IQR, gamma)")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="the rule's floor (default: the rule's own, " + ", ".join(
+                       f"{n} {r.floor:g}" for n, r in RULES.items()) + ")")
+
+
+def add_ranking_arg(p: argparse.ArgumentParser) -> None:
+    """--ranking paper|continuous (see bocb.analysis.ranking)."""
+    from bocb.analysis.ranking import DEFAULT_VARIANT, VARIANTS
+
+    p.add_argument("--ranking", choices=VARIANTS, default=DEFAULT_VARIANT,
+                   help=f"optimizer ranking variant (default {DEFAULT_VARIANT}): paper = median distance and "
+                        "yes/no BOCB; continuous = mean distance and share of pairs flagged")
+
+
 def parse_kv(items: list[str] | None) -> dict[str, Any]:
     """``["betas=[0.9,0.95]", "nesterov=true"]`` -> ``{"betas": [0.9, 0.95], "nesterov": True}``.
 

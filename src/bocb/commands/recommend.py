@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from bocb.commands.common import add_rule_args
 from bocb.store import DEFAULT_STORE
 
 
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evidence", choices=("paper", "store", "both"), default="paper",
                    help="the paper's Table 1, your store's finished trials, or both (default: paper)")
     p.add_argument("--store", default=DEFAULT_STORE)
-    p.add_argument("--rule", default="fitted")
+    add_rule_args(p)
     p.add_argument("--top", type=int, default=10, help="how many optimizers to show (default 10)")
 
 
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         mine = mine.assign(backbone=mine["backbone"] + (" (yours)" if args.evidence == "both" else ""))
         frames.append(mine[["optimizer", "backbone", "top1", "seed", "lr", "weight_decay"]])
     results = pd.concat(frames, ignore_index=True)
-    ranked, evidence = recommend(results, args.backbone, failure_rule=args.rule, settings=settings)
+    ranked, evidence = recommend(results, args.backbone, failure_rule=args.rule, gamma=args.gamma,
+                                  settings=settings)
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"optimizers to try first for {args.backbone!r}")
     for col in ("#", "optimizer", "expected gap to best (points)", "failure risk", "usual lr", "usual wd"):
@@ -51,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(str(i), r.optimizer, gap, f"{100 * r.failure_risk:.0f}% of {r.backbones}",
                       f"{r.lr:g}", f"{r.weight_decay:g}")
     console.print(table)
-    console.print(f"evidence: {evidence}; failure rule '{args.rule}'; ranked by failure risk, then gap.")
+    console.print(f"evidence: {evidence}; ranked by failure risk, then gap.")
     return 0

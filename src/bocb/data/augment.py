@@ -3,7 +3,7 @@
 The training set lives as one uint8 tensor (N, 3, H, W) on the training device and batches are
 slices of it (the airbench habit: no PIL, no DataLoader, no host round trip). :class:`BatchAugment`
 turns such a slice into the float, normalised input of the model plus its targets, covering the
-augmentations of the four recipes of ``method.md`` section 4 (PyTorch, DeiT, ConvNeXt, RSB-A2).
+augmentations of the paper's four recipes (PyTorch, DeiT, ConvNeXt, RSB-A2; :mod:`bocb.recipes`).
 The work is done by maintained libraries: torchvision's v2 ``RandAugment`` and timm's ``Mixup``
 and ``RandomErasing``; only the crop-and-flip, which must be vectorised over the batch, is written
 here.

@@ -1,4 +1,4 @@
-"""Diagnostics of trained weights (method.md section 7): pure numpy, nothing plotted or printed.
+"""Diagnostics of trained weights (the paper's parameter patterns): pure numpy, nothing plotted or printed.
 
 - :mod:`~bocb.diagnostics.metrics`: per-layer power-law alpha, histogram entropy, L2 norm, top-k
   PCA energy and WeightWatcher's norm scalars, as one frame per model (:func:`layer_metrics`;

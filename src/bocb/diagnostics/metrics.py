@@ -1,4 +1,4 @@
-"""Per-layer weight metrics of the trained weights (method.md section 7, issue 6).
+"""Per-layer weight metrics of the trained weights (the paper's parameter patterns).
 
 Written here rather than taken from ``weightwatcher`` or ``powerlaw``: both fit every layer with
 their own filters and defaults (WeightWatcher also pulls in scikit-learn and plotting), and the

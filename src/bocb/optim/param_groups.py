@@ -1,7 +1,7 @@
 """Parameter-group policies: which parameters get weight decay.
 
 The paper's AdamW/LAMB/Adan configurations exclude norms, biases, layer-scale, cls-token and
-position embeddings from decay, while its SGD configurations decay everything (method.md section 3).
+position embeddings from decay, while its SGD configurations decay everything.
 Mixing the two inside one grid would confound optimizer with policy, so bocb makes the policy an
 explicit, recorded choice applied to every optimizer of a study:
 

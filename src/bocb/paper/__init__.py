@@ -38,6 +38,11 @@ RANKING = (
     "LARS",
 )
 
+# The paper's reading of its hyper-parameter robustness box plots (Fig. 5): the optimizers it names
+# as most robust and as least robust. A coarse reading, not an ordering of all 20.
+FIG5_ROBUST = ("AdamW", "LAMB", "RMSProp")
+FIG5_LEAST = ("SGDP", "AdaBound", "LARS")
+
 
 def _read(name: str) -> pd.DataFrame:
     with resources.files(__package__).joinpath("data", name).open("rb") as f:

@@ -1,4 +1,4 @@
-"""Sections on accuracy as the paper reports it (method.md section 5): the failure rule, Table 1
+"""Sections on accuracy as the paper reports it (its Table 1 and Eq. 1): the failure rule, Table 1
 and the per-backbone summary."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def rule_section(results: pd.DataFrame, chosen: FailureRule, flags: pd.DataFrame
             f"flagged backbones: {_most(by_backbone)}."
         ),
     ]
-    others = [f"'{name}' flags {int(flag(results, r)['flagged'].sum())}"
+    others = [f"'{r.label}' flags {int(flag(results, r)['flagged'].sum())}"
               for name, r in RULES.items() if r != chosen]
     if others:
         text.append(Text("For comparison, on the same results the shipped rule " + "; rule ".join(others)
@@ -88,16 +88,16 @@ def table_section(results: pd.DataFrame, chosen: FailureRule, flags: pd.DataFram
         cells.insert(0, "category", category.reindex(table.index).fillna("").astype(str))
         marks.insert(0, "category", "")
     cells.index.name = "optimizer"
-    figure = heatmap_table(results, flags, TOP_K, rule_name=chosen.name)
+    figure = heatmap_table(results, flags, TOP_K, rule_name=chosen.label)
     return Section(
         title="Table 1: top-1 per backbone and optimizer",
         blocks=(
             Plot(figure, "table1_heatmap",
                  f"Top-1 (%) of each pair. Colour: top-1 scaled within each backbone (column) between its "
                  f"worst and best unflagged result. Bold and outlined: the backbone's top {TOP_K}; thick "
-                 f"outline: its best. Grey, hatched: flagged by rule '{chosen.name}'."),
+                 f"outline: its best. Grey, hatched: flagged by rule '{chosen.label}'."),
             Table(cells, f"The same numbers. Bold: top {TOP_K} of the backbone; outlined (★ in Markdown): "
-                         f"its best; grey hatched (✗ in Markdown): flagged by rule '{chosen.name}'.", marks),
+                         f"its best; grey hatched (✗ in Markdown): flagged by rule '{chosen.label}'.", marks),
         ),
         how_to_read=(
             "Read down a column to see which optimizers suit a backbone; read along a row to see "
@@ -128,7 +128,7 @@ def summary_section(results: pd.DataFrame, chosen: FailureRule) -> Section:
                          "optimizers, after dropping each backbone's single worst optimizer."),
             Plot(violins_per_backbone(results, chosen), "violins_per_backbone",
                  f"Each backbone's top-1 over optimizers: a violin (density), one dot per optimizer, the "
-                 f"median as a bar, and red crosses for pairs flagged by rule '{chosen.name}'."),
+                 f"median as a bar, and red crosses for pairs flagged by rule '{chosen.label}'."),
         ),
         how_to_read=(
             "A small std and range means the backbone trains well with almost any optimizer; a large "

@@ -1,4 +1,4 @@
-"""The section beyond the paper (method.md section 5, the reviewers' objection): is there coupling
+"""The section beyond the paper (the reviewers' objection to Table 1): is there coupling
 once each optimizer's general quality is taken out?
 
 The additive model is fitted by median polish (resistant to collapses, needs no failure rule). With

@@ -68,7 +68,7 @@ Block = Text | Table | Plot
 @dataclass(frozen=True)
 class Section:
     """A titled part of the report: ``blocks`` in order, a short ``how_to_read`` note and the
-    ``gap`` (method.md section 10) it addresses, both optional."""
+    ``gap`` it addresses (a choice the paper leaves unstated, and the one made here), both optional."""
 
     title: str
     blocks: tuple[Block, ...] = field(default_factory=tuple)

@@ -1,4 +1,4 @@
-"""The transfer section (method.md section 9): per pre-trained model, which fine-tuning optimizers
+"""The transfer section (pre-training optimizer x fine-tuning optimizer): per pre-trained model, which fine-tuning optimizers
 fail; per pre-training optimizer, how often; and how far fine-tuning moved the backbone.
 
 The statistics are :mod:`bocb.analysis.transfer`'s; the pre-train x fine-tune table itself is the
@@ -25,7 +25,7 @@ def transfer_section(results: pd.DataFrame, flags: pd.DataFrame, chosen: Failure
         if r.n_failed else f"{r.pretrained}: no fine-tuning optimizer fails (of {r.n_finetune})"
         for r in by_model.itertuples())
     blocks: list = [
-        Text(f"Which fine-tuning optimizers fail, per pre-trained model (rule '{chosen.name}', its threshold "
+        Text(f"Which fine-tuning optimizers fail, per pre-trained model (rule '{chosen.label}', its threshold "
              f"per pre-trained model): {answer}."),
         Table(by_model.assign(best_top1=by_model["best_top1"].map(fmt), threshold=by_model["threshold"].map(fmt))
               .set_index("pretrained").astype(str),

@@ -1,4 +1,4 @@
-"""Sections on the trained weights (method.md section 7): what each metric is, ridge plots per
+"""Sections on the trained weights (the paper's parameter-pattern analysis): what each metric is, ridge plots per
 backbone, alpha bars per backbone x optimizer, and, beyond the paper, how the per-model summaries
 go with accuracy and with the failure flags, with bootstrap CIs and a plain verdict.
 
@@ -13,7 +13,7 @@ import re
 import pandas as pd
 
 from bocb.analysis import flag, load_results, rule
-from bocb.analysis.failure import FailureRule
+from bocb.analysis.failure import DEFAULT_RULE, FailureRule
 from bocb.analysis.weight_plots import alpha_bars, ridge_plot
 from bocb.analysis.weights import (
     ALPHA_BAND,
@@ -62,7 +62,7 @@ def _flags(results: pd.DataFrame, flags: pd.DataFrame | FailureRule | str) -> tu
     if isinstance(flags, pd.DataFrame):
         return flags, None
     chosen = rule(flags) if isinstance(flags, str) else flags
-    return flag(results, chosen), chosen.name
+    return flag(results, chosen), chosen.label
 
 
 def _coverage(models: pd.DataFrame, weights: pd.DataFrame, errors: pd.DataFrame | None) -> str:
@@ -158,7 +158,7 @@ def _plainly(assoc: pd.DataFrame) -> str:
 def weights_sections(
     results: pd.DataFrame,
     weights: pd.DataFrame,
-    flags: pd.DataFrame | FailureRule | str = "fitted",
+    flags: pd.DataFrame | FailureRule | str = DEFAULT_RULE,
     *,
     errors: pd.DataFrame | None = None,
     n_resamples: int = N_RESAMPLES,

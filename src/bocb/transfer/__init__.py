@@ -1,4 +1,4 @@
-"""Transfer studies (issue 7, method.md section 9): pre-trained models x fine-tuning optimizers.
+"""Transfer studies (the paper's transfer finding): pre-trained models x fine-tuning optimizers.
 
 - :mod:`~bocb.transfer.study`: the transfer study file, its pre-trained sources and its trials.
 - :mod:`~bocb.transfer.coco`, :mod:`~bocb.transfer.synthetic`: COCO-format detection data (read

@@ -1,6 +1,6 @@
 """Transfer study files: pre-trained models x fine-tuning optimizers x settings x seeds (issue 7).
 
-The paper's second finding (method.md section 9) is about the pre-train x fine-tune table: a
+The paper's second finding is about the pre-train x fine-tune table: a
 backbone pre-trained with one optimizer, fine-tuned with another. A transfer study file declares
 that grid::
 

@@ -1,6 +1,7 @@
 """Backbone registry: metadata for every model, and the one way to build it.
 
-A backbone is registered with a :class:`BackboneInfo` (the design taxonomy of method.md section 2,
+A backbone is registered with a :class:`BackboneInfo` (the paper's design taxonomy:
+group, stage-wise macro design, block design, token mixer, residual/norm scheme;
 the default CIFAR input policy, where it comes from) and a builder
 ``(num_classes, policy, scale, drop_path_rate) -> nn.Module``:
 
@@ -52,7 +53,7 @@ Builder = Callable[[int, str, str, float], nn.Module]
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """One backbone of the zoo (method.md section 2 gives the taxonomy's vocabulary)."""
+    """One backbone of the zoo, described in the paper's design taxonomy."""
 
     name: str
     short: str

@@ -1,8 +1,10 @@
 """Small, explicit edits to library models: CIFAR stems and narrowed plain networks.
 
-The CIFAR input policy keeps a model's design and removes its stem's down-sampling (method.md
-section 2). These helpers make those edits on timm/torchvision modules in place, so every edited
-model stays the library's class with the library's blocks.
+The CIFAR input policy keeps a model's design and removes its stem's down-sampling so
+native 32x32 images keep their resolution (ResNet/DenseNet: a 3x3 stride-1 conv and no max-pool;
+ConvNeXt: a 3x3 stride-1 conv + LayerNorm in place of the 4x4 patchify; MogaNet: a stride-1 stem).
+These helpers make those edits on timm/torchvision modules in place, so every edited model stays
+the library's class with the library's blocks.
 """
 
 from __future__ import annotations
