@@ -76,7 +76,11 @@ register_task(TaskInfo(
     summary="image classification: a backbone and its classifier, top-1/top-5 accuracy",
 ))
 register_task(TaskInfo(
-    "detection", "box_ap", "box AP (%)", "bocb.transfer.detection_trial:execute",
-    "bocb.transfer.detection_trial:detection_snapshot",
+    "detection", "box_ap", "box AP (%)", "bocb.transfer.downstream:execute", "bocb.transfer.downstream:coco_snapshot",
     summary="RetinaNet + FPN on a pre-trained backbone, COCO box AP (pycocotools)",
+))
+register_task(TaskInfo(
+    "pose", "keypoint_ap", "keypoint AP (%)", "bocb.transfer.downstream:execute",
+    "bocb.transfer.downstream:coco_snapshot",
+    summary="top-down 2D pose: SimpleBaseline heatmaps on a pre-trained backbone, COCO keypoint AP (OKS)",
 ))

@@ -72,7 +72,7 @@ def transfer_frame(store: Any, study_id: str, metric: Literal["final", "best"] =
     of the analysis reads "per pre-trained model"; ``optimizer`` is the fine-tuning optimizer.
     Added: ``network`` (the backbone's short name), ``pretrain_optimizer`` and ``pretrain_trial``
     (the pre-training trial's id, None for a foreign checkpoint). ``top1`` is the trial's headline
-    metric (top-1 % for classification, COCO box AP % for detection).
+    metric (top-1 % for classification, COCO box AP % for detection, keypoint AP % for pose).
     """
     frame = results_frame(store, study_id, metric)
     specs = store.specs(study_id)

@@ -133,7 +133,9 @@ def _from_transfer(args: argparse.Namespace, today: str):
     mode = f", {study.finetune} fine-tuning" if study.task == "classification" else ""
     described = (f"{study.name} ({study.study_id}), transfer ({study.task}{mode}), {study.tuning} tuning, "
                  f"tier {study.tier}, file {study.path}")
-    measure = "test top-1" if study.task == "classification" else "box AP"
+    from bocb.tasks import TASKS
+
+    measure = "test top-1" if study.task == "classification" else TASKS.get(study.task).metric_label.removesuffix(" (%)")
     provenance = _provenance(args, today, described, results, left_out, versions, measure)
     extra = [transfer_section(results, flags, chosen, finetuned, pretrained, pre_ids), *_not_results(left_out)]
     # Weight sections per pre-trained model (the table's columns). A fine-tuned model's reference is

@@ -129,7 +129,7 @@ class _LiveView:
         self.progress.update(self.task, completed=stats.done,
                              info=f"{counts}; {len(stats.last_epoch)} reporting; {ips:.0f} img/s per slot")
         table = Table(show_header=True, box=None)
-        for col in ("running trial", "epoch", "test top-1 / box AP", "train loss"):
+        for col in ("running trial", "epoch", "test top-1 / AP", "train loss"):
             table.add_column(col)
         for trial_id, event in stats.last_epoch.items():
             row = event["row"]
@@ -144,8 +144,8 @@ class _LiveView:
 def _results_table(store, study_id: str) -> Table:
     rows = store.trials(study_id)
     transfer = any(r["pretrained"] for r in rows)
-    # A trial's headline metric: test top-1, or box AP for detection fine-tuning (final_top1 holds it).
-    table = Table(title="results (final / best: test top-1 %, box AP % for detection)")
+    # A trial's headline metric: test top-1, or box / keypoint AP for detection / pose (final_top1 holds it).
+    table = Table(title="results (final / best: test top-1 %; box or keypoint AP % for detection or pose)")
     for col in ("pre-trained" if transfer else "backbone", "optimizer", "lr", "wd", "seed", "status", "final", "best"):
         table.add_column(col)
     for r in rows:

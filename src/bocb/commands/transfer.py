@@ -50,6 +50,6 @@ def _expand(study, found, args) -> list:
         dataset = load_dataset(study.data, cache_dir=args.cache_dir or default_cache_dir(),
                                data_dirs=data_dirs(), download=args.download)
         return expand_classification(study, found, dataset.num_classes)
-    from bocb.transfer.study import expand_detection
+    from bocb.transfer.study import expand_coco
 
-    return expand_detection(study, found)
+    return expand_coco(study, found)

@@ -128,13 +128,19 @@ class DetectionRecipe:
         return checked_replace(self, "detection recipe", changes)
 
     def lr_factor(self, step: int, steps_per_epoch: int, schedule_free: bool = False) -> float:
-        """Multiplier on the optimizer's lr at global ``step`` (0-based): step decay by epoch,
-        times mmcv's linear warm-up ``1 - (1 - step / warmup_iters) * (1 - warmup_ratio)``."""
-        epoch = step // max(steps_per_epoch, 1)
-        factor = 1.0 if schedule_free else self.gamma ** sum(epoch >= m for m in self.milestones)
-        if step < self.warmup_iters:
-            factor *= 1 - (1 - step / self.warmup_iters) * (1 - self.warmup_ratio)
-        return factor
+        return step_decay_factor(self, step, steps_per_epoch, schedule_free)
+
+
+def step_decay_factor(recipe: Any, step: int, steps_per_epoch: int, schedule_free: bool = False) -> float:
+    """Multiplier on the optimizer's lr at global ``step`` (0-based) for mmdet/mmpose step
+    schedules: ``gamma`` after each of ``milestones`` (epochs), times mmcv's linear warm-up
+    ``1 - (1 - step / warmup_iters) * (1 - warmup_ratio)``. Schedule-free optimizers keep only the
+    warm-up (their averaging replaces the decay)."""
+    epoch = step // max(steps_per_epoch, 1)
+    factor = 1.0 if schedule_free else recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+    if step < recipe.warmup_iters:
+        factor *= 1 - (1 - step / recipe.warmup_iters) * (1 - recipe.warmup_ratio)
+    return factor
 
 
 DETECTION_RECIPES: dict[str, DetectionRecipe] = {

@@ -214,41 +214,53 @@ def build_detector(
     return model
 
 
-def _stride(image_size: int, height: int) -> int:
-    return 2 ** round(math.log2(image_size / height))
+def _stride(image_size: int | tuple[int, int], height: int) -> int:
+    return 2 ** round(math.log2(_hw(image_size)[0] / height))
 
 
-def _pick(shapes: list[tuple[int, ...]], image_size: int) -> list[int]:
-    """Positions of the last map at each distinct stride, keeping the last NUM_LEVELS strides."""
+def _hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def _pick(shapes: list[tuple[int, ...]], image_size: int | tuple[int, int], levels: int = NUM_LEVELS) -> list[int]:
+    """Positions of the last map at each distinct stride, keeping the last ``levels`` strides."""
     last: dict[int, int] = {}
     for i, shape in enumerate(shapes):
         last[_stride(image_size, shape[-2])] = i
-    return [last[s] for s in sorted(last)][-NUM_LEVELS:]
+    return [last[s] for s in sorted(last)][-levels:]
 
 
-def _dry(fn: Callable[[torch.Tensor], Any], model: nn.Module, image_size: int) -> Any:
+def _dry(fn: Callable[[torch.Tensor], Any], model: nn.Module, image_size: int | tuple[int, int]) -> Any:
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     model.eval()
     with torch.no_grad():
-        return fn(torch.randn(1, 3, image_size, image_size, device=device))
+        return fn(torch.randn(1, 3, *_hw(image_size), device=device))
 
 
-def _stage_features(model: nn.Module, image_size: int, name: str) -> tuple[StageFeatures, dict[str, Any]]:
-    refuse = f"cannot build a detector on {name}"
+def stage_features(model: nn.Module, image_size: int | tuple[int, int], task: str = "detector",
+                   levels: int = NUM_LEVELS) -> tuple[StageFeatures, dict[str, Any]]:
+    """A backbone's last ``levels`` stage maps for ``image_size`` (square, or ``(height, width)``)
+    input, read by a dry run (see the module doc); ``model`` is modified (head dropped, resized)."""
+    return _stage_features(model, image_size, f"a {task} on {type(model).__name__}", levels)  # "a pose network on X"
+
+
+def _stage_features(model: nn.Module, image_size: int | tuple[int, int], name: str,
+                    levels: int = NUM_LEVELS) -> tuple[StageFeatures, dict[str, Any]]:
+    refuse = f"cannot build {name}" if name.startswith("a ") else f"cannot build a detector on {name}"
     if hasattr(model, "forward_intermediates") and hasattr(model, "prune_intermediate_layers"):
         size = _fixed_input_size(model)
-        if size is not None and size != image_size:
+        if size is not None and (size, size) != _hw(image_size):
             if not hasattr(model, "set_input_size"):
                 raise ValueError(f"{refuse}: it takes {size}px input only and has no set_input_size; "
                                  f"build it for image_size={image_size}")
-            model.set_input_size(img_size=image_size)
+            model.set_input_size(img_size=_hw(image_size))
         try:
             maps = _dry(lambda x: model.forward_intermediates(x, intermediates_only=True), model, image_size)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"{refuse}: its forward_intermediates fails on {image_size}px input "
                              f"({type(exc).__name__}: {exc})".replace("\n", " ")) from None
-        picks = _pick([tuple(m.shape) for m in maps], image_size)
+        picks = _pick([tuple(m.shape) for m in maps], image_size, levels)
         shapes = [tuple(maps[i].shape) for i in picks]
         model.prune_intermediate_layers(picks, prune_norm=True, prune_head=True)
         body = StageFeatures(model, "intermediates", indices=picks)
@@ -290,7 +302,7 @@ def _stage_features(model: nn.Module, image_size: int, name: str) -> tuple[Stage
         if not seen:
             raise ValueError(f"{refuse}: none of its top-level modules outputs a 4-D feature map "
                              "(stages that emit token sequences are not supported)")
-        picks = _pick([s for _, s in seen], image_size)
+        picks = _pick([s for _, s in seen], image_size, levels)
         shapes = [seen[i][1] for i in picks]
         body = StageFeatures(model, "hooks", hook_modules=[seen[i][0] for i in picks], fn=fn)
         source = f"hooks{body.hook_modules} during {fn}"

@@ -6,7 +6,7 @@ that grid::
 
     [study]
     name = "transfer-demo"
-    task = "classification"       # or "detection"
+    task = "classification"       # or "detection", "pose"
     data = "sample"               # classification: the downstream data (as `bocb train --data`)
     classes = [5, 6, 7, 8, 9]     # optional: keep these classes (relabelled in this order)
     finetune = "full"             # classification: full | linear (linear probe)
@@ -23,6 +23,13 @@ that grid::
     val_images = "coco/val"
     image_size = 64               # images are resized to this square
     recipe = "retinanet-1x"       # or "smoke" (default: smoke for the smoke tier, else 1x)
+
+    [pose]                        # task = "pose" only: COCO keypoint files (top-down crops of
+    train_annotations = ...       # each person box at the recipe's input size) and the recipe,
+    train_images = ...            # "simplebaseline" (256x192, 210 epochs) or "smoke"
+    val_annotations = ...
+    val_images = ...
+    recipe = "simplebaseline"
 
     [[pretrained]]                # trials of another study in the same store
     study = "transfer-pretrain.toml"
@@ -83,6 +90,7 @@ from bocb.zoo import BackboneSpec, get_backbone_info, resolve_backbone
 TASKS = {
     "classification": "a new classifier on the downstream classes (full fine-tuning or linear probe)",
     "detection": "RetinaNet + FPN on the backbone's stages, COCO-format data, COCO box AP",
+    "pose": "SimpleBaseline heatmaps on the backbone's last feature map, COCO keypoints, keypoint AP (OKS)",
 }
 TUNING = {"grid": "every (lr, wd) of the optimizer's grids (or the explicit lists)",
           "fixed": "one setting per pair: explicit, else the recipe's, else the optimizer's centre"}
@@ -98,7 +106,9 @@ _DETECTION_KEYS = {"train_annotations": str, "train_images": str, "val_annotatio
 _FROM_STUDY_KEYS = {"study": str, "backbones": list, "optimizers": list}
 _FROM_FILE_KEYS = {"checkpoint": str, "backbone": str, "scale": str, "policy": str, "num_classes": int,
                    "optimizer": str, "label": str}
-_TOP_KEYS = {"study": dict, "detection": dict, "pretrained": list, "optimizers": list}
+_POSE_KEYS = {"train_annotations": str, "train_images": str, "val_annotations": str, "val_images": str,
+              "recipe": str}
+_TOP_KEYS = {"study": dict, "detection": dict, "pose": dict, "pretrained": list, "optimizers": list}
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ class TransferStudy:
     wd_policy: str
     finetune: str
     data: DatasetSpec | None
-    detection: dict[str, Any] = field(default_factory=dict)
+    detection: dict[str, Any] = field(default_factory=dict)  # the [detection] or [pose] table of its task
     overrides: dict[str, int] = field(default_factory=dict)
     time_limit_s: float | None = None
     memory_limit_gb: float | None = None
@@ -163,18 +173,19 @@ def load_transfer(path: str | Path) -> TransferStudy:
 
     data = None
     detection: dict[str, Any] = {}
+    for table in ("detection", "pose"):
+        if table in raw and table != task:
+            raise StudyError(f"{where} [{table}]: only for task = '{table}'")
     if task == "classification":
-        if "detection" in raw:
-            raise StudyError(f"{where} [detection]: only for task = 'detection'")
         data = parse_data(head, s)
     else:
         for key in ("data", "classes", "finetune"):
             if key in s:
-                raise StudyError(f"{head}.{key}: not used by task 'detection' (its data is [detection])")
-        if "detection" not in raw:
-            raise StudyError(f"{where}: task 'detection' needs a [detection] table with the COCO files")
-        detection = dict(raw["detection"])
-        check_table(f"{where} [detection]", detection, _DETECTION_KEYS,
+                raise StudyError(f"{head}.{key}: not used by task '{task}' (its data is [{task}])")
+        if task not in raw:
+            raise StudyError(f"{where}: task '{task}' needs a [{task}] table with the COCO files")
+        detection = dict(raw[task])
+        check_table(f"{where} [{task}]", detection, _DETECTION_KEYS if task == "detection" else _POSE_KEYS,
                     ("train_annotations", "train_images", "val_annotations", "val_images"))
 
     pretrained = [_pretrained_entry(f"{where} pretrained[{i}]", entry) for i, entry in enumerate(raw["pretrained"], 1)]
@@ -332,32 +343,36 @@ def expand_classification(study: TransferStudy, found: list[Source], num_classes
     return trials
 
 
-def expand_detection(study: TransferStudy, found: list[Source]) -> list:
-    """Every detection fine-tuning trial: pre-trained model x optimizer x setting x seed.
+def expand_coco(study: TransferStudy, found: list[Source]) -> list:
+    """Every detection or pose fine-tuning trial: pre-trained model x optimizer x setting x seed.
 
-    The recipe is ``[detection] recipe`` (default: ``smoke`` for the smoke tier, else
-    ``retinanet-1x``) with the study's ``epochs`` / ``batch_size`` overrides. lr/wd default to the
-    optimizer's grid centre (the pre-training recipes' values do not carry over to detection).
+    The recipe is the task table's ``recipe`` (default: ``smoke`` for the smoke tier, else
+    ``retinanet-1x`` / ``simplebaseline``) with the study's ``epochs`` / ``batch_size`` overrides.
+    lr/wd default to the optimizer's grid centre (the pre-training recipes' values do not carry
+    over to downstream tasks).
     """
     from bocb.optim import resolve_optimizer
     from bocb.transfer.detection import get_detection_recipe
-    from bocb.transfer.detection_trial import CocoSpec, DetectionTrialSpec
+    from bocb.transfer.downstream import CocoSpec, CocoTrialSpec
+    from bocb.transfer.pose import get_pose_recipe
 
-    det = study.detection
+    task = study.task
+    table = study.detection
     files = {}
     for key in ("train_annotations", "train_images", "val_annotations", "val_images"):
-        files[key] = study.resolve(det[key])
+        files[key] = study.resolve(table[key])
         if not files[key].exists():
-            raise StudyError(f"{study.path} [detection].{key}: no such {'file' if 'annotations' in key else 'folder'} "
+            raise StudyError(f"{study.path} [{task}].{key}: no such {'file' if 'annotations' in key else 'folder'} "
                              f"{files[key]}")
     data = CocoSpec.at(files["train_annotations"], files["train_images"], files["val_annotations"],
-                       files["val_images"], det.get("image_size"))
+                       files["val_images"], table.get("image_size"))
+    get, full = (get_detection_recipe, "retinanet-1x") if task == "detection" else (get_pose_recipe, "simplebaseline")
     try:
-        recipe = get_detection_recipe(det.get("recipe", "smoke" if study.tier == "smoke" else "retinanet-1x"))
+        recipe = get(table.get("recipe", "smoke" if study.tier == "smoke" else full))
         changes = {k: study.overrides[k] for k in ("epochs", "batch_size") if k in study.overrides}
         recipe = recipe.with_changes(**changes) if changes else recipe
     except ValueError as exc:
-        raise StudyError(f"{study.path} [detection].recipe: {exc}") from None
+        raise StudyError(f"{study.path} [{task}].recipe: {exc}") from None
     trials = []
     for source in found:
         for o in study.optimizers:
@@ -368,5 +383,5 @@ def expand_detection(study: TransferStudy, found: list[Source]) -> list:
                 except ValueError as exc:
                     raise StudyError(f"{study.path}: {source.pretrained.label} x {o['name']}: {exc}") from None
                 for seed in study.seeds:
-                    trials.append(DetectionTrialSpec(source.backbone, optimizer, recipe, data, seed, source.pretrained))
+                    trials.append(CocoTrialSpec(source.backbone, optimizer, recipe, data, seed, source.pretrained, task))
     return trials

@@ -125,3 +125,82 @@ def _mask(shape: str, box: tuple[int, int, int, int], xx: torch.Tensor, yy: torc
         return inside & ((u - r) ** 2 + (v - r) ** 2 <= r * r)
     # triangle: apex (side/2, 0), base from (0, side) to (side, side); half-width grows with v.
     return inside & ((u - side / 2).abs() <= v / 2 + 0.5)
+
+
+KEYPOINTS = ("apex", "left_base", "right_base", "centroid")
+KEYPOINT_SIGMA = 0.05  # OKS sigma for every keypoint of the synthetic set (COCO's range: 0.025-0.107)
+
+
+def make_synthetic_keypoints(
+    out_dir: str | Path, backgrounds: torch.Tensor, n_images: int, image_size: int = 64, seed: int = 0,
+) -> tuple[Path, Path]:
+    """A COCO keypoints set: one or two triangles per image, each an annotated instance with four
+    landmarks (:data:`KEYPOINTS`). A triangle's base spans the bottom of its box and its apex sits
+    anywhere along the top edge (so the apex is not given by the box), drawn in one solid colour
+    that stands out from the real background as in :func:`make_synthetic_coco`. Keypoints are in
+    continuous pixel coordinates (``x`` from the left edge of pixel 0), all labelled visible (2);
+    the category is named ``figure`` and carries ``sigmas`` (bocb's loader reads them for OKS).
+    Writes ``out_dir/images/*.png`` and ``out_dir/annotations.json``; returns both paths."""
+    if n_images < 1 or image_size < 16:
+        raise ValueError(f"need n_images >= 1 and image_size >= 16, got {n_images} and {image_size}")
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+
+    def randint(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (), generator=gen))
+
+    yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
+    images, annotations = [], []
+    for index in range(n_images):
+        image_id = index + 1
+        bg = backgrounds[randint(0, len(backgrounds) - 1)]
+        canvas = F.interpolate(bg[None].float(), size=(image_size, image_size), mode="bilinear",
+                               align_corners=False)[0].round().clamp(0, 255)
+        placed: list[tuple[int, int, int, int]] = []
+        for _ in range(randint(1, 2)):
+            for _try in range(_PLACEMENT_TRIES):
+                w, h = randint(round(0.3 * image_size), round(0.6 * image_size)), randint(round(0.3 * image_size),
+                                                                                          round(0.6 * image_size))
+                x0, y0 = randint(0, image_size - w), randint(0, image_size - h)
+                box = (x0, y0, x0 + w, y0 + h)
+                if all(box[2] <= p[0] or p[2] <= box[0] or box[3] <= p[1] or p[3] <= box[1] for p in placed):
+                    break
+            else:
+                continue
+            apex_x = x0 + float(torch.rand((), generator=gen)) * w
+            # Inside the triangle (apex_x, y0), (x0, y0 + h), (x0 + w, y0 + h), at pixel centres.
+            u, v = xx + 0.5, yy + 0.5
+            t = (v - y0) / h  # 0 at the apex row, 1 at the base
+            left = apex_x + (x0 - apex_x) * t
+            right = apex_x + (x0 + w - apex_x) * t
+            mask = (t >= 0) & (t <= 1) & (u >= left) & (u <= right)
+            if not mask.any():
+                continue
+            under = canvas[:, mask].mean(dim=1)
+            colour = torch.randint(0, 256, (3,), generator=gen).float()
+            while (colour - under).abs().max() < _MIN_CONTRAST:
+                colour = torch.randint(0, 256, (3,), generator=gen).float()
+            canvas[:, mask] = colour[:, None]
+            placed.append(box)
+            points = [(apex_x, y0), (x0, y0 + h), (x0 + w, y0 + h), ((apex_x + 2 * x0 + w) / 3, y0 + 2 * h / 3)]
+            flat: list[float] = []
+            for px, py in points:
+                flat += [round(float(px), 3), round(float(py), 3), 2]
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": [x0, y0, w, h],
+                "area": int(mask.sum()), "iscrowd": 0, "keypoints": flat, "num_keypoints": len(points),
+            })
+        file_name = f"{image_id:06d}.png"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of ")
+            write_png(canvas.to(torch.uint8), str(images_dir / file_name))
+        images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
+    category = {"id": 1, "name": "figure", "supercategory": "shape", "keypoints": list(KEYPOINTS),
+                "skeleton": [[1, 2], [1, 3], [2, 3]], "sigmas": [KEYPOINT_SIGMA] * len(KEYPOINTS)}
+    annotation_file = out_dir / "annotations.json"
+    annotation_file.write_text(json.dumps(
+        {"info": {"description": f"bocb synthetic keypoints, seed {seed}"}, "images": images,
+         "annotations": annotations, "categories": [category]}, indent=1))
+    return images_dir, annotation_file
