@@ -13,11 +13,13 @@ settings are reduced to their best-tuned setting, seeds to their mean, by the st
 - :mod:`~bocb.analysis.bootstrap`: percentile CIs over seeds for any table statistic.
 - :mod:`~bocb.analysis.robustness`: hyper-parameter grid indices, modes and distances.
 - :mod:`~bocb.analysis.ranking`: the 40/20/20/20 optimizer ranking.
+- :mod:`~bocb.analysis.contrast`: two optimizers' gap per backbone and its difference, with errors.
 
 Nothing here plots, prints or reads the command line.
 """
 
 from bocb.analysis.bootstrap import N_RESAMPLES, bootstrap, resampled_tables
+from bocb.analysis.contrast import Contrast, Gap, optimizer_contrast
 from bocb.analysis.coupling import (
     METHODS,
     AdditiveFit,
@@ -46,6 +48,8 @@ __all__ = [
     "RULES",
     "WEIGHTS",
     "AdditiveFit",
+    "Contrast",
+    "Gap",
     "FailureRule",
     "backbone_summary",
     "best_settings",
@@ -65,6 +69,7 @@ __all__ = [
     "kendall_tau_b",
     "load_results",
     "mean_off_diagonal",
+    "optimizer_contrast",
     "order_agreement",
     "pair_means",
     "paper_round",
