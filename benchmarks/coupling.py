@@ -82,14 +82,16 @@ def main() -> None:
         not_results=left_out[["backbone", "optimizer", "status", "reason"]].to_dict("records"),
     )
 
-    print(frame.pivot_table(index=["backbone", "optimizer"], columns="lr", values="top1").round(2).to_string())
+    print(frame.sort_values(["backbone", "optimizer", "lr"])[["backbone", "optimizer", "lr", "weight_decay", "top1", "status"]]
+          .to_string(index=False))
     for g in contrast.gaps:
         print(f"{g.backbone}: {args.reference} {g.reference:.2f}, {args.alternative} {g.alternative:.2f}, "
               f"gap {g.gap:+.2f} +- {g.se:.2f}")
     print(f"interaction ({args.vit} gap - {args.cnn} gap): {result['interaction']:+.2f} +- {result['interaction_se']:.2f}; "
           f"coupling {result['verdict']} (errors: {contrast.se_source}"
           f"{', one seed: seed variation unmeasured, a lower bound' if len(result['seeds']) == 1 else ''}; "
-          f"lr chosen on {result['selection']}; {len(left_out)} trial(s) not results)")
+          f"lr chosen {'on the same numbers it reports' if result['selection'] == 'same numbers' else 'on a held-out seed'}; "
+          f"{len(left_out)} trial(s) not results)")
     print(json.dumps(result))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=1))

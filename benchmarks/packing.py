@@ -8,7 +8,9 @@ tasks with 1/slots of a GPU each), and reports
 - runner overhead per trial = 1 - (training + evaluation seconds) / claim-to-finish seconds, from
   the store's per-trial timings: what start-up, data loading onto the device, model building,
   checkpoints, the weight snapshot and the store cost on top of the trial's own work; the
-  evaluation share is shown on its own;
+  evaluation share is shown on its own. A slot's first trial also carries that worker's start-up
+  (importing torch, creating the CUDA context, loading the dataset), so with few trials per slot
+  the overhead is mostly start-up, paid once per slot in a real study;
 - the most trials that were running at once (from the claim and finish times), so "N slots" is
   seen to mean N trials in flight, not N queued.
 
