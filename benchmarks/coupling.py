@@ -27,10 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bocb.analysis import optimizer_contrast
-from bocb.analysis.from_store import excluded, results_frame
 from bocb.analysis.results import selection_rule
-from bocb.store import SQLiteStore
-from bocb.study import load_study
 
 
 def verdict(contrast, cnn: str, vit: str) -> dict[str, Any]:
@@ -64,6 +61,11 @@ def main() -> None:
     p.add_argument("--alternative", default="AdamW", help="the adaptive optimizer")
     p.add_argument("--json-out", type=Path, default=None, help="write the result JSON to this file")
     args = p.parse_args()
+    # Here, not at the top: the study parser pulls in torch and the zoo, which the verdict rule
+    # (imported by the tests) does not need.
+    from bocb.analysis.from_store import excluded, results_frame
+    from bocb.store import SQLiteStore
+    from bocb.study import load_study
 
     study = load_study(args.study)
     store = SQLiteStore(args.store)
@@ -71,6 +73,11 @@ def main() -> None:
     left_out = excluded(store, study.study_id)
     test_images = {(store.record(t) or {}).get("dataset", {}).get("test_images") for t in frame["trial_id"]}
     store.close()
+    columns = ["backbone", "optimizer", "lr", "weight_decay", "top1", "status"]
+    # The table first: it is worth having even when a pair is missing and no verdict can be given.
+    print(frame.sort_values(columns[:3])[columns].to_string(index=False))
+    for r in left_out.itertuples():
+        print(f"not a result: {r.backbone} {r.optimizer} {r.status}: {r.reason}")
     if len(test_images) != 1 or None in test_images:
         raise SystemExit(f"trials were tested on different or unknown test-set sizes: {sorted(map(str, test_images))}")
     n_test = test_images.pop()
@@ -78,20 +85,17 @@ def main() -> None:
     result = verdict(contrast, args.cnn, args.vit)
     result.update(
         test_images=n_test, seeds=sorted(frame["seed"].unique().tolist()), selection=selection_rule(frame),
-        settings=frame[["backbone", "optimizer", "lr", "weight_decay", "top1", "status"]].to_dict("records"),
+        settings=frame[columns].to_dict("records"),
         not_results=left_out[["backbone", "optimizer", "status", "reason"]].to_dict("records"),
     )
-
-    print(frame.sort_values(["backbone", "optimizer", "lr"])[["backbone", "optimizer", "lr", "weight_decay", "top1", "status"]]
-          .to_string(index=False))
     for g in contrast.gaps:
         print(f"{g.backbone}: {args.reference} {g.reference:.2f}, {args.alternative} {g.alternative:.2f}, "
               f"gap {g.gap:+.2f} +- {g.se:.2f}")
+    chosen = "on the same numbers it reports" if result["selection"] == "same numbers" else "on a held-out seed"
     print(f"interaction ({args.vit} gap - {args.cnn} gap): {result['interaction']:+.2f} +- {result['interaction_se']:.2f}; "
           f"coupling {result['verdict']} (errors: {contrast.se_source}"
           f"{', one seed: seed variation unmeasured, a lower bound' if len(result['seeds']) == 1 else ''}; "
-          f"lr chosen {'on the same numbers it reports' if result['selection'] == 'same numbers' else 'on a held-out seed'}; "
-          f"{len(left_out)} trial(s) not results)")
+          f"lr chosen {chosen}; {len(left_out)} trial(s) not results)")
     print(json.dumps(result))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=1))

@@ -11,8 +11,9 @@ tasks with 1/slots of a GPU each), and reports
   evaluation share is shown on its own. A slot's first trial also carries that worker's start-up
   (importing torch, creating the CUDA context, loading the dataset), so with few trials per slot
   the overhead is mostly start-up, paid once per slot in a real study;
-- the most trials that were running at once (from the claim and finish times), so "N slots" is
-  seen to mean N trials in flight, not N queued.
+- the most trials that were training at once, from each trial's own run time ending at its
+  finish (``finished - seconds_wall``, which leaves out a Ray task's wait for its share of a GPU
+  and a worker's start-up), so "N slots" is seen to mean N trials running, not N queued.
 
 The first setting also pays the workers' dataset decode unless ``--cache-dir`` already holds it.
 
@@ -89,7 +90,8 @@ def run_setting(specs: list[TrialSpec], slots: int, executor_kind: str, device: 
         "runner_overhead_mean": mean(overhead),
         "runner_overhead_seconds_mean": mean([o * s for o, s in zip(overhead, spans)]), "runner_overhead_max": round(max(overhead), 4) if overhead else None,
         "eval_share_mean": mean(eval_share),
-        "most_at_once": most_at_once([(r["started"], r["finished"]) for r in timed]),
+        "most_at_once": most_at_once([(r["finished"] - r["seconds_wall"], r["finished"])
+                                      for r in timed if r["seconds_wall"]]),
         "precision": sorted({rec.get("precision", "?") for rec in records}),
         "device": (records[0].get("device") or {}).get("name") if records else None, "devices": devices,
     }

@@ -89,14 +89,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 TARGETS = {"throughput-resnet18": 1.2, "throughput-deit": 2.5, "packing_images_per_s": 38_000}
-STATUSES = ("passed", "failed", "timeout", "skipped")
 
 
 @dataclass(frozen=True)
 class Sizes:
     """How big each step is; GPU sizes are explained in the module doc."""
 
-    per_class: int | None
+    per_class: int
     test_per_class: int
     batch_size: int
     scale: str
@@ -210,7 +209,7 @@ def run_steps(steps: list[Step], env: dict[str, str], budget_s: float, log, miss
             reason = step.skip or f"{', '.join(absent)} not installed"
             out.append(StepResult(step.name, step.title, "skipped", reason))
             continue
-        reserve = sum(s.reserve_s for s in steps[i + 1:])
+        reserve = sum(s.reserve_s for s in steps[i + 1:] if not s.skip)
         limit = min(step.timeout_s, deadline - time.time() - reserve)
         if limit < min(20.0, step.timeout_s):
             out.append(StepResult(step.name, step.title, "skipped",
@@ -302,7 +301,7 @@ RAY_DRY_SKIP = ("fractional GPUs need CUDA; the Ray executor on the CPU is cover
 
 def build_steps(sizes: Sizes, data: str, work: Path, cache: Path, dry: bool, on_sample: bool) -> list[Step]:
     py = sys.executable
-    per_class = sizes.per_class if not on_sample else min(sizes.per_class or 500, 500)
+    per_class = min(sizes.per_class, 500) if on_sample else sizes.per_class  # the sample has 500 per class
     common = ["--data", data, "--cache-dir", str(cache), "--device", sizes.device, "--batch-size", str(sizes.batch_size)]
 
     def throughput(model: str, compile: bool) -> Step:
@@ -551,10 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--wheels {args.wheels}: no such folder (make gpu-wheels fills .whl)", file=sys.stderr)
         return 2
 
-    data, note = args.data, None
+    # Absolute: the steps run with the repository as their working directory.
+    data = args.data if args.data == "sample" else str(Path(args.data).resolve())
+    note = None
     if dry:
         data = "sample"
-    elif args.data != "sample" and not Path(args.data).exists():
+    elif data != "sample" and not Path(data).exists():
         note = (f"{args.data} not found: using the bundled sample (500 train / 100 test images per class); "
                 "the mini-study is skipped. Pass DATA=<CIFAR-10 Parquet folder>.")
         print(note, file=sys.stderr)

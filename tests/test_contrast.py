@@ -58,3 +58,31 @@ def test_backbone_run_with_one_optimizer_only_is_an_error():
     frame = pd.concat([ONE_SEED, _frame([("VGG-13", "SGD-M", 0.1, 80.0, 0)])])
     with pytest.raises(ValueError, match="'VGG-13' was not run with both"):
         optimizer_contrast(frame, "SGD-M", "AdamW", test_images=100)
+
+
+def _verdict_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "coupling.py"
+    spec = importlib.util.spec_from_file_location("bocb_bench_coupling", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("r18_adamw, deit_adamw, expected", [
+    (89.8, 72.0, "shows"),          # R-18 gap -0.2 within 2 se (0.87); DeiT +12; interaction +12.2
+    (89.0, 72.0, "partly"),         # R-18 prefers SGD-M by 1.0 > 2 se: a preference, still coupled
+    (89.8, 60.5, "does not show"),  # DeiT +0.5 is within its 2 se (~1.4)
+])
+def test_coupling_verdict_from_the_gaps(r18_adamw, deit_adamw, expected):
+    frame = ONE_SEED.copy()
+    frame.loc[(frame.backbone == "R-18") & (frame.optimizer == "AdamW") & (frame.lr == 1e-3), "top1"] = r18_adamw
+    deit = (frame.backbone == "DeiT-S") & (frame.optimizer == "AdamW")
+    frame.loc[deit & (frame.lr == 3e-3), "top1"] = deit_adamw
+    frame.loc[deit & (frame.lr == 1e-3), "top1"] = deit_adamw - 2  # the best stays at lr 3e-3
+    contrast = optimizer_contrast(frame, "SGD-M", "AdamW", test_images=10_000)
+    assert _verdict_module().verdict(contrast, "R-18", "DeiT-S")["verdict"] == expected
