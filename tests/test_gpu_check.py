@@ -97,3 +97,18 @@ def test_requirements_come_from_pyproject_with_their_pins():
     reqs = dict(gpu_check.requirements())
     assert reqs["pytorch-optimizer"] and reqs["ray"]
     assert set(gpu_check.CARRIED) <= set(reqs)
+
+
+def test_mini_study_files_expand_to_the_same_grid_shape(tmp_path):
+    from bocb.study import expand, load_study
+
+    shapes = {}
+    for name, size in [("gpu-check-cifar10", 12), ("gpu-check-dry", 8)]:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(gpu_check.with_data((ROOT / "studies" / f"{name}.toml").read_text(), "sample"))
+        trials, skipped = expand(load_study(path), num_classes=10)
+        assert len(trials) == size and not skipped
+        shapes[name] = {(t.backbone.name, t.optimizer.name) for t in trials}
+        if name == "gpu-check-cifar10":  # the sizing the driver's docstring computes with
+            assert {(t.recipe.epochs, t.recipe.train_per_class, t.recipe.test_per_class) for t in trials} == {(8, 2500, None)}
+    assert shapes["gpu-check-cifar10"] == shapes["gpu-check-dry"]
