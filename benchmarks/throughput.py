@@ -15,7 +15,7 @@ check compares a compiled trial with the eager plain loop it timed just before).
 appends the result line to a file; ``--scale tiny`` and ``--test-per-class`` shrink the run for the
 CPU dry run.
 
-    python benchmarks/throughput.py --model resnet18 --data sample
+    python benchmarks/throughput.py --model resnet18 deit_small --data sample
     python benchmarks/throughput.py --model deit_small --data /path/to/cifar10-parquet --compile
 """
 
@@ -110,45 +110,21 @@ def bocb_trial(model_name: str, dataset, data_spec, batch_size: int, epochs: int
     return images / sum(r["seconds_train"] for r in timed), record
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet18", help="zoo backbone, built with the cifar policy")
-    p.add_argument("--data", default="sample")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=None, help="plain loop: timed steps (default: as many as the trial's timed epochs)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=3, help="trial epochs; all but the first are timed")
-    p.add_argument("--per-class", type=int, default=None, help="train images per class (subset for slow devices)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--repeats", type=int, default=2, help="runs of each, alternating order")
-    p.add_argument("--no-plain", action="store_true", help="time the trial only")
-    p.add_argument("--scale", default="paper", choices=("paper", "tiny"), help="model scale (tiny: CPU dry runs)")
-    p.add_argument("--test-per-class", type=int, default=10, help="trial's test images per class")
-    p.add_argument("--cache-dir", type=Path, default=None, help="decoded-dataset cache (default: none)")
-    p.add_argument("--json-out", type=Path, default=None, help="append the result JSON line to this file")
-    args = p.parse_args()
-
-    device = resolve_device(args.device)
-    data_spec = parse_data_arg(args.data)
-    dataset = load_dataset(data_spec, cache_dir=args.cache_dir)
-    if args.per_class:
-        dataset = dataclasses.replace(dataset, train=dataset.train.subset(args.per_class, seed=0))
+def measure(model: str, dataset, data_spec, args: argparse.Namespace, device: torch.device) -> dict:
+    """One model: the trial and (unless ``--no-plain``) the plain loop, alternating; the result row."""
     steps_per_epoch = len(dataset.train) // args.batch_size
     steps = args.steps or steps_per_epoch * (args.epochs - 1)
-
     trial_runs: list[float] = []
     plain_runs: list[float] = []
 
     def run_bocb() -> dict:
-        ips, rec = bocb_trial(args.model, dataset, data_spec, args.batch_size, args.epochs,
+        ips, rec = bocb_trial(model, dataset, data_spec, args.batch_size, args.epochs,
                               str(device), args.compile, args.scale, args.test_per_class)
         trial_runs.append(ips)
         return rec
 
     def run_plain() -> None:
-        plain_runs.append(plain_loop(args.model, dataset, args.batch_size, steps, args.warmup,
+        plain_runs.append(plain_loop(model, dataset, args.batch_size, steps, args.warmup,
                                      device, args.workers, args.scale))
 
     for r in range(args.repeats):
@@ -163,8 +139,8 @@ def main() -> None:
     trial_ips = sum(trial_runs) / len(trial_runs)
     plain_ips = sum(plain_runs) / len(plain_runs) if plain_runs else None
     ratio = trial_ips / plain_ips if plain_ips else None
-    result = {
-        "model": args.model, "device": record["device"].get("name"), "batch_size": args.batch_size,
+    return {
+        "model": model, "device": record["device"].get("name"), "batch_size": args.batch_size,
         "train_images": len(dataset.train), "plain_images_per_s": round(plain_ips, 1) if plain_ips else None,
         "bocb_images_per_s": round(trial_ips, 1), "ratio": round(ratio, 3) if ratio else None,
         "bocb_precision": record["precision"], "bocb_device": record["device"].get("device"),
@@ -172,15 +148,44 @@ def main() -> None:
         "workers": args.workers, "torch": torch.__version__, "plain_runs": [round(v, 1) for v in plain_runs],
         "bocb_runs": [round(v, 1) for v in trial_runs],
     }
-    plain_text = f"plain loop {plain_ips:.1f} img/s, " if plain_ips else ""
-    ratio_text = f", ratio {ratio:.2f}x" if ratio else ""
-    print(f"{args.model} on {result['device']} (batch {args.batch_size}, {len(dataset.train)} images): "
-          f"{plain_text}bocb trial {trial_ips:.1f} img/s "
-          f"({record['precision']}{', compiled' if args.compile else ''}){ratio_text}")
-    print(json.dumps(result))
-    if args.json_out:
-        with args.json_out.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", default=["resnet18"], help="zoo backbone(s), built with the cifar policy")
+    p.add_argument("--data", default="sample")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=None, help="plain loop: timed steps (default: as many as the trial's timed epochs)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="trial epochs; all but the first are timed")
+    p.add_argument("--per-class", type=int, default=None, help="train images per class (subset for slow devices)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each, alternating order")
+    p.add_argument("--no-plain", action="store_true", help="time the trial only")
+    p.add_argument("--scale", default="paper", choices=("paper", "tiny"), help="model scale (tiny: CPU dry runs)")
+    p.add_argument("--test-per-class", type=int, default=10, help="trial's test images per class")
+    p.add_argument("--cache-dir", type=Path, default=None, help="decoded-dataset cache (default: none)")
+    p.add_argument("--json-out", type=Path, default=None, help="append each model's result JSON line to this file")
+    args = p.parse_args()
+
+    device = resolve_device(args.device)
+    data_spec = parse_data_arg(args.data)
+    dataset = load_dataset(data_spec, cache_dir=args.cache_dir)
+    if args.per_class:
+        dataset = dataclasses.replace(dataset, train=dataset.train.subset(args.per_class, seed=0))
+    for model in args.model:
+        result = measure(model, dataset, data_spec, args, device)
+        plain, ratio = result["plain_images_per_s"], result["ratio"]
+        print(f"{model} on {result['device']} (batch {args.batch_size}, {len(dataset.train)} images): "
+              f"{f'plain loop {plain:.1f} img/s, ' if plain else ''}bocb trial {result['bocb_images_per_s']:.1f} img/s "
+              f"({result['bocb_precision']}{', compiled' if args.compile else ''}){f', ratio {ratio:.2f}x' if ratio else ''}",
+              flush=True)
+        print(json.dumps(result), flush=True)
+        if args.json_out:  # per model, so a later model's timeout keeps the earlier ones' results
+            with args.json_out.open("a") as f:
+                f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,15 +18,15 @@ or ``skipped`` with its reason. Steps:
    where it is not installed the Ray step is skipped and says so.
 2. ``env``: ``benchmarks/environment.py``: torch, CUDA, the GPU; decodes the data once into the
    shared cache the later steps read.
-3. ``throughput-resnet18``, ``throughput-deit``: ``benchmarks/throughput.py``, a plain PyTorch loop
-   (DataLoader, CPU augmentation, fp32) against bocb's trial (on-device augmentation, bf16 autocast,
-   channels_last) on CIFAR ResNet-18 and DeiT-S/4, alternating, 2 repeats; targets 1.2x and 2.5x.
+3. ``throughput``: ``benchmarks/throughput.py``, a plain PyTorch loop (DataLoader, CPU
+   augmentation, fp32) against bocb's trial (on-device augmentation, bf16 autocast, channels_last)
+   on CIFAR ResNet-18 and DeiT-S/4, alternating, 2 repeats; targets 1.2x and 2.5x.
 4. ``packing``: ``benchmarks/packing.py``, 8 identical ResNet-18 trials at 1/2/4/8 slots on one GPU:
    aggregate img/s (target >= 38k img/s on an H100-class GPU), runner overhead per trial.
 5. ``ministudy``: ``bocb run studies/gpu-check-cifar10.toml`` (its ``data`` set to ``--data``) with
    12 slots, then ``benchmarks/coupling.py``: the table and whether the coupling shows.
-6. ``throughput-resnet18-compile``, ``throughput-deit-compile``: the trial with torch.compile, timed
-   against the eager plain loop of step 3 (the plain loop is not compiled).
+6. ``throughput-compile``: the trial with torch.compile, both models, timed against the eager
+   plain loop of step 3 (the plain loop is not compiled).
 7. ``ray``: ``benchmarks/packing.py --executor ray --slots 2``: two trials as Ray tasks with half a
    GPU each.
 
@@ -35,9 +35,10 @@ report bf16 precision on a CUDA device; bocb applies channels_last together with
 compile (step 6), two slots on one GPU (step 4's 2-slot setting had 2 trials running at once on
 CUDA), Ray with fractional GPUs (step 7 had 2 trials at once on CUDA with 0.5 GPU each).
 
-Sizing on one H200 (about an H100 with more memory bandwidth; assumed, bf16, eager, batch 100-128:
-one CIFAR ResNet-18 trial ~20-25k img/s, limited by kernel launches; packed ~40k img/s; DeiT-S/4
-~8.3 GFLOP per training image, ~8-10k img/s alone, ~15k packed):
+Sizing on one H200 (an H100's arithmetic with more memory bandwidth). Assumed, not yet measured
+(bf16, eager, batch 100-128): one CIFAR ResNet-18 trial (~3.3 GFLOP per training image) ~20-25k
+img/s, limited by kernel launches; packed ~40k img/s; DeiT-S/4 (65 tokens, ~8.3 GFLOP per
+training image) ~8-10k img/s alone, ~15k packed:
 
 - throughput, eager: 2,000 images per class (20k), 3 epochs, 2 timed, twice each way: ResNet-18
   ~26 s, DeiT-S ~36 s (the plain loop is CPU-bound at ~10k img/s on 8 DataLoader workers).
@@ -45,13 +46,15 @@ one CIFAR ResNet-18 trial ~20-25k img/s, limited by kernel launches; packed ~40k
 - mini-study: 12 trials x 8 epochs x 25k images = 2.4M training images (1.2M per backbone): ResNet-18
   ~30 s at 40k img/s, DeiT-S ~80 s at 15k img/s, evaluation (12 x 8 x 10k forward passes, ~1/3 of a
   training image each) ~25 s, start-up ~15 s: ~150 s, given 240 s.
-- compile: each the remaining budget, up to 90 s (compilation dominates).
-- total ~10 + 26 + 36 + 60 + 150 + 2 x ~70 = ~420 s of the 470 s budget; the steps before the
+- compile: the remaining budget, up to 180 s for both models (compilation dominates).
+- total ~10 + 62 + 60 + 150 + ~140 = ~420 s of the 470 s budget; the steps before the
   mini-study are cut short to leave it its reserve, and what the budget cannot fit is skipped and
   says so. With real timings in hand, resize here.
 
 ``--dry-run`` runs the same steps on the CPU at tiny sizes (tiny models, a few images per class of
-the bundled sample, 1-2 epochs, slots 1 and 2, ``studies/gpu-check-dry.toml``); compile is
+the bundled sample, 1-2 epochs, packing at slots 1 and 2, ``studies/gpu-check-dry.toml`` in one
+slot). Its cost is mostly start-up: each of its 9 Python processes imports torch and bocb, ~11 s
+of CPU each on the 2-core CI-like machine, of ~130 s of CPU in all. Compile is
 skipped (minutes of C++ compilation on a small CPU; it needs nothing else a dry run could test),
 so is the Ray step (fractional GPUs need CUDA, and the suite already runs the Ray executor on a
 local instance), and the CUDA paths are reported ``skipped: needs CUDA`` after their judgement ran
@@ -88,7 +91,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
-TARGETS = {"throughput-resnet18": 1.2, "throughput-deit": 2.5, "packing_images_per_s": 38_000}
+TARGETS = {"resnet18": 1.2, "deit_small": 2.5, "packing_images_per_s": 38_000}
+MODELS = {"resnet18": "CIFAR ResNet-18", "deit_small": "DeiT-S/4"}
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ GPU = Sizes(per_class=2000, test_per_class=10, batch_size=128, scale="paper", ep
             study="studies/gpu-check-cifar10.toml", study_slots=12, device="cuda", timeout_scale=1.0)
 DRY = Sizes(per_class=2, test_per_class=1, batch_size=10, scale="tiny", epochs=2, repeats=1, workers=0,
             packing_trials=2, packing_per_class=2, packing_test_per_class=1, packing_epochs=1, slots=(1, 2),
-            study="studies/gpu-check-dry.toml", study_slots=2, device="cpu", timeout_scale=4.0)
+            study="studies/gpu-check-dry.toml", study_slots=1, device="cpu", timeout_scale=4.0)
 
 
 @dataclass
@@ -304,18 +308,17 @@ def build_steps(sizes: Sizes, data: str, work: Path, cache: Path, dry: bool, on_
     per_class = min(sizes.per_class, 500) if on_sample else sizes.per_class  # the sample has 500 per class
     common = ["--data", data, "--cache-dir", str(cache), "--device", sizes.device, "--batch-size", str(sizes.batch_size)]
 
-    def throughput(model: str, compile: bool) -> Step:
-        name = f"throughput-{'deit' if model == 'deit_small' else model}{'-compile' if compile else ''}"
-        argv = [py, "benchmarks/throughput.py", "--model", model, *common, "--epochs", str(sizes.epochs),
+    def throughput(compile: bool) -> Step:
+        name = "throughput-compile" if compile else "throughput"
+        argv = [py, "benchmarks/throughput.py", "--model", *MODELS, *common, "--epochs", str(sizes.epochs),
                 "--per-class", str(per_class), "--test-per-class", str(sizes.test_per_class),
                 "--scale", sizes.scale, "--workers", str(sizes.workers),
                 "--repeats", str(1 if compile else sizes.repeats), "--json-out", str(work / f"{name}.jsonl")]
         if compile:
             argv += ["--compile", "--no-plain"]
-        title = f"{'DeiT-S/4' if model == 'deit_small' else 'CIFAR ResNet-18'}: plain loop vs trial" + (
-            ", compiled" if compile else "")
+        title = "trial compiled, ResNet-18 and DeiT-S/4" if compile else "plain loop vs trial, ResNet-18 and DeiT-S/4"
         skip = "compile is skipped on the CPU dry run (minutes of C++ compilation)" if compile and dry else None
-        return Step(name, title, argv, 90 if compile else 75, json_out=work / f"{name}.jsonl", skip=skip)
+        return Step(name, title, argv, 180 if compile else 150, json_out=work / f"{name}.jsonl", skip=skip)
 
     def packing(name: str, trials: int, slots: tuple[int, ...], executor: str) -> list[str]:
         argv = [py, "benchmarks/packing.py", *common, "--trials", str(trials), "--epochs", str(sizes.packing_epochs),
@@ -336,8 +339,7 @@ def build_steps(sizes: Sizes, data: str, work: Path, cache: Path, dry: bool, on_
         Step("env", "torch, CUDA, GPU; data decoded into the cache",
              [py, "benchmarks/environment.py", "--data", data, "--cache-dir", str(cache),
               "--json-out", str(work / "env.json")], 120, json_out=work / "env.json"),
-        throughput("resnet18", False),
-        throughput("deit_small", False),
+        throughput(compile=False),
         Step("packing", f"packing: {sizes.packing_trials} ResNet-18 trials at {'/'.join(map(str, sizes.slots))} slots",
              packing("packing", sizes.packing_trials, sizes.slots, "local"), 150, json_out=work / "packing.jsonl"),
         Step("ministudy", f"mini-study: bocb run {sizes.study}",
@@ -348,8 +350,7 @@ def build_steps(sizes: Sizes, data: str, work: Path, cache: Path, dry: bool, on_
              [py, "benchmarks/coupling.py", "--store", str(store), "--study", str(study),
               "--json-out", str(work / "coupling.json")], 60, reserve_s=15 if not dry else 0,
              json_out=work / "coupling.json", skip=ministudy_skip),
-        throughput("resnet18", True),
-        throughput("deit_small", True),
+        throughput(compile=True),
         Step("ray", "Ray: 2 trials as tasks, half a GPU each",
              packing("ray", 2, (2,), "ray"), 90, needs=("ray",), json_out=work / "ray.jsonl",
              skip=RAY_DRY_SKIP if dry else None),
@@ -415,28 +416,31 @@ def cuda_paths(results: dict[str, StepResult], on_cpu: bool) -> dict[str, dict[s
         return None
 
     return {
-        "bf16_channels_last": judged(["throughput-resnet18", "throughput-deit"], bf16),
-        "compile": judged(["throughput-resnet18-compile", "throughput-deit-compile"], compiled),
+        "bf16_channels_last": judged(["throughput"], bf16),
+        "compile": judged(["throughput-compile"], compiled),
         "two_slots_one_gpu": judged(["packing"], two_at_once),
         "ray_fractional_gpus": judged(["ray"], two_at_once),
     }
 
 
 def throughput_table(results: dict[str, StepResult]) -> list[dict[str, Any]]:
+    """One row per model and compile setting; a compiled trial is set against the eager plain loop."""
+    def row_for(step: StepResult | None, model: str) -> dict[str, Any]:
+        return next((r for r in (step.results if step else []) if r.get("model") == model), {})
+
     rows = []
-    for model, label in (("resnet18", "CIFAR ResNet-18"), ("deit", "DeiT-S/4")):
-        eager = results.get(f"throughput-{model}")
-        plain = eager.results[-1]["plain_images_per_s"] if eager and eager.results else None
-        for variant in ("", "-compile"):
-            step = results.get(f"throughput-{model}{variant}")
-            r = step.results[-1] if step and step.results else {}
+    for model, label in MODELS.items():
+        plain = row_for(results.get("throughput"), model).get("plain_images_per_s")
+        for name in ("throughput", "throughput-compile"):
+            step = results.get(name)
+            r = row_for(step, model)
             trial = r.get("bocb_images_per_s")
             ratio = round(trial / plain, 2) if trial and plain else None
-            target = TARGETS[f"throughput-{model}"]
-            rows.append({"model": label, "compile": bool(variant), "status": step.status if step else "not run",
+            rows.append({"model": label, "compile": name.endswith("compile"),
+                         "status": "measured" if r else (step.status if step else "not run"),
                          "plain_images_per_s": plain, "trial_images_per_s": trial, "ratio": ratio,
-                         "target": target, "meets_target": None if ratio is None else ratio >= target,
-                         "precision": r.get("bocb_precision")})
+                         "target": TARGETS[model], "meets_target": None if ratio is None else ratio >= TARGETS[model],
+                         "precision": r.get("bocb_precision"), "compile_seconds": r.get("compile_seconds")})
     return rows
 
 

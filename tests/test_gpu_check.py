@@ -78,19 +78,31 @@ def test_cuda_paths_are_judged_from_the_records():
     trial = {"bocb_precision": "bf16", "bocb_device": "cuda", "compile": False}
     two = {"slots": 2, "status": ["done"], "devices": ["cuda"], "most_at_once": 2}
     results = {r.name: r for r in [
-        _result("throughput-resnet18", [trial]), _result("throughput-deit", [{**trial, "bocb_precision": "fp32"}]),
-        _result("throughput-resnet18-compile", [{**trial, "compile": True}]),
-        _result("throughput-deit-compile", [], status="timeout"),
+        _result("throughput", [trial, {**trial, "bocb_precision": "fp32"}]),
+        _result("throughput-compile", [{**trial, "compile": True}], status="timeout"),
         _result("packing", [{**two, "slots": 1, "most_at_once": 1}, two]),
         _result("ray", [{**two, "most_at_once": 1}]),
     ]}
     paths = gpu_check.cuda_paths(results, on_cpu=False)
     assert paths["bf16_channels_last"] == {"status": "fail", "reason": "trial ran fp32 on cuda"}
-    assert paths["compile"]["status"] == "fail" and "throughput-deit-compile: timeout" in paths["compile"]["reason"]
+    assert paths["compile"]["status"] == "fail" and "throughput-compile: timeout" in paths["compile"]["reason"]
     assert paths["two_slots_one_gpu"] == {"status": "pass"}
     assert paths["ray_fractional_gpus"] == {"status": "fail", "reason": "the two trials never ran at the same time"}
     cpu = gpu_check.cuda_paths(results, on_cpu=True)
     assert all(p["status"] == "skipped" and p["reason"].startswith("needs CUDA") for p in cpu.values())
+
+
+def test_throughput_rows_set_each_model_against_its_eager_plain_loop():
+    eager = [{"model": "resnet18", "plain_images_per_s": 1000.0, "bocb_images_per_s": 1500.0},
+             {"model": "deit_small", "plain_images_per_s": 400.0, "bocb_images_per_s": 800.0}]
+    compiled = [{"model": "resnet18", "plain_images_per_s": None, "bocb_images_per_s": 2500.0}]
+    results = {"throughput": _result("throughput", eager),
+               "throughput-compile": _result("throughput-compile", compiled, status="timeout")}
+    rows = {(r["model"], r["compile"]): r for r in gpu_check.throughput_table(results)}
+    assert (rows[("CIFAR ResNet-18", False)]["ratio"], rows[("CIFAR ResNet-18", False)]["meets_target"]) == (1.5, True)
+    assert (rows[("CIFAR ResNet-18", True)]["ratio"], rows[("CIFAR ResNet-18", True)]["status"]) == (2.5, "measured")
+    assert (rows[("DeiT-S/4", False)]["ratio"], rows[("DeiT-S/4", False)]["meets_target"]) == (2.0, False)
+    assert rows[("DeiT-S/4", True)]["status"] == "timeout" and rows[("DeiT-S/4", True)]["ratio"] is None
 
 
 def test_requirements_come_from_pyproject_with_their_pins():
