@@ -54,8 +54,8 @@ training image) ~8-10k img/s alone, ~15k packed:
 ``--dry-run`` runs the same steps on the CPU at tiny sizes (tiny models, a few images per class of
 the bundled sample, 1-2 epochs, packing at slots 1 and 2, ``studies/gpu-check-dry.toml`` in one
 slot). Its cost is mostly start-up: each of its 9 Python processes imports torch and bocb, ~11 s
-of CPU each on the 2-core CI-like machine, of ~130 s of CPU in all. Compile is
-skipped (minutes of C++ compilation on a small CPU; it needs nothing else a dry run could test),
+of CPU each on a 2-core machine, of 134 s of CPU in all (measured on a loaded machine: 8 minutes
+of wall time). Compile is skipped (minutes of C++ compilation on a small CPU; it needs nothing else a dry run could test),
 so is the Ray step (fractional GPUs need CUDA, and the suite already runs the Ray executor on a
 local instance), and the CUDA paths are reported ``skipped: needs CUDA`` after their judgement ran
 on the CPU's records.
