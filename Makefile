@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-transfer clean
+.PHONY: setup test demo demo-transfer gpu-check gpu-wheels gpu-data clean
 
 # torch/torchvision come from the pinned wheels; pip (not uv) resolves them.
 $(STAMP): pyproject.toml
@@ -36,6 +36,31 @@ demo-transfer: $(STAMP)
 	$(BIN)/bocb transfer studies/transfer-demo.toml --store $(DEMO_STORE) --slots 2
 	$(BIN)/bocb report studies/transfer-demo.toml --store $(DEMO_STORE) --out bocb-results/report-transfer-demo
 	@echo "report: bocb-results/report-transfer-demo/report.html"
+
+# The GPU check (scripts/gpu_check.py; README "GPU check"): on a CUDA machine, against the torch
+# already there, <= 8 minutes: throughput, packing, the CUDA paths and a CIFAR-10 mini-study, all
+# into OUT_DIR. DATA: the CIFAR-10 Parquet folder (data-local/cifar10-jpeg when `make gpu-data`
+# made it, else ../shared/...; the bundled sample when neither exists, and then no mini-study).
+# WHEELS: wheels for dependencies that machine lacks (`make gpu-wheels` fills .whl).
+# DRY_RUN=1: the same steps at tiny sizes on the CPU with .venv; CI runs it (.ci/run).
+SHARED_DATA ?= ../shared/data/cifar10-jpeg
+DATA ?= $(firstword $(wildcard data-local/cifar10-jpeg) $(SHARED_DATA))
+WHEELS ?= $(wildcard .whl)
+OUT_DIR ?= gpu-check-out
+# The real check uses the machine's own python3 (and its torch); the dry run, .venv.
+GPU_PYTHON ?= $(if $(DRY_RUN),$(BIN)/python,python3)
+
+gpu-check: $(if $(DRY_RUN),$(STAMP))
+	$(GPU_PYTHON) scripts/gpu_check.py --out $(OUT_DIR) --data $(DATA) $(if $(WHEELS),--wheels $(WHEELS)) $(if $(DRY_RUN),--dry-run)
+
+# Needs PyPI: run where pip works, before taking the tree to the GPU machine.
+gpu-wheels:
+	$(PYTHON) scripts/gpu_check.py --fetch-wheels .whl
+
+# A copy of the data inside the checkout (data-local/ is ignored), for machines that get only the tree.
+gpu-data:
+	mkdir -p data-local/cifar10-jpeg
+	cp -R $(SHARED_DATA)/. data-local/cifar10-jpeg/
 
 clean:
 	rm -rf $(VENV) .pytest_cache

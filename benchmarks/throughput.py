@@ -10,9 +10,12 @@
 Both train the same zoo model at the same batch size; both exclude warm-up (the plain loop's first
 ``--warmup`` steps, the trial's first epoch). With ``--repeats 2`` (default) the two run in the
 order bocb, plain, plain, bocb, so drift on a shared machine hits both alike; the means are
-compared. Prints images/s of each and their ratio.
+compared. Prints images/s of each and their ratio; ``--no-plain`` times the trial alone (the GPU
+check compares a compiled trial with the eager plain loop it timed just before). ``--json-out``
+appends the result line to a file; ``--scale tiny`` and ``--test-per-class`` shrink the run for the
+CPU dry run.
 
-    python benchmarks/throughput.py --model resnet18 --data sample
+    python benchmarks/throughput.py --model resnet18 deit_small --data sample
     python benchmarks/throughput.py --model deit_small --data /path/to/cifar10-parquet --compile
 """
 
@@ -23,6 +26,7 @@ import dataclasses
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +57,7 @@ class PilImages(TorchDataset):
 
 
 def plain_loop(model_name: str, dataset, batch_size: int, steps: int, warmup: int,
-               device: torch.device, workers: int) -> float:
+               device: torch.device, workers: int, scale: str = "paper") -> float:
     cfg = AugmentConfig()
     tf = transforms.Compose([
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
@@ -65,7 +69,7 @@ def plain_loop(model_name: str, dataset, batch_size: int, steps: int, warmup: in
         persistent_workers=workers > 0,
     )
     torch.manual_seed(0)
-    model = build_backbone(resolve_backbone(model_name, num_classes=dataset.num_classes, policy="cifar")).to(device)
+    model = build_backbone(resolve_backbone(model_name, num_classes=dataset.num_classes, policy="cifar", scale=scale)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     model.train()
     done, t0 = 0, None
@@ -89,24 +93,66 @@ def plain_loop(model_name: str, dataset, batch_size: int, steps: int, warmup: in
 
 
 def bocb_trial(model_name: str, dataset, data_spec, batch_size: int, epochs: int, device: str,
-               compile: bool) -> tuple[float, dict]:
+               compile: bool, scale: str = "paper", test_per_class: int = 10) -> tuple[float, dict]:
     spec = resolve_trial(
         model_name, "sgd_m", data=data_spec, num_classes=dataset.num_classes, recipe="pytorch",
-        epochs=epochs, batch_size=batch_size, policy="cifar", scale="paper",
+        epochs=epochs, batch_size=batch_size, policy="cifar", scale=scale,
     )
     spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(
-        test_per_class=10, augment=AugmentConfig()))
+        test_per_class=test_per_class, augment=AugmentConfig()))
     record = run_trial(spec, dataset, RunOptions(device=device, compile=compile))
-    if record["status"] != "done":
-        raise RuntimeError(f"trial {record['status']}: {record.get('error')}")
-    timed = record["epochs"][1:]  # the first epoch carries warm-up (and compilation, if any)
+    # The first epoch carries warm-up (and compilation, if any). A diverged trial still timed its
+    # epochs (tiny dry-run models on a handful of images can trip the accuracy-collapse rule).
+    timed = [r for r in record["epochs"][1:] if r["images"]]
+    if record["status"] not in ("done", "diverged") or not timed:
+        raise RuntimeError(f"trial {record['status']} with {len(timed)} timed epoch(s): {record.get('error')}")
     images = sum(r["images"] for r in timed)
     return images / sum(r["seconds_train"] for r in timed), record
 
 
+def measure(model: str, dataset, data_spec, args: argparse.Namespace, device: torch.device) -> dict:
+    """One model: the trial and (unless ``--no-plain``) the plain loop, alternating; the result row."""
+    steps_per_epoch = len(dataset.train) // args.batch_size
+    steps = args.steps or steps_per_epoch * (args.epochs - 1)
+    trial_runs: list[float] = []
+    plain_runs: list[float] = []
+
+    def run_bocb() -> dict:
+        ips, rec = bocb_trial(model, dataset, data_spec, args.batch_size, args.epochs,
+                              str(device), args.compile, args.scale, args.test_per_class)
+        trial_runs.append(ips)
+        return rec
+
+    def run_plain() -> None:
+        plain_runs.append(plain_loop(model, dataset, args.batch_size, steps, args.warmup,
+                                     device, args.workers, args.scale))
+
+    for r in range(args.repeats):
+        if args.no_plain:
+            record = run_bocb()
+        elif r % 2 == 0:
+            record = run_bocb()
+            run_plain()
+        else:
+            run_plain()
+            record = run_bocb()
+    trial_ips = sum(trial_runs) / len(trial_runs)
+    plain_ips = sum(plain_runs) / len(plain_runs) if plain_runs else None
+    ratio = trial_ips / plain_ips if plain_ips else None
+    return {
+        "model": model, "device": record["device"].get("name"), "batch_size": args.batch_size,
+        "train_images": len(dataset.train), "plain_images_per_s": round(plain_ips, 1) if plain_ips else None,
+        "bocb_images_per_s": round(trial_ips, 1), "ratio": round(ratio, 3) if ratio else None,
+        "bocb_precision": record["precision"], "bocb_device": record["device"].get("device"),
+        "compile": args.compile, "compile_seconds": record["seconds"].get("compile"),
+        "workers": args.workers, "torch": torch.__version__, "plain_runs": [round(v, 1) for v in plain_runs],
+        "bocb_runs": [round(v, 1) for v in trial_runs],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet18", help="zoo backbone, built with the cifar policy")
+    p.add_argument("--model", nargs="+", default=["resnet18"], help="zoo backbone(s), built with the cifar policy")
     p.add_argument("--data", default="sample")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=None, help="plain loop: timed steps (default: as many as the trial's timed epochs)")
@@ -117,50 +163,29 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--compile", action="store_true")
     p.add_argument("--repeats", type=int, default=2, help="runs of each, alternating order")
+    p.add_argument("--no-plain", action="store_true", help="time the trial only")
+    p.add_argument("--scale", default="paper", choices=("paper", "tiny"), help="model scale (tiny: CPU dry runs)")
+    p.add_argument("--test-per-class", type=int, default=10, help="trial's test images per class")
+    p.add_argument("--cache-dir", type=Path, default=None, help="decoded-dataset cache (default: none)")
+    p.add_argument("--json-out", type=Path, default=None, help="append each model's result JSON line to this file")
     args = p.parse_args()
 
     device = resolve_device(args.device)
     data_spec = parse_data_arg(args.data)
-    dataset = load_dataset(data_spec)
+    dataset = load_dataset(data_spec, cache_dir=args.cache_dir)
     if args.per_class:
         dataset = dataclasses.replace(dataset, train=dataset.train.subset(args.per_class, seed=0))
-    steps_per_epoch = len(dataset.train) // args.batch_size
-    steps = args.steps or steps_per_epoch * (args.epochs - 1)
-
-    trial_runs: list[float] = []
-    plain_runs: list[float] = []
-
-    def run_bocb() -> dict:
-        ips, rec = bocb_trial(args.model, dataset, data_spec, args.batch_size, args.epochs,
-                              str(device), args.compile)
-        trial_runs.append(ips)
-        return rec
-
-    def run_plain() -> None:
-        plain_runs.append(plain_loop(args.model, dataset, args.batch_size, steps, args.warmup,
-                                     device, args.workers))
-
-    for r in range(args.repeats):
-        if r % 2 == 0:
-            record = run_bocb()
-            run_plain()
-        else:
-            run_plain()
-            record = run_bocb()
-    trial_ips = sum(trial_runs) / len(trial_runs)
-    plain_ips = sum(plain_runs) / len(plain_runs)
-    result = {
-        "model": args.model, "device": record["device"].get("name"), "batch_size": args.batch_size,
-        "train_images": len(dataset.train), "plain_images_per_s": round(plain_ips, 1),
-        "bocb_images_per_s": round(trial_ips, 1), "ratio": round(trial_ips / plain_ips, 3),
-        "bocb_precision": record["precision"], "compile": args.compile, "workers": args.workers,
-        "torch": torch.__version__, "plain_runs": [round(v, 1) for v in plain_runs],
-        "bocb_runs": [round(v, 1) for v in trial_runs],
-    }
-    print(f"{args.model} on {result['device']} (batch {args.batch_size}, {len(dataset.train)} images): "
-          f"plain loop {plain_ips:.1f} img/s, bocb trial {trial_ips:.1f} img/s "
-          f"({record['precision']}{', compiled' if args.compile else ''}), ratio {trial_ips / plain_ips:.2f}x")
-    print(json.dumps(result))
+    for model in args.model:
+        result = measure(model, dataset, data_spec, args, device)
+        plain, ratio = result["plain_images_per_s"], result["ratio"]
+        print(f"{model} on {result['device']} (batch {args.batch_size}, {len(dataset.train)} images): "
+              f"{f'plain loop {plain:.1f} img/s, ' if plain else ''}bocb trial {result['bocb_images_per_s']:.1f} img/s "
+              f"({result['bocb_precision']}{', compiled' if args.compile else ''}){f', ratio {ratio:.2f}x' if ratio else ''}",
+              flush=True)
+        print(json.dumps(result), flush=True)
+        if args.json_out:  # per model, so a later model's timeout keeps the earlier ones' results
+            with args.json_out.open("a") as f:
+                f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

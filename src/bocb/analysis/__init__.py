@@ -14,11 +14,13 @@ settings are reduced to their best-tuned setting, seeds to their mean, by the st
 - :mod:`~bocb.analysis.bootstrap`: percentile CIs over seeds for any table statistic.
 - :mod:`~bocb.analysis.robustness`: usual settings (modes) and distances in decades, no grid.
 - :mod:`~bocb.analysis.ranking`: the 40/20/20/20 optimizer ranking (variants paper, continuous).
+- :mod:`~bocb.analysis.contrast`: two optimizers' gap per backbone and its difference, with errors.
 
 Nothing here plots, prints or reads the command line.
 """
 
 from bocb.analysis.bootstrap import N_RESAMPLES, bootstrap, resampled_tables
+from bocb.analysis.contrast import Contrast, Gap, optimizer_contrast
 from bocb.analysis.coupling import (
     METHODS,
     AdditiveFit,
@@ -56,6 +58,8 @@ __all__ = [
     "VARIANTS",
     "WEIGHTS",
     "AdditiveFit",
+    "Contrast",
+    "Gap",
     "FailureRule",
     "backbone_summary",
     "best_settings",
@@ -76,6 +80,7 @@ __all__ = [
     "level_distance",
     "load_results",
     "mean_off_diagonal",
+    "optimizer_contrast",
     "order_agreement",
     "pair_means",
     "paper_round",
