@@ -36,6 +36,7 @@ from bocb.executors.worker import WorkerConfig
 from bocb.runner import run_study
 from bocb.spec import TrialSpec, resolve_trial
 from bocb.store import SQLiteStore
+from bocb.trial import resolve_device
 
 
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
@@ -132,7 +133,8 @@ def main() -> None:
     for seed in range(args.trials):
         spec = resolve_trial(args.model, "sgd_m", data=data_spec, num_classes=dataset.num_classes,
                              recipe="pytorch", epochs=args.epochs, batch_size=args.batch_size,
-                             policy="cifar", scale=args.scale, seed=seed)
+                             policy="cifar", scale=args.scale, seed=seed,
+                             precision="bf16" if resolve_device(args.device).type == "cuda" else "fp32")
         if subsets:
             spec = TrialSpec(spec.backbone, spec.optimizer, spec.recipe.with_changes(**subsets), spec.data, spec.seed)
         specs.append(spec)

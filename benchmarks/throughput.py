@@ -4,7 +4,7 @@
     (random crop 32 pad 4, flip, to-tensor, normalise), a DataLoader with worker processes, fp32,
     SGD with momentum.
 (b) bocb: :func:`bocb.trial.run_trial` with the ``pytorch`` recipe (the same augmentations, done
-    on the device), SGD-M, default precision (bf16 autocast on CUDA, fp32 on CPU) and
+    on the device), SGD-M, precision bf16 autocast on CUDA and fp32 on CPU (part of the spec) and
     optionally ``--compile``.
 
 Both train the same zoo model at the same batch size; both exclude warm-up (the plain loop's first
@@ -92,11 +92,18 @@ def plain_loop(model_name: str, dataset, batch_size: int, steps: int, warmup: in
     return steps * batch_size / (time.perf_counter() - t0)
 
 
+def default_precision(device: str) -> str:
+    """bf16 autocast on CUDA (the fast path this benchmark measures), fp32 on a CPU."""
+    return "bf16" if resolve_device(device).type == "cuda" else "fp32"
+
+
 def bocb_trial(model_name: str, dataset, data_spec, batch_size: int, epochs: int, device: str,
-               compile: bool, scale: str = "paper", test_per_class: int = 10) -> tuple[float, dict]:
+               compile: bool, scale: str = "paper", test_per_class: int = 10,
+               precision: str | None = None) -> tuple[float, dict]:
     spec = resolve_trial(
         model_name, "sgd_m", data=data_spec, num_classes=dataset.num_classes, recipe="pytorch",
         epochs=epochs, batch_size=batch_size, policy="cifar", scale=scale,
+        precision=precision or default_precision(device),
     )
     spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(
         test_per_class=test_per_class, augment=AugmentConfig()))
