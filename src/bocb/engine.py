@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,38 @@ class LoopOptions:
     weights_metadata: dict[str, str] = field(default_factory=dict)
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` is CUDA when there is one, else the CPU; asking for CUDA without one is an error."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available: valid: auto, cpu")
+    return torch.device(name)
+
+
+def run(record: dict[str, Any], prepare: Callable[[torch.device, str], Run], optimizer_spec: OptimizerSpec, *,
+        seed: int, run_id: str, device: str | torch.device, precision: str, options: LoopOptions,
+        progress: Progress | None = None, select_on: str = "score") -> dict[str, Any]:
+    """:func:`train` as a result: any exception becomes a ``failed`` record with its message and
+    traceback (a crashing run is a result, not a crashed study); then :func:`summarise` and the
+    wall time. ``precision="auto"``: bf16 on CUDA, fp32 on a CPU."""
+    started = time.time()
+    try:
+        dev = resolve_device(device)
+        if precision == "auto":
+            precision = "bf16" if dev.type == "cuda" else "fp32"
+        train(prepare, optimizer_spec, seed=seed, run_id=run_id, device=dev, precision=precision,
+              options=options, progress=progress, record=record)
+    except Exception as exc:  # noqa: BLE001 - a crashing run is a result, not a crashed study
+        record["status"] = "failed"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc(limit=8)
+    summarise(record, select_on)
+    record.setdefault("seconds", {})["wall"] = round(time.time() - started, 3)
+    return record
+
+
 def new_record(**fields: Any) -> dict[str, Any]:
     """A run's record before it trains: ``failed`` until the loop says otherwise, with the code and
     library versions every result carries; ``fields`` (task, metric, ids, spec) come first."""
@@ -126,7 +159,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def train(
-    prepare: Callable[[torch.device], Run],
+    prepare: Callable[[torch.device, str], Run],
     optimizer_spec: OptimizerSpec,
     *,
     seed: int,
@@ -137,7 +170,7 @@ def train(
     progress: Progress | None,
     record: dict[str, Any],
 ) -> None:
-    """Train what ``prepare(device)`` builds (see the module doc); fills ``record`` in place
+    """Train what ``prepare(device, precision)`` builds (see the module doc); fills ``record`` in place
     (``status``, ``epochs``, ``seconds``, ...). Exceptions propagate: the caller records them."""
     # --- setup -------------------------------------------------------------------------------
     cuda = device.type == "cuda"
@@ -146,7 +179,7 @@ def train(
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     seed_all(seed, device)
-    run = prepare(device)  # after seeding, so the model's init depends on the seed alone
+    run = prepare(device, precision)  # after seeding, so the model's init depends on the seed alone
     record.update(run.info)
     model = run.model
     if cuda and run.channels_last:
@@ -290,7 +323,7 @@ def summarise(record: dict[str, Any], select_on: str = "score") -> None:
     """``final_score`` from the last evaluated row (a diverged run's: its ended weights) and
     ``best_score``/``best_epoch`` at the epoch that is best on ``select_on`` (``score``, or a
     validation score when the task held images out)."""
-    rows = [r for r in record["epochs"] if r.get("score") is not None]
+    rows = [r for r in record["epochs"] if r.get("score") is not None and r.get(select_on) is not None]
     last = rows[-1] if rows else None
     best = max(rows, key=lambda r: r[select_on]) if rows else None
     record["final_score"] = last["score"] if last else None

@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
-import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ import torch.nn.functional as F
 from bocb import engine
 from bocb.data import Dataset
 from bocb.data.augment import BatchAugment
-from bocb.engine import CHECKPOINT, FINAL_WEIGHTS, Progress
+from bocb.engine import CHECKPOINT, FINAL_WEIGHTS, Progress, resolve_device
 from bocb.spec import TrialSpec
 from bocb.networks import starting_model
 
@@ -79,14 +77,6 @@ class RunOptions:
             raise ValueError(f"checkpoint_every must be >= 1 epoch, got {self.checkpoint_every}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"stop_after_epochs must be >= 1, got {self.stop_after_epochs}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available: valid: auto, cpu")
-    return torch.device(name)
 
 
 _DATASETS: dict[str, Dataset] = {}
@@ -122,31 +112,24 @@ def run_trial(
     spec: TrialSpec, dataset: Dataset, options: RunOptions = RunOptions(), progress: Progress | None = None
 ) -> dict[str, Any]:
     """Train and evaluate ``spec`` on ``dataset``; always returns a result record (see module doc)."""
-    started = time.time()
     record = engine.new_record(trial_id=spec.trial_id, spec=spec.to_dict(), task="classification", metric="top1")
-    try:
-        engine.train(
-            lambda device: _prepare(spec, dataset, device), spec.optimizer, seed=spec.seed, run_id=spec.trial_id,
-            device=resolve_device(options.device), precision=spec.recipe.precision,
-            options=engine.LoopOptions(
-                compile=options.compile, work_dir=options.work_dir, checkpoint_every=options.checkpoint_every,
-                resume=options.resume, stop_after_epochs=options.stop_after_epochs,
-                weights_metadata={"spec": spec.to_json()}),
-            progress=progress, record=record,
-        )
-    except Exception as exc:  # noqa: BLE001 - a crashing trial is a result, not a crashed study
-        record["status"] = "failed"
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        record["traceback"] = traceback.format_exc(limit=8)
-    _summarise(record, spec.recipe.holdout_per_class is not None)
-    record.setdefault("seconds", {})["wall"] = round(time.time() - started, 3)
+    holdout = spec.recipe.holdout_per_class is not None
+    engine.run(
+        record, lambda device, precision: _prepare(spec, dataset, device), spec.optimizer, seed=spec.seed,
+        run_id=spec.trial_id, device=options.device, precision=spec.recipe.precision,
+        options=engine.LoopOptions(
+            compile=options.compile, work_dir=options.work_dir, checkpoint_every=options.checkpoint_every,
+            resume=options.resume, stop_after_epochs=options.stop_after_epochs,
+            weights_metadata={"spec": spec.to_json()}),
+        progress=progress, select_on="val_top1" if holdout else "score",
+    )
+    _summarise(record, holdout)
     return record
 
 
 def _summarise(record: dict[str, Any], holdout: bool) -> None:
     """final_* from the last evaluated row (for a diverged trial: its ended weights); best_epoch
     chosen on validation accuracy with a hold-out, else on test accuracy (see the module doc)."""
-    engine.summarise(record, "val_top1" if holdout else "score")
     rows = [r for r in record["epochs"] if r.get("test_top1") is not None]
     last = rows[-1] if rows else None
     best = next((r for r in rows if r["epoch"] == record["best_epoch"]), None)

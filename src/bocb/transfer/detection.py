@@ -52,8 +52,6 @@ import contextlib
 import dataclasses
 import io
 import math
-import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,37 +189,24 @@ def run_detection(
     ``work_dir``). ``device``: ``cpu``, ``cuda`` or ``cuda:N``. ``precision``: ``auto`` (bf16
     autocast on CUDA, fp32 on CPU), ``fp32``, ``tf32`` or ``bf16``.
     """
-    started = time.time()
     record = engine.new_record(task="detection", metric="box_ap", recipe=recipe.to_dict(), seed=seed)
-    try:
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device} requested but CUDA is not available")
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
-        if optimizer_spec.curvature == "gnb":
-            raise ValueError(f"{optimizer_spec.short} is not supported for detection: its Gauss-Newton-Bartlett "
-                             "refresh samples labels from a softmax classifier, RetinaNet's loss is not one")
-        engine.train(lambda dev: _prepare(model, train, val, recipe, seed, dev, precision), optimizer_spec,
-                     seed=seed, run_id=run_id, device=device, precision=precision, options=options,
-                     progress=progress, record=record)
-    except Exception as exc:  # noqa: BLE001 - a crashing run is a result, not a crashed study
-        record["status"] = "failed"
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        record["traceback"] = traceback.format_exc(limit=8)
-    engine.summarise(record)
+    engine.run(record, lambda dev, prec: _prepare(model, optimizer_spec, train, val, recipe, seed, dev, prec),
+               optimizer_spec, seed=seed, run_id=run_id, device=device, precision=precision, options=options,
+               progress=progress)
     rows = [r for r in record["epochs"] if r.get("map") is not None]
     record["final_map"] = rows[-1]["map"] if rows else None
     record["final_ap50"] = rows[-1]["ap50"] if rows else None
     record["best_map"] = record["best_score"]
-    record.setdefault("seconds", {})["wall"] = round(time.time() - started, 3)
     return record
 
 
-def _prepare(model: nn.Module, train: DetectionSet, val: DetectionSet, recipe: DetectionRecipe, seed: int,
-             device: torch.device, precision: str) -> engine.Run:
+def _prepare(model: nn.Module, optimizer_spec: OptimizerSpec, train: DetectionSet, val: DetectionSet,
+             recipe: DetectionRecipe, seed: int, device: torch.device, precision: str) -> engine.Run:
     """The detection task: the detector, host-side batches with flips, the summed RetinaNet losses,
     COCOeval on ``val``."""
+    if optimizer_spec.curvature == "gnb":
+        raise ValueError(f"{optimizer_spec.short} is not supported for detection: its Gauss-Newton-Bartlett "
+                         "refresh samples labels from a softmax classifier, RetinaNet's loss is not one")
     if train.category_ids != val.category_ids:
         raise ValueError(f"train ({train.source}) and val ({val.source}) have different categories: "
                          f"{train.category_ids} vs {val.category_ids}")

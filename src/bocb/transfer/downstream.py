@@ -34,7 +34,7 @@ from bocb import checkpoint
 from bocb.engine import LoopOptions
 from bocb.optim import OptimizerSpec
 from bocb.spec import Pretrained
-from bocb.trial import resolve_device
+from bocb.engine import resolve_device
 from bocb.zoo import BackboneSpec, classifier_name, init_backbone
 
 

@@ -28,8 +28,6 @@ import contextlib
 import dataclasses
 import io
 import math
-import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,35 +209,22 @@ def run_pose(model: nn.Module, optimizer_spec: OptimizerSpec, train: PoseSet, va
              precision: str = "auto", options: LoopOptions = LoopOptions(), run_id: str = "pose") -> dict[str, Any]:
     """Fine-tune ``model`` (a backbone, or a :class:`PoseNet` used as given) for pose on ``train``,
     keypoint AP on ``val`` after every epoch; always returns a record (``final_ap``, ``best_ap``)."""
-    started = time.time()
     record = engine.new_record(task="pose", metric="keypoint_ap", recipe=recipe.to_dict(), seed=seed)
-    try:
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device} requested but CUDA is not available")
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
-        if optimizer_spec.curvature == "gnb":
-            raise ValueError(f"{optimizer_spec.short} is not supported for pose: its Gauss-Newton-Bartlett refresh "
-                             "samples labels from a softmax classifier, a heatmap regression is not one")
-        engine.train(lambda dev: _prepare(model, train, val, recipe, seed, dev, precision), optimizer_spec,
-                     seed=seed, run_id=run_id, device=device, precision=precision, options=options,
-                     progress=progress, record=record)
-    except Exception as exc:  # noqa: BLE001 - a crashing run is a result, not a crashed study
-        record["status"] = "failed"
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        record["traceback"] = traceback.format_exc(limit=8)
-    engine.summarise(record)
+    engine.run(record, lambda dev, prec: _prepare(model, optimizer_spec, train, val, recipe, seed, dev, prec),
+               optimizer_spec, seed=seed, run_id=run_id, device=device, precision=precision, options=options,
+               progress=progress)
     rows = [r for r in record["epochs"] if r.get("ap") is not None]
     record["final_ap"] = rows[-1]["ap"] if rows else None
     record["final_ap50"] = rows[-1]["ap50"] if rows else None
     record["best_ap"] = record["best_score"]
-    record.setdefault("seconds", {})["wall"] = round(time.time() - started, 3)
     return record
 
 
-def _prepare(model: nn.Module, train: PoseSet, val: PoseSet, recipe: PoseRecipe, seed: int,
-             device: torch.device, precision: str) -> engine.Run:
+def _prepare(model: nn.Module, optimizer_spec: OptimizerSpec, train: PoseSet, val: PoseSet, recipe: PoseRecipe,
+             seed: int, device: torch.device, precision: str) -> engine.Run:
+    if optimizer_spec.curvature == "gnb":
+        raise ValueError(f"{optimizer_spec.short} is not supported for pose: its Gauss-Newton-Bartlett "
+                         "refresh samples labels from a softmax classifier, a heatmap regression is not one")
     if train.names != val.names:
         raise ValueError(f"train ({train.source}) and val ({val.source}) have different keypoints")
     if train.input_size != tuple(recipe.input_size) or val.input_size != tuple(recipe.input_size):

@@ -61,18 +61,12 @@ def make_synthetic_coco(
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-
-    def randint(low: int, high: int) -> int:  # inclusive bounds
-        return int(torch.randint(low, high + 1, (), generator=gen))
-
+    paint = _Painter(backgrounds, image_size, seed, images_dir)
+    randint = paint.randint
     images, annotations = [], []
-    yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
     for index in range(n_images):
         image_id = index + 1
-        bg = backgrounds[randint(0, len(backgrounds) - 1)]
-        canvas = F.interpolate(bg[None].float(), size=(image_size, image_size), mode="bilinear",
-                               align_corners=False)[0].round().clamp(0, 255)
+        canvas = paint.canvas()
         placed: list[tuple[int, int, int, int]] = []
         for _ in range(randint(1, 3)):
             label = randint(0, len(shapes) - 1)
@@ -84,12 +78,8 @@ def make_synthetic_coco(
                     break
             else:
                 continue
-            mask = _mask(shapes[label], box, xx, yy)
-            under = canvas[:, mask].mean(dim=1)
-            colour = torch.randint(0, 256, (3,), generator=gen).float()
-            while (colour - under).abs().max() < _MIN_CONTRAST:
-                colour = torch.randint(0, 256, (3,), generator=gen).float()
-            canvas[:, mask] = colour[:, None]
+            mask = _mask(shapes[label], box, paint.xx, paint.yy)
+            paint.paint(canvas, mask)
             placed.append(box)
             ys, xs = torch.nonzero(mask, as_tuple=True)
             x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
@@ -97,12 +87,7 @@ def make_synthetic_coco(
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(mask.sum()), "iscrowd": 0,
             })
-        file_name = f"{image_id:06d}.png"
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its codecs (TorchCodec); still the pinned one (bocb.data.readers).
-            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of ")
-            write_png(canvas.to(torch.uint8), str(images_dir / file_name))
-        images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
+        images.append(paint.save(canvas, image_id))
 
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(shapes)]
     annotation_file = out_dir / "annotations.json"
@@ -110,6 +95,39 @@ def make_synthetic_coco(
         {"info": {"description": f"bocb synthetic shapes, seed {seed}"}, "images": images,
          "annotations": annotations, "categories": categories}, indent=1))
     return images_dir, annotation_file
+
+
+class _Painter:
+    """What both synthetic sets share: seeded draws, a real background per image, a solid colour
+    that stands out from what it covers, PNG files."""
+
+    def __init__(self, backgrounds: torch.Tensor, image_size: int, seed: int, images_dir: Path):
+        self.backgrounds, self.size, self.images_dir = backgrounds, image_size, images_dir
+        self.gen = torch.Generator().manual_seed(seed)
+        self.yy, self.xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
+
+    def randint(self, low: int, high: int) -> int:  # inclusive bounds
+        return int(torch.randint(low, high + 1, (), generator=self.gen))
+
+    def canvas(self) -> torch.Tensor:
+        bg = self.backgrounds[self.randint(0, len(self.backgrounds) - 1)]
+        return F.interpolate(bg[None].float(), size=(self.size, self.size), mode="bilinear",
+                             align_corners=False)[0].round().clamp(0, 255)
+
+    def paint(self, canvas: torch.Tensor, mask: torch.Tensor) -> None:
+        under = canvas[:, mask].mean(dim=1)
+        colour = torch.randint(0, 256, (3,), generator=self.gen).float()
+        while (colour - under).abs().max() < _MIN_CONTRAST:
+            colour = torch.randint(0, 256, (3,), generator=self.gen).float()
+        canvas[:, mask] = colour[:, None]
+
+    def save(self, canvas: torch.Tensor, image_id: int) -> dict:
+        file_name = f"{image_id:06d}.png"
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its codecs (TorchCodec); still the pinned one (bocb.data.readers).
+            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of ")
+            write_png(canvas.to(torch.uint8), str(self.images_dir / file_name))
+        return {"id": image_id, "file_name": file_name, "width": self.size, "height": self.size}
 
 
 def _mask(shape: str, box: tuple[int, int, int, int], xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
@@ -146,43 +164,32 @@ def make_synthetic_keypoints(
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-
-    def randint(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (), generator=gen))
-
-    yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
+    paint = _Painter(backgrounds, image_size, seed, images_dir)
+    randint = paint.randint
     images, annotations = [], []
     for index in range(n_images):
         image_id = index + 1
-        bg = backgrounds[randint(0, len(backgrounds) - 1)]
-        canvas = F.interpolate(bg[None].float(), size=(image_size, image_size), mode="bilinear",
-                               align_corners=False)[0].round().clamp(0, 255)
+        canvas = paint.canvas()
         placed: list[tuple[int, int, int, int]] = []
         for _ in range(randint(1, 2)):
             for _try in range(_PLACEMENT_TRIES):
-                w, h = randint(round(0.3 * image_size), round(0.6 * image_size)), randint(round(0.3 * image_size),
-                                                                                          round(0.6 * image_size))
+                w, h = (randint(round(0.3 * image_size), round(0.6 * image_size)) for _ in range(2))
                 x0, y0 = randint(0, image_size - w), randint(0, image_size - h)
                 box = (x0, y0, x0 + w, y0 + h)
                 if all(box[2] <= p[0] or p[2] <= box[0] or box[3] <= p[1] or p[3] <= box[1] for p in placed):
                     break
             else:
                 continue
-            apex_x = x0 + float(torch.rand((), generator=gen)) * w
+            apex_x = x0 + float(torch.rand((), generator=paint.gen)) * w
             # Inside the triangle (apex_x, y0), (x0, y0 + h), (x0 + w, y0 + h), at pixel centres.
-            u, v = xx + 0.5, yy + 0.5
+            u, v = paint.xx + 0.5, paint.yy + 0.5
             t = (v - y0) / h  # 0 at the apex row, 1 at the base
             left = apex_x + (x0 - apex_x) * t
             right = apex_x + (x0 + w - apex_x) * t
             mask = (t >= 0) & (t <= 1) & (u >= left) & (u <= right)
             if not mask.any():
                 continue
-            under = canvas[:, mask].mean(dim=1)
-            colour = torch.randint(0, 256, (3,), generator=gen).float()
-            while (colour - under).abs().max() < _MIN_CONTRAST:
-                colour = torch.randint(0, 256, (3,), generator=gen).float()
-            canvas[:, mask] = colour[:, None]
+            paint.paint(canvas, mask)
             placed.append(box)
             points = [(apex_x, y0), (x0, y0 + h), (x0 + w, y0 + h), ((apex_x + 2 * x0 + w) / 3, y0 + 2 * h / 3)]
             flat: list[float] = []
@@ -192,11 +199,7 @@ def make_synthetic_keypoints(
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": [x0, y0, w, h],
                 "area": int(mask.sum()), "iscrowd": 0, "keypoints": flat, "num_keypoints": len(points),
             })
-        file_name = f"{image_id:06d}.png"
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of ")
-            write_png(canvas.to(torch.uint8), str(images_dir / file_name))
-        images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
+        images.append(paint.save(canvas, image_id))
     category = {"id": 1, "name": "figure", "supercategory": "shape", "keypoints": list(KEYPOINTS),
                 "skeleton": [[1, 2], [1, 3], [2, 3]], "sigmas": [KEYPOINT_SIGMA] * len(KEYPOINTS)}
     annotation_file = out_dir / "annotations.json"
