@@ -10,7 +10,7 @@ from PIL import Image
 
 from bocb import paper
 from bocb.analysis import fit_additive, flag, hparam_distances
-from bocb.analysis.plots import (
+from bocb.report.plots import (
     DPI,
     heatmap_table,
     hparam_boxplots,

@@ -136,7 +136,7 @@ def test_pose_smoke_training_beats_the_untrained_network(pose_sets):
     rows = record["epochs"]
     assert [r["epoch"] for r in rows] == list(range(1, 7)) and rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert record["final_ap"] > 5.0 and record["final_ap50"] > 20.0, [(r["ap"], r["ap50"]) for r in rows]
-    assert [r["lr"] for r in rows][3:] == pytest.approx([1e-4, 1e-5, 1e-5])  # x0.1 after epochs 4 and 5
+    assert [r["lr"] for r in rows][3:] == pytest.approx([1e-3, 1e-4, 1e-5])  # x0.1 after epochs 4 and 5
     assert record["task"] == "pose" and record["metric"] == "keypoint_ap"
 
 

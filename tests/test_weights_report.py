@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 
 from bocb.analysis import flag
 from bocb.analysis.from_store import WEIGHT_COLUMNS
-from bocb.analysis.weight_plots import alpha_bars, ridge_plot
+from bocb.report.weight_plots import alpha_bars, ridge_plot
 from bocb.analysis.weights import association, model_summaries, model_table, representatives, verdict
 from bocb.report.document import Plot, Table, Text
 from bocb.report.weights import weights_sections

@@ -26,7 +26,7 @@ import pandas as pd
 from bocb import __version__
 from bocb.analysis import flag, has_replicates, load_results, rule
 from bocb.analysis.ranking import DEFAULT_VARIANT
-from bocb.analysis.plots import save_figure
+from bocb.report.plots import save_figure
 from bocb.report.accuracy import rule_section, summary_section, table_section
 from bocb.report.context import data_section, gaps_section
 from bocb.report.coupling import coupling_section

@@ -7,7 +7,7 @@ import pandas as pd
 
 from bocb.analysis import RULES, FailureRule, backbone_summary, compare_with_marks, flag, wide
 from bocb.analysis.failure import QUANTILE_METHOD
-from bocb.analysis.plots import heatmap_table, violins_per_backbone
+from bocb.report.plots import heatmap_table, violins_per_backbone
 from bocb.analysis.summary import TOP_K
 from bocb.report.document import Plot, Section, Table, Text, fmt, percent
 

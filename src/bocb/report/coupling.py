@@ -25,7 +25,7 @@ from bocb.analysis import (
     wide,
 )
 from bocb.analysis.failure import FailureRule
-from bocb.analysis.plots import interaction_heatmap
+from bocb.report.plots import interaction_heatmap
 from bocb.report.document import Plot, Section, Table, Text, fmt, fmt_ci, percent
 
 LEVEL = 0.95

@@ -22,7 +22,7 @@ from bocb.analysis import (
     ranking_agreement,
     reading_agreement,
 )
-from bocb.analysis.plots import hparam_boxplots
+from bocb.report.plots import hparam_boxplots
 from bocb.analysis.ranking import DEFAULT_VARIANT
 from bocb.analysis.robustness import ZERO_WD, ZERO_WD_DISTANCE, usual_settings
 from bocb.paper import FIG5_LEAST, FIG5_ROBUST, RANKING

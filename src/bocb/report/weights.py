@@ -3,7 +3,7 @@ backbone, alpha bars per backbone x optimizer, and, beyond the paper, how the pe
 go with accuracy and with the failure flags, with bootstrap CIs and a plain verdict.
 
 The numbers come from :mod:`bocb.analysis.weights`, the figures from
-:mod:`bocb.analysis.weight_plots`; this module only arranges and explains them.
+:mod:`bocb.report.weight_plots`; this module only arranges and explains them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 
 from bocb.analysis import flag, load_results, rule
 from bocb.analysis.failure import DEFAULT_RULE, FailureRule
-from bocb.analysis.weight_plots import alpha_bars, ridge_plot
+from bocb.report.weight_plots import alpha_bars, ridge_plot
 from bocb.analysis.weights import (
     ALPHA_BAND,
     FIRM_N,

@@ -1,6 +1,6 @@
-"""Figures of the weight diagnostics (the paper's ridge plots and alpha bars), in :mod:`bocb.analysis.plots`' style:
+"""Figures of the weight diagnostics (the paper's ridge plots and alpha bars), in :mod:`bocb.report.plots`' style:
 each function returns a new Agg-canvas :class:`~matplotlib.figure.Figure` (no pyplot), sized from
-the data, for :func:`bocb.analysis.plots.save_figure`.
+the data, for :func:`bocb.report.plots.save_figure`.
 
 - :func:`ridge_plot`: one backbone, one panel per metric; x = layer index (input side first), one
   ridge per optimizer sorted by the pair's top-1 (**best on top**), the random initialisation at the
@@ -12,7 +12,7 @@ the data, for :func:`bocb.analysis.plots.save_figure`.
   near-degenerate fit can reach alpha in the tens and flatten every other ridge.
 - :func:`alpha_bars`: per backbone a panel of bars, one per optimizer (the study's order), bar =
   the model's median (or mean) alpha over layers with an ok fit; flagged pairs grey and hatched as
-  in :func:`bocb.analysis.plots.heatmap_table`; the random initialisation's value as a dashed black
+  in :func:`bocb.report.plots.heatmap_table`; the random initialisation's value as a dashed black
   line; the band [2, 6] shaded. Panels share the alpha axis and wrap into a grid, so 4 and 20
   backbones both stay readable. The axis ends at ``ALPHA_CLIP + 1``; a taller bar is cut there
   with its value printed inside its top.
@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from bocb.analysis.plots import FLAG_FACE, FLAG_HATCH, _figure
+from bocb.report.plots import FLAG_FACE, FLAG_HATCH, _figure
 from bocb.analysis.weights import ALPHA_BAND, band_applies, init_summaries, model_summaries, representatives
 
 RIDGE_METRICS = ("entropy", "l2", "pca_energy", "alpha")
