@@ -56,12 +56,18 @@ class RunOptions:
     checkpoint_every: int = 1  # epochs
     resume: bool = True
     stop_after_epochs: int | None = None  # end this run early (as if killed), for tests and budgets
+    # Pause (status ``interrupted``, checkpoint kept) once the trial has trained this many epochs of
+    # its schedule, counted from its start, not from this run's: an adaptive-tuning rung. Resuming
+    # with a later stop continues the same schedule, so the numbers equal an uninterrupted run's.
+    stop_at_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1 epoch, got {self.checkpoint_every}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"stop_after_epochs must be >= 1, got {self.stop_after_epochs}")
+        if self.stop_at_epoch is not None and self.stop_at_epoch < 1:
+            raise ValueError(f"stop_at_epoch must be >= 1, got {self.stop_at_epoch}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,6 +221,9 @@ def _train(
     record["status"] = "running"
     epochs_this_run = 0
     for epoch in range(start_epoch, recipe.epochs):
+        if options.stop_at_epoch is not None and epoch >= options.stop_at_epoch:
+            record["status"] = "interrupted"  # at its rung (also when resumed at or past it)
+            break
         generator = seed_all(epoch_seed(spec.seed, epoch), device)
         _train_mode(model, head if spec.finetune == "linear" else None)
         stepper.train()

@@ -52,6 +52,8 @@ def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None 
             progress: Progress | None = None) -> dict[str, Any]:
     """Run one trial (resuming from its checkpoint in ``artifacts_dir/<trial_id>`` if any).
 
+    ``spec_dict`` may carry ``stop_at_epoch`` beside the spec (the runner adds it for an adaptive
+    tuning rung; it is not part of the trial's identity): the trial pauses there.
     Never raises for a trial's own failure: data errors become a ``failed`` record too.
     """
     if is_detection(spec_dict):
@@ -60,6 +62,7 @@ def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None 
     options = RunOptions(
         device=device or config.device, precision=config.precision, compile=config.compile,
         work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every,
+        stop_at_epoch=spec_dict.get("stop_at_epoch"),
     )
     try:
         dataset = _dataset(spec.data, config)
