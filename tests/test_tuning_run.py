@@ -143,9 +143,12 @@ def test_kill_9_and_rerun_give_the_same_proposals(tmp_path):
     study_id = load_study(path).study_id
     cache = tmp_path / "cache"
     reference = tmp_path / "reference.sqlite"
-    assert _bocb("run", path, "--store", reference, cache=cache).returncode == 0
+    # Each store its own artifacts: a checkpoint left by the reference run (same trial ids) would
+    # let the other run resume past its rungs.
+    assert _bocb("run", path, "--store", reference, "--artifacts", tmp_path / "ref-art", cache=cache).returncode == 0
     store = tmp_path / "killed.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "bocb", "run", str(path), "--store", str(store), "--lease", "4"],
+    proc = subprocess.Popen([sys.executable, "-m", "bocb", "run", str(path), "--store", str(store), "--lease", "4",
+                             "--artifacts", str(tmp_path / "art")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(cache),
                             start_new_session=True)
     deadline = time.time() + 1800
@@ -162,7 +165,7 @@ def test_kill_9_and_rerun_give_the_same_proposals(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     time.sleep(4.5)  # the dead runner's leases expire
-    rerun = _bocb("run", path, "--store", store, "--lease", "4", cache=cache)
+    rerun = _bocb("run", path, "--store", store, "--lease", "4", "--artifacts", tmp_path / "art", cache=cache)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _proposals(store, study_id) == _proposals(reference, study_id)
     with SQLiteStore(store) as a, SQLiteStore(reference) as b:
