@@ -10,6 +10,11 @@ else is kept anywhere, so a runner killed at any point and started again propose
 and two runners proposing at once insert each proposal once (rung rows are keyed by trial and
 rung); claims then go through the store's lease as for any trial.
 
+Checkpoints live in the artifacts folder under the trial id. A store whose trial was trained
+further elsewhere (another store sharing that folder) gets it back ``done`` when it asks for a
+rung: the same deterministic numbers, which the tuner takes as a full-budget candidate; its
+proposals then differ from a run that trained the trial from scratch.
+
 Tuning runs on the study's first seed; when a pair is done, its optimum runs at full budget on
 the other seeds. A pair's value in the analysis comes only from full-budget (``done`` or
 ``diverged``) trials; paused trials and the epoch rows of rungs are low-fidelity and marked so by
