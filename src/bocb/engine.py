@@ -16,8 +16,9 @@ Contract, read top to bottom in :func:`train`:
   task's ``unscorable`` row (chance for classification, AP 0 for detection).
 - A task may also call a finished epoch a collapse (``collapsed``: classification's "accuracy back
   to chance"): the run ends ``diverged`` there.
-- ``interrupted`` when ``stop_after_epochs`` ends a run early on purpose (a checkpoint is written;
-  the next run resumes).
+- ``interrupted`` when ``stop_after_epochs`` (epochs of this run) or ``stop_at_epoch`` (epochs of
+  the schedule: an adaptive-tuning rung) ends a run early on purpose (a checkpoint is written; the
+  next run resumes, and its numbers equal an uninterrupted run's).
 - Precision: ``fp32`` (TF32 off), ``tf32`` (TF32 on where the GPU has it), ``bf16`` (autocast).
 
 Each row is the task's evaluation fields plus ``epoch``, ``train_loss``, ``lr``, the seconds and the
@@ -90,6 +91,7 @@ class LoopOptions:
     checkpoint_every: int = 1
     resume: bool = True
     stop_after_epochs: int | None = None
+    stop_at_epoch: int | None = None  # pause once the schedule reached this epoch (an adaptive-tuning rung)
     weights_metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -236,6 +238,9 @@ def train(
     epochs_this_run = 0
     lr_now = 0.0
     for epoch in range(start_epoch, run.epochs):
+        if options.stop_at_epoch is not None and epoch >= options.stop_at_epoch:
+            record["status"] = "interrupted"  # at its rung (also when resumed at or past it)
+            break
         generator = seed_all(epoch_seed(seed, epoch), run.generator_device)
         if run.train_mode:
             run.train_mode()
@@ -295,7 +300,8 @@ def train(
             break
         epochs_this_run += 1
         last = epoch + 1 == run.epochs
-        if ckpt_path and (last or (epoch + 1) % options.checkpoint_every == 0):
+        pausing = options.stop_at_epoch is not None and epoch + 1 == options.stop_at_epoch
+        if ckpt_path and (last or pausing or (epoch + 1) % options.checkpoint_every == 0):
             checkpoint.save(ckpt_path, {
                 "trial_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
                 "stepper": stepper.state_dict(), "rng": checkpoint.rng_state(),

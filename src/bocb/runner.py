@@ -6,6 +6,11 @@ SQLite file. Leases are renewed while trials run; a runner killed with SIGKILL s
 renewing, and the next runner takes its trials over when their leases expire (they resume from
 their checkpoints). On Ctrl-C (or SIGTERM) the runner stops its workers and hands its running
 trials back as ``pending``, leaving the store consistent.
+
+Adaptive tuning: with ``propose`` (a callable that asks the tuner for the study's next trials,
+records them in the store and returns how many became runnable), the runner calls it whenever it
+finds nothing to claim after a result came in. A trial the store gives a stop epoch (a tuning
+rung) runs with ``stop_at_epoch`` and is stored ``paused`` when it stops there.
 """
 
 from __future__ import annotations
@@ -65,12 +70,15 @@ def run_study(
     lease_s: float = 300.0,
     on_update: Callable[[RunStats], None] | None = None,
     max_trials: int | None = None,
+    propose: Callable[[], int] | None = None,
 ) -> RunStats:
     """Run the study's runnable trials until none is left (or ``max_trials`` were started)."""
     me = runner_id()
     stats = RunStats()
     leases: dict[str, float] = {}  # trial_id -> when last renewed
+    stops: dict[str, int] = {}  # trial_id -> the rung epoch it was sent to stop at
     started = 0
+    fresh_results = True  # the tuner may have work to propose
 
     def stop(signum: int, frame: Any) -> None:
         raise _Stop
@@ -80,9 +88,17 @@ def run_study(
         while True:
             while executor.free_slots and (max_trials is None or started < max_trials):
                 claimed = store.claim(me, lease_s, study_id)
+                if claimed is None and propose is not None and fresh_results:
+                    fresh_results = False
+                    if propose():
+                        claimed = store.claim(me, lease_s, study_id)
                 if claimed is None:
                     break
                 trial_id, spec = claimed
+                stop = store.stop_epoch(trial_id) if propose is not None else None
+                if stop is not None:
+                    stops[trial_id] = stop
+                    spec = {**spec, "stop_at_epoch": stop}
                 executor.submit(trial_id, spec)
                 leases[trial_id] = time.time()
                 started += 1
@@ -91,7 +107,8 @@ def run_study(
             for trial_id, record in executor.poll(timeout=1.0):
                 leases.pop(trial_id, None)
                 stats.last_epoch.pop(trial_id, None)
-                _store_result(store, me, trial_id, record, stats)
+                _store_result(store, me, trial_id, record, stats, stops.pop(trial_id, None))
+                fresh_results = True
             for trial_id, event in executor.events():
                 stats.last_epoch[trial_id] = event
             now = time.time()
@@ -115,8 +132,12 @@ def run_study(
     return stats
 
 
-def _store_result(store: SQLiteStore, me: str, trial_id: str, record: dict[str, Any], stats: RunStats) -> None:
+def _store_result(store: SQLiteStore, me: str, trial_id: str, record: dict[str, Any], stats: RunStats,
+                  stop: int | None = None) -> None:
     status = record.get("status", "failed")
+    rows = record.get("epochs") or []
+    if status == "interrupted" and stop is not None and rows and rows[-1]["epoch"] >= stop:
+        record, status = {**record, "status": "paused"}, "paused"  # at its rung: the tuner decides
     if status in ("running", "interrupted"):  # never final: hand it back for another run
         store.release(trial_id, me)
         return

@@ -7,7 +7,7 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     data = "sample"              # as `bocb train --data`
     tier = "smoke"               # full | fast | smoke
     seeds = [0]                  # or a count: seeds = 3 means [0, 1, 2]
-    tuning = "fixed"             # grid | paper | fixed
+    tuning = "fixed"             # grid | paper | fixed | adaptive
     wd_policy = "no_decay_1d"    # or decay_all; one policy for the whole grid
     precision = "tf32"           # optional: fp32 | tf32 | bf16 (default: the tier's; part of trial ids)
     selection = "test"           # optional: test (the paper's way) | holdout (see below)
@@ -30,11 +30,24 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     lr = [0.05, 0.1]             # optional explicit values (grid mode: the grid; fixed: one value)
     weight_decay = [1e-4]
     args = { nesterov = true }   # optional optimizer arguments
+    center = { lr = 1e-3, weight_decay = 0.05 }   # optional, adaptive tuning: where to start
+
+    [tuning]                     # optional, adaptive tuning only (defaults shown)
+    rungs = 3                    # fidelities; rung r of R stops at epoch round(epochs / eta^(R-1-r))
+    eta = 3                      # successive halving keeps the best 1/eta at each rung
+    step = 0.5                   # coarse stencil step, decades
+    fine_step = 0.2              # fine stencil step near the best, decades
+    max_trials = 50              # candidates per pair at most
+    lr_limits = [1e-6, 10.0]     # hard limits of the search
+    wd_limits = [1e-6, 1.0]      # (weight decay 0 is always a level of its own)
 
 Tuning modes: ``grid`` runs every (lr, wd) of the optimizer's 5-point grids (or the explicit
 lists); ``paper`` uses the paper's chosen lr/wd for the pair (Tables A4/A5) and records pairs the
 paper has no value for as skipped, with the reason; ``fixed`` runs one setting per pair (explicit
-values, else the recipe's for its base optimizer, else the optimizer's grid centre).
+values, else the recipe's for its base optimizer, else the optimizer's grid centre);
+``adaptive`` has no fixed trial list: :mod:`bocb.tuning` proposes each pair's trials from what the
+store holds (a log-lattice pattern search with successive halving over epochs; see its docs), and
+``bocb run`` asks it for more whenever it runs out of work.
 
 Selection (``selection``): ``test`` chooses each pair's setting, each trial's best epoch and a
 transfer study's pre-trained models on test accuracy, as the paper did; ``holdout`` holds out
@@ -74,6 +87,7 @@ TUNING = {
     "grid": "every (lr, wd) of the optimizer's grids (or the explicit lists)",
     "paper": "the paper's chosen lr/wd per pair; pairs without one are skipped",
     "fixed": "one setting per pair: explicit, else the recipe's, else the optimizer's centre",
+    "adaptive": "per-pair search on a log lattice with successive halving (bocb.tuning)",
 }
 
 _STUDY_KEYS = {
@@ -83,8 +97,12 @@ _STUDY_KEYS = {
     "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
 }
 _BACKBONE_KEYS = {"name": str, "policy": str, "scale": str, "recipe": str, "drop_path": (int, float)}
-_OPTIMIZER_KEYS = {"name": str, "lr": (list, int, float), "weight_decay": (list, int, float), "args": dict}
-_TOP_KEYS = {"study": dict, "backbones": list, "optimizers": list}
+_OPTIMIZER_KEYS = {"name": str, "lr": (list, int, float), "weight_decay": (list, int, float), "args": dict,
+                   "center": dict}
+_TOP_KEYS = {"study": dict, "backbones": list, "optimizers": list, "tuning": dict}
+_TUNING_KEYS = {"rungs": int, "eta": int, "step": (int, float), "fine_step": (int, float), "max_trials": int,
+                "lr_limits": list, "wd_limits": list}
+_CENTER_KEYS = {"lr": (int, float), "weight_decay": (int, float)}
 
 
 class StudyError(ValueError):
@@ -119,6 +137,7 @@ class Study:
     precision: str | None = None  # None: the tier's
     holdout_per_class: int | None = None  # set exactly when selection is "holdout"
     weight_conv: str = "slices"
+    tuner: Any = None  # bocb.tuning.TuningConfig under adaptive tuning
 
     @property
     def selection(self) -> str:
@@ -231,9 +250,18 @@ def parse_optimizers(where: str, raw: list[Any], tuning: str) -> tuple[dict[str,
         _known(place, get_optimizer_info, o["name"])
         for key in ("lr", "weight_decay"):
             if key in o:
+                if tuning == "adaptive":
+                    raise StudyError(f"{place}.{key}: tuning 'adaptive' searches lr and weight_decay; "
+                                     f"give its start as center = {{ lr = ..., weight_decay = ... }}")
                 o[key] = _values(f"{place}.{key}", o[key])
                 if tuning == "fixed" and len(o[key]) != 1:
                     raise StudyError(f"{place}.{key}: tuning 'fixed' takes one value, got {len(o[key])}")
+        if "center" in o:
+            if tuning != "adaptive":
+                raise StudyError(f"{place}.center: only tuning 'adaptive' takes a center, not {tuning!r}")
+            check_table(f"{place}.center", o["center"], _CENTER_KEYS, ("lr", "weight_decay"))
+            for key, v in o["center"].items():
+                _values(f"{place}.center.{key}", v)
     return tuple(optimizers)
 
 
@@ -248,6 +276,28 @@ def parse_selection(where: str, table: dict[str, Any]) -> int | None:
     if per_class < 1:
         raise StudyError(f"{where}.holdout_per_class: must be >= 1, got {per_class}")
     return per_class
+
+
+def parse_tuner(where: str, raw: dict[str, Any] | None, tuning: str) -> Any:
+    """The ``[tuning]`` table as a :class:`bocb.tuning.TuningConfig` (adaptive tuning only)."""
+    from bocb.tuning.policy import TuningConfig
+
+    if raw is not None and tuning != "adaptive":
+        raise StudyError(f"{where} [tuning]: only tuning 'adaptive' takes a [tuning] table, not {tuning!r}")
+    if tuning != "adaptive":
+        return None
+    raw = dict(raw or {})
+    check_table(f"{where} [tuning]", raw, _TUNING_KEYS)
+    for key in ("lr_limits", "wd_limits"):
+        if key in raw:
+            values = _values(f"{where} [tuning].{key}", raw[key])
+            if len(values) != 2 or not 0 < values[0] < values[1]:
+                raise StudyError(f"{where} [tuning].{key}: expected [low, high] with 0 < low < high, got {raw[key]}")
+            raw[key] = tuple(values)
+    try:
+        return TuningConfig(**raw)
+    except ValueError as exc:
+        raise StudyError(f"{where} [tuning]: {exc}") from None
 
 
 def parse_overrides(where: str, table: dict[str, Any]) -> dict[str, int]:
@@ -306,6 +356,7 @@ def load_study(path: str | Path) -> Study:
         time_limit_s=s.get("time_limit_s"), memory_limit_gb=s.get("memory_limit_gb"),
         description=s.get("description", ""), overrides=parse_overrides(head, s),
         precision=precision, holdout_per_class=holdout, weight_conv=weight_conv,
+        tuner=parse_tuner(where, raw.get("tuning"), tuning),
     )
 
 
@@ -322,10 +373,45 @@ def _settings(study: Study, backbone: dict[str, Any], optimizer: dict[str, Any])
     return [(float(row["lr"]), float(row["weight_decay"]))]
 
 
+def pair_trial(study: Study, backbone: dict[str, Any], optimizer: dict[str, Any], lr: float | None,
+               wd: float | None, seed: int, num_classes: int) -> TrialSpec:
+    """The trial spec of one backbone x optimizer entry at one setting and seed."""
+    b, o = backbone, optimizer
+    try:
+        spec = resolve_trial(
+            b["name"], o["name"], data=study.data, num_classes=num_classes, lr=lr,
+            weight_decay=wd, recipe=b.get("recipe"), tier=study.tier, seed=seed,
+            policy=b.get("policy"), scale=b.get("scale"),
+            epochs=study.overrides.get("epochs"),
+            batch_size=study.overrides.get("batch_size"),
+            drop_path_rate=b.get("drop_path"), wd_policy=study.wd_policy,
+            optimizer_args=o.get("args"), precision=study.precision,
+            holdout_per_class=study.holdout_per_class,
+        )
+    except ValueError as exc:
+        raise StudyError(f"{study.path}: {b['name']} x {o['name']}: {exc}") from None
+    subsets = {k: study.overrides[k] for k in ("train_per_class", "test_per_class") if k in study.overrides}
+    if subsets:
+        spec = TrialSpec(spec.backbone, spec.optimizer, spec.recipe.with_changes(**subsets), spec.data, spec.seed)
+    return spec
+
+
 def expand(study: Study, num_classes: int) -> tuple[list[TrialSpec], list[Skipped]]:
-    """Every trial of the study (backbone x optimizer x setting x seed), plus skipped pairs."""
+    """Every trial of the study (backbone x optimizer x setting x seed), plus skipped pairs.
+
+    Adaptive tuning has no trial list fixed in advance: it expands to none (every pair's start is
+    resolved once here, so a bad entry still fails before anything runs).
+    """
     trials: list[TrialSpec] = []
     skipped: list[Skipped] = []
+    if study.tuning == "adaptive":
+        from bocb.tuning.adapter import pairs
+
+        pairs(study)  # every pair's search space: a bad center or limit fails here
+        for b in study.backbones:
+            for o in study.optimizers:
+                pair_trial(study, b, o, None, None, study.seeds[0], num_classes)
+        return trials, skipped
     for b in study.backbones:
         for o in study.optimizers:
             settings = _settings(study, b, o)
@@ -334,24 +420,7 @@ def expand(study: Study, num_classes: int) -> tuple[list[TrialSpec], list[Skippe
                 continue
             for lr, wd in settings:
                 for seed in study.seeds:
-                    try:
-                        spec = resolve_trial(
-                            b["name"], o["name"], data=study.data, num_classes=num_classes, lr=lr,
-                            weight_decay=wd, recipe=b.get("recipe"), tier=study.tier, seed=seed,
-                            policy=b.get("policy"), scale=b.get("scale"),
-                            epochs=study.overrides.get("epochs"),
-                            batch_size=study.overrides.get("batch_size"),
-                            drop_path_rate=b.get("drop_path"), wd_policy=study.wd_policy,
-                            optimizer_args=o.get("args"), precision=study.precision,
-                            holdout_per_class=study.holdout_per_class,
-                        )
-                    except ValueError as exc:
-                        raise StudyError(f"{study.path}: {b['name']} x {o['name']}: {exc}") from None
-                    subsets = {k: study.overrides[k] for k in ("train_per_class", "test_per_class") if k in study.overrides}
-                    if subsets:
-                        spec = TrialSpec(spec.backbone, spec.optimizer, spec.recipe.with_changes(**subsets),
-                                         spec.data, spec.seed)
-                    trials.append(spec)
+                    trials.append(pair_trial(study, b, o, lr, wd, seed, num_classes))
     if not trials:
         raise StudyError(f"{study.path}: the grid is empty (every pair was skipped)")
     return trials, skipped

@@ -71,12 +71,18 @@ class RunOptions:
     checkpoint_every: int = 1  # epochs
     resume: bool = True
     stop_after_epochs: int | None = None  # end this run early (as if killed), for tests and budgets
+    # Pause (status ``interrupted``, checkpoint kept) once the trial has trained this many epochs of
+    # its schedule, counted from its start, not from this run's: an adaptive-tuning rung. Resuming
+    # with a later stop continues the same schedule, so the numbers equal an uninterrupted run's.
+    stop_at_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1 epoch, got {self.checkpoint_every}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"stop_after_epochs must be >= 1, got {self.stop_after_epochs}")
+        if self.stop_at_epoch is not None and self.stop_at_epoch < 1:
+            raise ValueError(f"stop_at_epoch must be >= 1, got {self.stop_at_epoch}")
 
 
 _DATASETS: dict[str, Dataset] = {}
@@ -90,8 +96,10 @@ def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
     from bocb.diagnostics.snapshot import final_snapshot
 
     spec = TrialSpec.from_dict(spec_dict)
+    # ``stop_at_epoch`` rides beside the spec for an adaptive-tuning rung (not part of the identity).
     options = RunOptions(device=device or config.device, compile=config.compile,
-                         work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every)
+                         work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every,
+                         stop_at_epoch=spec_dict.get("stop_at_epoch"))
     key = json.dumps(spec.data.to_dict(), sort_keys=True)
     try:
         if key not in _DATASETS:

@@ -89,15 +89,24 @@ def _from_store(args: argparse.Namespace, today: str):
         weights = weights_frame(store, study_id)
         weight_errors = snapshot_errors(store, study_id)
         versions = sorted({t["code_version"] for t in store.trials(study_id) if t["code_version"]})
-    # Robustness needs a tuned grid: with one setting per pair there is nothing to measure.
+        tuned = None
+        if study is not None and study.tuning == "adaptive":
+            from bocb.tuning.adapter import states
+
+            tuned = states(store, study)
+    # Robustness needs tuned settings: with one setting per pair there is nothing to measure.
     hparams = None
-    if study is None or study.tuning == "grid":
+    if study is None or study.tuning in ("grid", "adaptive"):
         hparams = best_settings(results)
     name = study.name if study else "store"
     described = (f"{study.name} ({study.study_id}), {study.tuning} tuning, tier {study.tier}, file {study.path}"
                  if study else "all studies in the store")
     provenance = _provenance(args, today, described, results, left_out, versions, "test top-1")
     extra = _not_results(left_out)
+    if tuned is not None:
+        from bocb.report.adaptive import adaptive_section
+
+        extra.append(adaptive_section(tuned))
     from bocb.report.weights import weights_sections
 
     extra.extend(weights_sections(results, weights, rule(args.rule, args.gamma), errors=weight_errors,
@@ -173,6 +182,7 @@ def _not_results(left_out) -> list:
         return []
     return [Section(
         "Trials that are not results",
-        (Text("Failed, pending, running or skipped trials are left out of every statistic above."),
+        (Text("Failed, pending, running or skipped trials are left out of every statistic above, and so are "
+              "paused ones: adaptive-tuning candidates stopped at a low-fidelity rung."),
          Table(left_out.set_index("trial_id").astype(str))),
     )]

@@ -45,14 +45,20 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(args.study, cache_dir, data_dirs(), args.download)
     store = SQLiteStore(args.store)
     new = register(store, prepared)
-    return run_registered(args, store, prepared.study, new)
+    tuner = None
+    if prepared.study.tuning == "adaptive":
+        from bocb.tuning.adapter import Tuner
+
+        tuner = Tuner(store, prepared.study, prepared.num_classes)
+    return run_registered(args, store, prepared.study, new, tuner)
 
 
-def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
+def run_registered(args: argparse.Namespace, store, study, new: int, tuner=None) -> int:
     """Run a registered study's runnable trials with the live view, then measure missing snapshots.
 
     ``study`` is a :class:`bocb.study.Study` or :class:`bocb.transfer.study.TransferStudy` (name,
     study_id, time_limit_s, memory_limit_gb). Shared by ``bocb run`` and ``bocb transfer``.
+    ``tuner`` (:class:`bocb.tuning.adapter.Tuner`, adaptive studies) proposes trials as they are needed.
     """
     from bocb.commands.diagnose import diagnose_study, weight_conv
     from bocb.executors.worker import WorkerConfig
@@ -74,11 +80,12 @@ def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
         compile=args.compile, weight_conv=weight_conv(study),
     )
     executor = _executor(args, config, study)
-    view = _LiveView(runnable)
+    view = _LiveView(runnable, tuner)
     try:
         with Live(view.render(None), console=console, refresh_per_second=2) as live:
             stats = run_study(store, study.study_id, executor, lease_s=args.lease,
-                              on_update=lambda s: live.update(view.render(s)))
+                              on_update=lambda s: live.update(view.render(s)),
+                              propose=tuner.propose if tuner else None)
             live.update(view.render(stats))
     except KeyboardInterrupt:
         console.print("[yellow]stopped: running trials were handed back and resume on the next run[/]")
@@ -88,6 +95,10 @@ def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
     diagnose_study(store, study.study_id, workers=1, console=console, conv=config.weight_conv)
     counts = store.counts(study.study_id)
     console.print(_results_table(store, study.study_id))
+    if tuner is not None:
+        from bocb.tuning.views import tuning_table
+
+        console.print(tuning_table(tuner.states()))
     print(json.dumps({"study": study.name, "study_id": study.study_id, **counts}), flush=True)
     store.close()
     return 0
@@ -114,7 +125,8 @@ def _executor(args: argparse.Namespace, config, study):
 
 
 class _LiveView:
-    def __init__(self, total: int):
+    def __init__(self, total: int, tuner=None):
+        self.tuner = tuner
         self.progress = Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(),
@@ -126,7 +138,10 @@ class _LiveView:
             return self.progress
         ips = stats.images / stats.train_seconds if stats.train_seconds else 0.0
         counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.finished.items())) or "none finished yet"
-        self.progress.update(self.task, completed=stats.done,
+        total = None
+        if self.tuner is not None:  # adaptive: the total grows as the tuner proposes
+            total = max(stats.done + len(stats.last_epoch), self.tuner.proposed)
+        self.progress.update(self.task, completed=stats.done, **({"total": total} if total else {}),
                              info=f"{counts}; {len(stats.last_epoch)} reporting; {ips:.0f} img/s per slot")
         table = Table(show_header=True, box=None)
         for col in ("running trial", "epoch", "test top-1 / AP", "train loss"):
@@ -138,6 +153,8 @@ class _LiveView:
             loss = row.get("train_loss")
             table.add_row(trial_id, str(row.get("epoch", "-")), "-" if score is None else f"{score:.2f}",
                           "-" if loss is None else f"{loss:.3f}")
+        if self.tuner is not None:
+            return Group(self.progress, self.tuner.summary_line(), table)
         return Group(self.progress, table)
 
 

@@ -53,15 +53,44 @@ def status(args: argparse.Namespace) -> int:
     study_id, name = _study_id(args.study)
     with open_existing_store(args.store) as store:
         counts = store.counts(study_id)
+        tuning = _tuning_rows(store, args.study)
     if args.json:
-        print(json.dumps({"study": name, "study_id": study_id, **counts}))
+        extra = {"tuning": tuning} if tuning is not None else {}
+        print(json.dumps({"study": name, "study_id": study_id, **counts, **extra}))
         return 0
     table = Table(title=f"{name or 'all studies'} in {args.store}")
     for s in (*STATUSES, "total"):
         table.add_column(s, justify="right")
     table.add_row(*[str(counts[s]) for s in (*STATUSES, "total")])
     Console().print(table)
+    if tuning is not None:
+        from bocb.tuning.adapter import states
+        from bocb.tuning.views import tuning_table
+
+        with open_existing_store(args.store) as store:
+            Console().print(tuning_table(states(store, _load(args.study))))
     return 0
+
+
+def _load(path: Path):
+    from bocb.study import load_study
+
+    return load_study(path)
+
+
+def _tuning_rows(store, path: Path | None) -> list[dict] | None:
+    """Per-pair tuning state of an adaptive study (None for any other study or the whole store)."""
+    from bocb.transfer.study import is_transfer_file
+
+    if path is None or is_transfer_file(path):
+        return None
+    study = _load(path)
+    if study.tuning != "adaptive":
+        return None
+    from bocb.tuning.adapter import states
+    from bocb.tuning.views import state_rows
+
+    return state_rows(states(store, study))
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -75,6 +104,11 @@ def plan(args: argparse.Namespace) -> int:
     prepared = prepare(args.study, args.cache_dir or default_cache_dir(), data_dirs(), args.download,
                        require_data=False)
     study = prepared.study
+    if study.tuning == "adaptive":
+        from bocb.tuning.plan import print_plan
+
+        print_plan(prepared, EFFECTIVE_FLOPS)
+        return 0
     done: dict[str, str] = {}
     if Path(args.store).exists():
         with open_existing_store(args.store) as store:

@@ -17,8 +17,15 @@ its ``trial_id``) or a backbone's random initialisation for a study (``init:<has
 one row of metrics per layer.
 
 Statuses: ``pending``, ``running``, ``done``, ``diverged``, ``failed``, ``skipped`` (a declared
-combination that cannot run, with its reason). Only ``done`` and ``diverged`` are final;
-``failed`` trials are retried on request (:meth:`Store.retry_failed`).
+combination that cannot run, with its reason), ``paused`` (adaptive tuning: stopped at a rung's
+epoch with its checkpoint; its per-epoch rows so far are low-fidelity results, never a pair's
+value; a promotion makes it ``pending`` again and it resumes). Only ``done`` and ``diverged`` are
+final; ``failed`` trials are retried on request (:meth:`Store.retry_failed`).
+
+Adaptive tuning (issue 14) records its proposals as *rung rows*: (study, pair, trial, rung, epoch
+to stop at). A trial's budget is the largest epoch its rung rows ask for (the full schedule when it
+has none); :meth:`SQLiteStore.add_proposals` inserts proposals idempotently, so two runners that
+propose the same thing at once add it once.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-STATUSES = ("pending", "running", "done", "diverged", "failed", "skipped")
+STATUSES = ("pending", "running", "done", "diverged", "failed", "skipped", "paused")
 FINAL = ("done", "diverged")
 
 

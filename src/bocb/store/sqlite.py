@@ -19,6 +19,8 @@ import numpy as np
 from bocb.store.base import FINAL, STATUSES, Store
 
 SCHEMA_VERSION = 2
+# The tuning_rungs table (adaptive tuning) is a new table only, created on open, so it needs no
+# version step: a file without it gains it, and older bocb versions never read it.
 # v2 added the weight-diagnostics tables (snapshots, layer_metrics, study_snapshots) and the trials'
 # `pretrained` column (a fine-tuning trial's pre-trained model). The change is additive, so a v1
 # file is upgraded in place when opened.
@@ -66,6 +68,10 @@ CREATE TABLE IF NOT EXISTS layer_metrics (
 );
 CREATE TABLE IF NOT EXISTS study_snapshots (
     study_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, PRIMARY KEY (study_id, snapshot_id)
+);
+CREATE TABLE IF NOT EXISTS tuning_rungs (
+    study_id TEXT NOT NULL, pair TEXT NOT NULL, trial_id TEXT NOT NULL, rung INTEGER NOT NULL,
+    epochs INTEGER NOT NULL, created REAL, PRIMARY KEY (study_id, trial_id, rung)
 );
 """
 
@@ -241,6 +247,62 @@ class SQLiteStore(Store):
                 "WHERE trial_id=? AND runner=? AND status='running'",
                 (trial_id, runner),
             )
+
+    # -- adaptive tuning ----------------------------------------------------------------------------
+    def add_proposals(self, study_id: str, pair: str, proposals: list[tuple[str, dict[str, Any], int, int]]) -> int:
+        """Record a tuner's proposals ``(trial_id, spec, rung, epochs)`` for one pair, idempotently.
+
+        Unknown trials are inserted ``pending`` and linked to the study; a rung row that is new
+        for a ``paused`` trial makes it ``pending`` (a promotion: it resumes to ``epochs``).
+        A rung row that already exists changes nothing. Returns how many trials became runnable.
+        """
+        now = time.time()
+        runnable = 0
+        with self._tx() as db:
+            position = db.execute(
+                "SELECT COALESCE(MAX(position), -1) + 1 FROM study_trials WHERE study_id=?", (study_id,)
+            ).fetchone()[0]
+            for trial_id, spec, rung, epochs in proposals:
+                runnable += db.execute(
+                    "INSERT OR IGNORE INTO trials (trial_id, spec, status, backbone, optimizer, category, "
+                    "lr, weight_decay, seed, recipe, tier, pretrained, skip_reason, created) "
+                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                    (trial_id, json.dumps(spec, sort_keys=True), *_summary_fields(spec), now),
+                ).rowcount
+                position += db.execute(
+                    "INSERT OR IGNORE INTO study_trials VALUES (?, ?, ?)", (study_id, trial_id, position)
+                ).rowcount
+                if db.execute("INSERT OR IGNORE INTO tuning_rungs VALUES (?, ?, ?, ?, ?, ?)",
+                              (study_id, pair, trial_id, rung, epochs, now)).rowcount:
+                    runnable += db.execute(
+                        "UPDATE trials SET status='pending', runner=NULL, lease_expires=NULL "
+                        "WHERE trial_id=? AND status='paused'", (trial_id,)).rowcount
+        return runnable
+
+    def stop_epoch(self, trial_id: str) -> int | None:
+        """The epoch a trial is to stop at: the largest its rung rows ask for (None: no rows)."""
+        row = self._db.execute("SELECT MAX(epochs) FROM tuning_rungs WHERE trial_id=?", (trial_id,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def tuning_rows(self, study_id: str, epochs: list[int]) -> tuple[list[dict[str, Any]], dict[tuple[str, int], float | None]]:
+        """A study's rung rows joined with their trials' status and settings, and the trials' test
+        top-1 at each of ``epochs`` (the rung epochs): ``{(trial_id, epoch): top1}``."""
+        rows = [dict(r) for r in self._db.execute(
+            "SELECT r.pair, r.trial_id, r.rung, r.epochs, t.status, t.lr, t.weight_decay, t.seed, "
+            "t.final_top1 FROM tuning_rungs r JOIN trials t USING (trial_id) WHERE r.study_id=? "
+            "ORDER BY r.pair, r.trial_id, r.rung", (study_id,))]
+        marks = ", ".join("?" * len(epochs))
+        scores = {(r["trial_id"], r["epoch"]): r["test_top1"] for r in self._db.execute(
+            f"SELECT trial_id, epoch, test_top1 FROM epochs WHERE epoch IN ({marks}) AND trial_id IN "
+            f"(SELECT trial_id FROM tuning_rungs WHERE study_id=?)", (*epochs, study_id))} if epochs else {}
+        return rows, scores
+
+    def trained_epochs(self, study_id: str) -> dict[str, int]:
+        """Epoch rows stored per trial of the study (what a trial has trained so far)."""
+        rows = self._db.execute(
+            "SELECT e.trial_id, COUNT(*) AS n FROM epochs e JOIN study_trials s USING (trial_id) "
+            "WHERE s.study_id=? GROUP BY e.trial_id", (study_id,))
+        return {r["trial_id"]: r["n"] for r in rows}
 
     def set_artifact(self, trial_id: str, kind: str, path: str) -> None:
         with self._tx() as db:

@@ -1,0 +1,46 @@
+"""What adaptive tuning costs a pair, in trial-epochs, for ``bocb plan``.
+
+- **expected**: the proposals the tuner makes when the pair's optimum is at its start (a smooth
+  bowl there, played through :func:`bocb.tuning.simulate.simulate`): the initial coarse stencil,
+  the fine ring, the halving. A pair whose optimum is elsewhere costs more, up to:
+- **worst case**: ``max_trials`` candidates, all at rung 0, the best 1/eta of them at each
+  further rung (what successive halving promotes at most), whatever the objective.
+
+Both add the study's other seeds at full budget for the chosen setting.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bocb.tuning.policy import TuningConfig
+from bocb.tuning.simulate import simulate
+from bocb.tuning.space import Space, value
+
+
+def worst_epochs(config: TuningConfig, epochs: int) -> int:
+    """Trial-epochs of ``max_trials`` candidates halved rung by rung (the tuning seed only)."""
+    rungs = config.rung_epochs(epochs)
+    members, total, previous = config.max_trials, 0, 0
+    for e in rungs:
+        total += members * (e - previous)
+        previous, members = e, max(1, members // config.eta)
+    return total
+
+
+def expected_epochs(space: Space, config: TuningConfig, epochs: int) -> int:
+    """Trial-epochs when the optimum sits at the start (the tuning seed only)."""
+    lr0, wd0 = value(space.start[0]), value(space.start[1])
+
+    def bowl(lr: float, wd: float, epoch: int) -> float:
+        w = math.log10(wd) if wd > 0 else -8.0
+        w0 = math.log10(wd0) if wd0 > 0 else -8.0
+        return -(math.log10(lr / lr0) ** 2) - 0.5 * (w - w0) ** 2 + epoch * 1e-3
+
+    return simulate(space, config, epochs, bowl).epochs
+
+
+def pair_cost(space: Space, config: TuningConfig, epochs: int, seeds: int) -> tuple[int, int]:
+    """(expected, worst-case) trial-epochs of one pair with ``seeds`` seeds."""
+    repeats = (seeds - 1) * epochs
+    return expected_epochs(space, config, epochs) + repeats, worst_epochs(config, epochs) + repeats

@@ -1,0 +1,177 @@
+"""The proposal function: a pair's observations in, the next proposals (or "done") out.
+
+:func:`decide` is pure and deterministic: the same observations give the same decision, whatever
+order results arrived in and however often it is asked. It has no state of its own; everything it
+knows is in the store (the adapter builds the observations from it), which is what makes a killed
+and restarted study propose exactly what it would have.
+
+The search (per pair, on the study's first seed):
+
+1. **Pattern search at the lowest rung.** Start with the 3 x 3 stencil of the coarse step around
+   the start. Then, for the best candidate so far by its rung-0 score, add its untried stencil
+   points at the coarse step; once it has none left, at the fine step. This is the boundary rule:
+   a best on the edge of what was tried always has untried stencil points outward, so the search
+   extends until the best is interior or sits on a hard limit (stencils are clamped to the limits).
+2. **Successive halving** (eta = 3 by default) over all candidates: S_0 is every candidate; S_r+1
+   is the best max(1, |S_r| // eta) of S_r by the score at rung r. Members of S_r+1 that have not
+   reached rung r+1 are promoted (resumed from their checkpoint to the next rung's epoch). Rungs
+   are filled in order: no promotion to r+2 is decided while one to r+1 is outstanding.
+3. **Boundary rule at full budget.** The best full-budget candidate gets its untried stencil
+   points too (coarse step first); they enter at rung 0 and the halving above decides again.
+
+The pair is done when nothing is outstanding: its optimum is the best full-budget candidate,
+``interior`` or ``at limit`` (which one), or ``budget`` when ``max_trials`` stopped the search
+while the best still had untried neighbours.
+
+Why synchronous halving rather than ASHA's asynchronous promotions: ASHA promotes whatever is in
+the top 1/eta *when a result arrives*, so its proposals depend on arrival order; a rerun after
+kill -9 would propose differently. Here a decision is taken only when none of the pair's trials is
+pending or running, so it depends on the set of results alone. Parallelism comes from the many
+pairs of a study (and from the candidates of one wave), not from within-rung asynchrony.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bocb.tuning.space import UNITS_PER_DECADE, Space
+
+Point = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """The adaptive tuner's knobs (a study's ``[study.tuning]`` table; defaults stated here).
+
+    ``rungs``: fidelity levels, the last is the full schedule; rung r of R ends at epoch
+    ``round(epochs / eta ** (R - 1 - r))`` (at least 1; equal rungs merge). ``eta``: halving rate.
+    ``step`` / ``fine_step``: stencil steps in decades (multiples of 0.1, the lattice unit).
+    ``max_trials``: candidates per pair at most. ``lr_limits`` / ``wd_limits``: hard limits.
+    """
+
+    rungs: int = 3
+    eta: int = 3
+    step: float = 0.5
+    fine_step: float = 0.2
+    max_trials: int = 50
+    lr_limits: tuple[float, float] = (1e-6, 10.0)
+    wd_limits: tuple[float, float] = (1e-6, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.rungs < 1 or self.eta < 2 or self.max_trials < 1:
+            raise ValueError(f"need rungs >= 1, eta >= 2, max_trials >= 1; got rungs {self.rungs}, "
+                             f"eta {self.eta}, max_trials {self.max_trials}")
+        for name in ("step", "fine_step"):
+            units = getattr(self, name) * UNITS_PER_DECADE
+            if units < 0.999 or abs(units - round(units)) > 1e-6:
+                raise ValueError(f"{name} must be a positive multiple of 0.1 decade, got {getattr(self, name)}")
+        if self.fine_step > self.step:
+            raise ValueError(f"fine_step ({self.fine_step}) must not exceed step ({self.step})")
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """Stencil steps in lattice units, coarse first."""
+        units = (round(self.step * UNITS_PER_DECADE), round(self.fine_step * UNITS_PER_DECADE))
+        return tuple(dict.fromkeys(units))
+
+    def rung_epochs(self, epochs: int) -> tuple[int, ...]:
+        """The epoch each rung ends at, increasing, the last one ``epochs``."""
+        out = [max(1, round(epochs / self.eta ** (self.rungs - 1 - r))) for r in range(self.rungs)]
+        return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One candidate of a pair as the store has it.
+
+    ``reached``: the highest rung it has a result for (-1: none yet). ``scores[r]``: its test
+    top-1 at rung r's epoch (``-inf`` when it diverged or failed before). ``busy``: pending or
+    running. ``final``: it can train no further (done, diverged or failed).
+    """
+
+    point: Point
+    reached: int
+    scores: tuple[float, ...]
+    busy: bool = False
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the pair needs next. ``proposals``: ``(point, rung)`` to run (rung 0: a new candidate;
+    higher: a promotion). ``done`` with ``best`` (the optimum), ``state`` (``interior``,
+    ``at limit: <which>`` or ``budget``). ``waiting``: trials are still pending or running."""
+
+    proposals: tuple[tuple[Point, int], ...] = ()
+    done: bool = False
+    waiting: bool = False
+    best: Point | None = None
+    best_score: float | None = None
+    state: str = "searching"
+    rung: int = 0  # the rung being filled (for status views)
+    candidates: int = 0
+    left: int = 0  # candidates still in the running for a higher rung
+    extra: dict = field(default_factory=dict)
+
+
+def _ranked(obs: list[Observation], rung: int) -> list[Observation]:
+    """Best first by the score at ``rung``; ties broken by the point, so order never matters."""
+    return sorted(obs, key=lambda o: (-o.scores[rung], o.point))
+
+
+def _untried(space: Space, centre: Point, tried: set[Point], steps: tuple[int, ...]) -> list[Point]:
+    """The centre's untried stencil points at the first step (coarse first) that has any."""
+    for s in steps:
+        new = [p for p in space.neighbours(centre, s) if p not in tried]
+        if new:
+            return new
+    return []
+
+
+def decide(space: Space, config: TuningConfig, observations: Mapping[Point, Observation],
+           epochs: int) -> Decision:
+    """The next proposals for one pair (see the module doc); pure and deterministic."""
+    n_rungs = len(config.rung_epochs(epochs))
+    top = n_rungs - 1
+    obs = list(observations.values())
+    steps = config.steps
+    if not obs:
+        return Decision(proposals=tuple((p, 0) for p in space.neighbours(space.start, steps[0])),
+                        candidates=0)
+    if any(o.busy for o in obs):
+        busy_rung = min(o.reached + 1 for o in obs if o.busy)
+        return Decision(waiting=True, rung=busy_rung, candidates=len(obs),
+                        left=sum(1 for o in obs if o.busy))
+    tried = {o.point for o in obs}
+    room = config.max_trials - len(obs)
+
+    # 1. pattern search on the rung-0 scores
+    best0 = _ranked(obs, 0)[0]
+    new = _untried(space, best0.point, tried, steps)
+    if new and room > 0:
+        return Decision(proposals=tuple((p, 0) for p in new[:room]), rung=0, candidates=len(obs))
+    stopped_by_budget = bool(new)
+
+    # 2. successive halving, one rung at a time
+    members = obs
+    for r in range(top):
+        members = _ranked(members, r)[:max(1, len(members) // config.eta)]
+        promote = [o for o in members if o.reached < r + 1 and not o.final]
+        if promote:
+            return Decision(proposals=tuple((o.point, r + 1) for o in promote), rung=r + 1,
+                            candidates=len(obs), left=len(members))
+
+    # 3. the boundary rule at full budget
+    full = [o for o in obs if o.reached >= top]
+    best = _ranked(full, top)[0]
+    new = _untried(space, best.point, tried, steps)
+    if new and room > 0:
+        return Decision(proposals=tuple((p, 0) for p in new[:room]), rung=0, candidates=len(obs),
+                        best=best.point, best_score=best.scores[top])
+    limit = space.at_limit(best.point)
+    state = "budget" if (new or stopped_by_budget) else (f"at limit: {limit}" if limit else "interior")
+    score = best.scores[top]
+    return Decision(done=True, best=best.point, best_score=None if math.isinf(score) else score,
+                    state=state, rung=top, candidates=len(obs), left=0)
