@@ -339,7 +339,7 @@ def test_detection_statuses(shapes_sets):
     assert exploded["status"] == "diverged" and exploded["diverged_epoch"] == 1
     assert exploded["epochs"][0]["map"] is None and exploded["final_map"] is None
 
-    sophia = run_detection(backbone, resolve_optimizer("sophia"), train, val, quick, seed=0)
+    sophia = run_detection(backbone, resolve_optimizer("sophia_g"), train, val, quick, seed=0)
     assert sophia["status"] == "failed" and "Gauss-Newton-Bartlett" in sophia["error"]
     too_few = run_detection(backbone, resolve_optimizer("adamw"), train, val,
                             quick.with_changes(batch_size=32), seed=0)

@@ -8,7 +8,7 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     tier = "smoke"               # full | fast | smoke
     seeds = [0]                  # or a count: seeds = 3 means [0, 1, 2]
     tuning = "fixed"             # grid | paper | fixed
-    wd_policy = "no_decay_1d"    # or decay_all; one policy for the whole grid
+    wd_policy = "paper"          # each optimizer's released rule; or no_decay_1d / decay_all for all
     # optional budget overrides for every trial: epochs, batch_size, train_per_class,
     # test_per_class; run limits: time_limit_s, memory_limit_gb; and classes = [0, 1, 2, 3, 4]
     # to keep only those classes of the data (relabelled in that order)
@@ -46,7 +46,8 @@ from typing import Any
 
 from bocb import paper
 from bocb.data import DatasetSpec, parse_data_arg
-from bocb.optim import POLICIES as WD_POLICIES
+from bocb.optim import DEFAULT_POLICY as DEFAULT_WD_POLICY
+from bocb.optim import POLICY_CHOICES as WD_POLICIES
 from bocb.optim import get_optimizer_info
 from bocb.recipes import RECIPES, TIERS
 from bocb.registry import UnknownNameError
@@ -245,7 +246,7 @@ def load_study(path: str | Path) -> Study:
     check_table(head, s, _STUDY_KEYS, ("name",))
     tier = choice(head, s, "tier", "full", TIERS)
     tuning = choice(head, s, "tuning", "grid", TUNING)
-    wd_policy = choice(head, s, "wd_policy", "no_decay_1d", WD_POLICIES)
+    wd_policy = choice(head, s, "wd_policy", DEFAULT_WD_POLICY, WD_POLICIES)
     seeds = parse_seeds(head, s)
     data = parse_data(head, s)
 
