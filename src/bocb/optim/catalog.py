@@ -1,4 +1,4 @@
-"""The optimizer zoo: the paper's 20 optimizers (method.md section 3) and extras.
+"""The optimizer zoo: the paper's 20 optimizers (its Table 1) and extras.
 
 Every entry points at a class in a maintained library; none is implemented in bocb. Where libraries
 overlap, timm is preferred over pytorch-optimizer (timm is already the model dependency), torch.optim
