@@ -340,7 +340,7 @@ def test_detection_statuses(shapes_sets):
     # Scored on the weights it ended with (AP 0: they are not finite, or find nothing).
     assert exploded["final_map"] == exploded["epochs"][-1]["map"] == 0.0
 
-    sophia = run_detection(backbone, resolve_optimizer("sophia"), train, val, quick, seed=0)
+    sophia = run_detection(backbone, resolve_optimizer("sophia_g"), train, val, quick, seed=0)
     assert sophia["status"] == "failed" and "Gauss-Newton-Bartlett" in sophia["error"]
     too_few = run_detection(backbone, resolve_optimizer("adamw"), train, val,
                             quick.with_changes(batch_size=32), seed=0)

@@ -34,7 +34,7 @@ def test_the_twenty_paper_optimizers_match_table_1():
 
 def test_extras_are_registered():
     extras = {o.short for o in list_optimizers(category="extra")}
-    assert {"Muon", "SF-AdamW", "Prodigy", "SOAP"} <= extras
+    assert {"Muon", "SF-AdamW", "Prodigy", "SOAP", "SophiaH", "SophiaG"} <= extras
 
 
 def _problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -103,8 +103,10 @@ def test_record_names_class_version_and_every_argument():
     assert spec.args["max_grad_norm"] == 1.0
     assert spec.args["lr"] == 1e-3 and spec.args["weight_decay"] == 0.05
     assert spec.args["betas"] == [0.9, 0.999]
-    sophia = resolve_optimizer("Sophia")
-    assert sophia.library == "sophia_opt" and sophia.curvature == "gnb"
+    sophia = resolve_optimizer("Sophia")  # the paper's row: the released, never-refreshed SophiaG
+    assert sophia.library == "sophia_opt" and sophia.curvature == "none"
+    assert resolve_optimizer("sophia_g").target == sophia.target
+    assert resolve_optimizer("sophia_g").curvature == "gnb"
     prodigy = resolve_optimizer("prodigy")
     assert prodigy.args["growth_rate"] == "inf"  # strict JSON has no Infinity
     assert prodigy.constructor_args()["growth_rate"] == float("inf")
@@ -134,8 +136,8 @@ def test_policy_decay_all_is_one_group():
     opt, record = build_optimizer(resolve_optimizer("SGD-M", wd_policy="decay_all"), model)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 1e-4
     assert record["param_groups"]["policy"] == "decay_all"
-    with pytest.raises(ValueError, match="valid: no_decay_1d, decay_all"):
-        resolve_optimizer("SGD-M", wd_policy="paper")
+    with pytest.raises(ValueError, match="valid: paper, no_decay_1d, decay_all"):
+        resolve_optimizer("SGD-M", wd_policy="decay_none")
 
 
 def test_muon_sends_the_classifier_to_its_adamw_fallback():

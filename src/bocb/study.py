@@ -8,7 +8,7 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     tier = "smoke"               # full | fast | smoke
     seeds = [0]                  # or a count: seeds = 3 means [0, 1, 2]
     tuning = "fixed"             # grid | paper | fixed | adaptive
-    wd_policy = "no_decay_1d"    # or decay_all; one policy for the whole grid
+    wd_policy = "paper"          # each optimizer's released rule; or no_decay_1d / decay_all for all
     precision = "tf32"           # optional: fp32 | tf32 | bf16 (default: the tier's; part of trial ids)
     selection = "test"           # optional: test (the paper's way) | holdout (see below)
     holdout_per_class = 50       # optional, with selection = "holdout" (default 50)
@@ -69,7 +69,8 @@ from typing import Any
 
 from bocb import paper
 from bocb.data import DatasetSpec, parse_data_arg
-from bocb.optim import POLICIES as WD_POLICIES
+from bocb.optim import DEFAULT_POLICY as DEFAULT_WD_POLICY
+from bocb.optim import POLICY_CHOICES as WD_POLICIES
 from bocb.optim import get_optimizer_info
 from bocb.diagnostics.metrics import CONV_MODES
 from bocb.recipes import PRECISIONS, RECIPES, TIERS
@@ -332,7 +333,7 @@ def load_study(path: str | Path) -> Study:
     check_table(head, s, _STUDY_KEYS, ("name",))
     tier = choice(head, s, "tier", "full", TIERS)
     tuning = choice(head, s, "tuning", "grid", TUNING)
-    wd_policy = choice(head, s, "wd_policy", "no_decay_1d", WD_POLICIES)
+    wd_policy = choice(head, s, "wd_policy", DEFAULT_WD_POLICY, WD_POLICIES)
     seeds = parse_seeds(head, s)
     data = parse_data(head, s)
     precision = choice(head, s, "precision", "tf32", PRECISIONS) if "precision" in s else None

@@ -76,6 +76,7 @@ def optimizer_frame(category: str | None = None, paper_only: bool = False) -> pd
             "lr_grid": _fmt_grid(o.lr_grid()),
             "wd_grid": _fmt_grid(o.wd_grid()),
             "wd_style": o.wd_style,
+            "paper_wd_policy": o.paper_wd_policy,
             "curvature": o.curvature,
             "train_eval": o.needs_train_eval,
             "paper": o.paper,
@@ -96,8 +97,8 @@ def describe(name: str, lr: float | None = None, wd: float | None = None) -> dic
         return {"backbone": out, "recipe": recipe_for(info).to_dict()}
     if name in OPTIMIZERS:
         info = get_optimizer_info(name)
-        out = {k: v for k, v in vars(info).items() if k != "fixed"}
-        out["fixed"] = dict(info.fixed)
+        out = {k: v for k, v in vars(info).items() if k not in ("fixed", "exempt_options")}
+        out["fixed"], out["exempt_options"] = dict(info.fixed), dict(info.exempt_options)
         out["lr_grid"], out["wd_grid"] = info.lr_grid(), info.wd_grid()
         return {"optimizer": out, "resolved": resolve_optimizer(name, lr=lr, weight_decay=wd).to_dict()}
     # Neither: report the closest names of both kinds in one line.

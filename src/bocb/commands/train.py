@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default: recipe's for its base optimizer, else the optimizer's grid centre)")
     p.add_argument("--wd", type=float, help="weight decay (default: as for --lr)")
     p.add_argument("--opt-arg", action="append", metavar="KEY=VALUE", help="optimizer argument, repeatable (JSON values)")
-    p.add_argument("--wd-policy", default="no_decay_1d", help="no_decay_1d (default) or decay_all")
+    p.add_argument("--wd-policy", default="paper",
+                   help="paper (default: each optimizer's rule in the released configs), no_decay_1d or decay_all")
     p.add_argument("--recipe", help="pytorch, deit, convnext, rsb-a2 (default: the paper's for the backbone); "
                                     "a tier name (fast, smoke) means the paper's recipe at that tier")
     p.add_argument("--tier", default="full", help="budget tier: full, fast, smoke (default: full)")

@@ -11,7 +11,7 @@ from bocb.optim.info import (
     log_grid,
     register_optimizer,
 )
-from bocb.optim.param_groups import DEFAULT_POLICY, POLICIES, build_param_groups
+from bocb.optim.param_groups import DEFAULT_POLICY, POLICIES, POLICY_CHOICES, build_param_groups
 from bocb.optim.stepping import Stepper
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "OPTIMIZERS",
     "POLICIES",
+    "POLICY_CHOICES",
     "OptimizerInfo",
     "OptimizerSpec",
     "Stepper",

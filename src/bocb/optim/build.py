@@ -6,6 +6,10 @@
 parameter-group policy. A spec depends on no model, so it can be hashed into a trial's identity
 before anything is built; :func:`build_optimizer` then applies it to a model.
 
+The weight-decay policy is resolved here: ``paper`` (the default) becomes the optimizer's own rule
+(``OptimizerInfo.paper_wd_policy``); the spec records the rule and ``wd_policy_from = "paper"``,
+an explicit rule is recorded with ``wd_policy_from = "explicit"``.
+
 Unknown knobs are an error naming the valid ones. This is deliberate: timm's ``create_optimizer``
 drops arguments an optimizer does not take, and pytorch-optimizer classes swallow them through
 ``**kwargs``; in a benchmark either makes a run differ silently from its record.
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 
 from bocb.optim.info import OptimizerInfo, get_optimizer_info
-from bocb.optim.param_groups import DEFAULT_POLICY, build_param_groups, check_policy
+from bocb.optim.param_groups import DEFAULT_POLICY, build_param_groups, resolve_policy
 
 # Arguments that select an implementation path, not the algorithm; recorded but not user knobs.
 _SKIP = {"self", "params"}
@@ -73,6 +77,10 @@ class OptimizerSpec:
 
     ``args`` holds every constructor argument as plain JSON values (lists for tuples, strings
     for non-finite floats); :meth:`constructor_args` converts them back for the class.
+    ``wd_policy`` is the rule applied (``no_decay_1d`` or ``decay_all``) and ``wd_policy_from``
+    says whether it was the ``paper`` default or ``explicit``; ``exempt_options`` are the
+    param-group options of the decay-exempt parameters; ``clip_grad_norm`` is the optimizer's own
+    gradient clip (:class:`bocb.optim.Stepper` combines it with the recipe's).
     """
 
     name: str
@@ -82,7 +90,10 @@ class OptimizerSpec:
     library: str
     library_version: str
     args: dict[str, Any]
-    wd_policy: str = DEFAULT_POLICY
+    wd_policy: str = "no_decay_1d"
+    wd_policy_from: str = "explicit"
+    exempt_options: dict[str, Any] = field(default_factory=dict)
+    clip_grad_norm: float | None = None
     curvature: str = "none"
     curvature_interval: int = 10
     needs_train_eval: bool = False
@@ -140,10 +151,11 @@ def resolve_optimizer(
     """Resolve ``name`` (canonical or paper short name) with overrides into an OptimizerSpec.
 
     ``lr``/``weight_decay`` default to the zoo's grid centres; ``knobs`` override the optimizer's
-    own arguments (``betas=(0.9, 0.95)``) and must be arguments of its class.
+    own arguments (``betas=(0.9, 0.95)``) and must be arguments of its class. ``wd_policy`` is
+    ``paper`` (the optimizer's released rule), ``no_decay_1d`` or ``decay_all``.
     """
     info: OptimizerInfo = get_optimizer_info(name)
-    check_policy(wd_policy)
+    rule, rule_from = resolve_policy(wd_policy, info.paper_wd_policy)
     cls = info.load_class()
     sig = _signature(cls)
     bad = sorted(set(knobs) - set(sig))
@@ -174,7 +186,10 @@ def resolve_optimizer(
         library=info.library,
         library_version=library_version(info.library),
         args={k: _jsonable(v) for k, v in sorted(args.items())},
-        wd_policy=wd_policy,
+        wd_policy=rule,
+        wd_policy_from=rule_from,
+        exempt_options={k: _jsonable(v) for k, v in info.exempt_options.items()},
+        clip_grad_norm=info.clip_grad_norm,
         curvature=info.curvature,
         curvature_interval=info.curvature_interval,
         needs_train_eval=info.needs_train_eval,
@@ -188,7 +203,8 @@ def build_optimizer(spec: OptimizerSpec, model: nn.Module) -> tuple[torch.optim.
     The record (``spec.to_dict()`` plus ``param_groups``) is what a run stores.
     """
     groups, groups_record = build_param_groups(
-        model, spec.weight_decay, spec.wd_policy, head_fallback=spec.matrix_fallback
+        model, spec.weight_decay, spec.wd_policy, head_fallback=spec.matrix_fallback,
+        exempt_options=spec.exempt_options,
     )
     cls = get_optimizer_info(spec.name).load_class()
     optimizer = cls(groups, **spec.constructor_args())

@@ -33,6 +33,7 @@ CATEGORIES: dict[str, str] = {
 #   (backward of the loss on labels sampled from the model's own softmax, then
 #   optimizer.update_hessian()), and step(bs=batch_size) (SophiaG, as in its official code).
 Curvature = Literal["none", "hvp", "gnb"]
+WdRule = Literal["no_decay_1d", "decay_all"]
 
 # The paper's tuning values (Tables A4/A5) lie on a 1-2-5 series (..., 1e-4, 2e-4, 5e-4, 1e-3, ...);
 # bocb's grids are consecutive points of that series. Centres off the series (LARS 1.2, AdaDelta 1.5)
@@ -77,6 +78,13 @@ class OptimizerInfo:
     purpose (momentum, betas, ...), everything else is the class's own default and is written out
     in full by :func:`bocb.optim.build.resolve_optimizer`. ``lr`` and ``weight_decay`` are the
     centres of the tuning grids (the mode of the paper's chosen values for paper optimizers).
+
+    ``paper_wd_policy`` is the weight-decay rule the ``paper`` policy resolves to (the rule of the
+    optimizer's released config, or of its closest released analogue; :mod:`bocb.optim.claims`
+    says which). ``exempt_options`` are param-group options for the parameters that rule exempts
+    from decay (norms, biases, ...), applied whatever the study's policy. ``clip_grad_norm`` is a
+    global gradient-norm clip the optimizer's own released config applies (Adan's
+    ``max_grad_norm``) where the library class has no such argument; the Stepper applies it.
     """
 
     name: str
@@ -89,6 +97,9 @@ class OptimizerInfo:
     wd_style: Literal["l2", "decoupled", "trust-ratio"] = "l2"
     curvature: Curvature = "none"
     curvature_interval: int = 10
+    paper_wd_policy: WdRule = "no_decay_1d"
+    exempt_options: Mapping[str, Any] = field(default_factory=dict)
+    clip_grad_norm: float | None = None
     needs_train_eval: bool = False  # schedule-free: optimizer.train()/eval() around each phase
     matrix_fallback: bool = False  # Muon: non-matrix params and the classifier go to AdamW
     paper: bool = True
@@ -100,7 +111,10 @@ class OptimizerInfo:
             raise ValueError(f"{self.name}: category {self.category!r} not in {list(CATEGORIES)}")
         if ":" not in self.target:
             raise ValueError(f"{self.name}: target {self.target!r} must be 'module:Class'")
+        if self.paper_wd_policy not in ("no_decay_1d", "decay_all"):
+            raise ValueError(f"{self.name}: paper_wd_policy {self.paper_wd_policy!r} not in no_decay_1d, decay_all")
         object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
+        object.__setattr__(self, "exempt_options", MappingProxyType(dict(self.exempt_options)))
 
     @property
     def module(self) -> str:

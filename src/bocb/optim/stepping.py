@@ -11,6 +11,15 @@ spec says which (the trainer never inspects the optimizer object):
   step passes ``bs`` (the batch size) to ``step``.
 - ``needs_train_eval`` (schedule-free): ``optimizer.train()`` before training and ``.eval()``
   before evaluation, because the weights evaluated differ from the ones the gradient is taken at.
+- ``clip_grad_norm`` (Adan's ``max_grad_norm`` in its released config): the gradient's global norm
+  is clipped to the smaller of the optimizer's and the recipe's clip. Both apply in the released
+  setting (the recipe's OptimizerHook clips, then the optimizer clips again), and clipping to a then
+  b equals clipping to min(a, b).
+
+The same SophiaG class runs two ways: ``curvature == "gnb"`` refreshes its Hessian estimate (the real
+SophiaG); ``curvature == "none"`` never does, so the estimate stays at its initial zeros and each
+step is ``-lr * sign(momentum)`` after decoupled decay, which is how the authors' released code drove
+it (``bocb.optim.catalog`` says why).
 """
 
 from __future__ import annotations
@@ -53,7 +62,9 @@ class Stepper:
 
         ``forward()`` runs the model on the batch (under whatever autocast the caller chose) and
         returns logits; ``loss_fn(logits)`` gives the training loss (mixup targets, label
-        smoothing... are the caller's). ``params`` are clipped to ``clip_grad_norm`` when given.
+        smoothing... are the caller's). ``clip_grad_norm`` is the recipe's clip; the gradient of
+        ``params`` (default: every parameter the optimizer holds) is clipped to the smaller of it
+        and the spec's own ``clip_grad_norm``, when either is set.
         """
         spec = self.spec
         if spec.curvature == "gnb" and self.steps % spec.curvature_interval == 0:
@@ -68,8 +79,11 @@ class Stepper:
                 loss.backward(create_graph=True)
         else:
             loss.backward()
-        if clip_grad_norm is not None and params is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        clips = [c for c in (clip_grad_norm, spec.clip_grad_norm) if c is not None]
+        if clips:
+            if params is None:
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, min(clips))
         if spec.curvature == "gnb":
             self.optimizer.step(bs=logits.shape[0])  # type: ignore[call-arg]
         else:

@@ -36,7 +36,8 @@ device. The data stays in host memory as uint8 and each batch is copied to the d
 set can outgrow it); batches are drawn without replacement and the last partial batch is dropped
 (as bocb.trial); training images without boxes are skipped (mmdet's ``filter_empty_gt``), validation keeps every image. Steps go through
 :class:`bocb.optim.Stepper` (schedule-free train/eval switching, SophiaH's create_graph), with
-the optimizer and its parameter groups from :func:`bocb.optim.build_optimizer`; SophiaG is refused
+the optimizer and its parameter groups from :func:`bocb.optim.build_optimizer`; the real SophiaG
+(``sophia_g``; the paper's ``sophia`` row never refreshes its Hessian and runs) is refused
 (its Gauss-Newton-Bartlett refresh samples labels from a softmax classifier, which RetinaNet's
 per-anchor sigmoid focal loss is not). Precision (``precision="auto"``): bf16 autocast and
 channels_last on CUDA, fp32 on CPU; under autocast the head's outputs are cast to fp32 and anchors

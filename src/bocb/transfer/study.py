@@ -67,7 +67,8 @@ from typing import Any
 from bocb import checkpoint
 from bocb.data import DatasetSpec
 from bocb.diagnostics.snapshot import read_spec
-from bocb.optim import POLICIES as WD_POLICIES
+from bocb.optim import DEFAULT_POLICY as DEFAULT_WD_POLICY
+from bocb.optim import POLICY_CHOICES as WD_POLICIES
 from bocb.optim import get_optimizer_info
 from bocb.recipes import TIERS
 from bocb.registry import UnknownNameError
@@ -195,7 +196,7 @@ def load_transfer(path: str | Path) -> TransferStudy:
         name=s["name"], path=str(path), task=task, settings=raw,
         optimizers=parse_optimizers(where, raw["optimizers"], tuning), pretrained=tuple(pretrained),
         seeds=parse_seeds(head, s), tier=choice(head, s, "tier", "full", TIERS), tuning=tuning,
-        wd_policy=choice(head, s, "wd_policy", "no_decay_1d", WD_POLICIES),
+        wd_policy=choice(head, s, "wd_policy", DEFAULT_WD_POLICY, WD_POLICIES),
         finetune=choice(head, s, "finetune", "full", FINETUNE_MODES), data=data, detection=detection,
         overrides=parse_overrides(head, s), time_limit_s=s.get("time_limit_s"),
         memory_limit_gb=s.get("memory_limit_gb"), description=s.get("description", ""),
