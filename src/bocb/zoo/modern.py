@@ -69,9 +69,10 @@ def mixer_s16(num_classes: int, policy: str, scale: str, drop_path_rate: float, 
     residual_norm="pre-norm", source="timm", default_policy="upsample", published_params_m=28.29,
     cifar_stem="2x2 patches, 4x4 windows (stages at 16, 8, 4, 2)", reference="Liu et al., ICCV 2021",
     recipe_source=_RELEASED + "swin_t_adamw_sz224_bs100_ep200.py",
-    # The released Swin-T config: DeiT's 20 warm-up epochs and 1e-6 floor, drop-path 0.2, and the
-    # sz224_randaug pipeline (RandAugment m7, no random erasing).
-    recipe_overrides={"warmup_epochs": 20, "drop_path_rate": 0.2, "augment.randaugment": (2, 7),
+    # The released Swin-T config: base lr 5e-4 (the default AdamW lr here; tuning still searches),
+    # DeiT's 20 warm-up epochs and 1e-6 floor, drop-path 0.2, and the sz224_randaug pipeline
+    # (RandAugment m7, no random erasing).
+    recipe_overrides={"lr": 5e-4, "warmup_epochs": 20, "drop_path_rate": 0.2, "augment.randaugment": (2, 7),
                       "augment.random_erasing": 0.0, "min_lr": 1e-6},
 )
 def swin_tiny(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
