@@ -5,9 +5,21 @@ them as tasks and stores the records the tasks return, so the store can be a pla
 the driver's machine even when the workers are a cluster. Worker processes are reused by Ray,
 and :mod:`bocb.executors.worker` keeps each loaded dataset in them across trials.
 
-Without ``address`` a private local Ray instance is started (``address="local"``, bound to
-127.0.0.1, no dashboard) and shut down by :meth:`RayExecutor.shutdown`; with ``address`` the
-executor connects to an existing cluster and leaves it running.
+Without ``address`` a private local Ray instance is started (``address="local"``, no dashboard)
+and shut down by :meth:`RayExecutor.shutdown`; with ``address`` the executor connects to an
+existing cluster and leaves it running (what that cluster exposes is its owner's choice).
+
+Loopback only. Ray 2.60 turns ``_node_ip_address="127.0.0.1"`` into the machine's external
+address (``services.resolve_ip_for_localhost``), and then its GCS, raylet, workers and the
+driver's own gRPC server listen on every interface. The one switch that keeps a Linux node on
+loopback is Ray's ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (single-node mode: the node address is
+127.0.0.1, and every component binds it), so the private instance is started with it, set for
+this process and inherited by every Ray process. Then the executor checks rather than trusts:
+the listening sockets of every process below this one are read from ``/proc``
+(:mod:`bocb.executors.sockets`), and any that is not loopback stops the instance with an error
+(fail closed). Workers Ray starts later inherit the node address; the test suite lists their
+sockets too. Processes of the private instance die with the driver: Ray starts them with the
+kernel's parent-death signal (its "fate sharing"), and workers exit when their raylet does.
 
 On a cluster (see README): every node needs bocb installed in the same environment (or a Ray
 ``runtime_env``), the dataset reachable at the same path or in each node's cache, and
@@ -20,10 +32,39 @@ command with its head service address.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+from bocb.executors import sockets
 from bocb.executors.worker import WorkerConfig
+
+# Ray's single-node switch (read by ray._private.ray_constants at import): 0 = node address 127.0.0.1.
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+class RayExposedError(RuntimeError):
+    """The private Ray instance listens on a non-loopback address; it was stopped."""
+
+
+def _start_private_ray(num_cpus: int | None) -> Any:
+    """Start a local Ray instance listening on loopback only, or raise :class:`RayExposedError`."""
+    os.environ[_LOOPBACK_ENV] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    # When ray was imported before the variable was set, its constant already said "cluster".
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    exposed = [s for s in sockets.listening(sockets.descendants(os.getpid()) | {os.getpid()})
+               if not s.loopback]
+    node_ip = ray.util.get_node_ip_address()
+    if exposed or not sockets.is_loopback(node_ip):
+        ray.shutdown()
+        what = "; ".join(map(str, exposed)) or f"node address {node_ip}"
+        raise RayExposedError(f"the private Ray instance listened beyond loopback ({what}); stopped it. "
+                              f"Start a Ray cluster yourself and pass --address to choose what it exposes")
+    return ray
 
 
 def _execute(spec: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
@@ -37,19 +78,18 @@ class RayExecutor:
 
     def __init__(self, config: WorkerConfig, slots: int = 1, address: str | None = None,
                  gpus: int | None = None, time_limit_s: float | None = None, num_cpus: int | None = None):
-        import ray
-
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        self._ray = ray
+        import ray
+
         self._owns = False
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                         _node_ip_address="127.0.0.1", log_to_driver=False)
+                ray = _start_private_ray(num_cpus)
                 self._owns = True
+        self._ray = ray
         cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
         gpu_count = min(gpus, cluster_gpus) if gpus is not None else cluster_gpus
         self._capacity = slots * gpu_count if gpu_count else slots
