@@ -6,6 +6,13 @@ SQLite file. Leases are renewed while trials run; a runner killed with SIGKILL s
 renewing, and the next runner takes its trials over when their leases expire (they resume from
 their checkpoints). On Ctrl-C (or SIGTERM) the runner stops its workers and hands its running
 trials back as ``pending``, leaving the store consistent.
+
+Every claim gets a fresh token (:func:`bocb.fencing.new_token`) that the executor fences into
+the trial's directory before a worker sees it; the worker's files and its record carry it. A
+record whose token is not the runner's current claim on that trial is refused (counted in
+``stale_results``), as the store refuses a finish from a runner that lost its lease: between the
+two, a stale worker's result and files never land. Workers die with the runner
+(:mod:`bocb.executors.orphans`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bocb.fencing import new_token
 from bocb.store import SQLiteStore
 
 
@@ -26,7 +34,7 @@ class Executor(Protocol):
     free_slots: int
     running: list[str]
 
-    def submit(self, trial_id: str, spec: dict[str, Any]) -> None: ...
+    def submit(self, trial_id: str, spec: dict[str, Any], claim: str) -> None: ...
     def poll(self, timeout: float = 1.0) -> list[tuple[str, dict[str, Any]]]: ...
     def events(self) -> list[tuple[str, dict]]: ...
     def shutdown(self) -> None: ...
@@ -42,6 +50,7 @@ class RunStats:
     train_seconds: float = 0.0
     trial_seconds: list[float] = field(default_factory=list)
     lost_leases: int = 0
+    stale_results: int = 0  # records from a superseded claim, refused
     last_epoch: dict[str, dict] = field(default_factory=dict)  # trial_id -> last epoch event
 
     @property
@@ -70,6 +79,7 @@ def run_study(
     me = runner_id()
     stats = RunStats()
     leases: dict[str, float] = {}  # trial_id -> when last renewed
+    claims: dict[str, str] = {}  # trial_id -> this runner's current claim token
     started = 0
 
     def stop(signum: int, frame: Any) -> None:
@@ -83,12 +93,18 @@ def run_study(
                 if claimed is None:
                     break
                 trial_id, spec = claimed
-                executor.submit(trial_id, spec)
+                claims[trial_id] = new_token()
+                executor.submit(trial_id, spec, claims[trial_id])
                 leases[trial_id] = time.time()
                 started += 1
             if not executor.running:
                 break
             for trial_id, record in executor.poll(timeout=1.0):
+                current = claims.get(trial_id)
+                if current is None or record.get("claim") != current:
+                    stats.stale_results += 1  # not this runner's current attempt: never stored
+                    continue
+                del claims[trial_id]
                 leases.pop(trial_id, None)
                 stats.last_epoch.pop(trial_id, None)
                 _store_result(store, me, trial_id, record, stats)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from bocb import checkpoint
 from bocb.data import Dataset
 from bocb.data.augment import BatchAugment
+from bocb.fencing import Fence
 from bocb.optim import Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
 from bocb.seeding import epoch_seed, seed_all, synchronize
@@ -56,6 +57,7 @@ class RunOptions:
     checkpoint_every: int = 1  # epochs
     resume: bool = True
     stop_after_epochs: int | None = None  # end this run early (as if killed), for tests and budgets
+    fence: Fence | None = None  # the runner's claim: checkpoint/weight writes refused once it is stale
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
@@ -195,6 +197,8 @@ def _train(
     ckpt_path = work / CHECKPOINT if work else None
     start_epoch = 0
     seconds = {"train": 0.0, "eval": 0.0, "compile": 0.0}
+    if options.fence is not None:
+        options.fence.check()  # a claim already superseded never starts (StaleClaimError: failed)
     if ckpt_path and options.resume and ckpt_path.exists():
         state = checkpoint.load(ckpt_path, device=device)
         if state["trial_id"] != spec.trial_id:
@@ -284,7 +288,7 @@ def _train(
                 "trial_id": spec.trial_id, "epoch": epoch + 1, "model": model.state_dict(),
                 "stepper": stepper.state_dict(), "rng": checkpoint.rng_state(),
                 "rows": record["epochs"], "seconds": seconds,
-            })
+            }, fence=options.fence)
         if options.stop_after_epochs is not None and epochs_this_run >= options.stop_after_epochs and not last:
             record["status"] = "interrupted"
             break
@@ -299,7 +303,7 @@ def _train(
     if work and record["status"] in ("done", "diverged"):
         # The spec travels in the file's metadata, so `bocb diagnose --checkpoint` needs nothing else.
         checkpoint.save_weights(work / FINAL_WEIGHTS, model,
-                                metadata={"trial_id": spec.trial_id, "spec": spec.to_json()})
+                                metadata={"trial_id": spec.trial_id, "spec": spec.to_json()}, fence=options.fence)
         record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
 
 

@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from bocb.executors import sockets
 from bocb.executors.worker import WorkerConfig
+from bocb.fencing import raise_fence
 
 # Ray's single-node switch (read by ray._private.ray_constants at import): 0 = node address 127.0.0.1.
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -67,10 +69,10 @@ def _start_private_ray(num_cpus: int | None) -> Any:
     return ray
 
 
-def _execute(spec: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
+def _execute(spec: dict[str, Any], config: WorkerConfig, claim: str) -> dict[str, Any]:
     from bocb.executors.worker import execute
 
-    return execute(spec, config)
+    return execute(spec, config, claim=claim)
 
 
 class RayExecutor:
@@ -99,7 +101,7 @@ class RayExecutor:
         self._task = ray.remote(**options)(_execute)
         self.config = config
         self.time_limit_s = time_limit_s
-        self._inflight: dict[Any, tuple[str, dict, float]] = {}
+        self._inflight: dict[Any, tuple[str, dict, float, str]] = {}
 
     @property
     def free_slots(self) -> int:
@@ -107,11 +109,13 @@ class RayExecutor:
 
     @property
     def running(self) -> list[str]:
-        return [tid for tid, _, _ in self._inflight.values()]
+        return [tid for tid, _, _, _ in self._inflight.values()]
 
-    def submit(self, trial_id: str, spec: dict[str, Any]) -> None:
-        ref = self._task.remote(spec, self.config)
-        self._inflight[ref] = (trial_id, spec, time.time())
+    def submit(self, trial_id: str, spec: dict[str, Any], claim: str) -> None:
+        """Run ``spec`` under the runner's ``claim`` token (fenced in before the task starts)."""
+        raise_fence(Path(self.config.artifacts_dir) / trial_id, claim)
+        ref = self._task.remote(spec, self.config, claim)
+        self._inflight[ref] = (trial_id, spec, time.time(), claim)
 
     def poll(self, timeout: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
         ray = self._ray
@@ -120,18 +124,20 @@ class RayExecutor:
             return finished
         ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=timeout)
         for ref in ready:
-            trial_id, spec, _ = self._inflight.pop(ref)
+            trial_id, spec, _, claim = self._inflight.pop(ref)
             try:
                 finished.append((trial_id, ray.get(ref)))
             except Exception as exc:  # noqa: BLE001 - a dead worker is a failed trial, not a dead study
-                finished.append((trial_id, _failed(trial_id, spec, f"Ray task failed: {type(exc).__name__}: {exc}")))
+                finished.append((trial_id, _failed(trial_id, spec, f"Ray task failed: {type(exc).__name__}: {exc}",
+                                                   claim)))
         if self.time_limit_s:
             now = time.time()
-            for ref, (trial_id, spec, started) in list(self._inflight.items()):
+            for ref, (trial_id, spec, started, claim) in list(self._inflight.items()):
                 if now - started > self.time_limit_s:
                     ray.cancel(ref, force=True)
                     del self._inflight[ref]
-                    finished.append((trial_id, _failed(trial_id, spec, f"exceeded the time limit of {self.time_limit_s:g} s")))
+                    finished.append((trial_id, _failed(trial_id, spec, f"exceeded the time limit of {self.time_limit_s:g} s",
+                                                       claim)))
         return finished
 
     def events(self) -> list[tuple[str, dict]]:
@@ -146,5 +152,5 @@ class RayExecutor:
             self._owns = False
 
 
-def _failed(trial_id: str, spec: dict, error: str) -> dict[str, Any]:
-    return {"trial_id": trial_id, "spec": spec, "status": "failed", "error": error, "epochs": []}
+def _failed(trial_id: str, spec: dict, error: str, claim: str) -> dict[str, Any]:
+    return {"trial_id": trial_id, "spec": spec, "status": "failed", "error": error, "epochs": [], "claim": claim}

@@ -16,8 +16,9 @@ from typing import Any
 
 from bocb.data import Dataset, DatasetSpec, load_dataset
 from bocb.diagnostics.snapshot import final_snapshot
+from bocb.fencing import Fence, StaleClaimError
 from bocb.spec import TrialSpec
-from bocb.transfer.detection_trial import is_detection, run_detection_trial
+from bocb.transfer.detection_trial import DetectionTrialSpec, is_detection, run_detection_trial
 from bocb.trial import Progress, RunOptions, run_trial
 
 
@@ -49,17 +50,37 @@ def _dataset(spec: DatasetSpec, config: WorkerConfig) -> Dataset:
 
 
 def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None = None,
-            progress: Progress | None = None) -> dict[str, Any]:
+            progress: Progress | None = None, claim: str | None = None) -> dict[str, Any]:
     """Run one trial (resuming from its checkpoint in ``artifacts_dir/<trial_id>`` if any).
 
+    ``claim`` is the runner's token for this attempt (:mod:`bocb.fencing`): every file the trial
+    writes is refused once another claim replaced it, and the record carries it back as
+    ``record["claim"]`` so the runner can refuse a stale result too.
     Never raises for a trial's own failure: data errors become a ``failed`` record too.
     """
+    record = _execute(spec_dict, config, device, progress, claim)
+    record["claim"] = claim
+    return record
+
+
+def _fence(config: WorkerConfig, trial_id: str, claim: str | None) -> Fence | None:
+    return Fence(Path(config.artifacts_dir) / trial_id, claim) if claim is not None else None
+
+
+def _execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None, progress: Progress | None,
+             claim: str | None) -> dict[str, Any]:
     if is_detection(spec_dict):
-        return run_detection_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress)
+        trial_id = DetectionTrialSpec.from_dict(spec_dict).trial_id
+        try:
+            return run_detection_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress,
+                                       fence=_fence(config, trial_id, claim))
+        except StaleClaimError as exc:
+            return {"trial_id": trial_id, "spec": spec_dict, "status": "failed", "error": str(exc), "epochs": []}
     spec = TrialSpec.from_dict(spec_dict)
     options = RunOptions(
         device=device or config.device, precision=config.precision, compile=config.compile,
         work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every,
+        fence=_fence(config, spec.trial_id, claim),
     )
     try:
         dataset = _dataset(spec.data, config)

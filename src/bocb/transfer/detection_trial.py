@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from bocb import checkpoint
+from bocb.fencing import Fence
 from bocb.optim import OptimizerSpec
 from bocb.spec import Pretrained
 from bocb.transfer.coco import DetectionSet, load_coco
@@ -123,9 +124,10 @@ def starting_detector(spec: DetectionTrialSpec, train: DetectionSet) -> torch.nn
 
 
 def run_detection_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path | None,
-                        progress=None) -> dict[str, Any]:
+                        progress=None, fence: Fence | None = None) -> dict[str, Any]:
     """Run one detection fine-tuning trial; always returns a record (failures included). Its
-    final weights go to ``artifacts_dir/<trial_id>/`` (nothing is kept when it is None)."""
+    final weights go to ``artifacts_dir/<trial_id>/`` (nothing is kept when it is None), only
+    while ``fence``'s claim is current when one is given (:mod:`bocb.fencing`)."""
     spec = DetectionTrialSpec.from_dict(spec_dict)
     base = {"trial_id": spec.trial_id, "spec": spec_dict, "status": "failed", "epochs": []}
     try:
@@ -139,7 +141,8 @@ def run_detection_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: P
     if artifacts_dir is not None and record["status"] in ("done", "diverged"):
         detector = detector.to("cpu")
         path = Path(artifacts_dir) / spec.trial_id / "final.safetensors"
-        checkpoint.save_weights(path, detector, metadata={"trial_id": spec.trial_id, "spec": json.dumps(spec_dict)})
+        checkpoint.save_weights(path, detector, metadata={"trial_id": spec.trial_id, "spec": json.dumps(spec_dict)},
+                                fence=fence)
         record["artifacts"] = {"final_weights": str(path)}
         record["diagnostics"] = _snapshot(spec, path, lambda: detector, train)
     return record
