@@ -101,7 +101,8 @@ def _read_cifar_split(folder: Path, names: list[str]) -> tuple[torch.Tensor, tor
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise ValueError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got "
                              f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
-        if not isinstance(rows, list) or len(rows) != len(data) or not all(isinstance(r, int | np.integer) for r in rows):
+        integers = isinstance(rows, list) and all(isinstance(r, int | np.integer) for r in rows)
+        if not integers or len(rows) != len(data):
             raise ValueError(f"{path}: 'labels' (or 'fine_labels') must be {len(data)} integers")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.extend(int(r) for r in rows)

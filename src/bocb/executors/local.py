@@ -24,8 +24,8 @@ import os
 import queue
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bocb.executors.orphans import die_with_parent

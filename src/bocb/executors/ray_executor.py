@@ -18,8 +18,13 @@ this process and inherited by every Ray process. Then the executor checks rather
 the listening sockets of every process below this one are read from ``/proc``
 (:mod:`bocb.executors.sockets`), and any that is not loopback stops the instance with an error
 (fail closed). Workers Ray starts later inherit the node address; the test suite lists their
-sockets too. Processes of the private instance die with the driver: Ray starts them with the
-kernel's parent-death signal (its "fate sharing"), and workers exit when their raylet does.
+sockets too.
+
+Processes of the private instance die with the driver. Ray's own fate sharing (parent-death
+signal on the GCS and raylet; workers exit with their raylet) leaves its dashboard and
+runtime-env agents running after a SIGKILL of the driver (measured with Ray 2.60), so the
+executor also starts a reaper sidecar (:func:`bocb.executors.orphans.start_reaper`) that kills
+whatever of the instance's process tree survives the driver.
 
 On a cluster (see README): every node needs bocb installed in the same environment (or a Ray
 ``runtime_env``), the dataset reachable at the same path or in each node's cache, and
@@ -37,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bocb.executors import sockets
+from bocb.executors import orphans, sockets
 from bocb.executors.worker import WorkerConfig
 from bocb.fencing import raise_fence
 
@@ -85,11 +90,18 @@ class RayExecutor:
         import ray
 
         self._owns = False
+        self._reaper = None
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray = _start_private_ray(num_cpus)
+                # The reaper first: it must know the tree from its first process on.
+                self._reaper = orphans.start_reaper()
+                try:
+                    ray = _start_private_ray(num_cpus)
+                except BaseException:
+                    orphans.stop_reaper(self._reaper)
+                    raise
                 self._owns = True
         self._ray = ray
         cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -136,8 +148,8 @@ class RayExecutor:
                 if now - started > self.time_limit_s:
                     ray.cancel(ref, force=True)
                     del self._inflight[ref]
-                    finished.append((trial_id, _failed(trial_id, spec, f"exceeded the time limit of {self.time_limit_s:g} s",
-                                                       claim)))
+                    error = f"exceeded the time limit of {self.time_limit_s:g} s"
+                    finished.append((trial_id, _failed(trial_id, spec, error, claim)))
         return finished
 
     def events(self) -> list[tuple[str, dict]]:
@@ -150,6 +162,9 @@ class RayExecutor:
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
             self._owns = False
+        if self._reaper is not None:
+            orphans.stop_reaper(self._reaper)
+            self._reaper = None
 
 
 def _failed(trial_id: str, spec: dict, error: str, claim: str) -> dict[str, Any]:
