@@ -86,7 +86,8 @@ def _marked(marker: str) -> list[int]:
 
 
 def _temp_files(artifacts: Path) -> list[Path]:
-    return sorted(artifacts.glob("*/*.tmp")) if artifacts.exists() else []
+    """Temporary files of writes in progress (or cut): ours (*.tmp) and safetensors' (.tmp*)."""
+    return sorted([*artifacts.glob("*/*.tmp"), *artifacts.glob("*/.tmp*")]) if artifacts.exists() else []
 
 
 class _TempFileWatch:
@@ -132,7 +133,7 @@ class _TempFileWatch:
             offset += 16 + length
             if mask & self._IN_ISDIR:
                 self._watch(self._dirs[wd] / name)  # a new trial directory
-            elif name.endswith(".tmp"):
+            elif name.endswith(".tmp") or name.startswith(".tmp"):  # safetensors writes .tmpXXXXXX first
                 found = True
         return found
 
@@ -274,7 +275,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_leaves_nothing(tmp_path):
                     assert finished_before.setdefault(row["trial_id"], state) == state, "a finished trial changed"
         kills.append({"kind": kind, "in_store_write": locked, "left_behind": len(left),
                       "in_checkpoint_write": bool(leftovers), "in_flight": len(running),
-                      "lost_epochs": {p.parent.name: 1 for p in leftovers if p.name.startswith("checkpoint")}})
+                      "lost_epochs": {p.parent.name: 1 for p in leftovers}})
         time.sleep(max(0.0, LEASE_S + 0.3 - (time.time() - killed_at)))  # the dead runner's leases expire
 
     for _ in range(3):  # run to the end

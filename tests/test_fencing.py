@@ -32,8 +32,9 @@ def test_a_superseded_claim_cannot_publish_and_its_temp_file_goes(tmp_path):
     Fence(trial, "old").replace(trial / "w.tmp", trial / "w")
     assert (trial / "w").read_bytes() == b"first"
     (trial / "left.safetensors.abc.tmp").write_bytes(b"half-written by a killed worker")
+    (trial / ".tmpA1b2C3").write_bytes(b"safetensors' own temporary file, cut")
     raise_fence(trial, "new")  # another runner claims the trial
-    assert not (trial / "left.safetensors.abc.tmp").exists()
+    assert not (trial / "left.safetensors.abc.tmp").exists() and not (trial / ".tmpA1b2C3").exists()
     assert (trial / CLAIM_FILE).read_text() == "new"
     (trial / "w2.tmp").write_bytes(b"stale")
     with pytest.raises(StaleClaimError, match="superseded"):

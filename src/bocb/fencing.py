@@ -7,7 +7,7 @@ module fences the *files*: checkpoints and final weights in ``artifacts/<trial_i
 
 Each claim gets a random token. Before any worker sees the trial, the claimant writes the token
 to ``<trial_dir>/.claim`` (:func:`raise_fence`), which also deletes temporary files a dead or
-stale writer left behind. A worker holds a :class:`Fence` (the directory and its own token) and
+stale writer left behind (``*.tmp``, and safetensors' own ``.tmp*`` that it renames to ours). A worker holds a :class:`Fence` (the directory and its own token) and
 publishes every file through :meth:`Fence.replace`: under an exclusive ``flock`` on the claim
 file it compares the token and only then renames its temporary file into place; a stale worker's
 file is deleted and :class:`StaleClaimError` stops its trial. Because both sides take the lock,
@@ -73,7 +73,8 @@ def raise_fence(trial_dir: Path, token: str) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, token.encode())
         os.fsync(fd)
-        for leftover in trial_dir.glob(f"*{TEMP_SUFFIX}"):
+        # Ours (*.tmp) and safetensors' own (.tmpXXXXXX, written first and renamed to ours).
+        for leftover in [*trial_dir.glob(f"*{TEMP_SUFFIX}"), *trial_dir.glob(".tmp*")]:
             leftover.unlink(missing_ok=True)
 
 
