@@ -7,7 +7,10 @@ two minutes on 2 cores.
 
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bocb.executors import sockets
 from bocb.store import SQLiteStore
 from bocb.study import StudyError, load_study
 
@@ -223,7 +227,30 @@ def test_two_runners_at_once_run_each_trial_once(tmp_path, cache):
     assert len({r["host"] for r in rows}) == 1
 
 
-def test_ray_executor_on_a_local_instance(tmp_path, cache):
+def _listeners_of(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP / bound UDP socket of ``pids``, from ``ss`` (an
+    outside view of what the library's /proc reader sees), else from that reader."""
+    if shutil.which("ss"):
+        out = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True).stdout
+        found = []
+        for line in out.splitlines():
+            fields = line.split()
+            address, _, port = fields[4].rpartition(":")
+            for pid in map(int, re.findall(r"pid=(\d+)", line)):
+                if pid in pids:  # ss writes a wildcard as *, IPv6 in brackets, a scope after %
+                    address = "::" if address == "*" else address.strip("[]").split("%")[0]
+                    found.append((pid, address, int(port)))
+        return found
+    return [(s.pid, s.address, s.port) for s in sockets.listening(pids)]
+
+
+def _external_addresses() -> list[str]:
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout if shutil.which("hostname") else ""
+    return [a for a in out.split() if not sockets.is_loopback(a)]
+
+
+@pytest.mark.slow
+def test_ray_executor_on_a_local_instance_listens_on_loopback_only(tmp_path, cache):
     pytest.importorskip("ray")
     store = tmp_path / "store.sqlite"
     path = _study(tmp_path, "ray", ["R-50"], ["SGD-M", "AdamW"])
@@ -233,11 +260,31 @@ def test_ray_executor_on_a_local_instance(tmp_path, cache):
         return int(out.stdout.strip() or 0)
 
     before = raylets()
-    proc = _bocb("run", path, "--store", store, "--executor", "ray", "--slots", "2", cache=cache, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _last_json(proc.stdout)["done"] == 2
+    env = dict(os.environ, BOCB_CACHE_DIR=str(cache))
+    proc = subprocess.Popen([sys.executable, "-m", "bocb", "run", path, "--store", store, "--executor", "ray",
+                             "--slots", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen: dict[tuple[int, str, int], str] = {}  # every socket any Ray process listened on, over the run
+    while proc.poll() is None:
+        pids = sockets.descendants(proc.pid) | {proc.pid}
+        for key in _listeners_of(pids):
+            seen.setdefault(key, sockets.process_name(key[0]))
+        time.sleep(0.3)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert _last_json(stdout)["done"] == 2
     with SQLiteStore(store) as s:
         assert all(s.record(r["trial_id"])["status"] == "done" for r in s.trials())
+    names = " ".join(seen.values())
+    # The watch saw the components that listen: GCS, raylet and task workers (and the driver).
+    assert "gcs_server" in names and "raylet" in names and "ray::" in names, seen
+    exposed = [f"{addr}:{port} ({seen[(pid, addr, port)]})" for pid, addr, port in seen
+               if not sockets.is_loopback(addr)]
+    assert exposed == [], f"non-loopback listeners: {exposed}"
+    for address in _external_addresses():  # and nothing answers on the machine's own addresses
+        for _, _, port in seen:
+            with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+                probe.settimeout(1)
+                assert probe.connect_ex((address, port)) != 0, f"{address}:{port} accepted a connection"
     time.sleep(2)
     assert raylets() == before  # the instance this run started is stopped, and only that one
 

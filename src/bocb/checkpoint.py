@@ -5,8 +5,10 @@ never execute code (unlike pickle). Nested state (an optimizer's ``state_dict``,
 the epochs done) is flattened: every tensor leaf is stored under its path, every other leaf goes
 into a JSON document in the metadata, and :func:`load` puts the structure back.
 
-Writes are atomic (a temporary file renamed over the old one), so a run killed while saving
-leaves the previous checkpoint intact.
+Writes are atomic (a temporary file with a name no other writer uses, renamed over the old
+one), so a run killed while saving leaves the previous checkpoint intact. With a
+:class:`bocb.fencing.Fence` the rename happens only while the writer's claim on the trial is
+current: a stale worker's checkpoint or weights are refused (:class:`bocb.fencing.StaleClaimError`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from bocb.fencing import Fence, temp_path
 
 _TENSOR = "__tensor__"
 
@@ -71,14 +75,22 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (nested dicts/lists of tensors and plain values) to ``path`` atomically."""
+def _publish(tmp: Path, path: Path, fence: Fence | None) -> None:
+    if fence is None:
+        os.replace(tmp, path)
+    else:
+        fence.replace(tmp, path)
+
+
+def save(path: Path, state: dict[str, Any], fence: Fence | None = None) -> None:
+    """Write ``state`` (nested dicts/lists of tensors and plain values) to ``path`` atomically
+    (and only while ``fence``'s claim is current, when given)."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     save_file(tensors, str(tmp), metadata={"bocb": json.dumps(skeleton, allow_nan=False)})
-    os.replace(tmp, path)
+    _publish(tmp, path, fence)
 
 
 def load(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -93,13 +105,15 @@ def load(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     return _unflatten(json.loads(meta["bocb"]), tensors)
 
 
-def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Model weights alone, as a plain safetensors state dict (readable by any tool)."""
+def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None,
+                 fence: Fence | None = None) -> None:
+    """Model weights alone, as a plain safetensors state dict (readable by any tool); atomic and
+    fenced like :func:`save`."""
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    _publish(tmp, path, fence)
 
 
 def file_sha256(path: Path) -> str:

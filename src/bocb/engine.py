@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from bocb import checkpoint
+from bocb.fencing import Fence
 from bocb.optim import OptimizerSpec, Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
 from bocb.seeding import epoch_seed, seed_all, synchronize
@@ -92,6 +93,7 @@ class LoopOptions:
     resume: bool = True
     stop_after_epochs: int | None = None
     stop_at_epoch: int | None = None  # pause once the schedule reached this epoch (an adaptive-tuning rung)
+    fence: Fence | None = None  # the runner's claim: every checkpoint/weights write refused once it is stale
     weights_metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -220,6 +222,8 @@ def train(
     ckpt_path = work / CHECKPOINT if work else None
     start_epoch = 0
     seconds = {"train": 0.0, "eval": 0.0, "compile": 0.0}
+    if options.fence is not None:
+        options.fence.check()  # a claim already superseded never starts (StaleClaimError: failed)
     if ckpt_path and options.resume and ckpt_path.exists():
         state = checkpoint.load(ckpt_path, device=device)
         if state["trial_id"] != run_id:
@@ -306,7 +310,7 @@ def train(
                 "trial_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
                 "stepper": stepper.state_dict(), "rng": checkpoint.rng_state(),
                 "rows": record["epochs"], "seconds": seconds,
-            })
+            }, fence=options.fence)
         if options.stop_after_epochs is not None and epochs_this_run >= options.stop_after_epochs and not last:
             record["status"] = "interrupted"
             break
@@ -321,7 +325,8 @@ def train(
     record["train_images_per_second"] = round(images / seconds["train"], 1) if seconds["train"] else None
     if work and record["status"] in ("done", "diverged"):
         # The spec travels in the file's metadata, so `bocb diagnose --checkpoint` needs nothing else.
-        checkpoint.save_weights(work / FINAL_WEIGHTS, model, metadata={"trial_id": run_id, **options.weights_metadata})
+        checkpoint.save_weights(work / FINAL_WEIGHTS, model, metadata={"trial_id": run_id, **options.weights_metadata},
+                                fence=options.fence)
         record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
 
 

@@ -11,6 +11,13 @@ Adaptive tuning: with ``propose`` (a callable that asks the tuner for the study'
 records them in the store and returns how many became runnable), the runner calls it whenever it
 finds nothing to claim after a result came in. A trial the store gives a stop epoch (a tuning
 rung) runs with ``stop_at_epoch`` and is stored ``paused`` when it stops there.
+
+Every claim gets a fresh token (:func:`bocb.fencing.new_token`) that the executor fences into
+the trial's directory before a worker sees it; the worker's files and its record carry it. A
+record whose token is not the runner's current claim on that trial is refused (counted in
+``stale_results``), as the store refuses a finish from a runner that lost its lease: between the
+two, a stale worker's result and files never land. Workers die with the runner
+(:mod:`bocb.executors.orphans`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bocb.fencing import new_token
 from bocb.store import SQLiteStore
 
 
@@ -31,7 +39,7 @@ class Executor(Protocol):
     free_slots: int
     running: list[str]
 
-    def submit(self, trial_id: str, spec: dict[str, Any]) -> None: ...
+    def submit(self, trial_id: str, spec: dict[str, Any], claim: str) -> None: ...
     def poll(self, timeout: float = 1.0) -> list[tuple[str, dict[str, Any]]]: ...
     def events(self) -> list[tuple[str, dict]]: ...
     def shutdown(self) -> None: ...
@@ -47,6 +55,7 @@ class RunStats:
     train_seconds: float = 0.0
     trial_seconds: list[float] = field(default_factory=list)
     lost_leases: int = 0
+    stale_results: int = 0  # records from a superseded claim, refused
     last_epoch: dict[str, dict] = field(default_factory=dict)  # trial_id -> last epoch event
 
     @property
@@ -77,6 +86,7 @@ def run_study(
     stats = RunStats()
     leases: dict[str, float] = {}  # trial_id -> when last renewed
     stops: dict[str, int] = {}  # trial_id -> the rung epoch it was sent to stop at
+    claims: dict[str, str] = {}  # trial_id -> this runner's current claim token
     started = 0
     fresh_results = True  # the tuner may have work to propose
 
@@ -99,12 +109,18 @@ def run_study(
                 if stop is not None:
                     stops[trial_id] = stop
                     spec = {**spec, "stop_at_epoch": stop}
-                executor.submit(trial_id, spec)
+                claims[trial_id] = new_token()
+                executor.submit(trial_id, spec, claims[trial_id])
                 leases[trial_id] = time.time()
                 started += 1
             if not executor.running:
                 break
             for trial_id, record in executor.poll(timeout=1.0):
+                current = claims.get(trial_id)
+                if current is None or record.get("claim") != current:
+                    stats.stale_results += 1  # not this runner's current attempt: never stored
+                    continue
+                del claims[trial_id]
                 leases.pop(trial_id, None)
                 stats.last_epoch.pop(trial_id, None)
                 _store_result(store, me, trial_id, record, stats, stops.pop(trial_id, None))

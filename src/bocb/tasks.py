@@ -8,8 +8,9 @@ listing tasks costs nothing and no layer below imports the heavy task modules.
 
 An entry's functions:
 
-- ``execute(spec_dict, config, device, progress) -> record``: run one trial in a worker
-  (``config`` is the worker's :class:`bocb.executors.worker.WorkerConfig`); never raises for the
+- ``execute(spec_dict, config, device, progress, claim) -> record``: run one trial in a worker
+  (``config`` is the worker's :class:`bocb.executors.worker.WorkerConfig`; ``claim`` the runner's
+  token, which fences every file the trial writes, :mod:`bocb.fencing`); never raises for the
   trial's own failure.
 - ``snapshot(trial_id, path, spec_dict, conv) -> snapshot``: the weight diagnostics of a kept
   final weights file.
@@ -44,8 +45,9 @@ class TaskInfo:
         module, name = target.split(":")
         return getattr(importlib.import_module(module), name)
 
-    def execute(self, spec: dict[str, Any], config: Any, device: str | None, progress: Any) -> dict[str, Any]:
-        return self._load(self.execute_target)(spec, config, device, progress)
+    def execute(self, spec: dict[str, Any], config: Any, device: str | None, progress: Any,
+                claim: str | None = None) -> dict[str, Any]:
+        return self._load(self.execute_target)(spec, config, device, progress, claim)
 
     def snapshot(self, trial_id: str, path: str, spec: dict[str, Any], conv: str) -> dict[str, Any]:
         return self._load(self.snapshot_target)(trial_id, path, spec, conv)

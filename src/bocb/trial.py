@@ -52,6 +52,7 @@ from bocb import engine
 from bocb.data import Dataset
 from bocb.data.augment import BatchAugment
 from bocb.engine import CHECKPOINT, FINAL_WEIGHTS, Progress, resolve_device
+from bocb.fencing import Fence, fence_for
 from bocb.spec import TrialSpec
 from bocb.networks import starting_model
 
@@ -75,6 +76,7 @@ class RunOptions:
     # its schedule, counted from its start, not from this run's: an adaptive-tuning rung. Resuming
     # with a later stop continues the same schedule, so the numbers equal an uninterrupted run's.
     stop_at_epoch: int | None = None
+    fence: Fence | None = None  # the runner's claim: checkpoint/weight writes refused once it is stale
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
@@ -89,7 +91,7 @@ _DATASETS: dict[str, Dataset] = {}
 
 
 def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
-            progress: Progress | None = None) -> dict[str, Any]:
+            progress: Progress | None = None, claim: str | None = None) -> dict[str, Any]:
     """The classification task's entry in :mod:`bocb.tasks`: load the data (once per worker process),
     run the trial in ``config.artifacts_dir/<trial_id>`` and measure its final weights."""
     from bocb.data import load_dataset
@@ -99,7 +101,8 @@ def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
     # ``stop_at_epoch`` rides beside the spec for an adaptive-tuning rung (not part of the identity).
     options = RunOptions(device=device or config.device, compile=config.compile,
                          work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every,
-                         stop_at_epoch=spec_dict.get("stop_at_epoch"))
+                         stop_at_epoch=spec_dict.get("stop_at_epoch"),
+                         fence=fence_for(config.artifacts_dir, spec.trial_id, claim))
     key = json.dumps(spec.data.to_dict(), sort_keys=True)
     try:
         if key not in _DATASETS:

@@ -79,7 +79,11 @@ def run_registered(args: argparse.Namespace, store, study, new: int, tuner=None)
         data_dirs=tuple(str(d) for d in data_dirs()), download=args.download, device=args.device,
         compile=args.compile, weight_conv=weight_conv(study),
     )
-    executor = _executor(args, config, study)
+    try:
+        executor = _executor(args, config, study)
+    except RuntimeError as err:  # e.g. RayExposedError: a private Ray that would listen beyond loopback
+        console.print(f"[red]error:[/] {err}", markup=True, highlight=False)
+        return 1
     view = _LiveView(runnable, tuner)
     try:
         with Live(view.render(None), console=console, refresh_per_second=2) as live:

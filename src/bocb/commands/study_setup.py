@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bocb.data import load_dataset
+from bocb.data.safe_pickle import UnsafeDataError
 from bocb.spec import resolve_trial
 from bocb.store import SQLiteStore
 from bocb.study import Study, expand, load_study
@@ -38,8 +39,9 @@ def prepare(path: Path, cache_dir: Path, data_dirs: list[Path], download: bool,
     try:
         dataset = load_dataset(study.data, cache_dir=cache_dir, data_dirs=data_dirs, download=download)
         sizes = (dataset.num_classes, len(dataset.train), len(dataset.test))
-    except ValueError:
-        if require_data or study.data.kind not in KNOWN_SIZES:
+    except ValueError as err:
+        # A data file that tried to run code is never papered over, not even when planning.
+        if require_data or study.data.kind not in KNOWN_SIZES or isinstance(err, UnsafeDataError):
             raise
         sizes = KNOWN_SIZES[study.data.kind]
     num_classes = sizes[0]

@@ -31,6 +31,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from bocb.data.cache import DecodedSplits
+from bocb.data.safe_pickle import load_batch
 from bocb.data.types import DataNotFoundError, _hw
 
 _CIFAR = {"cifar10": CIFAR10, "cifar100": CIFAR100}
@@ -66,24 +67,6 @@ def _cifar_files(kind: str) -> list[tuple[str, str]]:
     return [(n, md5) for n, md5 in cls.train_list + cls.test_list] + [(cls.meta["filename"], cls.meta["md5"])]
 
 
-class _CIFAR10Files(CIFAR10):
-    """torchvision's CIFAR-10 reader without its md5 checks, so CIFAR-format batches that are not
-    the official files (re-pickled, or made by a test) load too. The fingerprint still identifies
-    the exact files read, and the plan's ``source`` says whether they are the official ones."""
-
-    train_list = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in CIFAR10.test_list]
-    meta = {**CIFAR10.meta, "md5": None}
-
-
-class _CIFAR100Files(CIFAR100):
-    """:class:`_CIFAR10Files` for CIFAR-100 (torchvision reads its fine labels)."""
-
-    train_list = [[name, None] for name, _ in CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in CIFAR100.test_list]
-    meta = {**CIFAR100.meta, "md5": None}
-
-
 def _cifar_plan(kind: str, root: Path) -> _Plan:
     batches = root / _CIFAR[kind].base_folder
     official = all(check_integrity(str(batches / name), md5) for name, md5 in _cifar_files(kind))
@@ -91,19 +74,39 @@ def _cifar_plan(kind: str, root: Path) -> _Plan:
               f"({'the official release files' if official else 'not the official release: md5 differs'})")
 
     def read() -> DecodedSplits:
-        reader = _CIFAR10Files if kind == "cifar10" else _CIFAR100Files
-        train, test = reader(str(root), train=True), reader(str(root), train=False)
-        # torchvision keeps (N, 32, 32, 3) HWC arrays; the batches themselves are CHW.
-        return DecodedSplits(
-            train_images=torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(),
-            train_labels=torch.tensor(train.targets, dtype=torch.int64),
-            test_images=torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(),
-            test_labels=torch.tensor(test.targets, dtype=torch.int64),
-            classes=tuple(train.classes))
+        cls = _CIFAR[kind]
+        train_images, train_labels = _read_cifar_split(batches, [n for n, _ in cls.train_list])
+        test_images, test_labels = _read_cifar_split(batches, [n for n, _ in cls.test_list])
+        meta = load_batch(batches / cls.meta["filename"])
+        classes = meta.get(cls.meta["key"])
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ValueError(f"{batches / cls.meta['filename']}: {cls.meta['key']!r} is not a list of class names")
+        return DecodedSplits(train_images, train_labels, test_images, test_labels, tuple(classes))
 
     files = tuple((f"{batches.name}/{name}", batches / name) for name, _ in _cifar_files(kind))
     return _Plan(name=kind, source=source, files=files, options={"reader": f"{kind}-python"},
                  read=read, cacheable=False)
+
+
+def _read_cifar_split(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batches' images as uint8 ``(N, 3, 32, 32)`` (they are stored as CHW rows of 3072) and
+    their labels (``labels``, or CIFAR-100's ``fine_labels``), read as torchvision reads them
+    but through :func:`bocb.data.safe_pickle.load_batch`, which never runs code from a file."""
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        batch = load_batch(path)
+        data = batch.get("data")
+        rows = batch.get("labels", batch.get("fine_labels"))
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got "
+                             f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
+        integers = isinstance(rows, list) and all(isinstance(r, int | np.integer) for r in rows)
+        if not integers or len(rows) != len(data):
+            raise ValueError(f"{path}: 'labels' (or 'fine_labels') must be {len(data)} integers")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.extend(int(r) for r in rows)
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
 
 # -- Parquet (Hugging Face layout) ---------------------------------------------------------------

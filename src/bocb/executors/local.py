@@ -9,25 +9,43 @@ Several slots may share one GPU (a small CIFAR trial leaves most of an H100 idle
 spread round-robin over ``devices``. On CPU the cores are split evenly between slots.
 Limits: ``time_limit_s`` per trial (the worker is killed when it is exceeded) and
 ``memory_limit_gb`` on the worker's resident memory (read from /proc; killed above it).
+
+No worker outlives the runner: each arms the parent-death signal and a watchdog first thing
+(:mod:`bocb.executors.orphans`); workers are started from the runner's main thread, which the
+signal is tied to. Every trial is submitted with the runner's claim token, fenced into the
+trial's directory before the worker sees it (:mod:`bocb.fencing`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from bocb.executors.worker import WorkerConfig
+from bocb.executors.orphans import die_with_parent
+from bocb.fencing import raise_fence
+
+if TYPE_CHECKING:
+    from bocb.executors.worker import WorkerConfig
 
 
-def _worker_main(conn: Connection, events: Any, config: WorkerConfig, device: str, threads: int) -> None:
+def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: str, threads: int,
+                 parent_pid: int) -> None:
+    # First, before torch is imported (seconds): from here on this worker dies with the runner.
+    # This module and the arguments are kept light (the config travels as a dict) so that a
+    # slot's start-up reaches this line at once.
+    die_with_parent(parent_pid)
     import torch
 
-    from bocb.executors.worker import execute
+    from bocb.executors.worker import WorkerConfig, execute
+
+    config = WorkerConfig(**config)
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -38,13 +56,13 @@ def _worker_main(conn: Connection, events: Any, config: WorkerConfig, device: st
             return
         if task is None:
             return
-        trial_id, spec = task
+        trial_id, spec, claim = task
 
         def progress(event: dict, trial_id: str = trial_id) -> None:
             if event["event"] == "epoch":
                 events.put((trial_id, event))
 
-        conn.send((trial_id, execute(spec, config, device, progress)))
+        conn.send((trial_id, execute(spec, config, device, progress, claim=claim)))
 
 
 @dataclass
@@ -55,6 +73,7 @@ class _Slot:
     conn: Connection | None = None
     trial_id: str | None = None
     spec: dict | None = None
+    claim: str | None = None
     started: float = 0.0
 
 
@@ -91,7 +110,8 @@ class LocalExecutor:
     def _start(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
         slot.process = self._ctx.Process(
-            target=_worker_main, args=(child, self._events, self.config, slot.device, self._threads),
+            target=_worker_main,
+            args=(child, self._events, dataclasses.asdict(self.config), slot.device, self._threads, os.getpid()),
             daemon=True, name=f"bocb-slot-{slot.index}",
         )
         slot.process.start()
@@ -107,12 +127,14 @@ class LocalExecutor:
     def running(self) -> list[str]:
         return [s.trial_id for s in self._slots if s.trial_id is not None]
 
-    def submit(self, trial_id: str, spec: dict[str, Any]) -> None:
+    def submit(self, trial_id: str, spec: dict[str, Any], claim: str) -> None:
+        """Run ``spec`` under the runner's ``claim`` token (fenced in before the worker starts)."""
         slot = next((s for s in self._slots if s.trial_id is None), None)
         if slot is None:
             raise RuntimeError("no free slot")
-        slot.conn.send((trial_id, spec))
-        slot.trial_id, slot.spec, slot.started = trial_id, spec, time.time()
+        raise_fence(Path(self.config.artifacts_dir) / trial_id, claim)
+        slot.conn.send((trial_id, spec, claim))
+        slot.trial_id, slot.spec, slot.claim, slot.started = trial_id, spec, claim, time.time()
 
     def poll(self, timeout: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
         busy = {s.conn: s for s in self._slots if s.trial_id is not None}
@@ -139,13 +161,13 @@ class LocalExecutor:
 
     def _lost(self, slot: _Slot, cause: str) -> tuple[str, dict[str, Any]]:
         """Kill the slot's worker, make a failed record for its trial, start a new worker."""
-        trial_id, spec = slot.trial_id, slot.spec
+        trial_id, spec, claim = slot.trial_id, slot.spec, slot.claim
         if slot.process.is_alive():
             slot.process.kill()
         slot.process.join(timeout=10)
         self._start(slot)
         record = {"trial_id": trial_id, "spec": spec, "status": "failed",
-                  "error": f"worker process lost: {cause}", "epochs": []}
+                  "error": f"worker process lost: {cause}", "epochs": [], "claim": claim}
         return trial_id, record
 
     def events(self) -> list[tuple[str, dict]]:

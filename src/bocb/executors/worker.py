@@ -32,7 +32,14 @@ class WorkerConfig:
 
 
 def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None = None,
-            progress: Progress | None = None) -> dict[str, Any]:
+            progress: Progress | None = None, claim: str | None = None) -> dict[str, Any]:
     """Run one trial (resuming from its checkpoint in ``artifacts_dir/<trial_id>`` if any) with
-    its task's function (:mod:`bocb.tasks`). Never raises for a trial's own failure."""
-    return task_of(spec_dict).execute(spec_dict, config, device, progress)
+    its task's function (:mod:`bocb.tasks`). Never raises for a trial's own failure.
+
+    ``claim`` is the runner's token for this attempt (:mod:`bocb.fencing`): every file the trial
+    writes is refused once another claim replaced it, and the record carries it back as
+    ``record["claim"]`` so the runner can refuse a stale result too.
+    """
+    record = task_of(spec_dict).execute(spec_dict, config, device, progress, claim)
+    record["claim"] = claim
+    return record

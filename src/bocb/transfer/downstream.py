@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 
 from bocb import checkpoint
 from bocb.engine import LoopOptions
+from bocb.fencing import Fence, fence_for
 from bocb.optim import OptimizerSpec
 from bocb.spec import Pretrained
 from bocb.engine import resolve_device
@@ -177,7 +178,7 @@ def starting_network(spec: CocoTrialSpec, task: CocoTask, train: Any) -> torch.n
 
 
 def run_coco_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path | None,
-                   progress=None) -> dict[str, Any]:
+                   progress=None, fence: Fence | None = None) -> dict[str, Any]:
     """Run one downstream fine-tuning trial; always returns a record (failures included). Its
     checkpoints and final weights go to ``artifacts_dir/<trial_id>/`` (nothing is kept when it is
     None), so a killed trial resumes like a classification one."""
@@ -191,7 +192,7 @@ def run_coco_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path |
     except Exception as exc:  # noqa: BLE001 - no device, data or weights: a failed trial
         return {**base, "error": f"{type(exc).__name__}: {exc}"}
     work = Path(artifacts_dir) / spec.trial_id if artifacts_dir is not None else None
-    options = LoopOptions(work_dir=work, weights_metadata={"spec": json.dumps(spec_dict)})
+    options = LoopOptions(work_dir=work, weights_metadata={"spec": json.dumps(spec_dict)}, fence=fence)
     record = {**base, **task.run(network, spec.optimizer, train, val, spec.recipe, spec.seed, dev, progress,
                                  options=options, run_id=spec.trial_id)}
     record["final_top1"], record["best_top1"] = record[task.final], record[task.best]
@@ -205,9 +206,12 @@ def run_coco_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path |
 run_detection_trial = run_coco_trial
 
 
-def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None, progress=None) -> dict[str, Any]:
+def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None, progress=None,
+            claim: str | None = None) -> dict[str, Any]:
     """The entry of the detection and pose tasks in :mod:`bocb.tasks` (see :func:`run_coco_trial`)."""
-    return run_coco_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress)
+    trial_id = CocoTrialSpec.from_dict(spec_dict).trial_id
+    return run_coco_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress,
+                          fence=fence_for(config.artifacts_dir, trial_id, claim))
 
 
 def coco_snapshot(trial_id: str, path: str | Path, spec_dict: dict[str, Any], conv: str | None = None) -> dict[str, Any]:
