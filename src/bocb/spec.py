@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +133,15 @@ def resolve_trial(
     depth, else 0.
     """
     info = get_backbone_info(backbone)
+    # Out-of-range budgets fail here, before anything is built: `--epochs -1` would otherwise
+    # train nothing and report `done`.
+    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+        if value is not None and not (isinstance(value, int) and 1 <= value <= 1_000_000):
+            raise ValueError(f"{name} must be an integer in {low}..1000000, got {value!r}")
+    if drop_path_rate is not None and not (math.isfinite(drop_path_rate) and 0.0 <= drop_path_rate < 1.0):
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+    if not (isinstance(seed, int) and 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer in 0..2^32-1, got {seed!r}")
     rec = get_recipe(recipe or info.recipe, tier)
     changes: dict[str, Any] = {}
     if epochs is not None:

@@ -73,6 +73,8 @@ from bocb.study import (
     load_study,
     optimizer_settings,
     parse_data,
+    parse_limits,
+    parse_name,
     parse_optimizers,
     parse_overrides,
     parse_seeds,
@@ -158,6 +160,8 @@ def load_transfer(path: str | Path) -> TransferStudy:
     s = raw["study"]
     head = f"{where} [study]"
     check_table(head, s, _STUDY_KEYS, ("name",))
+    name = parse_name(head, s)
+    time_limit_s, memory_limit_gb = parse_limits(head, s)
     task = choice(head, s, "task", "classification", TASKS)
     tuning = choice(head, s, "tuning", "fixed", TUNING)
 
@@ -181,13 +185,13 @@ def load_transfer(path: str | Path) -> TransferStudy:
     if not pretrained:
         raise StudyError(f"{where} pretrained: empty list: a transfer study needs at least one pre-trained model")
     return TransferStudy(
-        name=s["name"], path=str(path), task=task, settings=raw,
+        name=name, path=str(path), task=task, settings=raw,
         optimizers=parse_optimizers(where, raw["optimizers"], tuning), pretrained=tuple(pretrained),
         seeds=parse_seeds(head, s), tier=choice(head, s, "tier", "full", TIERS), tuning=tuning,
         wd_policy=choice(head, s, "wd_policy", "no_decay_1d", WD_POLICIES),
         finetune=choice(head, s, "finetune", "full", FINETUNE_MODES), data=data, detection=detection,
-        overrides=parse_overrides(head, s), time_limit_s=s.get("time_limit_s"),
-        memory_limit_gb=s.get("memory_limit_gb"), description=s.get("description", ""),
+        overrides=parse_overrides(head, s), time_limit_s=time_limit_s,
+        memory_limit_gb=memory_limit_gb, description=s.get("description", ""),
     )
 
 
