@@ -38,7 +38,10 @@ class Pretrained:
 
     ``label`` names the pre-trained model in transfer tables (e.g. ``R-50 / LAMB``); ``optimizer``
     is the pre-training optimizer's short name (``unknown`` for a foreign checkpoint); ``trial_id``
-    the pre-training trial when it came from a store; ``sha256`` the weights file's digest.
+    the pre-training trial when it came from a store; ``sha256`` the digest of the weights' tensors
+    (:func:`bocb.checkpoint.tensor_sha256`: names, dtypes, shapes, bytes; not the file's bytes,
+    whose header order safetensors does not keep stable). Specs planned by earlier versions hold
+    the file's sha256 here and keep their ids (see :func:`bocb.transfer.study.keep_stored_ids`).
     """
 
     label: str

@@ -20,6 +20,7 @@ the loss is summed on the device and synchronised rarely. Every epoch reseeds al
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -195,10 +196,8 @@ def _train(
     ckpt_path = work / CHECKPOINT if work else None
     start_epoch = 0
     seconds = {"train": 0.0, "eval": 0.0, "compile": 0.0}
-    if ckpt_path and options.resume and ckpt_path.exists():
-        state = checkpoint.load(ckpt_path, device=device)
-        if state["trial_id"] != spec.trial_id:
-            raise ValueError(f"{ckpt_path} belongs to trial {state['trial_id']}, not {spec.trial_id}")
+    state = _readable_checkpoint(ckpt_path, spec.trial_id, device, record) if options.resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         stepper.load_state_dict(state["stepper"])
         checkpoint.set_rng_state(state["rng"])
@@ -301,6 +300,32 @@ def _train(
         checkpoint.save_weights(work / FINAL_WEIGHTS, model,
                                 metadata={"trial_id": spec.trial_id, "spec": spec.to_json()})
         record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
+
+
+def _readable_checkpoint(path: Path | None, trial_id: str, device: torch.device,
+                         record: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None to start from scratch.
+
+    A checkpoint that cannot be read (truncated by a full disk, damaged, not a bocb checkpoint, or
+    another trial's) would fail the trial on every run; it is renamed to
+    ``checkpoint.safetensors.bad-<unix time>`` (kept for inspection, never deleted), the trial
+    starts again from epoch 0, and ``record["checkpoint_set_aside"]`` names the file and why.
+    """
+    if path is None or not path.exists():
+        return None
+    try:
+        state = checkpoint.load(path, device=device)
+        if not isinstance(state, dict) or not {"trial_id", "model", "stepper", "rng", "epoch", "rows",
+                                                "seconds"} <= set(state):
+            raise ValueError("not a complete trial checkpoint")
+        if state["trial_id"] != trial_id:
+            raise ValueError(f"it belongs to trial {state['trial_id']}")
+        return state
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is set aside the same way
+        aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+        os.replace(path, aside)
+        record["checkpoint_set_aside"] = f"{aside}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        return None
 
 
 def _train_mode(model: torch.nn.Module, only: str | None) -> None:

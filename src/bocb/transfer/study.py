@@ -262,7 +262,7 @@ def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: 
         path = Path(store.artifacts(chosen["trial_id"])["final_weights"])
         spec = store.record(chosen["trial_id"])["spec"]
         found.append(Source(
-            Pretrained(label=f"{backbone} / {optimizer}", optimizer=optimizer, sha256=checkpoint.file_sha256(path),
+            Pretrained(label=f"{backbone} / {optimizer}", optimizer=optimizer, sha256=_weights_digest(path, place),
                        path=str(path), trial_id=chosen["trial_id"]),
             BackboneSpec.from_dict(spec["backbone"]), spec["recipe"]["name"],
         ))
@@ -290,10 +290,45 @@ def _from_file(study: TransferStudy, entry: dict[str, Any], place: str) -> Sourc
     optimizer = entry.get("optimizer") or (spec["optimizer"]["short"] if spec else "unknown")
     return Source(
         Pretrained(label=entry.get("label", f"{backbone.short} / {optimizer}"), optimizer=optimizer,
-                   sha256=checkpoint.file_sha256(path), path=str(path),
+                   sha256=_weights_digest(path, place), path=str(path),
                    trial_id=TrialSpec.from_dict(spec).trial_id if spec else None),
         backbone, spec["recipe"]["name"] if spec else None,
     )
+
+
+def _weights_digest(path: Path, place: str) -> str:
+    """The weights' :func:`bocb.checkpoint.tensor_sha256`; a missing or unreadable file is a StudyError."""
+    try:
+        return checkpoint.tensor_sha256(path)
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or not safetensors: one line
+        raise StudyError(f"{place}: cannot read the pre-trained weights {path}: "
+                         f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+
+
+def keep_stored_ids(trials: list[Any], stored: set[str]) -> list[Any]:
+    """Fine-tuning specs, each replaced by its file-digest twin when that twin is already stored.
+
+    Stores written before tensor digests hold fine-tuning trials whose id hashes the weights
+    *file*'s sha256. A rerun of the same transfer study against such a store finds those trials
+    here and keeps them (same id, same results), instead of adding a second trial per pair that
+    would then run again and make the report refuse the study as a "duplicate run". Only when the
+    file itself changed (re-saved weights) does the old id no longer match: those pairs run once
+    more under the tensor-digest id, and the old trials stay in the store as they were.
+    """
+    if not stored:
+        return trials
+    files: dict[str, str] = {}
+    out = []
+    for spec in trials:
+        path = spec.pretrained.path
+        if path not in files:
+            try:
+                files[path] = checkpoint.file_sha256(Path(path))
+            except OSError:
+                files[path] = ""
+        legacy = replace(spec, pretrained=replace(spec.pretrained, sha256=files[path]))
+        out.append(legacy if files[path] and legacy.trial_id in stored else spec)
+    return out
 
 
 # -- expansion --------------------------------------------------------------------------------------
