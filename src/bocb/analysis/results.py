@@ -45,12 +45,15 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         frame = source.copy()
     else:
         path = Path(source)
-        if path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif path.suffix == ".csv":
-            frame = pd.read_csv(path)
-        else:
+        if path.suffix not in (".csv", ".parquet"):
             raise ValueError(f"cannot read results from {str(path)!r}: valid suffixes: .csv, .parquet")
+        try:
+            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        except FileNotFoundError:
+            raise ValueError(f"no results file at {path}") from None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:  # damaged Parquet, unparsable CSV
+            raise ValueError(f"cannot read results from {path}: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())}") from None
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise ValueError(

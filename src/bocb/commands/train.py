@@ -106,6 +106,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"{option} must be >= 1, got {value}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.optimizer:  # names, types and ranges of --opt-arg, without loading anything
+        from bocb.optim import resolve_optimizer
+
+        resolve_optimizer(args.optimizer, lr=args.lr, weight_decay=args.wd, wd_policy=args.wd_policy,
+                          **parse_kv(args.opt_arg))
 
 
 def _summary(console: Console, record: dict) -> None:

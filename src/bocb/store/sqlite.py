@@ -132,11 +132,21 @@ class SQLiteStore(Store):
         """A non-empty file without SQLite's magic bytes is refused before SQLite touches it."""
         try:
             with open(self.path, "rb") as f:
-                head = f.read(len(_SQLITE_MAGIC))
+                head = f.read(100)
         except OSError as exc:
             raise StoreError(f"store {self.path} cannot be read: {exc.strerror or exc}") from None
-        if head and head != _SQLITE_MAGIC:
+        if head and head[:16] != _SQLITE_MAGIC:
             raise _damaged(self.path, "not an SQLite file")
+        if 0 < len(head) < 100:
+            raise _damaged(self.path, f"truncated to {len(head)} bytes")
+        # The header's page count is valid when its change counter matches "version-valid-for"
+        # (SQLite file format, section 1.3); a file shorter than that many pages was truncated.
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(head[28:32], "big")
+        size = self.path.stat().st_size
+        if head and head[24:28] == head[92:96] and size < pages * page_size:
+            raise _damaged(self.path, f"truncated: {size} bytes, its header counts {pages} pages of {page_size}")
 
     def _open(self) -> None:
         if self.readonly:
