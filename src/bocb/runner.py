@@ -11,6 +11,7 @@ trials back as ``pending``, leaving the store consistent.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -184,6 +185,17 @@ def _store_result(store: SQLiteStore, me: str, trial_id: str, record: dict[str, 
         stats.lost_leases += 1
 
 
+def _non_finite(value: Any, where: str = "") -> list[str]:
+    """Paths (``seconds.train``, ``epochs.0.lr``) of the NaN/inf floats in a record."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{where} = {value}"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{where}.{i}")]
+    return []
+
+
 def _unstorable(trial_id: str, record: dict[str, Any], exc: Exception) -> dict[str, Any]:
     """The failed record stored in place of one the store refused: the spec and the reason."""
     spec = record.get("spec")
@@ -191,7 +203,9 @@ def _unstorable(trial_id: str, record: dict[str, Any], exc: Exception) -> dict[s
         json.dumps(spec, allow_nan=False)
     except (ValueError, TypeError):
         spec = None
+    bad = _non_finite(record)
+    why = f"non-finite number(s) at {', '.join(bad[:5])}" if bad else f"{type(exc).__name__}: {exc}"
     return {"trial_id": trial_id, "spec": spec, "status": "failed", "epochs": [],
-            "error": f"the trial's result could not be stored: {type(exc).__name__}: {exc}",
+            "error": f"the trial's result could not be stored: {why}",
             "seconds": {k: v for k, v in (record.get("seconds") or {}).items()
                         if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")}}

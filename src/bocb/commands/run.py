@@ -1,8 +1,9 @@
 """``bocb run STUDY.toml``: run a study's trials into the store, with a live view.
 
 Exit status (``bocb run`` and ``bocb transfer``): 0 when every trial of the study is finished
-(done, diverged or skipped); 1 when some are failed, or still pending/running (held by another
-live runner, or not reclaimed); 2 for bad input or a store/file fault (one line on stderr, nothing
+(done, diverged or skipped) or being run by another live runner on this host; 1 when some are
+failed, pending, or running under a runner that cannot be seen alive (another host's, until its
+lease expires); 2 for bad input or a store/file fault (one line on stderr, nothing
 stored is lost); 130 when stopped with Ctrl-C (running trials are handed back).
 
 Trials left ``running`` by a runner that died (a crash, SIGKILL, a full disk) are found at start:
@@ -137,15 +138,30 @@ def run_registered(args: argparse.Namespace, store, study, new: int) -> int:
     # process: a few cheap snapshots cost less than starting a pool (`bocb diagnose` uses one).
     diagnose_study(store, study.study_id, workers=1, console=console)
     counts = store.counts(study.study_id)
+    elsewhere = _held_by_live_runners(store, study.study_id)
     console.print(_results_table(store, study.study_id))
     print(json.dumps({"study": study.name, "study_id": study.study_id, **counts}), flush=True)
     store.close()
-    unfinished = counts["failed"] + counts["pending"] + counts["running"]
-    if unfinished:
-        print(f"bocb: {unfinished} trial(s) not finished: {counts['failed']} failed, {counts['pending']} pending, "
-              f"{counts['running']} running (exit 1)", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(counts, elsewhere)
+
+
+def _held_by_live_runners(store, study_id: str) -> int:
+    """Running trials whose runner is a live process on this host (another `bocb run` at work)."""
+    from bocb.runner import runner_alive
+
+    return sum(runner_alive(r["runner"]) is True for r in store.held(study_id))
+
+
+def _exit_status(counts: dict[str, int], elsewhere: int) -> int:
+    """0 when every trial is finished or being run by a live runner on this host; else 1 with a
+    line on stderr (failed, pending, or running under a runner that cannot be seen alive)."""
+    unfinished = counts["failed"] + counts["pending"] + counts["running"] - elsewhere
+    if not unfinished:
+        return 0
+    print(f"bocb: {unfinished} trial(s) not finished: {counts['failed']} failed (--retry-failed runs them again), "
+          f"{counts['pending']} pending, {counts['running'] - elsewhere} running under runners not seen alive "
+          f"(exit status 1)", file=sys.stderr)
+    return 1
 
 
 def _take_back(store, study_id: str, reclaim_all: bool, console: Console) -> None:
