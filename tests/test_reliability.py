@@ -23,7 +23,7 @@ from bocb.data import parse_data_arg
 from bocb.runner import RunStats, _store_result, held_trials, runner_alive
 from bocb.spec import Pretrained, resolve_trial
 from bocb.store import SQLiteStore, StoreError
-from bocb.transfer.study import keep_stored_ids
+from bocb.transfer.study import keep_stored_ids, superseded
 from bocb.trial import _readable_checkpoint
 
 
@@ -126,6 +126,17 @@ def test_fine_tuning_trials_of_an_old_store_keep_their_file_digest_ids(tmp_path)
     assert new.trial_id != old.trial_id
     assert keep_stored_ids([new], set()) == [new]
     assert keep_stored_ids([new], {old.trial_id}) == [old]  # same trial as before: nothing re-runs
+    # Weights re-saved since (the old file digest no longer matches): the new trial replaces the
+    # old one in the study, so the study never holds two trials for one setting.
+    assert superseded([new], {old.trial_id: old.to_dict()}) == [old.trial_id]
+    assert superseded([old], {old.trial_id: old.to_dict()}) == []
+    other_seed = replace(old, seed=1)
+    assert superseded([new], {other_seed.trial_id: other_seed.to_dict()}) == []
+    with SQLiteStore(tmp_path / "s.sqlite") as store:
+        store.add_study("s", "s", "s.toml", {})
+        store.add_trials("s", [(old.trial_id, old.to_dict())])
+        assert store.unlink("s", [old.trial_id]) == 1
+        assert store.trials("s") == [] and store.counts()["total"] == 1  # kept in the store
     # Both digests are accepted when the weights are loaded; anything else is refused.
     for digest in (new.pretrained.sha256, old.pretrained.sha256):
         checkpoint.load_weights(torch.nn.Linear(3, 2), weights, sha256=digest)

@@ -32,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     check_study_run(args, study)
     store = SQLiteStore(args.store)
     found, skipped = sources(study, store)
-    from bocb.transfer.study import keep_stored_ids
+    from bocb.transfer.study import keep_stored_ids, superseded
 
-    trials = keep_stored_ids(_expand(study, found, args), set(store.specs(study.study_id)))
+    stored = store.specs(study.study_id)
+    trials = keep_stored_ids(_expand(study, found, args), set(stored))
     console = Console(stderr=True)
     for s in skipped:
         console.print(f"[yellow]not transferred[/]: {escape(f'{s.backbone} / {s.optimizer}: {s.reason}')}")
@@ -42,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
                 "not_transferred": [{"backbone": s.backbone, "optimizer": s.optimizer, "reason": s.reason}
                                     for s in skipped]}
     store.add_study(study.study_id, study.name, study.path, settings)
+    replaced = superseded(trials, stored)
+    if replaced:
+        store.unlink(study.study_id, replaced)
+        console.print(f"{len(replaced)} fine-tuning trial(s) planned from other weights files (re-saved or "
+                      f"changed) were replaced in this study; their results stay in the store")
     new = store.add_trials(study.study_id, [(t.trial_id, t.to_dict()) for t in trials])
     return run_registered(args, store, study, new)
 

@@ -70,6 +70,10 @@ class Store(ABC):
         (a runner known to be dead); returns how many."""
 
     @abstractmethod
+    def unlink(self, study_id: str, trial_ids: list[str]) -> int:
+        """Remove trials from a study; the trials and their results stay in the store."""
+
+    @abstractmethod
     def set_artifact(self, trial_id: str, kind: str, path: str) -> None:
         """Remember where a trial's file of ``kind`` (checkpoint, final_weights, ...) is."""
 

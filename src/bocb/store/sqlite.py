@@ -339,6 +339,12 @@ class SQLiteStore(Store):
                 "WHERE trial_id=? AND runner=? AND status='running'", (trial_id, runner)).rowcount
                 for trial_id, runner in held)
 
+    def unlink(self, study_id: str, trial_ids: list[str]) -> int:
+        """Remove trials from a study (the trials and their results stay in the store)."""
+        with self._tx() as db:
+            return sum(db.execute("DELETE FROM study_trials WHERE study_id=? AND trial_id=?",
+                                  (study_id, trial_id)).rowcount for trial_id in trial_ids)
+
     def set_artifact(self, trial_id: str, kind: str, path: str) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (trial_id, kind, path))

@@ -331,6 +331,20 @@ def keep_stored_ids(trials: list[Any], stored: set[str]) -> list[Any]:
     return out
 
 
+def superseded(trials: list[Any], stored: dict[str, dict[str, Any]]) -> list[str]:
+    """Ids of stored fine-tuning trials that a new trial replaces: same spec in every respect
+    but the weights' digest (their weights file was re-saved or changed since). The caller
+    unlinks them from the study, so the study holds one trial per setting and its report does not
+    refuse a "duplicate run"; their results stay in the store."""
+    def key(spec: dict[str, Any]) -> str:
+        pre = {k: v for k, v in spec["pretrained"].items() if k not in ("sha256", "path")}
+        return json.dumps({**spec, "pretrained": pre}, sort_keys=True)
+
+    new = {key(t.to_dict()): t.trial_id for t in trials}
+    return [tid for tid, spec in stored.items()
+            if spec.get("pretrained") and new.get(key(spec), tid) != tid]
+
+
 # -- expansion --------------------------------------------------------------------------------------
 
 
