@@ -73,6 +73,14 @@ def damaged_store(tmp: Path, how: str) -> Path:
         data[page:] = b"\xa5" * (len(data) - page)
     elif how == "header":  # the magic bytes damaged
         data[:16] = b"SQLite format 2\x00"
+    elif how.startswith("cut-"):  # truncated at a byte count: 50, one page, all but the last page
+        page = int.from_bytes(data[16:18], "big")
+        data = data[: {"cut-50": 50, "cut-page": page, "cut-last": len(data) - page}[how]]
+    elif how == "zeros":
+        data = bytearray(len(data))
+    elif how == "schema-page":  # sqlite_master's page overwritten after the 100-byte file header
+        page = int.from_bytes(data[16:18], "big")
+        data[100:page] = b"\x5a" * (page - 100)
     path.write_bytes(bytes(data))
     return path
 
@@ -209,6 +217,13 @@ CASES: list[tuple[str, Setup, str]] = [
                                                      str(damaged_store(t, "truncated"))], "store"),
     ("store garbage (diagnose writes)", lambda t: ["diagnose", str(study(t)), "--store",
                                                    str(damaged_store(t, "garbage"))], "not an SQLite file"),
+    ("store cut at 50 bytes", lambda t: ["status", "--store", str(damaged_store(t, "cut-50"))], "truncated to 50 bytes"),
+    ("store cut after one page", lambda t: ["export", "--store", str(damaged_store(t, "cut-page"))], "truncated"),
+    ("store cut before its last page", lambda t: ["status", "--store", str(damaged_store(t, "cut-last"))], "truncated"),
+    ("store all zeros", lambda t: ["status", "--store", str(damaged_store(t, "zeros"))], "not an SQLite file"),
+    ("store schema page damaged", lambda t: ["status", "--store", str(damaged_store(t, "schema-page"))], "store"),
+    ("store schema page damaged (diagnose writes)", lambda t: ["diagnose", str(study(t)), "--store",
+                                                               str(damaged_store(t, "schema-page"))], "store"),
     ("store empty file (reading)", lambda t: ["status", "--store", str(results(t, "", ".sqlite"))], "no bocb tables"),
     ("store of another program", lambda t: ["diagnose", str(study(t)), "--store", str(other_sqlite(t))],
      "SQLite file with other tables"),

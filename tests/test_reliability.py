@@ -76,6 +76,25 @@ def test_trials_of_a_dead_runner_on_this_host_are_found_and_reclaimed(tmp_path):
         assert trial_id == found[0]["trial_id"]  # runnable again at once, not after 300 s
 
 
+def test_a_full_disk_loses_no_result_and_the_next_run_takes_the_trial_back(tmp_path):
+    runner = f"{socket.gethostname()}:{_dead_pid()}:dd"  # the runner that will "die" of it
+    with _store(tmp_path, 1) as store:
+        trial_id, spec = store.claim(runner, 300, "s")
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own SQLITE_FULL, as on a full disk
+        record = {"trial_id": trial_id, "spec": spec, "status": "done", "final_top1": 50.0, "best_top1": 50.0,
+                  "epochs": [{"epoch": i, "test_top1": 50.0} for i in range(1, 500)],
+                  "error": "x" * 100_000}
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            _store_result(store, runner, trial_id, record, RunStats())
+    with SQLiteStore(tmp_path / "store.sqlite") as store:
+        assert store.trials("s")[0]["status"] == "running" and store.epochs(trial_id) == []  # rolled back
+        dead, _ = held_trials(store, "s")
+        assert [r["trial_id"] for r in dead] == [trial_id]
+        store.reclaim([(trial_id, runner)])
+        assert store.claim("next", 300, "s")[0] == trial_id
+
+
 def test_an_unreadable_checkpoint_is_set_aside_and_named(tmp_path):
     path = tmp_path / "checkpoint.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")

@@ -211,7 +211,12 @@ class SQLiteStore(Store):
             return self.db
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if not exc_type:
+                self.db.execute("COMMIT")
+            elif self.db.in_transaction:
+                # SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_IOERR); a
+                # second ROLLBACK would raise and hide the error that matters.
+                self.db.execute("ROLLBACK")
 
     def _tx(self) -> _Tx:
         return self._Tx(self._db)
