@@ -175,6 +175,13 @@ def test_diagnose_force_keeps_a_good_snapshot_whose_weights_it_cannot_find(tmp_p
         monkeypatch.chdir(tmp_path)  # a relative path from an older bocb, read from elsewhere
         assert not any(j.source == "final" for j in diagnose.plan(store, "s", force=True))
         assert store.layer_metrics(["t0"])[0]["alpha"] == 2.0
+        # Once the file is there (the run's directory was the store's folder), it resolves to it.
+        weights = tmp_path / "artifacts" / "t0" / "final.safetensors"
+        weights.parent.mkdir(parents=True)
+        weights.write_bytes(b"")
+        monkeypatch.chdir(weights.parent)
+        assert store.artifacts("t0")["final_weights"] == str(weights)
+        assert [j.path for j in diagnose.plan(store, "s", force=True) if j.source == "final"] == [str(weights)]
 
 
 def test_reading_commands_open_the_store_read_only(tmp_path, capsys):

@@ -25,15 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bocb.store import SQLiteStore
-    from bocb.transfer.study import load_transfer, sources
+    from bocb.transfer.study import keep_stored_ids, load_transfer, sources, superseded
 
     check_run_args(args)
     study = load_transfer(args.study)
     check_study_run(args, study)
     store = SQLiteStore(args.store)
     found, skipped = sources(study, store)
-    from bocb.transfer.study import keep_stored_ids, superseded
-
     stored = store.specs(study.study_id)
     trials = keep_stored_ids(_expand(study, found, args), set(stored))
     console = Console(stderr=True)

@@ -449,8 +449,19 @@ class SQLiteStore(Store):
         return [dict(r) for r in rows]
 
     def artifacts(self, trial_id: str) -> dict[str, str]:
+        """A trial's files by kind. Paths are stored absolute; a relative one (written by an
+        earlier bocb, relative to the directory that run started in) is resolved against the
+        store's folder and its parents, the first where the file exists, else returned as stored."""
         rows = self._db.execute("SELECT kind, path FROM artifacts WHERE trial_id=?", (trial_id,))
-        return {r["kind"]: r["path"] for r in rows}
+        return {r["kind"]: self._resolve(r["path"]) for r in rows}
+
+    def _resolve(self, path: str) -> str:
+        if Path(path).is_absolute():
+            return path
+        for folder in self.path.resolve().parents:
+            if (folder / path).exists():
+                return str(folder / path)
+        return path
 
     def studies(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT study_id, name, path, created FROM studies ORDER BY created")
