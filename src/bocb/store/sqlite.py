@@ -123,9 +123,14 @@ class SQLiteStore(Store):
             raise StoreError(f"no store at {self.path}: run a study first (bocb run STUDY.toml --store {self.path})")
         if self.path.exists():
             self._check_header()
+        self._db: sqlite3.Connection | None = None
         try:
             self._open()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if self._db is not None:
+                self._db.close()
+            if isinstance(exc, StoreError):
+                raise
             raise _damaged(self.path, exc) from None
 
     def _check_header(self) -> None:
