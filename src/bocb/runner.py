@@ -59,7 +59,10 @@ def runner_id() -> str:
 
 def runner_alive(runner: str | None) -> bool | None:
     """Whether the runner behind a claim still lives: True/False on this host, None elsewhere
-    (another host's processes cannot be seen; its lease decides) or for an unreadable id."""
+    (another host's processes cannot be seen; its lease decides) or for an unreadable id.
+
+    A reused pid reads as alive: the error is on the safe side (the trial waits for its lease
+    instead of being run twice)."""
     host, _, rest = (runner or "").partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
@@ -208,4 +211,4 @@ def _unstorable(trial_id: str, record: dict[str, Any], exc: Exception) -> dict[s
     return {"trial_id": trial_id, "spec": spec, "status": "failed", "epochs": [],
             "error": f"the trial's result could not be stored: {why}",
             "seconds": {k: v for k, v in (record.get("seconds") or {}).items()
-                        if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")}}
+                        if isinstance(v, (int, float)) and math.isfinite(v)}}
