@@ -9,7 +9,6 @@ new file created (a refused study never creates its store).
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import sqlite3
 from collections.abc import Callable
