@@ -70,7 +70,8 @@ def test_huge_learning_rate_ends_diverged_not_raised(sample):
 
 
 def test_exception_is_a_failed_record(sample):
-    spec = _smoke(epochs=1, optimizer_args={"momentum": -1.0})  # SGD rejects it when built
+    # Each value is in range (resolution accepts it); torch's SGD rejects the pair when built.
+    spec = _smoke(epochs=1, optimizer_args={"momentum": 0.0, "nesterov": True})
     record = run_trial(spec, sample, RunOptions(device="cpu"))
     assert record["status"] == "failed"
     assert "momentum" in record["error"]

@@ -116,6 +116,27 @@ def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | 
     _publish(tmp, path, fence)
 
 
+def tensor_sha256(path: Path) -> str:
+    """sha256 of the tensors in a safetensors file: for each tensor, in name order, its name,
+    dtype, shape and raw bytes (read by safetensors' own loader, one tensor at a time).
+
+    This is the weights' identity for fine-tuning trials. The file's own digest is not: safetensors
+    writes its JSON header (and the metadata in it) in an order that changes between processes, so
+    the same weights saved twice get two file digests and a rerun would add a second trial.
+    """
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        for name in sorted(f.keys()):
+            tensor = f.get_tensor(name).contiguous()
+            head = json.dumps([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)])
+            digest.update(len(head).to_bytes(8, "little") + head.encode())
+            raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+            digest.update(len(raw).to_bytes(8, "little") + raw)
+    return digest.hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -130,13 +151,15 @@ def load_weights(model: torch.nn.Module, path: Path, *, skip: str | None = None,
 
     ``skip`` is a module left as initialised (a fine-tuning trial's new classifier). Everything
     else must match in name and shape, else one line names the counts and an example (``network``
-    says what the weights were meant for). ``sha256`` (when given) must be the file's digest, so a
-    fine-tuning trial never silently starts from other weights than its id says.
+    says what the weights were meant for). ``sha256`` (when given) must be the weights'
+    :func:`tensor_sha256` (or, for trials planned before tensor digests, the file's
+    :func:`file_sha256`), so a fine-tuning trial never silently starts from other weights than its
+    id says.
     """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"weights not found: {path}")
-    if sha256 is not None and file_sha256(path) != sha256:
+    if sha256 is not None and tensor_sha256(path) != sha256 and file_sha256(path) != sha256:
         raise ValueError(f"weights {path} changed since the study was planned (sha256 differs)")
 
     def kept(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

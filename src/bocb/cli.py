@@ -1,14 +1,19 @@
 """The ``bocb`` command line.
 
 Only this module reads argv and prints for humans; library code takes values and returns them.
-Errors a user can fix (an unknown name, a bad value) exit with status 2 and one line on stderr
-that names the valid choices.
+
+Exit status: 0 success; 1 the work ran but did not all succeed (``bocb train``: the trial failed;
+``bocb run``/``transfer``: some trials failed or are left unfinished); 2 bad input or a fault in a
+file the command reads or writes (unknown name, out-of-range value, damaged store, checkpoint or
+Parquet file, missing folder, full disk): one line on stderr that names the file or value and what
+to do, no traceback, and no existing file changed; 130 stopped with Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -113,9 +118,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 views.print_frame(console, paper_data.best_hparams(), args.format,
                                   title="Paper Tables A4/A5: chosen lr and weight decay")
     except (UnknownNameError, ValueError) as err:
-        print(f"bocb: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
+    except sqlite3.DatabaseError as err:
+        # Raised after the store opened (a page damaged deep in the file, a disk that filled up).
+        store = getattr(args, "store", None)
+        return _fail(f"store {store}: {err}: nothing was changed by the failed write; free space or "
+                     f"restore the file (`sqlite3 {store} .recover` salvages a damaged one)")
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        return _fail(f"{where}{err.strerror or err}")
+    except Exception as err:  # noqa: BLE001 - file-format faults from the readers (safetensors, Arrow)
+        from safetensors import SafetensorError
+        from pyarrow import ArrowException
+
+        if isinstance(err, (SafetensorError, ArrowException)):
+            return _fail(f"cannot read the file: {type(err).__name__}: {err}")
+        raise
     return 0
+
+
+def _fail(err: object) -> int:
+    """The one stderr line of a failed command (exit status 2)."""
+    text = " ".join(str(err).split())  # one line, whatever the message held
+    print(f"bocb: error: {text}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Trials measure their own final weights when they finish (:mod:`bocb.executors.worker`); this module
 fills the rest: each backbone's random initialisation once per study (under the study's lowest
 seed; not for fine-tuning trials, whose reference is their pre-trained model), and final snapshots of trials finished before diagnostics existed or recomputed on request
-(``force``). Jobs run in ``workers`` spawned processes with one BLAS and one torch thread each
+(``force``; a snapshot whose weights file is gone is kept, not replaced by an error). Jobs run in ``workers`` spawned processes with one BLAS and one torch thread each
 (:mod:`bocb.diagnostics.snapshot`); with one worker, or one job, they run in this process. The
 calling process is the store's only writer.
 """
@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bocb.diagnostics.metrics import DEFAULT_CONV
@@ -47,8 +48,9 @@ def plan(store: SQLiteStore, study_id: str, force: bool = False, conv: str = DEF
 
     A snapshot measured under another conv convention than ``conv`` (the study's ``weight_conv``)
     counts as missing, so changing the convention remeasures."""
-    done = {s["snapshot_id"] for s in store.snapshots(study_id)
-            if s["error"] is None and s["settings"].get("conv", "reshape") == conv} if not force else set()
+    good = {s["snapshot_id"] for s in store.snapshots(study_id)
+            if s["error"] is None and s["settings"].get("conv", "reshape") == conv}
+    done = good if not force else set()
     jobs: list[Job] = []
     inits: dict[str, Job] = {}
     trials = store.trials(study_id)
@@ -59,6 +61,10 @@ def plan(store: SQLiteStore, study_id: str, force: bool = False, conv: str = DEF
             continue
         spec = specs[t["trial_id"]]
         path = store.artifacts(t["trial_id"]).get("final_weights")
+        # Weights that cannot be found (moved, or stored as a path relative to another working
+        # directory by an older bocb) never replace a good snapshot: with `force` it is kept.
+        if path and t["trial_id"] in good and not Path(path).exists():
+            continue
         if path and t["trial_id"] not in done:
             jobs.append(Job("final", t["trial_id"], spec["backbone"], spec["seed"], t["trial_id"], path, spec, conv))
         if spec.get("pretrained"):

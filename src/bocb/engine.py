@@ -28,6 +28,7 @@ images trained on; the task's ``score`` field is the headline number (top-1 %, b
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -224,10 +225,8 @@ def train(
     seconds = {"train": 0.0, "eval": 0.0, "compile": 0.0}
     if options.fence is not None:
         options.fence.check()  # a claim already superseded never starts (StaleClaimError: failed)
-    if ckpt_path and options.resume and ckpt_path.exists():
-        state = checkpoint.load(ckpt_path, device=device)
-        if state["trial_id"] != run_id:
-            raise ValueError(f"{ckpt_path} belongs to trial {state['trial_id']}, not {run_id}")
+    state = _readable_checkpoint(ckpt_path, run_id, device, record) if options.resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         stepper.load_state_dict(state["stepper"])
         checkpoint.set_rng_state(state["rng"])
@@ -328,6 +327,32 @@ def train(
         checkpoint.save_weights(work / FINAL_WEIGHTS, model, metadata={"trial_id": run_id, **options.weights_metadata},
                                 fence=options.fence)
         record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
+
+
+def _readable_checkpoint(path: Path | None, run_id: str, device: torch.device,
+                         record: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None to start from scratch.
+
+    A checkpoint that cannot be read (truncated by a full disk, damaged, not a bocb checkpoint, or
+    another trial's) would fail the trial on every run; it is renamed to
+    ``checkpoint.safetensors.bad-<unix time>`` (kept for inspection, never deleted), the run
+    starts again from epoch 0, and ``record["checkpoint_set_aside"]`` names the file and why.
+    """
+    if path is None or not path.exists():
+        return None
+    try:
+        state = checkpoint.load(path, device=device)
+        if not isinstance(state, dict) or not {"trial_id", "model", "stepper", "rng", "epoch", "rows",
+                                                "seconds"} <= set(state):
+            raise ValueError("not a complete trial checkpoint")
+        if state["trial_id"] != run_id:
+            raise ValueError(f"it belongs to trial {state['trial_id']}")
+        return state
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is set aside the same way
+        aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+        os.replace(path, aside)
+        record["checkpoint_set_aside"] = f"{aside}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        return None
 
 
 def summarise(record: dict[str, Any], select_on: str = "score") -> None:

@@ -22,6 +22,8 @@ two, a stale worker's result and files never land. Workers die with the runner
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import socket
@@ -57,6 +59,7 @@ class RunStats:
     lost_leases: int = 0
     stale_results: int = 0  # records from a superseded claim, refused
     last_epoch: dict[str, dict] = field(default_factory=dict)  # trial_id -> last epoch event
+    notes: list[str] = field(default_factory=list)  # one line each, for the user after the run
 
     @property
     def done(self) -> int:
@@ -64,7 +67,38 @@ class RunStats:
 
 
 def runner_id() -> str:
+    """``host:pid:nonce``: the host and pid let a later run tell that this runner is dead."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def runner_alive(runner: str | None) -> bool | None:
+    """Whether the runner behind a claim still lives: True/False on this host, None elsewhere
+    (another host's processes cannot be seen; its lease decides) or for an unreadable id.
+
+    A reused pid reads as alive: the error is on the safe side (the trial waits for its lease
+    instead of being run twice)."""
+    host, _, rest = (runner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def held_trials(store: SQLiteStore, study_id: str | None) -> tuple[list[dict], list[dict]]:
+    """The study's ``running`` trials split into (held by a dead runner of this host, the others)."""
+    dead, other = [], []
+    for row in store.held(study_id):
+        (dead if runner_alive(row["runner"]) is False else other).append(row)
+    return dead, other
 
 
 class _Stop(Exception):
@@ -142,6 +176,18 @@ def run_study(
         for trial_id in list(leases):
             store.release(trial_id, me)
         raise KeyboardInterrupt from None
+    except Exception:
+        # The store failed under us (disk full, file damaged): stop the workers, hand back what
+        # can still be handed back, and let the caller report the fault in one line. Trials that
+        # cannot be handed back stay `running` under this (soon dead) runner: the next run on
+        # this host reclaims them, see held_trials.
+        executor.shutdown()
+        for trial_id in list(leases):
+            try:
+                store.release(trial_id, me)
+            except Exception:  # noqa: BLE001 - the store is already failing; the original error matters
+                break
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     executor.shutdown()
@@ -157,7 +203,18 @@ def _store_result(store: SQLiteStore, me: str, trial_id: str, record: dict[str, 
     if status in ("running", "interrupted"):  # never final: hand it back for another run
         store.release(trial_id, me)
         return
-    if store.finish(trial_id, me, record):
+    try:
+        stored = store.finish(trial_id, me, record)
+    except (ValueError, TypeError) as exc:
+        # A record the store cannot hold (a NaN somewhere, an unknown status) must not leave the
+        # trial `running` for every later run to claim and crash on: it becomes a failed trial
+        # whose error says why; `--retry-failed` runs it again.
+        status = "failed"
+        stored = store.finish(trial_id, me, _unstorable(trial_id, record, exc))
+    if record.get("checkpoint_set_aside"):
+        stats.notes.append(f"trial {trial_id}: unreadable checkpoint set aside, restarted from epoch 0: "
+                           f"{record['checkpoint_set_aside']}")
+    if stored:
         stats.finished[status] = stats.finished.get(status, 0) + 1
         seconds = record.get("seconds", {})
         stats.train_seconds += seconds.get("train", 0.0) or 0.0
@@ -166,3 +223,29 @@ def _store_result(store: SQLiteStore, me: str, trial_id: str, record: dict[str, 
             stats.trial_seconds.append(seconds["wall"])
     else:
         stats.lost_leases += 1
+
+
+def _non_finite(value: Any, where: str = "") -> list[str]:
+    """Paths (``seconds.train``, ``epochs.0.lr``) of the NaN/inf floats in a record."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{where} = {value}"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{where}.{i}")]
+    return []
+
+
+def _unstorable(trial_id: str, record: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """The failed record stored in place of one the store refused: the spec and the reason."""
+    spec = record.get("spec")
+    try:
+        json.dumps(spec, allow_nan=False)
+    except (ValueError, TypeError):
+        spec = None
+    bad = _non_finite(record)
+    why = f"non-finite number(s) at {', '.join(bad[:5])}" if bad else f"{type(exc).__name__}: {exc}"
+    return {"trial_id": trial_id, "spec": spec, "status": "failed", "epochs": [],
+            "error": f"the trial's result could not be stored: {why}",
+            "seconds": {k: v for k, v in (record.get("seconds") or {}).items()
+                        if isinstance(v, (int, float)) and math.isfinite(v)}}

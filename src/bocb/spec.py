@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,10 @@ class Pretrained:
 
     ``label`` names the pre-trained model in transfer tables (e.g. ``R-50 / LAMB``); ``optimizer``
     is the pre-training optimizer's short name (``unknown`` for a foreign checkpoint); ``trial_id``
-    the pre-training trial when it came from a store; ``sha256`` the weights file's digest.
+    the pre-training trial when it came from a store; ``sha256`` the digest of the weights' tensors
+    (:func:`bocb.checkpoint.tensor_sha256`: names, dtypes, shapes, bytes; not the file's bytes,
+    whose header order safetensors does not keep stable). Specs planned by earlier versions hold
+    the file's sha256 here and keep their ids (see :func:`bocb.transfer.study.keep_stored_ids`).
     """
 
     label: str
@@ -137,6 +141,15 @@ def resolve_trial(
     tier's; holdout_per_class: none (settings are chosen on the test set, the paper's way).
     """
     info = get_backbone_info(backbone)
+    # Out-of-range budgets fail here, before anything is built: `--epochs -1` would otherwise
+    # train nothing and report `done`.
+    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+        if value is not None and not (isinstance(value, int) and 1 <= value <= 1_000_000):
+            raise ValueError(f"{name} must be an integer in {low}..1000000, got {value!r}")
+    if drop_path_rate is not None and not (math.isfinite(drop_path_rate) and 0.0 <= drop_path_rate < 1.0):
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+    if not (isinstance(seed, int) and 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer in 0..2^32-1, got {seed!r}")
     rec = recipe_for(info, recipe, tier)
     if epochs is not None:
         rec = rec.with_epochs(epochs)

@@ -62,6 +62,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,7 +73,7 @@ from bocb import paper
 from bocb.data import DatasetSpec, parse_data_arg
 from bocb.optim import DEFAULT_POLICY as DEFAULT_WD_POLICY
 from bocb.optim import POLICY_CHOICES as WD_POLICIES
-from bocb.optim import get_optimizer_info
+from bocb.optim import get_optimizer_info, resolve_optimizer
 from bocb.diagnostics.metrics import CONV_MODES
 from bocb.recipes import PRECISIONS, RECIPES, TIERS
 from bocb.registry import UnknownNameError
@@ -203,9 +205,42 @@ def _values(where: str, value: Any) -> list[float]:
     if not values:
         raise StudyError(f"{where}: empty list")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise StudyError(f"{where}: expected non-negative numbers, got {v!r}")
+        # TOML has nan and inf literals; NaN also slips past `v < 0`, so finiteness is checked first.
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise StudyError(f"{where}: expected finite non-negative numbers, got {v!r}")
     return [float(v) for v in values]
+
+
+# Study names become folder and file names (reports, exports): one path component, printable,
+# no leading dot, so `../x`, `a/b` or `.hidden` can never escape or hide.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,@ -]{0,99}")
+MAX_SEEDS = 1000  # seeds per setting; a count beyond this is almost surely a list meant as a count
+
+
+def parse_name(where: str, table: dict[str, Any]) -> str:
+    """``name``: 1-100 characters of letters, digits, ``_ . + = , @ -`` and spaces, not starting
+    with a dot, a space or a dash (it names the report's folder)."""
+    name = table["name"]
+    if not _SAFE_NAME.fullmatch(name) or name.endswith((" ", ".")):
+        raise StudyError(f"{where}.name: {name!r} is not a safe file name: use 1-100 letters, digits, "
+                         f"spaces and _ . + = , @ - (not first: . - or space)")
+    return name
+
+
+def parse_limits(where: str, table: dict[str, Any]) -> tuple[float | None, float | None]:
+    """``time_limit_s`` and ``memory_limit_gb``: absent (no limit) or finite numbers > 0.
+
+    0, negative and non-finite values are refused rather than read as "no limit" or as a limit
+    that kills every trial: leave the key out to run without a limit.
+    """
+    out = []
+    for key, floor in (("time_limit_s", 1.0), ("memory_limit_gb", 0.1)):
+        value = table.get(key)
+        if value is not None and not (math.isfinite(value) and value >= floor):
+            raise StudyError(f"{where}.{key}: expected a finite number >= {floor:g}, got {value!r} "
+                             f"(leave the key out for no limit)")
+        out.append(None if value is None else float(value))
+    return out[0], out[1]
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -214,6 +249,12 @@ def read_file(path: Path) -> dict[str, Any]:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise StudyError(f"{path}: no such study file") from None
+    except IsADirectoryError:
+        raise StudyError(f"{path}: is a directory, not a study file (TOML)") from None
+    except UnicodeDecodeError:
+        raise StudyError(f"{path}: not a text file: a study file is UTF-8 TOML") from None
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot read the study file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"{path}: not valid TOML: {exc}") from None
 
@@ -226,9 +267,17 @@ def choice(where: str, table: dict[str, Any], key: str, default: str, choices: d
 def parse_seeds(where: str, table: dict[str, Any]) -> tuple[int, ...]:
     """``seeds``: a count (``3`` means 0, 1, 2) or a list of integers; default ``[0]``."""
     raw = table.get("seeds", [0])
+    # Checked before expanding: `seeds = 100000000` (a seed meant as a list) must not build a
+    # hundred-million-element range.
+    if isinstance(raw, int) and not 1 <= raw <= MAX_SEEDS:
+        raise StudyError(f"{where}.seeds: a count must be 1..{MAX_SEEDS}, got {raw} "
+                         f"(for one seed with that value write seeds = [{raw}])")
     seeds = list(range(raw)) if isinstance(raw, int) else raw
     if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
         raise StudyError(f"{where}.seeds: expected a count >= 1 or a non-empty list of integers")
+    if len(seeds) > MAX_SEEDS or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= 2**32:
+        raise StudyError(f"{where}.seeds: expected at most {MAX_SEEDS} distinct integers in 0..2^32-1, "
+                         f"got {len(seeds)} value(s) from {min(seeds)} to {max(seeds)}")
     return tuple(seeds)
 
 
@@ -263,6 +312,12 @@ def parse_optimizers(where: str, raw: list[Any], tuning: str) -> tuple[dict[str,
             check_table(f"{place}.center", o["center"], _CENTER_KEYS, ("lr", "weight_decay"))
             for key, v in o["center"].items():
                 _values(f"{place}.center.{key}", v)
+        if o.get("args"):
+            # Resolving checks the arguments' names, types and ranges now, not at trial time.
+            try:
+                resolve_optimizer(o["name"], **o["args"])
+            except (TypeError, ValueError) as exc:
+                raise StudyError(f"{place}.args: {exc}") from None
     return tuple(optimizers)
 
 
@@ -305,8 +360,8 @@ def parse_overrides(where: str, table: dict[str, Any]) -> dict[str, int]:
     """Budget overrides for every trial (epochs, batch_size, train/test_per_class), each >= 1."""
     overrides = {k: table[k] for k in ("epochs", "batch_size", "train_per_class", "test_per_class") if k in table}
     for k, v in overrides.items():
-        if v < 1:
-            raise StudyError(f"{where}.{k}: must be >= 1, got {v}")
+        if not 1 <= v <= 1_000_000:
+            raise StudyError(f"{where}.{k}: must be 1..1000000, got {v}")
     return overrides
 
 
@@ -331,6 +386,8 @@ def load_study(path: str | Path) -> Study:
     s = raw["study"]
     head = f"{where} [study]"
     check_table(head, s, _STUDY_KEYS, ("name",))
+    name = parse_name(head, s)
+    time_limit_s, memory_limit_gb = parse_limits(head, s)
     tier = choice(head, s, "tier", "full", TIERS)
     tuning = choice(head, s, "tuning", "grid", TUNING)
     wd_policy = choice(head, s, "wd_policy", DEFAULT_WD_POLICY, WD_POLICIES)
@@ -351,10 +408,10 @@ def load_study(path: str | Path) -> Study:
         if "recipe" in b:
             _choice(f"{place}.recipe", b["recipe"], RECIPES)
     return Study(
-        name=s["name"], path=str(path), data=data, tier=tier, seeds=seeds, tuning=tuning,
+        name=name, path=str(path), data=data, tier=tier, seeds=seeds, tuning=tuning,
         wd_policy=wd_policy, settings=raw, backbones=tuple(backbones),
         optimizers=parse_optimizers(where, raw["optimizers"], tuning),
-        time_limit_s=s.get("time_limit_s"), memory_limit_gb=s.get("memory_limit_gb"),
+        time_limit_s=time_limit_s, memory_limit_gb=memory_limit_gb,
         description=s.get("description", ""), overrides=parse_overrides(head, s),
         precision=precision, holdout_per_class=holdout, weight_conv=weight_conv,
         tuner=parse_tuner(where, raw.get("tuning"), tuning),

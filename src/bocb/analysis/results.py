@@ -18,13 +18,18 @@ Three reductions, in this order, turn runs into the backbone x optimizer table t
    first appearance in the input, NaN where a pair was not run.
 
 Replicates without a ``seed`` column (a pair appearing several times at one setting) are taken as
-unnamed seeds and numbered 0, 1, ... in input order, so they are kept, not collapsed.
+unnamed seeds and numbered 0, 1, ... in input order, so they are kept, not collapsed. Rows equal in
+every column are refused instead: a pasted-twice row is far likelier than two runs agreeing to the
+last digit, and counting it as a seed would shrink every confidence interval. Rows with an empty
+name or a non-finite ``top1`` are refused too (an ``inf`` would switch off flagging for its
+backbone, an empty name would be dropped by grouping).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REQUIRED = ("optimizer", "backbone", "top1")
@@ -44,14 +49,15 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         frame = source.copy()
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"no results file at {str(path)!r}: give a .csv or .parquet results table")
-        if path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif path.suffix == ".csv":
-            frame = pd.read_csv(path)
-        else:
+        if path.suffix not in (".csv", ".parquet"):
             raise ValueError(f"cannot read results from {str(path)!r}: valid suffixes: .csv, .parquet")
+        try:
+            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        except FileNotFoundError:
+            raise ValueError(f"no results file at {path}") from None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:  # damaged Parquet, unparsable CSV
+            raise ValueError(f"cannot read results from {path}: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())}") from None
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -69,10 +75,24 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
             f"{row['optimizer']}/{row['backbone']} = {row['top1']!r}; record a diverged run's "
             "measured accuracy or drop the row"
         )
+    infinite = ~np.isfinite(top1)
+    if infinite.any():
+        row = frame.loc[infinite].iloc[0]
+        raise ValueError(f"top1 is infinite in {int(infinite.sum())} row(s), first: "
+                         f"{row['optimizer']}/{row['backbone']} = {top1[infinite].iloc[0]}: accuracies are 0..100")
+    for column in PAIR:
+        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        if empty.any():
+            raise ValueError(f"{column} is empty in {int(empty.sum())} row(s), first at row "
+                             f"{int(empty.to_numpy().argmax()) + 1}: every run needs its {column}'s name")
     frame["top1"] = top1.astype(float)
     frame["optimizer"] = frame["optimizer"].astype(str)
     frame["backbone"] = frame["backbone"].astype(str)
     setting = PAIR + [c for c in ("lr", "weight_decay") if c in frame.columns]
+    if "seed" not in frame.columns and frame.duplicated().any():
+        row = frame.loc[frame.duplicated()].iloc[0]
+        raise ValueError(f"row {row['optimizer']}/{row['backbone']} top1 {row['top1']} appears twice, identical "
+                         f"in every column: remove the copy, or add a seed column if they are two runs")
     if "seed" not in frame.columns and frame.duplicated(setting).any():
         frame["seed"] = frame.groupby(setting, sort=False).cumcount()
     if "seed" in frame.columns:

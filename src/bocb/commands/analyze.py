@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bocb.commands.common import add_rule_args
@@ -30,8 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bocb.analysis import compare_with_marks, flag, load_results, rule
+    from bocb.commands.common import input_file, output_file
 
-    frame = load_results(args.results)
+    if args.flags_out is not None:
+        output_file(args.flags_out, "--flags-out")
+    frame = load_results(input_file(args.results, "results file"))
     chosen = rule(args.rule, gamma=args.gamma)
     pairs = flag(frame, chosen)
     flags = pairs[["optimizer", "backbone", "flagged"]]
@@ -56,11 +60,11 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col)
     for backbone, group in pairs.groupby("backbone", sort=False):
         names = ", ".join(f"{r.optimizer} ({r.top1:.2f})" for r in group.itertuples() if r.flagged)
-        table.add_row(backbone, names or "-")
+        table.add_row(escape(str(backbone)), escape(names) or "-")
     console.print(table)
     if "hits" in counts:
         console.print(f"against the table's marks: {counts['hits']} of {counts['marked']} marked cells flagged, "
                       f"{counts['false_alarms']} others")
     if args.flags_out:
-        console.print(f"wrote {args.flags_out}")
+        console.print(f"wrote {escape(str(args.flags_out))}")
     return 0

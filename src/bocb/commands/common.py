@@ -78,13 +78,36 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def open_existing_store(path: str):
-    """The store at ``path`` for reading commands; a missing file is an error, not a new store."""
+def open_existing_store(path: str, readonly: bool = True):
+    """The store at ``path`` for reading commands; a missing file is an error, not a new store.
+
+    Read-only by default (no journal switch, no schema written, works in a read-only folder);
+    ``readonly=False`` for commands that add to an existing store (``bocb diagnose``).
+    """
     from bocb.store import SQLiteStore
 
     if not Path(path).exists():
         raise ValueError(f"no store at {path}: run a study first (bocb run STUDY.toml --store {path})")
-    return SQLiteStore(path)
+    return SQLiteStore(path, readonly=readonly)
+
+
+def output_file(path: Path, option: str) -> Path:
+    """Check, before any work, that ``path`` can be written as a file: its folder exists and it is
+    not itself a folder. The folder is not created: a mistyped path should not grow directories."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory: give a file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"{option} {path}: folder {path.parent} does not exist (create it first)")
+    return path
+
+
+def input_file(path: Path, what: str) -> Path:
+    """``path`` exists and is a file, else one line naming it."""
+    if not path.exists():
+        raise ValueError(f"no {what} at {path}")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory, not a file")
+    return path
 
 
 def load_any_study(path: Path):

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bocb.store import DEFAULT_STORE
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from bocb.commands.common import load_any_study
 
     study = load_any_study(args.study)
-    with open_existing_store(args.store) as store:
+    with open_existing_store(args.store, readonly=False) as store:
         measured = diagnose_study(store, study.study_id, workers=args.workers, force=args.force,
                                   conv=weight_conv(study))
         errors = [s for s in measured if s.get("error")]
@@ -82,10 +83,16 @@ def _checkpoint(args: argparse.Namespace) -> int:
     from bocb.diagnostics.snapshot import load_model, measure, read_spec
     from bocb.zoo import BackboneSpec, resolve_backbone
 
-    path = args.checkpoint
-    if not path.exists():
-        raise ValueError(f"no checkpoint at {path}")
-    spec = read_spec(path)
+    from bocb.commands.common import input_file
+
+    path = input_file(args.checkpoint, "checkpoint")
+    if args.out is not None and args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a directory: give a CSV file name")
+    try:
+        spec = read_spec(path)
+    except Exception as exc:  # noqa: BLE001 - empty, truncated, pickle, garbage: one line naming the file
+        raise ValueError(f"{path} is not a readable safetensors weights file "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
     if args.backbone:
         backbone = resolve_backbone(args.backbone, num_classes=args.num_classes, policy=args.policy,
                                     scale=args.scale)
@@ -100,7 +107,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(args.out, index=False)
-        Console().print(f"{len(frame)} layers of {backbone.short} in {seconds:.2f} s -> {args.out}")
+        Console().print(escape(f"{len(frame)} layers of {backbone.short} in {seconds:.2f} s -> {args.out}"))
     else:
         with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
             print(frame.to_string(index=False))

@@ -7,6 +7,7 @@ import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from bocb.commands.common import add_ranking_arg, add_rule_args
 from bocb.store import DEFAULT_STORE
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         results, out, title=title, hparams=hparams, rule_name=args.rule, gamma=args.gamma,
         ranking=args.ranking, cost=cost, provenance=provenance, n_resamples=args.resamples, extra_sections=extra,
     )
-    Console().print(f"report: {paths['html']} (and {paths['markdown']})")
+    Console().print(escape(f"report: {paths['html']} (and {paths['markdown']})"))
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, open_existing_store
@@ -58,7 +59,7 @@ def status(args: argparse.Namespace) -> int:
         extra = {"tuning": tuning} if tuning is not None else {}
         print(json.dumps({"study": name, "study_id": study_id, **counts, **extra}))
         return 0
-    table = Table(title=f"{name or 'all studies'} in {args.store}")
+    table = Table(title=escape(f"{name or 'all studies'} in {args.store}"))
     for s in (*STATUSES, "total"):
         table.add_column(s, justify="right")
     table.add_row(*[str(counts[s]) for s in (*STATUSES, "total")])
@@ -121,29 +122,33 @@ def plan(args: argparse.Namespace) -> int:
         per_backbone.setdefault(spec.backbone.short, []).append(f)
     finished = sum(1 for t in prepared.trials if done.get(t.trial_id) in ("done", "diverged"))
     console = Console(width=None if sys.stdout.isatty() else 160)
-    table = Table(title=f"plan: {study.name} ({study.study_id}), {study.tuning} tuning, tier {study.tier}")
+    table = Table(title=escape(f"plan: {study.name} ({study.study_id}), {study.tuning} tuning, tier {study.tier}"))
     for col in ("backbone", "trials", "PFLOP"):
         table.add_column(col, justify="right")
     for bb, fs in per_backbone.items():
         table.add_row(bb, str(len(fs)), f"{sum(fs) / 1e15:.3f}")
     console.print(table)
-    console.print(
+    console.print(escape(
         f"{len(prepared.trials)} trials ({len(prepared.skipped)} pairs skipped), "
         f"{finished} already finished in {args.store}; compute {flops / 1e15:.2f} PFLOP "
         f"= about {flops / EFFECTIVE_FLOPS / 3600:.1f} GPU-hours at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s "
         f"(one H100, bf16, measured on CIFAR ResNet-18; small models pack several per GPU)"
-    )
+    ))
     reasons: dict[str, int] = {}
     for _, _, reason in prepared.skipped:
         reasons[reason] = reasons.get(reason, 0) + 1
     for reason, n in reasons.items():
-        console.print(f"skipped ({n}): {reason}")
+        console.print(escape(f"skipped ({n}): {reason}"))
     return 0
 
 
 def export(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from bocb.commands.common import output_file
+
+    if args.out is not None:
+        output_file(args.out, "--out")
     study_id, _ = _study_id(args.study)
     with open_existing_store(args.store) as store:
         rows = store.trials(study_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, parse_kv
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     recipe, tier = args.recipe, args.tier
     if recipe in TIERS:  # `--recipe smoke`: the backbone's own recipe at the smoke tier
         recipe, tier = None, recipe
+    _check_numbers(args)
     err = Console(stderr=True)
     data_spec = parse_data_arg(args.data)
     with err.status(f"loading {args.data} ..."):
@@ -98,6 +100,26 @@ def run(args: argparse.Namespace) -> int:
     return 0 if record["status"] in ("done", "diverged") else 1
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Out-of-range numbers fail before the data is loaded (resolve_trial checks them again)."""
+    import math
+
+    for option, value in (("--lr", args.lr), ("--wd", args.wd), ("--drop-path", args.drop_path)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{option} must be a finite number >= 0, got {value}")
+    for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                          ("--checkpoint-every", args.checkpoint_every)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.optimizer:  # names, types and ranges of --opt-arg, without loading anything
+        from bocb.optim import resolve_optimizer
+
+        resolve_optimizer(args.optimizer, lr=args.lr, weight_decay=args.wd, wd_policy=args.wd_policy,
+                          **parse_kv(args.opt_arg))
+
+
 def _summary(console: Console, record: dict) -> None:
     spec = record["spec"]
     table = Table(title=f"trial {record['trial_id']}: {record['status']}", show_header=False)
@@ -113,6 +135,8 @@ def _summary(console: Console, record: dict) -> None:
         if record.get(key) is not None:
             table.add_row(key, str(record[key]))
     table.add_row("seconds", ", ".join(f"{k} {v}" for k, v in record.get("seconds", {}).items()))
+    if record.get("checkpoint_set_aside"):
+        table.add_row("checkpoint set aside", escape(record["checkpoint_set_aside"]))
     if record.get("error"):
-        table.add_row("error", record["error"])
+        table.add_row("error", escape(record["error"]))
     console.print(table)

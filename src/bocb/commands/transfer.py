@@ -11,9 +11,10 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from bocb.commands.common import data_dirs, default_cache_dir
-from bocb.commands.run import add_run_args, run_registered
+from bocb.commands.run import add_run_args, check_run_args, check_study_run, run_registered
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,19 +25,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bocb.store import SQLiteStore
-    from bocb.transfer.study import load_transfer, sources
+    from bocb.transfer.study import keep_stored_ids, load_transfer, sources, superseded
 
+    check_run_args(args)
     study = load_transfer(args.study)
+    check_study_run(args, study)
     store = SQLiteStore(args.store)
     found, skipped = sources(study, store)
-    trials = _expand(study, found, args)
+    stored = store.specs(study.study_id)
+    trials = keep_stored_ids(_expand(study, found, args), set(stored))
     console = Console(stderr=True)
     for s in skipped:
-        console.print(f"[yellow]not transferred[/]: {s.backbone} / {s.optimizer}: {s.reason}")
+        console.print(f"[yellow]not transferred[/]: {escape(f'{s.backbone} / {s.optimizer}: {s.reason}')}")
     settings = {"transfer": study.settings,
                 "not_transferred": [{"backbone": s.backbone, "optimizer": s.optimizer, "reason": s.reason}
                                     for s in skipped]}
     store.add_study(study.study_id, study.name, study.path, settings)
+    replaced = superseded(trials, stored)
+    if replaced:
+        store.unlink(study.study_id, replaced)
+        console.print(f"{len(replaced)} fine-tuning trial(s) planned from other weights files (re-saved or "
+                      f"changed) were replaced in this study; their results stay in the store")
     new = store.add_trials(study.study_id, [(t.trial_id, t.to_dict()) for t in trials])
     return run_registered(args, store, study, new)
 

@@ -167,8 +167,15 @@ def _hf_features(schema: pa.Schema) -> dict:
 
 
 def _read_schema(file: Traversable) -> pa.Schema:
-    with file.open("rb") as f:
-        return pq.read_schema(f)
+    try:
+        with file.open("rb") as f:
+            return pq.read_schema(f)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{file}: not a readable Parquet file ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]],
@@ -214,8 +221,11 @@ def _read_parquet_split(files: list[tuple[str, Traversable]], image_column: str,
     names: list[str] = []
     labels = []
     for relname, file in files:
-        with file.open("rb") as f:
-            table = pq.read_table(f, columns=[image_column, label_column])
+        try:
+            with file.open("rb") as f:
+                table = pq.read_table(f, columns=[image_column, label_column])
+        except (pa.ArrowException, OSError) as exc:  # damaged pages, a truncated file
+            raise ValueError(f"{relname}: damaged Parquet data ({_one_line(exc)})") from None
         column = table.column(image_column).combine_chunks()
         if pa.types.is_struct(column.type):  # the hub's Image feature: struct{bytes, path}
             if column.type.get_field_index("bytes") < 0:

@@ -140,6 +140,52 @@ class OptimizerSpec:
         return out
 
 
+# Ranges of arguments whose meaning is the same in every optimizer that takes them; others are
+# checked by type only (against the class default). Bounds are inclusive unless noted.
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "lr": (0.0, math.inf, "a finite number >= 0"),
+    "weight_decay": (0.0, math.inf, "a finite number >= 0"),
+    "eps": (0.0, math.inf, "a finite number >= 0"),
+    "momentum": (0.0, 1.0, "a number in [0, 1]"),
+    "dampening": (0.0, 1.0, "a number in [0, 1]"),
+    "betas": (0.0, 1.0, "numbers in [0, 1]"),
+}
+
+
+def _check_knob(short: str, key: str, value: Any, default: Any) -> None:
+    """Type (from the class default) and range (:data:`_RANGES`) of one argument, else ValueError.
+
+    Done when the spec is resolved, so a study with ``momentum = "high"`` or ``betas = [0.9]``
+    fails before anything runs instead of at trial time.
+    """
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"{short} argument {key}: expected {expected}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif number(default):
+        if not number(value) or not math.isfinite(value):
+            raise bad("a finite number")
+        if isinstance(default, int) and not isinstance(value, int) and not float(value).is_integer():
+            raise bad("an integer")
+    elif isinstance(default, (tuple, list)):
+        if not isinstance(value, (tuple, list)) or len(value) != len(default):
+            raise bad(f"a list of {len(default)} values")
+        if all(number(d) for d in default) and not all(number(v) and math.isfinite(v) for v in value):
+            raise bad(f"a list of {len(default)} finite numbers")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise bad("a string")
+    if key in _RANGES and value is not None:
+        low, high, words = _RANGES[key]
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if not number(v) or not math.isfinite(v) or not low <= v <= high:
+                raise bad(words)
+
+
 def resolve_optimizer(
     name: str,
     lr: float | None = None,
@@ -169,7 +215,13 @@ def resolve_optimizer(
         if param.default is not inspect.Parameter.empty:
             args[key] = param.default
     args.update(info.fixed)
+    for key, value in knobs.items():
+        default = args.get(key)
+        _check_knob(info.short, key, value, None if default is inspect.Parameter.empty else default)
     args.update(knobs)
+    for key, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if value is not None:
+            _check_knob(info.short, key, value, 0.0)
     args["lr"] = info.lr if lr is None else float(lr)
     if "weight_decay" in sig:
         args["weight_decay"] = info.weight_decay if weight_decay is None else float(weight_decay)

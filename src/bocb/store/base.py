@@ -68,6 +68,19 @@ class Store(ABC):
         """Give an unfinished trial back as ``pending``."""
 
     @abstractmethod
+    def held(self, study_id: str | None = None) -> list[dict[str, Any]]:
+        """The ``running`` trials (``trial_id``, ``runner``, ``lease_expires``), to find dead runners."""
+
+    @abstractmethod
+    def reclaim(self, held: list[tuple[str, str]]) -> int:
+        """Give ``(trial_id, runner)`` trials back as ``pending`` when that runner still holds them
+        (a runner known to be dead); returns how many."""
+
+    @abstractmethod
+    def unlink(self, study_id: str, trial_ids: list[str]) -> int:
+        """Remove trials from a study; the trials and their results stay in the store."""
+
+    @abstractmethod
     def set_artifact(self, trial_id: str, kind: str, path: str) -> None:
         """Remember where a trial's file of ``kind`` (checkpoint, final_weights, ...) is."""
 

@@ -9,6 +9,7 @@ hosts: a lease is minutes long, so skew of seconds does not matter).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -90,20 +91,97 @@ _SUMMARY = (
 )
 
 
-class StoreVersionError(RuntimeError):
+class StoreError(ValueError):
+    """A store file bocb cannot use (damaged, not a store, a directory, unreadable); one line that
+    says what to do. The file is never modified or re-initialised when this is raised."""
+
+
+class StoreVersionError(StoreError):
     pass
 
 
-class SQLiteStore(Store):
-    """The default store. ``SQLiteStore(path)`` creates the file and schema if needed."""
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
-    def __init__(self, path: str | Path):
+
+def _damaged(path: Path, why: object) -> StoreError:
+    return StoreError(
+        f"store {path} is damaged or not a bocb store ({why}); bocb left it untouched: restore it from "
+        f"a copy, salvage it with `sqlite3 {path} .recover > salvage.sql`, or pass another --store"
+    )
+
+
+class SQLiteStore(Store):
+    """The default store. ``SQLiteStore(path)`` creates the file and schema if needed.
+
+    ``readonly=True`` (reading commands: status, export, report, plan) opens an existing file
+    with SQLite's ``mode=ro``: the journal mode is not switched, no table is created, nothing is
+    upgraded; in a folder this process cannot write, the file is opened ``immutable`` (SQLite
+    cannot create its WAL index there). Any file that is not a bocb store of this schema version
+    raises :class:`StoreError` and is left as it was.
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
+        if self.path.is_dir():
+            raise StoreError(f"store {self.path} is a directory: pass the store's file, e.g. {self.path}/store.sqlite")
+        if readonly and not self.path.exists():
+            raise StoreError(f"no store at {self.path}: run a study first (bocb run STUDY.toml --store {self.path})")
+        if self.path.exists():
+            self._check_header()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._open()
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if self._db is not None:
+                self._db.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise _damaged(self.path, exc) from None
+
+    def _check_header(self) -> None:
+        """A non-empty file without SQLite's magic bytes is refused before SQLite touches it."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(100)
+        except OSError as exc:
+            raise StoreError(f"store {self.path} cannot be read: {exc.strerror or exc}") from None
+        if head and head[:16] != _SQLITE_MAGIC:
+            raise _damaged(self.path, "not an SQLite file")
+        if 0 < len(head) < 100:
+            raise _damaged(self.path, f"truncated to {len(head)} bytes")
+        # The header's page count is valid when its change counter matches "version-valid-for"
+        # (SQLite file format, section 1.3); a file shorter than that many pages was truncated.
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(head[28:32], "big")
+        size = self.path.stat().st_size
+        if head and head[24:28] == head[92:96] and size < pages * page_size:
+            raise _damaged(self.path, f"truncated: {size} bytes, its header counts {pages} pages of {page_size}")
+
+    def _open(self) -> None:
+        if self.readonly:
+            folder_writable = os.access(self.path.resolve().parent, os.W_OK)
+            mode = "mode=ro" if folder_writable else "immutable=1"
+            uri = f"{self.path.resolve().as_uri()}?{mode}"
+            self._db = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=60000")
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables or "trials" not in tables:
+                raise _damaged(self.path, "no bocb tables")
+            self._check_version(upgrade=False)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode; transactions are explicit. A generous timeout rides out another
         # runner's write lock (claims and result writes take milliseconds).
         self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise _damaged(self.path, f"an SQLite file with other tables: {', '.join(sorted(tables)[:5])}")
+        if "meta" in tables:
+            self._check_version(upgrade=True)  # before anything is written: a newer file stays as it is
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=60000")
@@ -117,11 +195,22 @@ class SQLiteStore(Store):
                 for statement in _UPGRADES[int(row[0])]:
                     self._db.execute(statement)
                 self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreVersionError(
-                    f"{self.path} has store schema v{row[0]}, this bocb reads v{SCHEMA_VERSION}: "
-                    f"open it with the bocb version that wrote it and `bocb export` it"
-                )
+
+    def _check_version(self, upgrade: bool) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        try:
+            version = int(row[0]) if row is not None else None
+        except ValueError:
+            raise _damaged(self.path, f"schema version {row[0]!r}") from None
+        if version is None or version == SCHEMA_VERSION or (upgrade and version in _UPGRADES):
+            return
+        if version in _UPGRADES:
+            raise StoreVersionError(f"store {self.path} has schema v{version}, this bocb reads v{SCHEMA_VERSION}: "
+                                    f"a writing command (bocb run) upgrades it in place")
+        raise StoreVersionError(
+            f"store {self.path} has schema v{version}, this bocb reads v{SCHEMA_VERSION}: open it with "
+            f"the bocb version that wrote it (or newer) and `bocb export` it; bocb left it untouched"
+        )
 
     # -- plumbing ---------------------------------------------------------------------------------
     class _Tx:
@@ -133,7 +222,12 @@ class SQLiteStore(Store):
             return self.db
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if not exc_type:
+                self.db.execute("COMMIT")
+            elif self.db.in_transaction:
+                # SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_IOERR); a
+                # second ROLLBACK would raise and hide the error that matters.
+                self.db.execute("ROLLBACK")
 
     def _tx(self) -> _Tx:
         return self._Tx(self._db)
@@ -247,6 +341,25 @@ class SQLiteStore(Store):
                 "WHERE trial_id=? AND runner=? AND status='running'",
                 (trial_id, runner),
             )
+
+    def held(self, study_id: str | None = None) -> list[dict[str, Any]]:
+        """The study's ``running`` trials: ``trial_id``, ``runner``, ``lease_expires``."""
+        rows = self._scoped("trial_id, status, runner, lease_expires", study_id)
+        return [{k: r[k] for k in ("trial_id", "runner", "lease_expires")} for r in rows if r["status"] == "running"]
+
+    def reclaim(self, held: list[tuple[str, str]]) -> int:
+        """Hand ``(trial_id, runner)`` trials back as ``pending`` if that runner still holds them."""
+        with self._tx() as db:
+            return sum(db.execute(
+                "UPDATE trials SET status='pending', runner=NULL, lease_expires=NULL "
+                "WHERE trial_id=? AND runner=? AND status='running'", (trial_id, runner)).rowcount
+                for trial_id, runner in held)
+
+    def unlink(self, study_id: str, trial_ids: list[str]) -> int:
+        """Remove trials from a study (the trials and their results stay in the store)."""
+        with self._tx() as db:
+            return sum(db.execute("DELETE FROM study_trials WHERE study_id=? AND trial_id=?",
+                                  (study_id, trial_id)).rowcount for trial_id in trial_ids)
 
     # -- adaptive tuning ----------------------------------------------------------------------------
     def add_proposals(self, study_id: str, pair: str, proposals: list[tuple[str, dict[str, Any], int, int]]) -> int:
@@ -403,8 +516,19 @@ class SQLiteStore(Store):
         return [dict(r) for r in rows]
 
     def artifacts(self, trial_id: str) -> dict[str, str]:
+        """A trial's files by kind. Paths are stored absolute; a relative one (written by an
+        earlier bocb, relative to the directory that run started in) is resolved against the
+        store's folder and its parents, the first where the file exists, else returned as stored."""
         rows = self._db.execute("SELECT kind, path FROM artifacts WHERE trial_id=?", (trial_id,))
-        return {r["kind"]: r["path"] for r in rows}
+        return {r["kind"]: self._resolve(r["path"]) for r in rows}
+
+    def _resolve(self, path: str) -> str:
+        if Path(path).is_absolute():
+            return path
+        for folder in self.path.resolve().parents:
+            if (folder / path).exists():
+                return str(folder / path)
+        return path
 
     def studies(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT study_id, name, path, created FROM studies ORDER BY created")
@@ -438,4 +562,4 @@ def _summary_fields(spec: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-__all__ = ["FINAL", "SCHEMA_VERSION", "SQLiteStore", "StoreVersionError"]
+__all__ = ["FINAL", "SCHEMA_VERSION", "SQLiteStore", "StoreError", "StoreVersionError"]

@@ -81,6 +81,8 @@ from bocb.study import (
     load_study,
     optimizer_settings,
     parse_data,
+    parse_limits,
+    parse_name,
     parse_optimizers,
     parse_overrides,
     parse_seeds,
@@ -169,6 +171,8 @@ def load_transfer(path: str | Path) -> TransferStudy:
     s = raw["study"]
     head = f"{where} [study]"
     check_table(head, s, _STUDY_KEYS, ("name",))
+    name = parse_name(head, s)
+    time_limit_s, memory_limit_gb = parse_limits(head, s)
     task = choice(head, s, "task", "classification", TASKS)
     tuning = choice(head, s, "tuning", "fixed", TUNING)
 
@@ -193,13 +197,13 @@ def load_transfer(path: str | Path) -> TransferStudy:
     if not pretrained:
         raise StudyError(f"{where} pretrained: empty list: a transfer study needs at least one pre-trained model")
     return TransferStudy(
-        name=s["name"], path=str(path), task=task, settings=raw,
+        name=name, path=str(path), task=task, settings=raw,
         optimizers=parse_optimizers(where, raw["optimizers"], tuning), pretrained=tuple(pretrained),
         seeds=parse_seeds(head, s), tier=choice(head, s, "tier", "full", TIERS), tuning=tuning,
         wd_policy=choice(head, s, "wd_policy", DEFAULT_WD_POLICY, WD_POLICIES),
         finetune=choice(head, s, "finetune", "full", FINETUNE_MODES), data=data, detection=detection,
-        overrides=parse_overrides(head, s), time_limit_s=s.get("time_limit_s"),
-        memory_limit_gb=s.get("memory_limit_gb"), description=s.get("description", ""),
+        overrides=parse_overrides(head, s), time_limit_s=time_limit_s,
+        memory_limit_gb=memory_limit_gb, description=s.get("description", ""),
     )
 
 
@@ -271,7 +275,7 @@ def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: 
         path = Path(store.artifacts(chosen["trial_id"])["final_weights"])
         spec = store.record(chosen["trial_id"])["spec"]
         found.append(Source(
-            Pretrained(label=f"{backbone} / {optimizer}", optimizer=optimizer, sha256=checkpoint.file_sha256(path),
+            Pretrained(label=f"{backbone} / {optimizer}", optimizer=optimizer, sha256=_weights_digest(path, place),
                        path=str(path), trial_id=chosen["trial_id"]),
             BackboneSpec.from_dict(spec["backbone"]), spec["recipe"]["name"],
         ))
@@ -308,10 +312,59 @@ def _from_file(study: TransferStudy, entry: dict[str, Any], place: str) -> Sourc
     optimizer = entry.get("optimizer") or (spec["optimizer"]["short"] if spec else "unknown")
     return Source(
         Pretrained(label=entry.get("label", f"{backbone.short} / {optimizer}"), optimizer=optimizer,
-                   sha256=checkpoint.file_sha256(path), path=str(path),
+                   sha256=_weights_digest(path, place), path=str(path),
                    trial_id=TrialSpec.from_dict(spec).trial_id if spec else None),
         backbone, spec["recipe"]["name"] if spec else None,
     )
+
+
+def _weights_digest(path: Path, place: str) -> str:
+    """The weights' :func:`bocb.checkpoint.tensor_sha256`; a missing or unreadable file is a StudyError."""
+    try:
+        return checkpoint.tensor_sha256(path)
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or not safetensors: one line
+        raise StudyError(f"{place}: cannot read the pre-trained weights {path}: "
+                         f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+
+
+def keep_stored_ids(trials: list[Any], stored: set[str]) -> list[Any]:
+    """Fine-tuning specs, each replaced by its file-digest twin when that twin is already stored.
+
+    Stores written before tensor digests hold fine-tuning trials whose id hashes the weights
+    *file*'s sha256. A rerun of the same transfer study against such a store finds those trials
+    here and keeps them (same id, same results), instead of adding a second trial per pair that
+    would then run again and make the report refuse the study as a "duplicate run". Only when the
+    file itself changed (re-saved weights) does the old id no longer match: those pairs run once
+    more under the tensor-digest id, and the old trials stay in the store as they were.
+    """
+    if not stored:
+        return trials
+    files: dict[str, str] = {}
+    out = []
+    for spec in trials:
+        path = spec.pretrained.path
+        if path not in files:
+            try:
+                files[path] = checkpoint.file_sha256(Path(path))
+            except OSError:
+                files[path] = ""
+        legacy = replace(spec, pretrained=replace(spec.pretrained, sha256=files[path]))
+        out.append(legacy if files[path] and legacy.trial_id in stored else spec)
+    return out
+
+
+def superseded(trials: list[Any], stored: dict[str, dict[str, Any]]) -> list[str]:
+    """Ids of stored fine-tuning trials that a new trial replaces: same spec in every respect
+    but the weights' digest (their weights file was re-saved or changed since). The caller
+    unlinks them from the study, so the study holds one trial per setting and its report does not
+    refuse a "duplicate run"; their results stay in the store."""
+    def key(spec: dict[str, Any]) -> str:
+        pre = {k: v for k, v in spec["pretrained"].items() if k not in ("sha256", "path")}
+        return json.dumps({**spec, "pretrained": pre}, sort_keys=True)
+
+    new = {key(t.to_dict()): t.trial_id for t in trials}
+    return [tid for tid, spec in stored.items()
+            if spec.get("pretrained") and new.get(key(spec), tid) != tid]
 
 
 # -- expansion --------------------------------------------------------------------------------------
