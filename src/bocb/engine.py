@@ -303,14 +303,15 @@ def train(
             break
         epochs_this_run += 1
         last = epoch + 1 == run.epochs
-        pausing = options.stop_at_epoch is not None and epoch + 1 == options.stop_at_epoch
+        stopping = options.stop_after_epochs is not None and epochs_this_run >= options.stop_after_epochs
+        pausing = stopping or (options.stop_at_epoch is not None and epoch + 1 == options.stop_at_epoch)
         if ckpt_path and (last or pausing or (epoch + 1) % options.checkpoint_every == 0):
             checkpoint.save(ckpt_path, {
                 "trial_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
                 "stepper": stepper.state_dict(), "rng": checkpoint.rng_state(),
                 "rows": record["epochs"], "seconds": seconds,
             }, fence=options.fence)
-        if options.stop_after_epochs is not None and epochs_this_run >= options.stop_after_epochs and not last:
+        if stopping and not last:
             record["status"] = "interrupted"
             break
     else:
@@ -327,6 +328,15 @@ def train(
         checkpoint.save_weights(work / FINAL_WEIGHTS, model, metadata={"trial_id": run_id, **options.weights_metadata},
                                 fence=options.fence)
         record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
+
+
+def name_scores(record: dict[str, Any], final: dict[str, str], best: str) -> None:
+    """Copy the last scored row's fields to the record under a task's own names (``final``:
+    record key -> row field) and ``best_score`` to ``best`` (e.g. detection's ``best_map``)."""
+    rows = [r for r in record["epochs"] if r.get("score") is not None]
+    for key, name in final.items():
+        record[key] = rows[-1][name] if rows else None
+    record[best] = record["best_score"]
 
 
 def _readable_checkpoint(path: Path | None, run_id: str, device: torch.device,

@@ -63,7 +63,8 @@ class RunStats:
 
     @property
     def done(self) -> int:
-        return sum(self.finished.values())
+        """Trials finished for good (a ``paused`` tuning rung is not)."""
+        return sum(n for status, n in self.finished.items() if status != "paused")
 
 
 def runner_id() -> str:
@@ -139,10 +140,10 @@ def run_study(
                 if claimed is None:
                     break
                 trial_id, spec = claimed
-                stop = store.stop_epoch(trial_id) if propose is not None else None
-                if stop is not None:
-                    stops[trial_id] = stop
-                    spec = {**spec, "stop_at_epoch": stop}
+                rung_stop = store.stop_epoch(trial_id, study_id) if propose is not None else None
+                if rung_stop is not None:
+                    stops[trial_id] = rung_stop
+                    spec = {**spec, "stop_at_epoch": rung_stop}
                 claims[trial_id] = new_token()
                 executor.submit(trial_id, spec, claims[trial_id])
                 leases[trial_id] = time.time()
@@ -169,6 +170,9 @@ def run_study(
                     else:  # another runner took it over (our lease had expired)
                         stats.lost_leases += 1
                         leases.pop(trial_id)
+                        # Its late record is then a stale result, not a second lost lease.
+                        claims.pop(trial_id, None)
+                        stops.pop(trial_id, None)
             if on_update:
                 on_update(stats)
     except (KeyboardInterrupt, _Stop):

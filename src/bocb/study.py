@@ -395,6 +395,11 @@ def load_study(path: str | Path) -> Study:
     data = parse_data(head, s)
     precision = choice(head, s, "precision", "tf32", PRECISIONS) if "precision" in s else None
     holdout = parse_selection(head, s)
+    if holdout is not None and tuning == "adaptive":
+        # The tuner ranks candidates on the epochs table's test accuracy; until it reads held-out
+        # accuracy, the combination would choose settings on the test set while saying otherwise.
+        raise StudyError(f"{head}.selection: 'holdout' is not available with tuning 'adaptive' yet: "
+                         "valid with adaptive: test")
     weight_conv = choice(head, s, "weight_conv", "slices", CONV_MODES)
 
     backbones = _entries(f"{where} backbones", raw["backbones"], _BACKBONE_KEYS)

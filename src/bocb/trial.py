@@ -10,7 +10,8 @@ Outcomes are data, never exceptions: ``done``; ``diverged`` (a non-finite traini
 training loss above 100 x ln(classes) — 230 for CIFAR-10 where training starts near 2.3 — or test
 accuracy that had risen to at least twice chance falling back to within 10% of chance; the epoch
 is recorded); ``failed`` (any exception, with its message); ``interrupted`` (stopped on purpose by
-``stop_after_epochs``; the checkpoint lets the next run resume).
+``stop_after_epochs`` or at an adaptive-tuning rung, ``stop_at_epoch``; the checkpoint lets the
+next run resume).
 
 A diverged trial is scored on the weights it ended with, never on an earlier epoch: when training
 stops on a bad loss, those weights are evaluated and that row is the trial's last; weights or
@@ -131,7 +132,7 @@ def run_trial(
         options=engine.LoopOptions(
             compile=options.compile, work_dir=options.work_dir, checkpoint_every=options.checkpoint_every,
             resume=options.resume, stop_after_epochs=options.stop_after_epochs,
-            weights_metadata={"spec": spec.to_json()}),
+            stop_at_epoch=options.stop_at_epoch, fence=options.fence, weights_metadata={"spec": spec.to_json()}),
         progress=progress, select_on="val_top1" if holdout else "score",
     )
     _summarise(record, holdout)

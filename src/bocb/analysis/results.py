@@ -147,7 +147,7 @@ def best_tuned(frame: pd.DataFrame) -> pd.DataFrame:
         first = frame.groupby(PAIR, sort=False)["seed"].transform("min")
         chooser = frame[frame["seed"] == first]
         frame = frame[frame["seed"] != first]
-    score = selection_column(frame)
+    score = selection_column(chooser)
     # dropna=False: a pair run without a weight decay (NaN) is still a setting.
     grouped = chooser.groupby(setting, sort=False, dropna=False)
     means = grouped[score].mean().rename("score").reset_index()

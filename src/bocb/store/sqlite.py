@@ -392,9 +392,15 @@ class SQLiteStore(Store):
                         "WHERE trial_id=? AND status='paused'", (trial_id,)).rowcount
         return runnable
 
-    def stop_epoch(self, trial_id: str) -> int | None:
-        """The epoch a trial is to stop at: the largest its rung rows ask for (None: no rows)."""
-        row = self._db.execute("SELECT MAX(epochs) FROM tuning_rungs WHERE trial_id=?", (trial_id,)).fetchone()
+    def stop_epoch(self, trial_id: str, study_id: str | None = None) -> int | None:
+        """The epoch a trial is to stop at: the largest its rung rows ask for (None: no rows), in
+        ``study_id``'s rows when given (trial ids are shared across studies; one study's promotion
+        must not move another's rung)."""
+        if study_id is None:
+            row = self._db.execute("SELECT MAX(epochs) FROM tuning_rungs WHERE trial_id=?", (trial_id,)).fetchone()
+        else:
+            row = self._db.execute("SELECT MAX(epochs) FROM tuning_rungs WHERE trial_id=? AND study_id=?",
+                                   (trial_id, study_id)).fetchone()
         return None if row[0] is None else int(row[0])
 
     def tuning_rows(self, study_id: str, epochs: list[int]) -> tuple[list[dict[str, Any]], dict[tuple[str, int], float | None]]:

@@ -163,10 +163,6 @@ def get_detection_recipe(name: str) -> DetectionRecipe:
 # -- a run -----------------------------------------------------------------------------------------
 
 
-
-
-
-
 def run_detection(
     model: nn.Module,
     optimizer_spec: OptimizerSpec,
@@ -194,10 +190,7 @@ def run_detection(
     engine.run(record, lambda dev, prec: _prepare(model, optimizer_spec, train, val, recipe, seed, dev, prec),
                optimizer_spec, seed=seed, run_id=run_id, device=device, precision=precision, options=options,
                progress=progress)
-    rows = [r for r in record["epochs"] if r.get("map") is not None]
-    record["final_map"] = rows[-1]["map"] if rows else None
-    record["final_ap50"] = rows[-1]["ap50"] if rows else None
-    record["best_map"] = record["best_score"]
+    engine.name_scores(record, {"final_map": "map", "final_ap50": "ap50"}, best="best_map")
     return record
 
 

@@ -31,11 +31,10 @@ import torch
 from safetensors.torch import load_file
 
 from bocb import checkpoint
-from bocb.engine import LoopOptions
+from bocb.engine import LoopOptions, resolve_device
 from bocb.fencing import Fence, fence_for
 from bocb.optim import OptimizerSpec
 from bocb.spec import Pretrained
-from bocb.engine import resolve_device
 from bocb.zoo import BackboneSpec, classifier_name, init_backbone
 
 
@@ -154,8 +153,6 @@ class CocoTrialSpec:
                    Pretrained(**data["pretrained"]), data["task"])
 
 
-DetectionTrialSpec = CocoTrialSpec  # a detection trial is a CocoTrialSpec with task "detection"
-
 _SETS: dict[str, tuple[Any, Any]] = {}
 
 
@@ -178,7 +175,7 @@ def starting_network(spec: CocoTrialSpec, task: CocoTask, train: Any) -> torch.n
 
 
 def run_coco_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path | None,
-                   progress=None, fence: Fence | None = None) -> dict[str, Any]:
+                   progress=None, fence: Fence | None = None, checkpoint_every: int = 1) -> dict[str, Any]:
     """Run one downstream fine-tuning trial; always returns a record (failures included). Its
     checkpoints and final weights go to ``artifacts_dir/<trial_id>/`` (nothing is kept when it is
     None), so a killed trial resumes like a classification one."""
@@ -192,7 +189,9 @@ def run_coco_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path |
     except Exception as exc:  # noqa: BLE001 - no device, data or weights: a failed trial
         return {**base, "error": f"{type(exc).__name__}: {exc}"}
     work = Path(artifacts_dir) / spec.trial_id if artifacts_dir is not None else None
-    options = LoopOptions(work_dir=work, weights_metadata={"spec": json.dumps(spec_dict)}, fence=fence)
+    # Detection and pose run uncompiled (torchvision's detection models do not compile cleanly).
+    options = LoopOptions(work_dir=work, weights_metadata={"spec": json.dumps(spec_dict)}, fence=fence,
+                          checkpoint_every=checkpoint_every, stop_at_epoch=spec_dict.get("stop_at_epoch"))
     record = {**base, **task.run(network, spec.optimizer, train, val, spec.recipe, spec.seed, dev, progress,
                                  options=options, run_id=spec.trial_id)}
     record["final_top1"], record["best_top1"] = record[task.final], record[task.best]
@@ -203,15 +202,13 @@ def run_coco_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path |
     return record
 
 
-run_detection_trial = run_coco_trial
-
-
 def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None, progress=None,
             claim: str | None = None) -> dict[str, Any]:
     """The entry of the detection and pose tasks in :mod:`bocb.tasks` (see :func:`run_coco_trial`)."""
     trial_id = CocoTrialSpec.from_dict(spec_dict).trial_id
     return run_coco_trial(spec_dict, device or config.device, Path(config.artifacts_dir), progress,
-                          fence=fence_for(config.artifacts_dir, trial_id, claim))
+                          fence=fence_for(config.artifacts_dir, trial_id, claim),
+                          checkpoint_every=config.checkpoint_every)
 
 
 def coco_snapshot(trial_id: str, path: str | Path, spec_dict: dict[str, Any], conv: str | None = None) -> dict[str, Any]:

@@ -213,10 +213,7 @@ def run_pose(model: nn.Module, optimizer_spec: OptimizerSpec, train: PoseSet, va
     engine.run(record, lambda dev, prec: _prepare(model, optimizer_spec, train, val, recipe, seed, dev, prec),
                optimizer_spec, seed=seed, run_id=run_id, device=device, precision=precision, options=options,
                progress=progress)
-    rows = [r for r in record["epochs"] if r.get("ap") is not None]
-    record["final_ap"] = rows[-1]["ap"] if rows else None
-    record["final_ap50"] = rows[-1]["ap50"] if rows else None
-    record["best_ap"] = record["best_score"]
+    engine.name_scores(record, {"final_ap": "ap", "final_ap50": "ap50"}, best="best_ap")
     return record
 
 

@@ -50,9 +50,7 @@ def make_synthetic_coco(
 
     ``backgrounds``: ``uint8`` ``(N, 3, H, W)``. Returns ``(images_dir, annotation_file)``.
     """
-    if not (isinstance(backgrounds, torch.Tensor) and backgrounds.dtype == torch.uint8
-            and backgrounds.dim() == 4 and backgrounds.shape[1] == 3 and len(backgrounds)):
-        raise ValueError("backgrounds must be a non-empty uint8 tensor (N, 3, H, W)")
+    _check_backgrounds(backgrounds)
     bad = [s for s in shapes if s not in SHAPES]
     if bad or not shapes or len(set(shapes)) != len(shapes):
         raise ValueError(f"shapes must be distinct names from {', '.join(SHAPES)}, got {shapes!r}")
@@ -72,9 +70,8 @@ def make_synthetic_coco(
             label = randint(0, len(shapes) - 1)
             for _try in range(_PLACEMENT_TRIES):
                 side = randint(round(0.25 * image_size), round(0.5 * image_size))
-                x0, y0 = randint(0, image_size - side), randint(0, image_size - side)
-                box = (x0, y0, x0 + side, y0 + side)
-                if all(box[2] <= p[0] or p[2] <= box[0] or box[3] <= p[1] or p[3] <= box[1] for p in placed):
+                box = paint.place(side, side, placed)
+                if box is not None:
                     break
             else:
                 continue
@@ -97,6 +94,12 @@ def make_synthetic_coco(
     return images_dir, annotation_file
 
 
+def _check_backgrounds(backgrounds: torch.Tensor) -> None:
+    if not (isinstance(backgrounds, torch.Tensor) and backgrounds.dtype == torch.uint8
+            and backgrounds.dim() == 4 and backgrounds.shape[1] == 3 and len(backgrounds)):
+        raise ValueError("backgrounds must be a non-empty uint8 tensor (N, 3, H, W)")
+
+
 class _Painter:
     """What both synthetic sets share: seeded draws, a real background per image, a solid colour
     that stands out from what it covers, PNG files."""
@@ -108,6 +111,15 @@ class _Painter:
 
     def randint(self, low: int, high: int) -> int:  # inclusive bounds
         return int(torch.randint(low, high + 1, (), generator=self.gen))
+
+    def place(self, w: int, h: int, placed: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int] | None:
+        """A ``w`` x ``h`` box wholly inside the image and clear of ``placed``, or None after
+        :data:`_PLACEMENT_TRIES` tries; ``w``/``h`` are redrawn by the caller's ``size`` per try."""
+        x0, y0 = self.randint(0, self.size - w), self.randint(0, self.size - h)
+        box = (x0, y0, x0 + w, y0 + h)
+        if all(box[2] <= p[0] or p[2] <= box[0] or box[3] <= p[1] or p[3] <= box[1] for p in placed):
+            return box
+        return None
 
     def canvas(self) -> torch.Tensor:
         bg = self.backgrounds[self.randint(0, len(self.backgrounds) - 1)]
@@ -159,6 +171,7 @@ def make_synthetic_keypoints(
     continuous pixel coordinates (``x`` from the left edge of pixel 0), all labelled visible (2);
     the category is named ``figure`` and carries ``sigmas`` (bocb's loader reads them for OKS).
     Writes ``out_dir/images/*.png`` and ``out_dir/annotations.json``; returns both paths."""
+    _check_backgrounds(backgrounds)
     if n_images < 1 or image_size < 16:
         raise ValueError(f"need n_images >= 1 and image_size >= 16, got {n_images} and {image_size}")
     out_dir = Path(out_dir)
@@ -174,12 +187,12 @@ def make_synthetic_keypoints(
         for _ in range(randint(1, 2)):
             for _try in range(_PLACEMENT_TRIES):
                 w, h = (randint(round(0.3 * image_size), round(0.6 * image_size)) for _ in range(2))
-                x0, y0 = randint(0, image_size - w), randint(0, image_size - h)
-                box = (x0, y0, x0 + w, y0 + h)
-                if all(box[2] <= p[0] or p[2] <= box[0] or box[3] <= p[1] or p[3] <= box[1] for p in placed):
+                box = paint.place(w, h, placed)
+                if box is not None:
                     break
             else:
                 continue
+            x0, y0 = box[0], box[1]
             apex_x = x0 + float(torch.rand((), generator=paint.gen)) * w
             # Inside the triangle (apex_x, y0), (x0, y0 + h), (x0 + w, y0 + h), at pixel centres.
             u, v = paint.xx + 0.5, paint.yy + 0.5
