@@ -84,7 +84,7 @@ def test_entropy_orders_constant_below_uniform() -> None:
 def test_l2_matches_torch_and_conv_is_matricised() -> None:
     conv = nn.Conv2d(4, 6, kernel_size=3)
     model = nn.Sequential(conv, nn.Flatten(), nn.Linear(8, 5), nn.Conv2d(6, 6, 1, groups=6))
-    frame = layer_metrics(model)
+    frame = layer_metrics(model, conv="reshape")
     # The depthwise 1x1 conv's matrix is 6 x 1: skipped by the min-dimension rule.
     assert list(frame["layer"]) == ["0", "2"]
     assert frame.loc[0, "shape"] == (6, 4 * 3 * 3) and frame.loc[0, "n_eig"] == 6
@@ -121,7 +121,7 @@ def test_eigenvalues_match_the_svd() -> None:
 def test_conv_slices_pool_the_kernel_offsets() -> None:
     conv = nn.Conv2d(4, 6, kernel_size=3)
     model = nn.Sequential(conv, nn.Conv2d(6, 8, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Linear(5, 7))
-    reshaped, sliced = layer_metrics(model), layer_metrics(model, conv="slices")
+    reshaped, sliced = layer_metrics(model, conv="reshape"), layer_metrics(model)  # slices: the default
     w = conv.weight.detach().double().numpy()
     offsets = np.stack([w[:, :, i, j] for i in range(3) for j in range(3)])
     s = np.linalg.svd(offsets, compute_uv=False)

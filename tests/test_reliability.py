@@ -24,7 +24,7 @@ from bocb.runner import RunStats, _store_result, held_trials, runner_alive
 from bocb.spec import Pretrained, resolve_trial
 from bocb.store import SQLiteStore, StoreError
 from bocb.transfer.study import keep_stored_ids, superseded
-from bocb.trial import _readable_checkpoint
+from bocb.engine import _readable_checkpoint
 
 
 def _spec(seed: int = 0) -> dict:

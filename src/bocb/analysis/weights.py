@@ -70,7 +70,8 @@ def band_applies(weights: pd.DataFrame) -> bool:
     """Whether the [2, 6] alpha band may be read on these snapshots: it comes from WeightWatcher's
     analyses, whose conv layers are per-kernel-offset slices; alphas of reshaped conv matrices are
     on another scale, so reports draw and count the band only when every snapshot used slices."""
-    return "conv" not in weights.columns or bool(weights["conv"].eq(BAND_CONV).all())
+    # A frame that does not say (no column, or empty cells) is taken at the default convention.
+    return "conv" not in weights.columns or bool((weights["conv"].isna() | weights["conv"].eq(BAND_CONV)).all())
 SUMMARIES: dict[str, str] = {
     "alpha_mean": "mean alpha",
     "alpha_median": "median alpha",
@@ -143,7 +144,7 @@ def model_summaries(weights: pd.DataFrame) -> pd.DataFrame:
     w["_alpha"] = w["alpha"].astype(float).where(ok)
     lo, hi = ALPHA_BAND
     # The band is WeightWatcher's, for WeightWatcher's conv convention only (see band_applies).
-    banded = ok & (w["conv"].eq(BAND_CONV) if "conv" in w.columns else True)
+    banded = ok & ((w["conv"].isna() | w["conv"].eq(BAND_CONV)) if "conv" in w.columns else True)
     w["_outside"] = ((w["_alpha"] < lo) | (w["_alpha"] > hi)).astype(float).where(banded)
     l2 = w["l2"].astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
