@@ -48,9 +48,9 @@ def plan(store: SQLiteStore, study_id: str, force: bool = False, conv: str = DEF
 
     A snapshot measured under another conv convention than ``conv`` (the study's ``weight_conv``)
     counts as missing, so changing the convention remeasures."""
-    good = {s["snapshot_id"] for s in store.snapshots(study_id)
-            if s["error"] is None and s["settings"].get("conv", "reshape") == conv}
-    done = good if not force else set()
+    snaps = [s for s in store.snapshots(study_id) if s["error"] is None]
+    good = {s["snapshot_id"] for s in snaps}  # measured, under any convention
+    done = {s["snapshot_id"] for s in snaps if s["settings"].get("conv", "reshape") == conv} if not force else set()
     jobs: list[Job] = []
     inits: dict[str, Job] = {}
     trials = store.trials(study_id)
