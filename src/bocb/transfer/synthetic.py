@@ -54,12 +54,7 @@ def make_synthetic_coco(
     bad = [s for s in shapes if s not in SHAPES]
     if bad or not shapes or len(set(shapes)) != len(shapes):
         raise ValueError(f"shapes must be distinct names from {', '.join(SHAPES)}, got {shapes!r}")
-    if n_images < 1 or image_size < 16:
-        raise ValueError(f"need n_images >= 1 and image_size >= 16, got {n_images} and {image_size}")
-    out_dir = Path(out_dir)
-    images_dir = out_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    paint = _Painter(backgrounds, image_size, seed, images_dir)
+    paint = _Painter.start(out_dir, backgrounds, n_images, image_size, seed)
     randint = paint.randint
     images, annotations = [], []
     for index in range(n_images):
@@ -87,11 +82,11 @@ def make_synthetic_coco(
         images.append(paint.save(canvas, image_id))
 
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(shapes)]
-    annotation_file = out_dir / "annotations.json"
+    annotation_file = Path(out_dir) / "annotations.json"
     annotation_file.write_text(json.dumps(
         {"info": {"description": f"bocb synthetic shapes, seed {seed}"}, "images": images,
          "annotations": annotations, "categories": categories}, indent=1))
-    return images_dir, annotation_file
+    return paint.images_dir, annotation_file
 
 
 def _check_backgrounds(backgrounds: torch.Tensor) -> None:
@@ -103,6 +98,17 @@ def _check_backgrounds(backgrounds: torch.Tensor) -> None:
 class _Painter:
     """What both synthetic sets share: seeded draws, a real background per image, a solid colour
     that stands out from what it covers, PNG files."""
+
+    @classmethod
+    def start(cls, out_dir: str | Path, backgrounds: torch.Tensor, n_images: int, image_size: int,
+              seed: int) -> _Painter:
+        """Check the arguments both sets share and make ``out_dir/images``."""
+        _check_backgrounds(backgrounds)
+        if n_images < 1 or image_size < 16:
+            raise ValueError(f"need n_images >= 1 and image_size >= 16, got {n_images} and {image_size}")
+        images_dir = Path(out_dir) / "images"
+        images_dir.mkdir(parents=True, exist_ok=True)
+        return cls(backgrounds, image_size, seed, images_dir)
 
     def __init__(self, backgrounds: torch.Tensor, image_size: int, seed: int, images_dir: Path):
         self.backgrounds, self.size, self.images_dir = backgrounds, image_size, images_dir
@@ -171,13 +177,7 @@ def make_synthetic_keypoints(
     continuous pixel coordinates (``x`` from the left edge of pixel 0), all labelled visible (2);
     the category is named ``figure`` and carries ``sigmas`` (bocb's loader reads them for OKS).
     Writes ``out_dir/images/*.png`` and ``out_dir/annotations.json``; returns both paths."""
-    _check_backgrounds(backgrounds)
-    if n_images < 1 or image_size < 16:
-        raise ValueError(f"need n_images >= 1 and image_size >= 16, got {n_images} and {image_size}")
-    out_dir = Path(out_dir)
-    images_dir = out_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    paint = _Painter(backgrounds, image_size, seed, images_dir)
+    paint = _Painter.start(out_dir, backgrounds, n_images, image_size, seed)
     randint = paint.randint
     images, annotations = [], []
     for index in range(n_images):
@@ -215,8 +215,8 @@ def make_synthetic_keypoints(
         images.append(paint.save(canvas, image_id))
     category = {"id": 1, "name": "figure", "supercategory": "shape", "keypoints": list(KEYPOINTS),
                 "skeleton": [[1, 2], [1, 3], [2, 3]], "sigmas": [KEYPOINT_SIGMA] * len(KEYPOINTS)}
-    annotation_file = out_dir / "annotations.json"
+    annotation_file = Path(out_dir) / "annotations.json"
     annotation_file.write_text(json.dumps(
         {"info": {"description": f"bocb synthetic keypoints, seed {seed}"}, "images": images,
          "annotations": annotations, "categories": [category]}, indent=1))
-    return images_dir, annotation_file
+    return paint.images_dir, annotation_file
