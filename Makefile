@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Two workers: the suite spends much of its time in subprocesses starting up (measured: 5:20
-# with -n 2 against ~6:00 serial on this 2-core machine).
+# Two workers: the suite spends much of its time in subprocesses starting up (measured on an idle
+# 2-core machine, 2026-11-30: 16:32 with -n 2 for 634 tests; the 12-minute target is missed).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
