@@ -192,11 +192,13 @@ def _prepare(spec: TrialSpec, dataset: Dataset, device: torch.device) -> engine.
             return F.binary_cross_entropy_with_logits(logits, targets)
         return F.cross_entropy(logits, targets)
 
+    # One autocast context for every step (a context manager is reusable), not one per batch.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+
     def batch(forward_model: torch.nn.Module, index: torch.Tensor, generator: torch.Generator):
         images, targets = augment.train(train_x[index], train_y[index], generator)
         if cuda:
             images = images.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
 
         def forward() -> torch.Tensor:
             with autocast:

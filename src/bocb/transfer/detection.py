@@ -245,13 +245,15 @@ def _prepare(model: nn.Module, optimizer_spec: OptimizerSpec, train: DetectionSe
         for m in bn:
             m.eval()
 
+    # One autocast context for every step (a context manager is reusable), not one per batch.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
     def batch(forward_model: nn.Module, index: torch.Tensor, generator: torch.Generator):
         images, targets = _flip(train_x[index], [train_t[j] for j in index.tolist()], recipe.flip_prob, generator)
         images = images.to(device, non_blocking=True).float().div_(255)
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         if cuda:
             images = images.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
         def forward() -> torch.Tensor:
             with autocast:

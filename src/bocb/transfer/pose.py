@@ -243,6 +243,9 @@ def _prepare(model: nn.Module, optimizer_spec: OptimizerSpec, train: PoseSet, va
                         "input_size": list(recipe.input_size)},
             "pose_net": model.bocb_info}
 
+    # One autocast context for every step (a context manager is reusable), not one per batch.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
     def batch(forward_model: nn.Module, index: torch.Tensor, generator: torch.Generator):
         images, joints, visible = train.images[index], train.joints[index].clone(), train.visible[index]
         flip = torch.rand(len(index), generator=generator) < recipe.flip_prob
@@ -254,7 +257,6 @@ def _prepare(model: nn.Module, optimizer_spec: OptimizerSpec, train: PoseSet, va
             visible = torch.where(flip[:, None], visible[:, swap], visible)
         x = images.to(device, non_blocking=True).float().div_(255)
         target, weight = heatmaps(joints.to(device), visible.to(device), (out_h, out_w), stride, recipe.sigma)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
         def forward() -> torch.Tensor:
             with autocast:
