@@ -1,6 +1,6 @@
 """Fault injection: `bocb run` killed with SIGKILL at many moments, rerun each time.
 
-A tiny study (4 trials x 6 epochs, 2 slots) is run by real `bocb run` processes; each is killed
+A tiny study (4 trials x 10 epochs, 2 slots) is run by real `bocb run` processes; each is killed
 with SIGKILL (the runner only: the OOM killer or a preempted node, not a tidy process-group kill)
 at a moment drawn by a seeded generator from three kinds:
 
@@ -38,7 +38,7 @@ from safetensors import safe_open
 from bocb.checkpoint import file_sha256
 from bocb.store import SQLiteStore
 
-EPOCHS = 6
+EPOCHS = 10  # room for >= 10 kills before the study ends, even on an idle machine (6 ran out once)
 TRIALS = 4  # 2 optimizers x 2 seeds
 LEASE_S = 3.0
 MIN_KILLS = 10
