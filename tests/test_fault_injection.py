@@ -4,13 +4,14 @@ A tiny study (4 trials x 10 epochs, 2 slots) is run by real `bocb run` processes
 with SIGKILL (the runner only: the OOM killer or a preempted node, not a tidy process-group kill)
 at a moment drawn by a seeded generator from three kinds:
 
-- ``checkpoint``: the moment a worker creates its temporary checkpoint/weights file (a write in
-  progress, seen through inotify; the runner's death takes the worker down with it mid-write),
+- ``checkpoint``: inside a worker's checkpoint/weights write, its temporary file on disk and the
+  rename not done (held open through the fence's own lock, see ``_inside_checkpoint_write``; the
+  runner's death takes the worker down with it mid-write),
 - ``store``: as soon as a probe finds the store's write lock held (the runner inside a claim,
   renew or result transaction),
 - ``random``: a uniform delay once trials run.
 
-The moments are found from outside, by watching files and the lock, so the library needs no test
+The moments are found from outside, by watching files and locks, so the library needs no test
 hook. Whether a kill really landed inside a write is judged afterwards: a temporary file left in a
 trial directory, or the lock seen held right before the kill. After each kill the test checks
 that every process started by that run is gone (they carry a marker in their environment), then
@@ -190,10 +191,38 @@ def _checkpoint_epoch(trial_dir: Path) -> int:
     return dict((k, v) for k, v in skeleton["__dict__"])["epoch"]
 
 
+def _inside_checkpoint_write(proc: subprocess.Popen, store: Path, artifacts: Path, deadline: float) -> list[int]:
+    """Wait until a worker is inside a checkpoint write (its temporary file on disk, the rename not
+    done) and hold it there; returns the lock descriptors to close once the runner is killed.
+
+    A tiny model's write lasts milliseconds, less than it takes to wake up and kill, so the moment
+    is held open rather than caught: once a worker is seen writing (a temporary file created), the
+    test takes a shared ``flock`` on the claim file of every running trial. The fence's publish
+    step needs that lock exclusively (:meth:`bocb.fencing.Fence.replace`), so the next write waits
+    with its temporary file in place and the kill lands inside it. The lock is the fence's own:
+    nothing in the library is a test hook."""
+    import fcntl
+
+    watch = _TempFileWatch(artifacts)
+    try:
+        while proc.poll() is None and time.time() < deadline and not watch.wait(0.5):
+            pass
+    finally:
+        watch.close()
+    held = []
+    for trial_id in _running(store):
+        fd = os.open(artifacts / trial_id / ".claim", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        held.append(fd)
+    while proc.poll() is None and time.time() < deadline and not _temp_files(artifacts):
+        time.sleep(0.02)
+    return held
+
+
 def _kill_moment(kind: str, rng: random.Random, proc: subprocess.Popen, store: Path, artifacts: Path,
-                 claims_before: int) -> bool:
+                 claims_before: int, held: list[int]) -> bool:
     """Wait for a moment of ``kind`` once this run has claimed a trial; True when the store lock
-    was seen held."""
+    was seen held. Locks taken to hold a write open are added to ``held``."""
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and _claims(store) <= claims_before:
         time.sleep(0.1)  # start-up (imports, data, registration) is not what this test is about
@@ -201,13 +230,8 @@ def _kill_moment(kind: str, rng: random.Random, proc: subprocess.Popen, store: P
     deadline = time.time() + 240
     delay = time.time() + rng.uniform(0.0, 8.0)
     if kind == "checkpoint":
-        watch = _TempFileWatch(artifacts)
-        try:
-            while proc.poll() is None and time.time() < deadline:
-                if watch.wait(0.5):
-                    return False
-        finally:
-            watch.close()
+        held += _inside_checkpoint_write(proc, store, artifacts, deadline)
+        return False
     while proc.poll() is None and time.time() < deadline:
         if kind == "store" and _store_locked(store):
             return True
@@ -247,13 +271,16 @@ def test_sigkill_at_random_moments_loses_nothing_and_leaves_nothing(tmp_path):
         kind = kinds.pop()
         claims_before = _claims(store)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        locked = _kill_moment(kind, rng, proc, store, artifacts, claims_before)
+        held: list[int] = []
+        locked = _kill_moment(kind, rng, proc, store, artifacts, claims_before, held)
         if proc.poll() is not None:  # the study finished before the moment came
             assert proc.returncode == 0, proc.stderr.read()[-3000:]
             break
         os.kill(proc.pid, signal.SIGKILL)
         killed_at = time.time()
         proc.wait()
+        for fd in held:  # only now: the write it held stays cut
+            os.close(fd)
         proc.stderr.close()
         deadline = time.time() + 20
         while _marked(marker) and time.time() < deadline:

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from bocb.cli import main
-from bocb.store import SQLiteStore
+from bocb.store import SCHEMA_VERSION, SQLiteStore
 
 STUDY = """
 [study]
@@ -228,9 +228,9 @@ CASES: list[tuple[str, Setup, str]] = [
      "SQLite file with other tables"),
     ("store is a directory", lambda t: ["status", "--store", str(t)], "is a directory"),
     ("store is a directory (run)", lambda t: ["run", str(study(t)), "--store", str(t)], "is a directory"),
-    ("store newer schema (reading)", lambda t: ["status", "--store", str(newer_store(t))], "schema v99, this bocb reads v2"),
+    ("store newer schema (reading)", lambda t: ["status", "--store", str(newer_store(t))], f"schema v99, this bocb reads v{SCHEMA_VERSION}"),
     ("store newer schema (writing)", lambda t: ["diagnose", str(study(t)), "--store", str(newer_store(t))],
-     "schema v99, this bocb reads v2"),
+     f"schema v99, this bocb reads v{SCHEMA_VERSION}"),
     ("store missing (reading)", lambda t: ["export", "--store", str(t / "none.sqlite")], "no store at"),
     ("checkpoint empty", lambda t: ["diagnose", "--checkpoint", str(weights(t, "empty"))], "not a readable safetensors"),
     ("checkpoint truncated", lambda t: ["diagnose", "--checkpoint", str(weights(t, "truncated"))],

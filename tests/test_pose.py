@@ -195,7 +195,7 @@ lr = 0.01
         assert len(rows) == 4 and {r["status"] for r in rows} <= {"done", "diverged"}, rows
         record = s.record(rows[0]["trial_id"])
         assert record["task"] == "pose" and len(record["epochs"]) == 2
-        assert record["final_top1"] == record["final_ap"] and record["final_ap50"] is not None
+        assert record["final_score"] == record["final_ap"] and record["final_ap50"] is not None
         snaps = [x for x in s.snapshots(study.study_id) if x["error"] is None]
         assert len(snaps) == 4  # the backbone inside each pose network, against its pre-trained weights
     report = _bocb("report", tmp_path / "pose.toml", "--store", store, "--out", tmp_path / "rep", cache=cache)

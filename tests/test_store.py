@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from bocb.store import SQLiteStore, StoreVersionError
+from bocb.store import SCHEMA_VERSION, SQLiteStore, StoreVersionError
 
 
 def _spec(i: int) -> dict:
@@ -114,7 +114,7 @@ def test_schema_version_mismatch_names_both_versions(path):
     db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     db.commit()
     db.close()
-    with pytest.raises(StoreVersionError, match="v99.*v2"):
+    with pytest.raises(StoreVersionError, match=f"v99.*v{SCHEMA_VERSION}"):
         SQLiteStore(path)
 
 

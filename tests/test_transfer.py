@@ -287,7 +287,8 @@ lr = 0.001
         assert sorted({r["pretrained"] for r in rows}) == ["R-50 / AdamW", "R-50 / SGD-M"]
         record = s.record(rows[0]["trial_id"])
         assert record["task"] == "detection" and len(record["epochs"]) == 2
-        assert record["final_top1"] == record["final_map"] and record["final_ap50"] is not None
+        assert record["final_score"] == record["final_map"] and record["final_ap50"] is not None
+        assert rows[0]["metric"] == "box_ap" and rows[0]["final_top1"] is None and rows[0]["final_score"] == record["final_map"]
         snaps = [x for x in s.snapshots(study.study_id) if x["error"] is None]
         assert len(snaps) == 4  # the backbone inside each detector, measured against its pre-trained weights
         moved = s.layer_metrics([snaps[0]["snapshot_id"]])

@@ -15,8 +15,8 @@ An entry's functions:
 - ``snapshot(trial_id, path, spec_dict, conv) -> snapshot``: the weight diagnostics of a kept
   final weights file.
 
-``metric`` names the headline score every row's ``score`` and the record's ``final_top1`` hold
-(the store's column name predates tasks); ``unscored`` is that metric for a run whose weights
+``metric`` names the headline score every row's ``score`` and the record's ``final_score`` hold
+(:mod:`bocb.records`); ``unscored`` is that metric for a run whose weights
 cannot be evaluated.
 """
 

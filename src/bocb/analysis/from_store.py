@@ -5,7 +5,9 @@ One row per finished trial: ``optimizer``, ``backbone`` (paper short names), ``t
 ``seconds`` (training seconds, evaluation and compilation excluded) and ``peak_memory_mb`` (NaN
 when the trial did not record it). Choices, stated in the report:
 
-- ``top1`` is the trial's **final-epoch** test accuracy by default (``metric="final"``): the
+- ``top1`` is the trial's score (the store's ``final_score``/``best_score``: test top-1 % for
+  classification, box or keypoint AP % for detection or pose; the column keeps the name the
+  paper's tables and every analysis function use). It is the **final-epoch** test score by default (``metric="final"``): the
   best epoch on the test set is itself a selection on test numbers. ``metric="best"`` gives the
   best epoch, as the paper's tools report.
 - A ``diverged`` trial is a result: the accuracy of the weights it ended with (the trainer
@@ -26,7 +28,7 @@ from bocb.tasks import task_of
 
 COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id",
            "val_top1", "seconds", "peak_memory_mb"]
-MEMORY_KEY = "peak_memory_mb"  # a trial record's peak accelerator/host memory, when the trainer records it
+MEMORY_KEY = "peak_memory_mb"  # the store's column of a trial's peak accelerator/host memory (NULL: not recorded)
 METRICS = ["alpha", "alpha_status", "n_eig", "n_tail", "xmin", "entropy", "l2", "pca_energy", "log_norm",
            "log_spectral_norm", "stable_rank", "alpha_weighted", "moved"]
 WEIGHT_COLUMNS = ["snapshot_id", "source", "backbone", "optimizer", "lr", "weight_decay", "seed", "status",
@@ -41,18 +43,13 @@ def results_frame(store: Any, study_id: str | None, metric: Literal["final", "be
     for t in store.trials(study_id):
         if t["status"] not in ("done", "diverged"):
             continue
-        value = t["final_top1"] if metric == "final" else t["best_top1"]
-        if t["status"] == "diverged":
-            value = t["final_top1"]  # the weights it ended with, whatever the metric
-        # Peak memory and hold-out scores live in the trial record unless the store has columns for them.
-        record = None if MEMORY_KEY in t else (store.record(t["trial_id"]) or {})
-        memory = t.get(MEMORY_KEY) if record is None else record.get(MEMORY_KEY)
+        final = t["status"] == "diverged" or metric == "final"  # a diverged run: the weights it ended with
+        value = t["final_score"] if final else t["best_score"]
         if value is None:  # diverged before the first evaluation: chance (box AP 0 for detection)
-            record = record if record is not None else (store.record(t["trial_id"]) or {})
+            record = store.record(t["trial_id"]) or {}
             value = task_of(record["spec"]).unscored(record)
-        val = None
-        if record is not None and record.get("selection") == "holdout":
-            val = record.get("final_val_top1" if metric == "final" or t["status"] == "diverged" else "best_val_top1")
+        val = (t["final_val"] if final else t["best_val"]) if t["selection"] == "holdout" else None
+        memory = t[MEMORY_KEY]
         rows.append({
             "optimizer": t["optimizer"], "backbone": t["backbone"], "top1": float(value), "seed": t["seed"],
             "lr": t["lr"], "weight_decay": t["weight_decay"] or 0.0, "category": t["category"],

@@ -242,7 +242,7 @@ class _LiveView:
         for trial_id, event in stats.last_epoch.items():
             row = event["row"]
             # A number an epoch does not have (no evaluation yet) shows as "-", never a crash.
-            score = row.get("test_top1")
+            score = row.get("score")
             loss = row.get("train_loss")
             table.add_row(trial_id, str(row.get("epoch", "-")), "-" if score is None else f"{score:.2f}",
                           "-" if loss is None else f"{loss:.3f}")
@@ -254,13 +254,13 @@ class _LiveView:
 def _results_table(store, study_id: str) -> Table:
     rows = store.trials(study_id)
     transfer = any(r["pretrained"] for r in rows)
-    # A trial's headline metric: test top-1, or box / keypoint AP for detection / pose (final_top1 holds it).
+    # A trial's score is its task's headline metric: test top-1, or box / keypoint AP for detection / pose.
     table = Table(title="results (final / best: test top-1 %; box or keypoint AP % for detection or pose)")
     for col in ("pre-trained" if transfer else "backbone", "optimizer", "lr", "wd", "seed", "status", "final", "best"):
         table.add_column(col)
     for r in rows:
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         table.add_row(escape(str(r["pretrained"] if transfer else r["backbone"])), r["optimizer"], f"{r['lr']:g}",
-                      f"{r['weight_decay'] or 0:g}", str(r["seed"]), r["status"], fmt(r["final_top1"]),
-                      fmt(r["best_top1"]))
+                      f"{r['weight_decay'] or 0:g}", str(r["seed"]), r["status"], fmt(r["final_score"]),
+                      fmt(r["best_score"]))
     return table

@@ -131,7 +131,7 @@ def _summary(console: Console, record: dict) -> None:
     if "dataset" in record:
         d = record["dataset"]
         table.add_row("data", f"{d['name']}: {d['train_images']} train / {d['test_images']} test")
-    for key in ("final_top1", "best_top1", "best_epoch", "diverged_epoch", "train_images_per_second"):
+    for key in ("metric", "final_score", "best_score", "best_epoch", "diverged_epoch", "train_images_per_second"):
         if record.get(key) is not None:
             table.add_row(key, str(record[key]))
     table.add_row("seconds", ", ".join(f"{k} {v}" for k, v in record.get("seconds", {}).items()))

@@ -17,15 +17,31 @@ from typing import Any
 
 import numpy as np
 
+from bocb.records import TrialResult, metric_of
 from bocb.store.base import FINAL, STATUSES, Store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The tuning_rungs table (adaptive tuning) is a new table only, created on open, so it needs no
 # version step: a file without it gains it, and older bocb versions never read it.
 # v2 added the weight-diagnostics tables (snapshots, layer_metrics, study_snapshots) and the trials'
-# `pretrained` column (a fine-tuning trial's pre-trained model). The change is additive, so a v1
-# file is upgraded in place when opened.
-_UPGRADES = {1: ("ALTER TABLE trials ADD COLUMN pretrained TEXT",)}
+# `pretrained` column (a fine-tuning trial's pre-trained model).
+# v3 added typed scores (bocb.records): the trials' `metric`, `final_score`, `best_score`,
+# `peak_memory_mb` and the hold-out columns `selection`, `final_val`, `best_val`, the epochs'
+# `score` (the analysis reads these columns instead of every trial's record). Until v2, `final_top1`/`best_top1` and the epochs'
+# `test_top1` held the task's headline metric (box AP for detection); from v3 they hold top-1 only
+# (NULL for other metrics) and the score columns hold the metric. Both steps are additive, so an
+# older file is upgraded in place when a writing command opens it (see _upgrade).
+_V3_COLUMNS = (
+    "ALTER TABLE trials ADD COLUMN metric TEXT",
+    "ALTER TABLE trials ADD COLUMN final_score REAL",
+    "ALTER TABLE trials ADD COLUMN best_score REAL",
+    "ALTER TABLE trials ADD COLUMN peak_memory_mb REAL",
+    "ALTER TABLE trials ADD COLUMN selection TEXT",
+    "ALTER TABLE trials ADD COLUMN final_val REAL",
+    "ALTER TABLE trials ADD COLUMN best_val REAL",
+    "ALTER TABLE epochs ADD COLUMN score REAL",
+)
+_UPGRADES = {1: ("ALTER TABLE trials ADD COLUMN pretrained TEXT", *_V3_COLUMNS), 2: _V3_COLUMNS}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,7 +57,9 @@ CREATE TABLE IF NOT EXISTS trials (
     error TEXT, skip_reason TEXT,
     seconds_train REAL, seconds_eval REAL, seconds_wall REAL, images_per_second REAL,
     host TEXT, device TEXT, code_version TEXT, libraries TEXT, record TEXT,
-    created REAL, started REAL, finished REAL
+    created REAL, started REAL, finished REAL,
+    metric TEXT, final_score REAL, best_score REAL, peak_memory_mb REAL,
+    selection TEXT, final_val REAL, best_val REAL
 );
 CREATE INDEX IF NOT EXISTS trials_status ON trials (status);
 CREATE TABLE IF NOT EXISTS study_trials (
@@ -50,7 +68,7 @@ CREATE TABLE IF NOT EXISTS study_trials (
 );
 CREATE TABLE IF NOT EXISTS epochs (
     trial_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_top1 REAL,
-    test_top5 REAL, test_loss REAL, lr REAL, seconds_train REAL, seconds_eval REAL,
+    test_top5 REAL, test_loss REAL, lr REAL, seconds_train REAL, seconds_eval REAL, score REAL,
     PRIMARY KEY (trial_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -85,9 +103,9 @@ _LAYER_COLUMNS = (
 
 _SUMMARY = (
     "trial_id, status, backbone, optimizer, category, lr, weight_decay, seed, recipe, tier, pretrained, "
-    "final_top1, best_top1, best_epoch, diverged_epoch, error, skip_reason, attempts, "
-    "seconds_train, seconds_eval, seconds_wall, images_per_second, host, device, code_version, "
-    "started, finished"
+    "metric, final_score, best_score, final_top1, best_top1, best_epoch, diverged_epoch, error, "
+    "skip_reason, attempts, seconds_train, seconds_eval, seconds_wall, images_per_second, "
+    "peak_memory_mb, selection, final_val, best_val, host, device, code_version, started, finished"
 )
 
 
@@ -114,8 +132,8 @@ class SQLiteStore(Store):
     """The default store. ``SQLiteStore(path)`` creates the file and schema if needed.
 
     ``readonly=True`` (reading commands: status, export, report, plan) opens an existing file
-    with SQLite's ``mode=ro``: the journal mode is not switched, no table is created, nothing is
-    upgraded; in a folder this process cannot write, the file is opened ``immutable`` (SQLite
+    with SQLite's ``mode=ro``: the journal mode is not switched, no table is created, the file is
+    never upgraded (an older schema is read through an upgraded copy in memory); in a folder this process cannot write, the file is opened ``immutable`` (SQLite
     cannot create its WAL index there). Any file that is not a bocb store of this schema version
     raises :class:`StoreError` and is left as it was.
     """
@@ -170,7 +188,9 @@ class SQLiteStore(Store):
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "meta" not in tables or "trials" not in tables:
                 raise _damaged(self.path, "no bocb tables")
-            self._check_version(upgrade=False)
+            version = self._check_version()
+            if version is not None and version != SCHEMA_VERSION:
+                self._upgraded_copy(version)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode; transactions are explicit. A generous timeout rides out another
@@ -181,7 +201,7 @@ class SQLiteStore(Store):
         if tables and "meta" not in tables:
             raise _damaged(self.path, f"an SQLite file with other tables: {', '.join(sorted(tables)[:5])}")
         if "meta" in tables:
-            self._check_version(upgrade=True)  # before anything is written: a newer file stays as it is
+            self._check_version()  # before anything is written: a newer file stays as it is
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=60000")
@@ -192,21 +212,32 @@ class SQLiteStore(Store):
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) in _UPGRADES:
-                for statement in _UPGRADES[int(row[0])]:
-                    self._db.execute(statement)
+                _upgrade(self._db, _UPGRADES[int(row[0])])
                 self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
-    def _check_version(self, upgrade: bool) -> None:
+    def _upgraded_copy(self, version: int) -> None:
+        """Read an older file through an upgraded copy in memory: reading commands never write the
+        file (its folder may be read-only, another bocb may be reading it), yet read its numbers
+        exactly as the next writing command's in-place upgrade will store them."""
+        memory = sqlite3.connect(":memory:", isolation_level=None)
+        self._db.backup(memory)
+        self._db.close()
+        self._db = memory
+        self._db.row_factory = sqlite3.Row
+        with self._tx():
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+            _upgrade(self._db, _UPGRADES[version])
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+
+    def _check_version(self) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         try:
             version = int(row[0]) if row is not None else None
         except ValueError:
             raise _damaged(self.path, f"schema version {row[0]!r}") from None
-        if version is None or version == SCHEMA_VERSION or (upgrade and version in _UPGRADES):
-            return
-        if version in _UPGRADES:
-            raise StoreVersionError(f"store {self.path} has schema v{version}, this bocb reads v{SCHEMA_VERSION}: "
-                                    f"a writing command (bocb run) upgrades it in place")
+        if version is None or version == SCHEMA_VERSION or version in _UPGRADES:
+            return version
         raise StoreVersionError(
             f"store {self.path} has schema v{version}, this bocb reads v{SCHEMA_VERSION}: open it with "
             f"the bocb version that wrote it (or newer) and `bocb export` it; bocb left it untouched"
@@ -294,28 +325,23 @@ class SQLiteStore(Store):
             )
         return cur.rowcount == 1
 
-    def finish(self, trial_id: str, runner: str, record: dict[str, Any]) -> bool:
-        status = record["status"]
-        if status not in STATUSES or status in ("pending", "running", "skipped"):
-            raise ValueError(f"cannot finish trial {trial_id} with status {status!r}")
-        seconds = record.get("seconds", {})
-        device = record.get("device", {})
-        # The final weights' per-layer metrics go to their own table; the record keeps a summary.
-        diagnostics = record.get("diagnostics")
-        if diagnostics is not None:
-            record = {**record, "diagnostics": {k: v for k, v in diagnostics.items() if k != "layers"}}
+    def finish(self, trial_id: str, runner: str, record: dict[str, Any] | TrialResult) -> bool:
+        result = record if isinstance(record, TrialResult) else TrialResult.from_record(record)
+        if result.status not in STATUSES or result.status in ("pending", "running", "skipped"):
+            raise ValueError(f"cannot finish trial {trial_id} with status {result.status!r}")
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE trials SET status=?, final_top1=?, best_top1=?, best_epoch=?, diverged_epoch=?, "
-                "error=?, seconds_train=?, seconds_eval=?, seconds_wall=?, images_per_second=?, host=?, "
-                "device=?, code_version=?, libraries=?, record=?, finished=?, lease_expires=NULL "
-                "WHERE trial_id=? AND runner=? AND status='running'",
+                "UPDATE trials SET status=?, metric=?, final_score=?, best_score=?, final_top1=?, best_top1=?, "
+                "best_epoch=?, diverged_epoch=?, error=?, seconds_train=?, seconds_eval=?, seconds_wall=?, "
+                "images_per_second=?, peak_memory_mb=?, selection=?, final_val=?, best_val=?, host=?, device=?, code_version=?, libraries=?, "
+                "record=?, finished=?, lease_expires=NULL WHERE trial_id=? AND runner=? AND status='running'",
                 (
-                    status, record.get("final_top1"), record.get("best_top1"), record.get("best_epoch"),
-                    record.get("diverged_epoch"), record.get("error"), seconds.get("train"),
-                    seconds.get("eval"), seconds.get("wall"), record.get("train_images_per_second"),
-                    device.get("host"), json.dumps(device), record.get("code_version"),
-                    json.dumps(record.get("libraries", {})), json.dumps(record, allow_nan=False),
+                    result.status, result.metric, result.final_score, result.best_score, result.final_top1,
+                    result.best_top1, result.best_epoch, result.diverged_epoch, result.error,
+                    result.seconds_train, result.seconds_eval, result.seconds_wall, result.images_per_second,
+                    result.peak_memory_mb, result.selection, result.final_val, result.best_val,
+                    result.device.get("host"), json.dumps(result.device),
+                    result.code_version, json.dumps(result.libraries), json.dumps(result.record, allow_nan=False),
                     time.time(), trial_id, runner,
                 ),
             )
@@ -323,15 +349,15 @@ class SQLiteStore(Store):
                 return False
             db.execute("DELETE FROM epochs WHERE trial_id=?", (trial_id,))
             db.executemany(
-                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(trial_id, r["epoch"], r.get("train_loss"), r.get("test_top1"), r.get("test_top5"),
-                  r.get("test_loss"), r.get("lr"), r.get("seconds_train"), r.get("seconds_eval"))
-                 for r in record.get("epochs", [])],
+                "INSERT INTO epochs (trial_id, epoch, train_loss, test_top1, test_top5, test_loss, lr, "
+                "seconds_train, seconds_eval, score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(trial_id, r.epoch, r.train_loss, r.test_top1, r.test_top5, r.test_loss, r.lr,
+                  r.seconds_train, r.seconds_eval, r.score) for r in result.epochs],
             )
-            for kind, path in (record.get("artifacts") or {}).items():
+            for kind, path in result.artifacts.items():
                 db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (trial_id, kind, path))
-            if diagnostics is not None:
-                self._put_snapshot(db, diagnostics)
+            if result.diagnostics is not None:
+                self._put_snapshot(db, result.diagnostics)
         return True
 
     def release(self, trial_id: str, runner: str) -> None:
@@ -404,15 +430,15 @@ class SQLiteStore(Store):
         return None if row[0] is None else int(row[0])
 
     def tuning_rows(self, study_id: str, epochs: list[int]) -> tuple[list[dict[str, Any]], dict[tuple[str, int], float | None]]:
-        """A study's rung rows joined with their trials' status and settings, and the trials' test
-        top-1 at each of ``epochs`` (the rung epochs): ``{(trial_id, epoch): top1}``."""
+        """A study's rung rows joined with their trials' status and settings, and the trials' score
+        at each of ``epochs`` (the rung epochs): ``{(trial_id, epoch): score}``."""
         rows = [dict(r) for r in self._db.execute(
             "SELECT r.pair, r.trial_id, r.rung, r.epochs, t.status, t.lr, t.weight_decay, t.seed, "
-            "t.final_top1 FROM tuning_rungs r JOIN trials t USING (trial_id) WHERE r.study_id=? "
+            "t.final_score FROM tuning_rungs r JOIN trials t USING (trial_id) WHERE r.study_id=? "
             "ORDER BY r.pair, r.trial_id, r.rung", (study_id,))]
         marks = ", ".join("?" * len(epochs))
-        scores = {(r["trial_id"], r["epoch"]): r["test_top1"] for r in self._db.execute(
-            f"SELECT trial_id, epoch, test_top1 FROM epochs WHERE epoch IN ({marks}) AND trial_id IN "
+        scores = {(r["trial_id"], r["epoch"]): r["score"] for r in self._db.execute(
+            f"SELECT trial_id, epoch, score FROM epochs WHERE epoch IN ({marks}) AND trial_id IN "
             f"(SELECT trial_id FROM tuning_rungs WHERE study_id=?)", (*epochs, study_id))} if epochs else {}
         return rows, scores
 
@@ -548,6 +574,29 @@ class SQLiteStore(Store):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _upgrade(db: sqlite3.Connection, statements: tuple[str, ...]) -> None:
+    """Bring an older file to this schema inside the open transaction: the new columns, then the
+    v3 scores filled from what v2 stored (the headline metric in the top-1 columns, whatever the
+    task; the task from the trial's spec), the peak memory and hold-out scores from the record."""
+    for statement in statements:
+        db.execute(statement)
+    rows = db.execute("SELECT trial_id, spec, record, final_top1, best_top1 FROM trials").fetchall()
+    for row in rows:
+        metric = metric_of(json.loads(row["spec"]).get("task"))
+        record = json.loads(row["record"]) if row["record"] else {}
+        top1 = metric == "top1"
+        db.execute(
+            "UPDATE trials SET metric=?, final_score=?, best_score=?, peak_memory_mb=?, selection=?, "
+            "final_val=?, best_val=?, final_top1=?, best_top1=? WHERE trial_id=?",
+            (metric, row["final_top1"], row["best_top1"], record.get("peak_memory_mb"),
+             record.get("selection") or ("test" if record else None), record.get("final_val_top1"),
+             record.get("best_val_top1"),
+             row["final_top1"] if top1 else None, row["best_top1"] if top1 else None, row["trial_id"]),
+        )
+        db.execute("UPDATE epochs SET score=test_top1, test_top1=CASE WHEN ? THEN test_top1 END "
+                   "WHERE trial_id=?", (top1, row["trial_id"]))
 
 
 def _real(value: Any) -> Any:

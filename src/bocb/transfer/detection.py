@@ -284,8 +284,7 @@ def _prepare(model: nn.Module, optimizer_spec: OptimizerSpec, train: DetectionSe
 
 
 def _score_fields(scores: tuple[float, float, int]) -> dict[str, Any]:
-    # ``test_top1`` repeats the AP under the name the store and the live view read every trial's score by.
-    return {"map": scores[0], "test_top1": scores[0], "ap50": scores[1], "detections": scores[2], "score": scores[0]}
+    return {"map": scores[0], "ap50": scores[1], "detections": scores[2], "score": scores[0]}
 
 
 def _flip(images: torch.Tensor, targets: list[dict[str, torch.Tensor]], prob: float,

@@ -14,8 +14,8 @@ inside the network for the weight diagnostics. :func:`execute` (the entry both r
 :mod:`bocb.tasks`) builds the network the trial starts from (the pre-trained backbone, seeded as
 :func:`bocb.networks.starting_model`), fine-tunes it in ``artifacts/<trial_id>/`` (checkpoints,
 resume, final weights) and measures the backbone's layers (names as inside the network, ``moved``
-against the pre-trained weights). The record speaks the store's language: ``final_top1`` /
-``best_top1`` hold the task's headline metric (box AP, keypoint AP), as the report's title says.
+against the pre-trained weights). The record's ``final_score`` / ``best_score`` are the task's
+headline metric (box AP, keypoint AP; :mod:`bocb.records`), never named top-1.
 """
 
 from __future__ import annotations
@@ -194,7 +194,6 @@ def run_coco_trial(spec_dict: dict[str, Any], device: str, artifacts_dir: Path |
                           checkpoint_every=checkpoint_every, stop_at_epoch=spec_dict.get("stop_at_epoch"))
     record = {**base, **task.run(network, spec.optimizer, train, val, spec.recipe, spec.seed, dev, progress,
                                  options=options, run_id=spec.trial_id)}
-    record["final_top1"], record["best_top1"] = record[task.final], record[task.best]
     path = (record.get("artifacts") or {}).get("final_weights")
     if path:
         network = network.to("cpu")

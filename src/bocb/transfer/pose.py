@@ -280,8 +280,7 @@ def _prepare(model: nn.Module, optimizer_spec: OptimizerSpec, train: PoseSet, va
 
 
 def _score_fields(scores: tuple[float, float]) -> dict[str, Any]:
-    # ``test_top1`` repeats the AP under the name the store and the live view read every trial's score by.
-    return {"ap": scores[0], "ap50": scores[1], "test_top1": scores[0], "score": scores[0]}
+    return {"ap": scores[0], "ap50": scores[1], "score": scores[0]}
 
 
 @torch.no_grad()

@@ -260,7 +260,7 @@ def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: 
         pairs.setdefault((t["backbone"], t["optimizer"]), []).append(t)
     found, missing = [], []
     for (backbone, optimizer), rows in pairs.items():
-        usable = [t for t in rows if t["status"] == "done" and t["final_top1"] is not None
+        usable = [t for t in rows if t["status"] == "done" and t["final_score"] is not None
                   and store.artifacts(t["trial_id"]).get("final_weights")]
         if not usable:
             states = sorted({t["status"] for t in rows})
@@ -285,10 +285,9 @@ def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: 
 def _selection_score(store: Any, trial: dict[str, Any]) -> float:
     """What a pre-trained model is chosen on: its held-out accuracy when its study held images out
     (``selection = "holdout"``), else its final test accuracy (the paper's way)."""
-    record = store.record(trial["trial_id"]) or {}
-    if record.get("selection") == "holdout" and record.get("final_val_top1") is not None:
-        return float(record["final_val_top1"])
-    return float(trial["final_top1"])
+    if trial["selection"] == "holdout" and trial["final_val"] is not None:
+        return float(trial["final_val"])
+    return float(trial["final_score"])
 
 
 def _from_file(study: TransferStudy, entry: dict[str, Any], place: str) -> Source:

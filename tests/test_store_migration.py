@@ -1,0 +1,74 @@
+"""A store written at schema v2 (tests/fixtures/store-v2.sqlite, see its README) opens with this
+bocb and reads the same numbers: read-only (through an upgraded copy in memory, the file untouched)
+and by a writing command (upgraded in place)."""
+
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bocb.analysis.from_store import results_frame
+from bocb.store import SCHEMA_VERSION, SQLiteStore
+
+FIXTURE = Path(__file__).parent / "fixtures" / "store-v2.sqlite"
+
+
+def _v2_numbers(path: Path) -> tuple[dict, dict]:
+    """What v2 stored, read with sqlite3 alone: per trial (final, best, peak memory from the
+    record), per (trial, epoch) the headline score (v2 kept it in test_top1 whatever the task)."""
+    db = sqlite3.connect(path)
+    try:
+        trials = {r[0]: (r[1], r[2], r[3]) for r in db.execute(
+            "SELECT trial_id, final_top1, best_top1, json_extract(record, '$.peak_memory_mb') FROM trials")}
+        epochs = {(r[0], r[1]): r[2] for r in db.execute("SELECT trial_id, epoch, test_top1 FROM epochs")}
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    finally:
+        db.close()
+    return trials, epochs
+
+
+@pytest.fixture
+def old_store(tmp_path):
+    path = tmp_path / "store.sqlite"
+    shutil.copy(FIXTURE, path)
+    return path
+
+
+def _check_reads_the_same(store: SQLiteStore, trials: dict, epochs: dict) -> None:
+    rows = {r["trial_id"]: r for r in store.trials()}
+    assert set(rows) == set(trials) and len(rows) == 5
+    for tid, (final, best, memory) in trials.items():
+        row = rows[tid]
+        assert (row["final_score"], row["best_score"], row["peak_memory_mb"]) == (final, best, memory)
+        detection = row["pretrained"] is not None
+        assert row["metric"] == ("box_ap" if detection else "top1")
+        # top-1 columns hold top-1 only: NULL for the detection trials, whose v2 rows held box AP there
+        assert (row["final_top1"], row["best_top1"]) == ((None, None) if detection else (final, best))
+        for e in store.epochs(tid):
+            assert e["score"] == epochs[(tid, e["epoch"])]
+            assert e["test_top1"] == (None if detection else e["score"])
+    assert {r["status"] for r in rows.values()} == {"done", "diverged"}
+
+
+def test_a_v2_store_reads_the_same_numbers_read_only_and_stays_untouched(old_store):
+    trials, epochs = _v2_numbers(old_store)
+    digest = hashlib.sha256(old_store.read_bytes()).hexdigest()
+    with SQLiteStore(old_store, readonly=True) as store:
+        _check_reads_the_same(store, trials, epochs)
+        study = next(s for s in store.studies() if s["name"] == "fixture-pre")
+        frame = results_frame(store, study["study_id"]).set_index("trial_id")
+        assert frame["top1"].to_dict() == {t: trials[t][0] for t in frame.index}
+    assert hashlib.sha256(old_store.read_bytes()).hexdigest() == digest
+
+
+def test_a_writing_open_upgrades_a_v2_store_in_place(old_store):
+    trials, epochs = _v2_numbers(old_store)
+    with SQLiteStore(old_store) as store:
+        _check_reads_the_same(store, trials, epochs)
+    db = sqlite3.connect(old_store)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    db.close()
+    with SQLiteStore(old_store, readonly=True) as store:  # and reads the same again, now at v3
+        _check_reads_the_same(store, trials, epochs)
