@@ -178,6 +178,7 @@ def test_order_agreement_matches_pairwise_tau_with_missing_cells():
 
 # --- bootstrap -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bootstrap_cis_cover_the_true_value_at_about_the_nominal_rate():
     truth_table = _additive(4, 5, seed=2)
     true_effect = (truth_table.mean(axis=0) - truth_table.to_numpy().mean()).iloc[0]

@@ -71,7 +71,8 @@ def _train_step(model: nn.Module, size: int, num_classes: int) -> None:
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("scale", ["paper", "tiny"])
+# Every backbone at the tiny scale in the fast lane; the paper-sized models (seconds each) are slow.
+@pytest.mark.parametrize("scale", [pytest.param("paper", marks=pytest.mark.slow), "tiny"])
 @pytest.mark.parametrize("policy", ["cifar", "upsample"])
 @pytest.mark.parametrize("name", ALL_BACKBONES)
 def test_builds_and_backprops(name, policy, scale):
@@ -127,6 +128,7 @@ def test_spec_round_trips_through_json():
     assert spec.input_size == 32 and spec.source == "timm" and spec.source_version != "unknown"
 
 
+@pytest.mark.slow
 def test_user_backbone_by_decorator_appears_in_the_zoo():
     from bocb import views
 

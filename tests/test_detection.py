@@ -294,6 +294,7 @@ def test_build_detector_on_single_scale_and_unsupported_backbones():
 # -- the whole path --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_detection_fine_tuning_learns_the_shapes(shapes_sets):
     """A tiny R-50 (random init) fine-tuned with AdamW on 128 synthetic images.
 

@@ -77,6 +77,7 @@ def test_init_snapshot_is_the_network_the_trial_started_from(sample, tmp_path):
     assert init_snapshot_id(spec.backbone, 3) != init_snapshot_id(spec.backbone, 4)
 
 
+@pytest.mark.slow
 def test_diagnose_fills_missing_snapshots_in_a_process_pool(sample, tmp_path):
     with SQLiteStore(tmp_path / "store.sqlite") as store:
         for i, optimizer in enumerate(("sgd_m", "adamw")):

@@ -5,6 +5,8 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 from bocb import paper
 
 
@@ -32,6 +34,7 @@ def test_hparam_tables_use_table_1_spellings():
     assert set(hp["optimizer"]) == set(paper.optimizer_order())
 
 
+@pytest.mark.slow
 def test_zoo_backbones_csv_contract():
     rows = list(csv.DictReader(io.StringIO(_bocb("zoo", "backbones", "--format", "csv"))))
     assert {"name", "short", "group", "params_m"} <= set(rows[0])
@@ -40,6 +43,7 @@ def test_zoo_backbones_csv_contract():
     assert r50["group"] == "classical CNN" and 20 < float(r50["params_m"]) < 26
 
 
+@pytest.mark.slow
 def test_zoo_optimizers_csv_contract():
     rows = list(csv.DictReader(io.StringIO(_bocb("zoo", "optimizers", "--format", "csv"))))
     assert {"name", "short", "category", "source"} <= set(rows[0])
@@ -47,6 +51,7 @@ def test_zoo_optimizers_csv_contract():
     assert {r["category"] for r in rows} == {"a", "b", "c", "d", "extra"}
 
 
+@pytest.mark.slow
 def test_paper_table_prints_every_backbone_and_optimizer():
     text = _bocb("paper", "table")
     for name in paper.backbone_order() + paper.optimizer_order():

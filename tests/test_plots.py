@@ -92,6 +92,7 @@ def test_hparam_boxplots_rejects_other_frames(results):
         hparam_boxplots(results)
 
 
+@pytest.mark.slow
 def test_interaction_heatmap_paper(results, tmp_path):
     fit = fit_additive(results)
     fig = interaction_heatmap(fit)

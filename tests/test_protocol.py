@@ -140,6 +140,7 @@ def test_trial_records_the_precision_it_ran(sample):
 # -- diverged runs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_diverging_in_its_last_epoch_scores_the_weights_it_ended_with(sample, tmp_path):
     """Two good epochs, then weights that blow up in the third: the trial's score is chance (its
     ended weights cannot be evaluated), not the second epoch's accuracy."""
@@ -183,6 +184,7 @@ def test_huge_learning_rate_diverges_and_is_evaluated(sample):
 # -- selection without the test set ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_holdout_trial_chooses_its_best_epoch_on_held_out_images(sample):
     spec = _spec(epochs=2, holdout_per_class=20)
     spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(train_per_class=40, test_per_class=10))

@@ -66,6 +66,7 @@ def test_filter_by_unknown_field_is_an_error():
         (["zoo", "optimizers", "--category", "e"], "extra"),
     ],
 )
+@pytest.mark.slow
 def test_cli_bad_name_is_one_line_with_choices(args, expected):
     proc = subprocess.run([sys.executable, "-m", "bocb", *args], capture_output=True, text=True)
     assert proc.returncode == 2

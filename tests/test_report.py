@@ -82,6 +82,7 @@ def paper_report(tmp_path_factory) -> dict[str, Path]:
     )
 
 
+@pytest.mark.slow
 def test_paper_report_images_are_embedded_pngs(paper_report):
     page, _ = parse(paper_report["html"])
     assert len(page.images) == 4
@@ -175,6 +176,7 @@ def test_seeded_report_without_bootstrap_says_so(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_cli_report_on_a_study_in_the_store(tmp_path):
     """`bocb report STUDY --store` reads the store (never the trainer) and names left-out trials."""
     import subprocess

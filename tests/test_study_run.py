@@ -67,28 +67,32 @@ def _last_json(text: str) -> dict:
 # Bad TOML, unknown backbone, wrong type, empty grid: also checked through `bocb run`.
 _CLI_CASES = ("not valid TOML", "backbones[1].name: unknown backbone",
               "[study].seeds: expected array or integer", "backbones: empty list")
+_MALFORMED = [
+    ("[study\nname='x'", "not valid TOML"),
+    ('[study]\nname="x"\n[[backbones]]\nname="ResNet-5O"\n[[optimizers]]\nname="AdamW"', "backbones[1].name: unknown backbone"),
+    ('[study]\nname="x"\nseeds="three"\n[[backbones]]\nname="R-50"\n[[optimizers]]\nname="AdamW"', "[study].seeds: expected array or integer"),
+    ('[study]\nname="x"\n[[backbones]]\nname="R-50"\n[[optimizers]]\nname="AdamW"\nlr=[]', "optimizers[1].lr: empty list"),
+    ('backbones=[]\noptimizers=["AdamW"]\n[study]\nname="x"', "backbones: empty list"),
+    ('[study]\nname="x"\ntuning="random"\n[[backbones]]\nname="R-50"\n[[optimizers]]\nname="AdamW"', "valid: grid, paper, fixed"),
+    ('[study]\nname="x"\nepoch=3\n[[backbones]]\nname="R-50"\n[[optimizers]]\nname="AdamW"', "unknown key 'epoch'"),
+]
 
 
-@pytest.mark.parametrize(
-    "body, expected",
-    [
-        ("[study\nname='x'", "not valid TOML"),
-        ('[study]\nname="x"\n[[backbones]]\nname="ResNet-5O"\n[[optimizers]]\nname="AdamW"', "backbones[1].name: unknown backbone"),
-        ('[study]\nname="x"\nseeds="three"\n[[backbones]]\nname="R-50"\n[[optimizers]]\nname="AdamW"', "[study].seeds: expected array or integer"),
-        ('[study]\nname="x"\n[[backbones]]\nname="R-50"\n[[optimizers]]\nname="AdamW"\nlr=[]', "optimizers[1].lr: empty list"),
-        ('backbones=[]\noptimizers=["AdamW"]\n[study]\nname="x"', "backbones: empty list"),
-        ('[study]\nname="x"\ntuning="random"\n[[backbones]]\nname="R-50"\n[[optimizers]]\nname="AdamW"', "valid: grid, paper, fixed"),
-        ('[study]\nname="x"\nepoch=3\n[[backbones]]\nname="R-50"\n[[optimizers]]\nname="AdamW"', "unknown key 'epoch'"),
-    ],
-)
-def test_malformed_study_fails_in_one_line_before_any_trial(tmp_path, cache, body, expected):
+@pytest.mark.parametrize("body, expected", _MALFORMED)
+def test_malformed_study_fails_in_one_line_before_any_trial(tmp_path, body, expected):
     path = tmp_path / "bad.toml"
     path.write_text(body)
     with pytest.raises(StudyError) as err:
         load_study(path)
     assert expected in str(err.value) and str(path) in str(err.value)
-    if expected not in _CLI_CASES:
-        return  # the CLI path is the same for every StudyError; run it for the four
+
+
+# The CLI path is the same for every StudyError: run it for the four.
+@pytest.mark.slow
+@pytest.mark.parametrize("body, expected", [c for c in _MALFORMED if c[1] in _CLI_CASES])
+def test_malformed_study_is_one_line_exit_2_through_bocb_run(tmp_path, cache, body, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
     store = tmp_path / "store.sqlite"
     proc = _bocb("run", path, "--store", store, cache=cache)
     assert proc.returncode == 2
@@ -111,6 +115,7 @@ def test_paper_tuning_skips_pairs_without_paper_values_as_data(tmp_path, cache):
 # -- running, resuming, reporting ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_twice_runs_nothing_new_and_one_new_knob_runs_only_that(tmp_path, cache):
     store = tmp_path / "store.sqlite"
     path = _study(tmp_path, "twice", ["R-50"], ["SGD-M", "AdamW"])
@@ -150,6 +155,7 @@ def test_run_twice_runs_nothing_new_and_one_new_knob_runs_only_that(tmp_path, ca
         assert len(good) == 4 and all(s.layer_metrics([x["snapshot_id"]]) for x in good)
 
 
+@pytest.mark.slow
 def test_raising_diverging_and_overlong_trials_are_recorded_and_the_study_completes(tmp_path, cache):
     store = tmp_path / "store.sqlite"
     tables = (
@@ -177,6 +183,7 @@ def test_raising_diverging_and_overlong_trials_are_recorded_and_the_study_comple
     assert slow_row["status"] == "failed" and "time limit of 12 s" in slow_row["error"]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_study_then_rerun_finishes_every_trial_once(tmp_path, cache):
     store = tmp_path / "store.sqlite"
     path = _study(tmp_path, "killed", ["R-50", "CNX-T"], ["SGD-M", "AdamW"], epochs=3)
@@ -222,6 +229,7 @@ def test_kill_9_mid_study_then_rerun_finishes_every_trial_once(tmp_path, cache):
             assert s.record(tid).get("resumed_from_epoch", 0) >= 1  # resumed from its checkpoint
 
 
+@pytest.mark.slow
 def test_two_runners_at_once_run_each_trial_once(tmp_path, cache):
     store = tmp_path / "store.sqlite"
     path = _study(tmp_path, "pair", ["R-50", "PFV2-12"], ["SGD-M", "AdamW", "LAMB"])
@@ -304,6 +312,7 @@ def test_ray_executor_on_a_local_instance_listens_on_loopback_only(tmp_path, cac
     assert raylets() == before  # the instance this run started is stopped, and only that one
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
     store = tmp_path / "store.sqlite"
     path = _study(tmp_path, "interrupt", ["R-50"], ["SGD-M", "AdamW", "LAMB"], epochs=3)

@@ -68,6 +68,7 @@ def _bocb(*args, cache: Path, timeout: int = 400) -> subprocess.CompletedProcess
                           timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_tiny_transfer_study_runs_into_the_store_and_the_report(tmp_path):
     (tmp_path / "pre.toml").write_text(PRE)
     (tmp_path / "ft.toml").write_text(FT)
@@ -238,6 +239,7 @@ def test_transfer_section_names_the_failing_fine_tuning_optimizers():
     assert rates.loc["LAMB", "failure_rate"] == "25.0 %" and rates.loc["SGD-M", "failure_rate"] == "0.0 %"
 
 
+@pytest.mark.slow
 def test_detection_transfer_study_runs_from_a_study_file(tmp_path):
     # Two "pre-trained" tiny R-50s (one epoch on classes 0-4 with SGD-M and with AdamW), fine-tuned
     # for detection with two optimizers on synthetic shapes over real CIFAR backgrounds.

@@ -26,6 +26,7 @@ def _smoke(backbone="resnet18", optimizer="sgd_m", **kw) -> TrialSpec:
     return resolve_trial(backbone, optimizer, data=SAMPLE, num_classes=10, tier="smoke", **kw)
 
 
+@pytest.mark.slow
 def test_smoke_trial_learns_on_real_images(sample):
     spec = _smoke()
     record = run_trial(spec, sample, RunOptions(device="cpu"))
@@ -40,6 +41,7 @@ def test_smoke_trial_learns_on_real_images(sample):
     json.dumps(record, allow_nan=False)  # a store can keep it as strict JSON
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_trial_matches_an_uninterrupted_one(sample, tmp_path):
     spec = _smoke(epochs=3)
     spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(train_per_class=50))
@@ -52,6 +54,7 @@ def test_killed_and_resumed_trial_matches_an_uninterrupted_one(sample, tmp_path)
     assert [{k: r[k] for k in keys} for r in resumed["epochs"]] == [{k: r[k] for k in keys} for r in whole["epochs"]]
 
 
+@pytest.mark.slow
 def test_final_weights_are_kept_as_safetensors(sample, tmp_path):
     spec = _smoke(epochs=1)
     record = run_trial(spec, sample, RunOptions(device="cpu", work_dir=tmp_path))
@@ -95,6 +98,7 @@ def test_swapping_the_optimizer_changes_only_its_own_settings():
     assert deit.backbone.drop_path_rate == 0.1
 
 
+@pytest.mark.slow
 def test_each_recipe_runs_a_step(sample):
     """Every recipe's augmentations and loss run end to end (one tiny epoch each)."""
     for recipe, backbone in [("deit", "deit_small"), ("convnext", "convnext_tiny"), ("rsb-a2", "caformer_s12")]:
@@ -104,6 +108,7 @@ def test_each_recipe_runs_a_step(sample):
         assert record["status"] == "done", (recipe, record.get("error"))
 
 
+@pytest.mark.slow
 def test_cli_train_json_contract(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bocb", "train", "--backbone", "R-18", "--optimizer", "SGD-M",
