@@ -254,6 +254,7 @@ def test_folder_resizes_mixed_sizes_only_when_asked(tmp_path):
 # -- the cache -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cache_is_written_then_used_instead_of_decoding(tmp_path, monkeypatch, sample):
     first = load_dataset(DatasetSpec("sample"), cache_dir=tmp_path)
     path = tmp_path / "datasets" / f"{first.fingerprint}.safetensors"

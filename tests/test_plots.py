@@ -52,6 +52,7 @@ def check_files(fig: Figure, stem, landscape: bool | None = None) -> None:
             assert (image.width > image.height) == landscape
 
 
+@pytest.mark.slow
 def test_heatmap_table_paper(results, tmp_path):
     fig = heatmap_table(results, "fitted")
     check_files(fig, tmp_path / "table1", landscape=True)
@@ -71,12 +72,14 @@ def test_heatmap_takes_flag_output_and_names_the_rule(results):
     assert "flagged by rule 'paper' (258)" in labels
 
 
+@pytest.mark.slow
 def test_violins_per_backbone_paper(results, tmp_path):
     fig = violins_per_backbone(results)
     check_files(fig, tmp_path / "violins", landscape=True)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == paper.backbone_order()
 
 
+@pytest.mark.slow
 def test_hparam_boxplots_paper(tmp_path):
     distances = hparam_distances(paper.best_hparams())
     fig = hparam_boxplots(distances)
@@ -101,6 +104,7 @@ def test_interaction_heatmap_paper(results, tmp_path):
     assert not any(t.get_text() == "-0.0" for t in fig.axes[0].texts)
 
 
+@pytest.mark.slow
 def test_demo_sized_figures_stay_readable(tmp_path):
     frame = demo()
     for name, fig in {
@@ -115,6 +119,7 @@ def test_demo_sized_figures_stay_readable(tmp_path):
     assert "weighted least squares" in fig.get_suptitle()
 
 
+@pytest.mark.slow
 def test_no_pyplot_state(results):
     import matplotlib.pyplot as plt
 

@@ -129,6 +129,7 @@ def test_precision_is_part_of_the_trial_and_the_tier_sets_it():
         _spec(precision="fp16")
 
 
+@pytest.mark.slow
 def test_trial_records_the_precision_it_ran(sample):
     spec = _spec(epochs=1, precision="tf32")
     spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(train_per_class=20, test_per_class=10))

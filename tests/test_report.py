@@ -97,6 +97,7 @@ def test_paper_report_images_are_embedded_pngs(paper_report):
     assert "http://" not in html and "https://" not in html and "<script" not in html
 
 
+@pytest.mark.slow
 def test_paper_report_tables_and_order(paper_report):
     page, text = parse(paper_report["html"])
     assert len(page.tables) >= 10
@@ -153,6 +154,7 @@ def seeded() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["optimizer", "backbone", "seed", "top1"])
 
 
+@pytest.mark.slow
 def test_seeded_report_has_cis(tmp_path):
     paths = build_report(seeded(), tmp_path, title="demo", hparams=None, rule_name="paper", gamma=1.5,
                          provenance={"study": "demo"}, n_resamples=20)
@@ -169,6 +171,7 @@ def test_seeded_report_has_cis(tmp_path):
     assert paths["markdown"].is_file()
 
 
+@pytest.mark.slow
 def test_seeded_report_without_bootstrap_says_so(tmp_path):
     paths = build_report(seeded(), tmp_path, title="demo", provenance={}, bootstrap=False)
     _, text = parse(paths["html"])

@@ -136,6 +136,7 @@ def test_class_subsets_relabel_in_the_given_order(halves):
         DatasetSpec("sample", classes=(1, 1))
 
 
+@pytest.mark.slow
 def test_linear_probe_trains_only_the_new_classifier(halves, tmp_path):
     low, high = halves
     pre_spec = _smoke(DatasetSpec("sample", classes=(0, 1, 2, 3, 4)))

@@ -64,6 +64,7 @@ def test_final_weights_are_kept_as_safetensors(sample, tmp_path):
     assert record["artifacts"]["final_weights"].endswith(FINAL_WEIGHTS)
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_ends_diverged_not_raised(sample):
     spec = _smoke(epochs=2, lr=1e6)
     record = run_trial(spec, sample, RunOptions(device="cpu"))

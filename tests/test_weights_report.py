@@ -191,6 +191,7 @@ def test_alpha_bars_hatch_flagged_cells_only():
     fig.canvas.draw()
 
 
+@pytest.mark.slow
 def test_alpha_bars_stay_a_readable_grid_for_20_backbones():
     names = tuple(f"B{i:02d}" for i in range(20))
     opts = tuple(f"O{i:02d}" for i in range(20))
@@ -213,6 +214,7 @@ def test_report_section_on_an_empty_frame_says_how_to_measure():
     assert "No weight diagnostics" in text and "bocb diagnose STUDY.toml" in text
 
 
+@pytest.mark.slow
 def test_report_sections_handle_missing_snapshot_and_all_nan_alpha():
     results, weights = _synthetic()
     weights = weights[weights["trial_id"] != "C-LAMB"].copy()
