@@ -9,7 +9,6 @@
   (:mod:`bocb.data.augment`).
 """
 
-from bocb.data.augment import AugmentConfig, BatchAugment
 from bocb.data.readers import decode_images
 from bocb.data.sources import load_dataset, parse_data_arg
 from bocb.data.types import (
@@ -20,6 +19,17 @@ from bocb.data.types import (
     ImageSet,
     UnknownDataKindError,
 )
+
+
+def __getattr__(name: str):
+    # The augmentation module imports timm and torchvision (seconds): only a process that trains
+    # pays for it, not the runner or a reading command that only loads or describes data.
+    if name in ("AugmentConfig", "BatchAugment"):
+        from bocb.data import augment
+
+        return getattr(augment, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AugmentConfig",
