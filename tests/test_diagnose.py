@@ -16,7 +16,7 @@ from bocb.diagnostics import layer_metrics
 from bocb.diagnostics.snapshot import init_snapshot_id, load_model
 from bocb.executors.worker import WorkerConfig, execute
 from bocb.spec import resolve_trial
-from bocb.store import SQLiteStore
+from bocb.store import SCHEMA_VERSION, SQLiteStore
 from bocb.trial import FINAL_WEIGHTS, RunOptions, run_trial
 from bocb.zoo import init_backbone
 
@@ -106,6 +106,9 @@ def test_store_upgrades_a_v1_file_and_keeps_nan_as_null(tmp_path):
     db = sqlite3.connect(path)
     db.execute("DROP TABLE layer_metrics")
     db.execute("ALTER TABLE trials DROP COLUMN pretrained")
+    for column in ("metric", "final_score", "best_score", "peak_memory_mb", "selection", "final_val", "best_val"):
+        db.execute(f"ALTER TABLE trials DROP COLUMN {column}")  # v3's columns: a v1 file has none of them
+    db.execute("ALTER TABLE epochs DROP COLUMN score")
     db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     db.commit()
     db.close()
@@ -115,7 +118,7 @@ def test_store_upgrades_a_v1_file_and_keeps_nan_as_null(tmp_path):
              "alpha_weighted": np.nan}
     with SQLiteStore(path) as store:
         version = store._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-        assert version == "2"
+        assert version == str(SCHEMA_VERSION)
         assert store.trials() == []  # the upgraded trials table reads (with its new column)
         snap = {"snapshot_id": "init:x", "source": "init", "backbone": "R-18", "layers": [layer]}
         store.put_snapshot(snap, "study")

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -258,7 +258,7 @@ class Store(ABC):
     def close(self) -> None:
         """Release what the store holds open (a no-op where nothing is)."""
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
