@@ -19,7 +19,7 @@ from typing import Any
 
 from bocb.diagnostics.metrics import DEFAULT_CONV
 from bocb.diagnostics.snapshot import init_snapshot, init_snapshot_id
-from bocb.store import SQLiteStore
+from bocb.store import Store
 from bocb.tasks import task_of
 from bocb.zoo import BackboneSpec
 
@@ -43,7 +43,7 @@ class Job:
         return init_snapshot(BackboneSpec.from_dict(self.backbone), self.seed, conv=self.conv)
 
 
-def plan(store: SQLiteStore, study_id: str, force: bool = False, conv: str = DEFAULT_CONV) -> list[Job]:
+def plan(store: Store, study_id: str, force: bool = False, conv: str = DEFAULT_CONV) -> list[Job]:
     """The study's snapshots still to measure (all of them with ``force``), finals first.
 
     A snapshot measured under another conv convention than ``conv`` (the study's ``weight_conv``)
@@ -83,7 +83,7 @@ def _one_thread() -> None:
     threadpool_limits(limits=1)
 
 
-def run(store: SQLiteStore, study_id: str, jobs: list[Job], workers: int = 1,
+def run(store: Store, study_id: str, jobs: list[Job], workers: int = 1,
         on_done: Callable[[Job, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Measure ``jobs`` and store each snapshot as it arrives (random-init ones linked to the study)."""
     results = []

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bocb.fencing import new_token
-from bocb.store import SQLiteStore
+from bocb.store import Store
 
 
 class Executor(Protocol):
@@ -94,7 +94,7 @@ def runner_alive(runner: str | None) -> bool | None:
     return True
 
 
-def held_trials(store: SQLiteStore, study_id: str | None) -> tuple[list[dict], list[dict]]:
+def held_trials(store: Store, study_id: str | None) -> tuple[list[dict], list[dict]]:
     """The study's ``running`` trials split into (held by a dead runner of this host, the others)."""
     dead, other = [], []
     for row in store.held(study_id):
@@ -107,7 +107,7 @@ class _Stop(Exception):
 
 
 def run_study(
-    store: SQLiteStore,
+    store: Store,
     study_id: str | None,
     executor: Executor,
     *,
@@ -198,7 +198,7 @@ def run_study(
     return stats
 
 
-def _store_result(store: SQLiteStore, me: str, trial_id: str, record: dict[str, Any], stats: RunStats,
+def _store_result(store: Store, me: str, trial_id: str, record: dict[str, Any], stats: RunStats,
                   stop: int | None = None) -> None:
     status = record.get("status", "failed")
     rows = record.get("epochs") or []

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from bocb.store import Store
 from bocb.tasks import task_of
 
 COLUMNS = ["optimizer", "backbone", "top1", "seed", "lr", "weight_decay", "category", "status", "trial_id",
@@ -35,7 +36,7 @@ WEIGHT_COLUMNS = ["snapshot_id", "source", "backbone", "optimizer", "lr", "weigh
                   "trial_id", "pretrained", "conv", "layer_index", "layer", "kind", "rows", "cols", *METRICS]
 
 
-def results_frame(store: Any, study_id: str | None, metric: Literal["final", "best"] = "final") -> pd.DataFrame:
+def results_frame(store: Store, study_id: str | None, metric: Literal["final", "best"] = "final") -> pd.DataFrame:
     """The study's done and diverged trials as a results frame (see the module doc)."""
     if metric not in ("final", "best"):
         raise ValueError(f"unknown metric {metric!r}: valid: final, best")
@@ -62,7 +63,7 @@ def results_frame(store: Any, study_id: str | None, metric: Literal["final", "be
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def transfer_frame(store: Any, study_id: str, metric: Literal["final", "best"] = "final") -> pd.DataFrame:
+def transfer_frame(store: Store, study_id: str, metric: Literal["final", "best"] = "final") -> pd.DataFrame:
     """A transfer study's results as the analysis's frame, pre-train x fine-tune.
 
     ``backbone`` is the pre-trained model's label (``"R-50 / LAMB"``), so every table and statistic
@@ -82,7 +83,7 @@ def transfer_frame(store: Any, study_id: str, metric: Literal["final", "best"] =
                         pretrain_trial=ids.map(lambda t: sources[t]["trial_id"]))
 
 
-def excluded(store: Any, study_id: str | None) -> pd.DataFrame:
+def excluded(store: Store, study_id: str | None) -> pd.DataFrame:
     """Trials that are not results (failed, pending, running, skipped), with their reason."""
     rows = [
         {"trial_id": t["trial_id"], "backbone": t["backbone"], "optimizer": t["optimizer"],
@@ -92,7 +93,7 @@ def excluded(store: Any, study_id: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial_id", "backbone", "optimizer", "status", "reason"])
 
 
-def weights_frame(store: Any, study_id: str | None, snapshot_ids: set[str] | None = None) -> pd.DataFrame:
+def weights_frame(store: Store, study_id: str | None, snapshot_ids: set[str] | None = None) -> pd.DataFrame:
     """The study's weight diagnostics, one row per (snapshot, layer): :data:`WEIGHT_COLUMNS`.
 
     ``source`` is ``final`` (a trial's final weights; ``optimizer``, ``lr``, ``weight_decay``,
@@ -130,7 +131,7 @@ def weights_frame(store: Any, study_id: str | None, snapshot_ids: set[str] | Non
     return frame[WEIGHT_COLUMNS].reset_index(drop=True)
 
 
-def snapshot_errors(store: Any, study_id: str | None) -> pd.DataFrame:
+def snapshot_errors(store: Store, study_id: str | None) -> pd.DataFrame:
     """Snapshots whose measurement failed, with the error."""
     rows = [{"snapshot_id": s["snapshot_id"], "source": s["source"], "backbone": s["backbone"],
              "error": s["error"]} for s in store.snapshots(study_id) if s["error"] is not None]

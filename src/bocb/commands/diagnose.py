@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bocb.store import DEFAULT_STORE
+from bocb.store import DEFAULT_STORE, Store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def weight_conv(study) -> str:
     return getattr(study, "weight_conv", DEFAULT_CONV)
 
 
-def diagnose_study(store, study_id: str, workers: int | None = None, force: bool = False,
+def diagnose_study(store: Store, study_id: str, workers: int | None = None, force: bool = False,
                    console: Console | None = None, conv: str | None = None) -> list[dict]:
     """Measure the study's missing snapshots with a progress bar; returns the new snapshots."""
     from bocb import diagnose

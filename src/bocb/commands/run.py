@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bocb.commands.common import add_data_args, data_dirs, default_cache_dir
-from bocb.store import DEFAULT_STORE
+from bocb.store import DEFAULT_STORE, Store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     return run_registered(args, store, prepared.study, new, tuner)
 
 
-def run_registered(args: argparse.Namespace, store, study, new: int, tuner=None) -> int:
+def run_registered(args: argparse.Namespace, store: Store, study, new: int, tuner=None) -> int:
     """Run a registered study's runnable trials with the live view, then measure missing snapshots.
 
     ``study`` is a :class:`bocb.study.Study` or :class:`bocb.transfer.study.TransferStudy` (name,
@@ -160,7 +160,7 @@ def run_registered(args: argparse.Namespace, store, study, new: int, tuner=None)
     return _exit_status(counts, elsewhere)
 
 
-def _held_by_live_runners(store, study_id: str) -> int:
+def _held_by_live_runners(store: Store, study_id: str) -> int:
     """Running trials whose runner is a live process on this host (another `bocb run` at work)."""
     from bocb.runner import runner_alive
 
@@ -179,7 +179,7 @@ def _exit_status(counts: dict[str, int], elsewhere: int) -> int:
     return 1
 
 
-def _take_back(store, study_id: str, reclaim_all: bool, console: Console) -> None:
+def _take_back(store: Store, study_id: str, reclaim_all: bool, console: Console) -> None:
     """Reclaim trials held by dead runners of this host (all running ones with ``--reclaim``);
     name the rest, which wait for their leases."""
     from bocb.runner import held_trials
@@ -251,7 +251,7 @@ class _LiveView:
         return Group(self.progress, table)
 
 
-def _results_table(store, study_id: str) -> Table:
+def _results_table(store: Store, study_id: str) -> Table:
     rows = store.trials(study_id)
     transfer = any(r["pretrained"] for r in rows)
     # A trial's score is its task's headline metric: test top-1, or box / keypoint AP for detection / pose.

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, open_existing_store
-from bocb.store import DEFAULT_STORE, STATUSES
+from bocb.store import DEFAULT_STORE, STATUSES, Store
 
 # Effective training throughput used for the plan's time estimate, from a measurement: a CIFAR
 # ResNet-18 (0.56 GFLOPs forward) trains at 18.6k img/s on one H100 with bf16 and data on the GPU
@@ -79,7 +79,7 @@ def _load(path: Path):
     return load_study(path)
 
 
-def _tuning_rows(store, path: Path | None) -> list[dict] | None:
+def _tuning_rows(store: Store, path: Path | None) -> list[dict] | None:
     """Per-pair tuning state of an adaptive study (None for any other study or the whole store)."""
     from bocb.transfer.study import is_transfer_file
 

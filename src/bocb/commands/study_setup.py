@@ -10,7 +10,7 @@ from typing import Any
 from bocb.data import load_dataset
 from bocb.data.safe_pickle import UnsafeDataError
 from bocb.spec import resolve_trial
-from bocb.store import SQLiteStore
+from bocb.store import Store
 from bocb.study import Study, expand, load_study
 
 
@@ -57,7 +57,7 @@ def prepare(path: Path, cache_dir: Path, data_dirs: list[Path], download: bool,
     return Prepared(study, trials, skipped_rows, *sizes)
 
 
-def register(store: SQLiteStore, prepared: Prepared) -> int:
+def register(store: Store, prepared: Prepared) -> int:
     """Record the study and link its trials; returns how many trials were new to the store."""
     study = prepared.study
     store.add_study(study.study_id, study.name, study.path, study.settings)

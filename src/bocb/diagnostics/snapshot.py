@@ -8,7 +8,7 @@ A snapshot is either a trial's final weights (``source="final"``, ``snapshot_id`
 id, read from ``final.safetensors``) or a backbone's random initialisation (``source="init"``,
 ``snapshot_id`` = ``init:<hash of backbone spec and seed>``), built exactly as a trial with that
 seed builds it (:func:`bocb.zoo.init_backbone`). A snapshot is a plain dict the store takes
-(:meth:`bocb.store.SQLiteStore.put_snapshot`); a computation that fails becomes a snapshot with an
+(:meth:`bocb.store.Store.put_snapshot`); a computation that fails becomes a snapshot with an
 ``error`` and no layers, never an exception, so diagnostics cannot fail a trial.
 
 Threads: metrics always run with **one BLAS thread** (threadpoolctl) and one torch thread in the

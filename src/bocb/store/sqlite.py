@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bocb.records import TrialResult, metric_of
-from bocb.store.base import FINAL, STATUSES, Store
+from bocb.store.base import (
+    EPOCH_COLUMNS, FINAL, LAYER_COLUMNS, STATUSES, SUMMARY_COLUMNS, TUNING_COLUMNS, Store, layer_rows,
+    result_to_store, summary_fields,
+)
 
 SCHEMA_VERSION = 3
 # The tuning_rungs table (adaptive tuning) is a new table only, created on open, so it needs no
@@ -94,19 +95,9 @@ CREATE TABLE IF NOT EXISTS tuning_rungs (
 );
 """
 
-# Per-layer metric columns in the order of bocb.diagnostics.COLUMNS, shape split into rows/cols, and
-# `moved` (distance from the trial's starting weights; NULL for init snapshots).
-_LAYER_COLUMNS = (
-    "layer", "kind", "rows", "cols", "n_eig", "alpha", "alpha_status", "n_tail", "xmin", "entropy",
-    "l2", "pca_energy", "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted", "moved",
-)  # fmt: skip
-
-_SUMMARY = (
-    "trial_id, status, backbone, optimizer, category, lr, weight_decay, seed, recipe, tier, pretrained, "
-    "metric, final_score, best_score, final_top1, best_top1, best_epoch, diverged_epoch, error, "
-    "skip_reason, attempts, seconds_train, seconds_eval, seconds_wall, images_per_second, "
-    "peak_memory_mb, selection, final_val, best_val, host, device, code_version, started, finished"
-)
+_SUMMARY = ", ".join(SUMMARY_COLUMNS)
+_TUNING_SELECT = tuple(f"{'r' if c in ('pair', 'trial_id', 'rung', 'epochs') else 't'}.{c}" for c in TUNING_COLUMNS)
+_SPEC_FIELDS = ("backbone", "optimizer", "category", "lr", "weight_decay", "seed", "recipe", "tier", "pretrained")
 
 
 class StoreError(ValueError):
@@ -286,7 +277,7 @@ class SQLiteStore(Store):
                     "INSERT OR IGNORE INTO trials (trial_id, spec, status, backbone, optimizer, category, "
                     "lr, weight_decay, seed, recipe, tier, pretrained, skip_reason, created) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (trial_id, json.dumps(spec, sort_keys=True), status, *_summary_fields(spec), reason, now),
+                    (trial_id, json.dumps(spec, sort_keys=True), status, *_spec_values(spec), reason, now),
                 )
                 new += cur.rowcount
                 linked = db.execute(
@@ -326,9 +317,7 @@ class SQLiteStore(Store):
         return cur.rowcount == 1
 
     def finish(self, trial_id: str, runner: str, record: dict[str, Any] | TrialResult) -> bool:
-        result = record if isinstance(record, TrialResult) else TrialResult.from_record(record)
-        if result.status not in STATUSES or result.status in ("pending", "running", "skipped"):
-            raise ValueError(f"cannot finish trial {trial_id} with status {result.status!r}")
+        result = result_to_store(trial_id, record)
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE trials SET status=?, metric=?, final_score=?, best_score=?, final_top1=?, best_top1=?, "
@@ -406,7 +395,7 @@ class SQLiteStore(Store):
                     "INSERT OR IGNORE INTO trials (trial_id, spec, status, backbone, optimizer, category, "
                     "lr, weight_decay, seed, recipe, tier, pretrained, skip_reason, created) "
                     "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-                    (trial_id, json.dumps(spec, sort_keys=True), *_summary_fields(spec), now),
+                    (trial_id, json.dumps(spec, sort_keys=True), *_spec_values(spec), now),
                 ).rowcount
                 position += db.execute(
                     "INSERT OR IGNORE INTO study_trials VALUES (?, ?, ?)", (study_id, trial_id, position)
@@ -433,8 +422,7 @@ class SQLiteStore(Store):
         """A study's rung rows joined with their trials' status and settings, and the trials' score
         at each of ``epochs`` (the rung epochs): ``{(trial_id, epoch): score}``."""
         rows = [dict(r) for r in self._db.execute(
-            "SELECT r.pair, r.trial_id, r.rung, r.epochs, t.status, t.lr, t.weight_decay, t.seed, "
-            "t.final_score FROM tuning_rungs r JOIN trials t USING (trial_id) WHERE r.study_id=? "
+            f"SELECT {', '.join(_TUNING_SELECT)} FROM tuning_rungs r JOIN trials t USING (trial_id) WHERE r.study_id=? "
             "ORDER BY r.pair, r.trial_id, r.rung", (study_id,))]
         marks = ", ".join("?" * len(epochs))
         scores = {(r["trial_id"], r["epoch"]): r["score"] for r in self._db.execute(
@@ -477,14 +465,9 @@ class SQLiteStore(Store):
              time.time()),
         )
         db.execute("DELETE FROM layer_metrics WHERE snapshot_id=?", (sid,))
-        rows = []
-        for index, layer in enumerate(snap.get("layers") or []):
-            rows_, cols = layer["shape"]
-            values = {**layer, "rows": rows_, "cols": cols}
-            rows.append((sid, index, *(_real(values.get(c)) for c in _LAYER_COLUMNS)))
-        marks = ", ".join("?" * (2 + len(_LAYER_COLUMNS)))
-        db.executemany(f"INSERT INTO layer_metrics (snapshot_id, layer_index, {', '.join(_LAYER_COLUMNS)}) "
-                       f"VALUES ({marks})", rows)
+        marks = ", ".join("?" * (2 + len(LAYER_COLUMNS)))
+        db.executemany(f"INSERT INTO layer_metrics (snapshot_id, layer_index, {', '.join(LAYER_COLUMNS)}) "
+                       f"VALUES ({marks})", [(sid, *row) for row in layer_rows(snap)])
 
     def snapshots(self, study_id: str | None = None) -> list[dict[str, Any]]:
         """Snapshots of the study's trials and the study's own (random-init) ones; all if None."""
@@ -544,14 +527,15 @@ class SQLiteStore(Store):
         return json.loads(row["record"]) if row and row["record"] else None
 
     def epochs(self, trial_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT * FROM epochs WHERE trial_id=? ORDER BY epoch", (trial_id,))
+        rows = self._db.execute(f"SELECT {', '.join(EPOCH_COLUMNS)} FROM epochs WHERE trial_id=? ORDER BY epoch",
+                               (trial_id,))
         return [dict(r) for r in rows]
 
     def artifacts(self, trial_id: str) -> dict[str, str]:
         """A trial's files by kind. Paths are stored absolute; a relative one (written by an
         earlier bocb, relative to the directory that run started in) is resolved against the
         store's folder and its parents, the first where the file exists, else returned as stored."""
-        rows = self._db.execute("SELECT kind, path FROM artifacts WHERE trial_id=?", (trial_id,))
+        rows = self._db.execute("SELECT kind, path FROM artifacts WHERE trial_id=? ORDER BY kind", (trial_id,))
         return {r["kind"]: self._resolve(r["path"]) for r in rows}
 
     def _resolve(self, path: str) -> str:
@@ -568,12 +552,6 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _upgrade(db: sqlite3.Connection, statements: tuple[str, ...]) -> None:
@@ -599,22 +577,9 @@ def _upgrade(db: sqlite3.Connection, statements: tuple[str, ...]) -> None:
                    "WHERE trial_id=?", (top1, row["trial_id"]))
 
 
-def _real(value: Any) -> Any:
-    """NaN as NULL (SQLite has no NaN); numpy scalars as Python numbers."""
-    if isinstance(value, float | np.floating):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _summary_fields(spec: dict[str, Any]) -> tuple[Any, ...]:
-    opt = spec["optimizer"]
-    return (
-        spec["backbone"]["short"], opt["short"], opt["category"], opt["args"]["lr"],
-        opt["args"].get("weight_decay"), spec["seed"], spec["recipe"]["name"], spec["recipe"]["tier"],
-        (spec.get("pretrained") or {}).get("label"),
-    )
+def _spec_values(spec: dict[str, Any]) -> tuple[Any, ...]:
+    fields = summary_fields(spec)
+    return tuple(fields[k] for k in _SPEC_FIELDS)
 
 
 __all__ = ["FINAL", "SCHEMA_VERSION", "SQLiteStore", "StoreError", "StoreVersionError"]

@@ -73,6 +73,7 @@ from bocb.optim import get_optimizer_info
 from bocb.recipes import TIERS
 from bocb.registry import UnknownNameError
 from bocb.spec import FINETUNE_MODES, Pretrained, TrialSpec, resolve_trial
+from bocb.store import SQLiteStore, Store
 from bocb.study import (
     Skipped,
     StudyError,
@@ -224,7 +225,7 @@ def _pretrained_entry(place: str, entry: Any) -> dict[str, Any]:
 # -- pre-trained sources ----------------------------------------------------------------------------
 
 
-def sources(study: TransferStudy, store: Any) -> tuple[list[Source], list[Skipped]]:
+def sources(study: TransferStudy, store: Store) -> tuple[list[Source], list[Skipped]]:
     """The pre-trained models the study names, resolved against ``store`` and the file system."""
     out: list[Source] = []
     skipped: list[Skipped] = []
@@ -245,12 +246,13 @@ def sources(study: TransferStudy, store: Any) -> tuple[list[Source], list[Skippe
     return out, skipped
 
 
-def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: str):
+def _from_study(study: TransferStudy, entry: dict[str, Any], store: Store, place: str):
     pre = load_study(study.resolve(entry["study"]))
     trials = store.trials(pre.study_id)
     if not trials:
-        raise StudyError(f"{place}.study: {pre.path} ({pre.study_id}) has no trials in the store "
-                         f"{getattr(store, 'path', '')}: run it first (bocb run {entry['study']})")
+        where = f" {store.path}" if isinstance(store, SQLiteStore) else ""
+        raise StudyError(f"{place}.study: {pre.path} ({pre.study_id}) has no trials in the store{where}: "
+                         f"run it first (bocb run {entry['study']})")
     wanted_b = {get_backbone_info(b).short for b in entry.get("backbones", [])}
     wanted_o = {get_optimizer_info(o).short for o in entry.get("optimizers", [])}
     pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -282,7 +284,7 @@ def _from_study(study: TransferStudy, entry: dict[str, Any], store: Any, place: 
     return found, missing
 
 
-def _selection_score(store: Any, trial: dict[str, Any]) -> float:
+def _selection_score(store: Store, trial: dict[str, Any]) -> float:
     """What a pre-trained model is chosen on: its held-out accuracy when its study held images out
     (``selection = "holdout"``), else its final test accuracy (the paper's way)."""
     if trial["selection"] == "holdout" and trial["final_val"] is not None:

@@ -3,7 +3,7 @@
 :func:`propose` is what ``bocb run`` calls when it has nothing to claim. For every pair it builds
 the observations from the store (the pair's rung rows, its trials' status, their test top-1 at
 the rung epochs), asks :func:`bocb.tuning.policy.decide`, and records the proposals with
-:meth:`SQLiteStore.add_proposals`: a new candidate is a pending trial whose spec is the *full*
+:meth:`bocb.store.Store.add_proposals`: a new candidate is a pending trial whose spec is the *full*
 schedule (so its id is the one a grid study gives the same setting) with a rung row saying where to
 stop; a promotion is one more rung row for a paused trial, which makes it pending again. Nothing
 else is kept anywhere, so a runner killed at any point and started again proposes the same things,
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bocb.recipes import get_recipe
-from bocb.store import SQLiteStore
+from bocb.store import Store
 from bocb.study import Study, StudyError, pair_trial
 from bocb.tuning.policy import Decision, Observation, Point, TuningConfig, decide
 from bocb.tuning.space import Space, index, pair_space, value
@@ -110,7 +110,7 @@ def _observations(pair: Pair, rows: list[dict[str, Any]], scores: dict[tuple[str
     return obs
 
 
-def _rows_by_pair(store: SQLiteStore, study: Study, plist: list[Pair]):
+def _rows_by_pair(store: Store, study: Study, plist: list[Pair]):
     config = config_of(study)
     epochs = sorted({e for p in plist for e in config.rung_epochs(p.epochs)})
     rows, scores = store.tuning_rows(study.study_id, epochs)
@@ -120,7 +120,7 @@ def _rows_by_pair(store: SQLiteStore, study: Study, plist: list[Pair]):
     return grouped, scores
 
 
-def propose(store: SQLiteStore, study: Study, num_classes: int, max_rounds: int = 20) -> int:
+def propose(store: Store, study: Study, num_classes: int, max_rounds: int = 20) -> int:
     """Ask the tuner for every pair's next trials and record them; returns how many became runnable.
 
     A promotion of a trial that already finished (a shared full-budget trial) adds its rung row
@@ -155,7 +155,7 @@ def propose(store: SQLiteStore, study: Study, num_classes: int, max_rounds: int 
     return runnable
 
 
-def states(store: SQLiteStore, study: Study) -> list[PairState]:
+def states(store: Store, study: Study) -> list[PairState]:
     """Every pair's tuning state as the store has it (nothing is proposed or written)."""
     config = config_of(study)
     plist = pairs(study)
@@ -193,7 +193,7 @@ class Tuner:
     """What ``bocb run`` holds for an adaptive study: ``propose`` for the runner, and a summary
     line for the live view (refreshed at each proposal, so the view never queries the store)."""
 
-    def __init__(self, store: SQLiteStore, study: Study, num_classes: int):
+    def __init__(self, store: Store, study: Study, num_classes: int):
         self.store, self.study, self.num_classes = store, study, num_classes
         self.proposed = 0
         self._line = "tuning: not started"
