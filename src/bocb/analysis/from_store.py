@@ -20,7 +20,7 @@ when the trial did not record it). Choices, stated in the report:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 
