@@ -112,6 +112,7 @@ def test_paper_report_tables_and_order(paper_report):
         assert value in text
 
 
+@pytest.mark.slow
 def test_paper_report_states_rule_counts_and_missing_cis(paper_report):
     _, text = parse(paper_report["html"])
     assert "Failure rule 'fitted (gamma 2)'" in text
@@ -131,6 +132,7 @@ def test_paper_report_states_rule_counts_and_missing_cis(paper_report):
     assert "method" + ".md" not in paper_report["html"].read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_paper_report_markdown(paper_report):
     md = paper_report["markdown"]
     assert md.name == "report.md"
