@@ -1,4 +1,4 @@
-"""Shared by ``bocb run`` and ``bocb plan``: a study file into the store, validated up front."""
+"""A study file into the store, validated up front: shared by :func:`bocb.api.run_study` and :func:`bocb.api.plan`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Prepared:
 KNOWN_SIZES = {"cifar10": (10, 50_000, 10_000), "cifar100": (100, 50_000, 10_000), "sample": (10, 5_000, 1_000)}
 
 
-def prepare(path: Path, cache_dir: Path, data_dirs: list[Path], download: bool,
+def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download: bool,
             require_data: bool = True) -> Prepared:
     """Parse the study, load its dataset (so missing data fails before any trial) and expand it.
 
