@@ -110,3 +110,18 @@ def test_results_share_their_reductions_and_hand_out_copies():
     level = results.pair_level()
     assert "lr" not in level.frame.columns and not level.replicates
     pd.testing.assert_frame_equal(wide(level), wide(results))
+
+
+def test_a_report_analysis_carries_its_rule_and_refuses_a_second_one(tmp_path):
+    from bocb.report import ReportAnalysis, build_report
+
+    frame = pd.DataFrame({"optimizer": ["A", "B", "A", "B"], "backbone": ["x", "x", "y", "y"],
+                          "top1": [70.0, 60.0, 80.0, 79.0]})
+    analysis = ReportAnalysis.of(frame, "paper", 5.0)
+    assert analysis.chosen.name == "paper" and analysis.chosen.floor == 5.0
+    # Eq. 1, max - min(IQR, gamma): x: 70 - min(5, 5) = 65, B (60) fails; y: 80 - min(0.5, 5) = 79.5, B (79) fails.
+    assert list(analysis.flags["flagged"]) == [False, True, False, True]
+    assert list(analysis.flags["threshold"]) == [65.0, 65.0, 79.5, 79.5]
+    with pytest.raises(ValueError, match="the failure rule is given twice"):
+        build_report(analysis, tmp_path / "out", title="t", provenance={}, rule_name="fitted")
+    assert not (tmp_path / "out").exists()
