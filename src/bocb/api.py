@@ -19,7 +19,8 @@ Contracts shared by every function:
   passes ``$BOCB_DATA_DIR``), ``download`` allows torchvision's download.
 - ``progress``: an optional callable that receives the events of :mod:`bocb.run_events` as the work
   goes (what the CLI draws its live view from). It is called on the caller's thread; an exception
-  it raises stops the run as a Ctrl-C would. None: no progress.
+  it raises stops the run (workers stopped, running trials handed back) and propagates. None: no
+  progress.
 
 A run stopped by ``KeyboardInterrupt`` hands its running trials back (they resume on the next run)
 and re-raises. Trials that fail or diverge are results, never exceptions: see
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -125,8 +126,8 @@ class Recommendation:
     def frame(self) -> pd.DataFrame:
         import pandas as pd
 
-        return pd.DataFrame([o.__dict__ for o in self.optimizers],
-                            columns=list(RecommendedOptimizer.__dataclass_fields__))
+        return pd.DataFrame([asdict(o) for o in self.optimizers],
+                            columns=[f.name for f in fields(RecommendedOptimizer)])
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -171,12 +172,16 @@ def run_study(
     prepared = prepare(Path(study), opts.cache_dir, list(opts.data_dirs), opts.download)
     opts.check_study(prepared.study)
     opened = SQLiteStore(opts.store)
-    new = register(opened, prepared)
-    tuner = None
-    if prepared.study.tuning == "adaptive":
-        from bocb.tuning.adapter import Tuner
+    try:
+        new = register(opened, prepared)
+        tuner = None
+        if prepared.study.tuning == "adaptive":
+            from bocb.tuning.adapter import Tuner
 
-        tuner = Tuner(opened, prepared.study, prepared.num_classes)
+            tuner = Tuner(opened, prepared.study, prepared.num_classes)
+    except BaseException:
+        opened.close()
+        raise
     return run_registered(opts, opened, prepared.study, new, tuner, progress)
 
 
@@ -215,20 +220,24 @@ def run_transfer(
     transfer = load_transfer(Path(study))
     opts.check_study(transfer)
     opened = SQLiteStore(opts.store)
-    found, skipped = sources(transfer, opened)
-    stored = opened.specs(transfer.study_id)
-    trials = keep_stored_ids(expand_transfer(transfer, found, opts), set(stored))
-    for s in skipped:
-        emit(progress, ev.NotTransferred(s.backbone, s.optimizer, s.reason))
-    settings = {"transfer": transfer.settings,
-                "not_transferred": [{"backbone": s.backbone, "optimizer": s.optimizer, "reason": s.reason}
-                                    for s in skipped]}
-    opened.add_study(transfer.study_id, transfer.name, transfer.path, settings)
-    replaced = superseded(trials, stored)
-    if replaced:
-        opened.unlink(transfer.study_id, replaced)
-        emit(progress, ev.Replaced(len(replaced)))
-    new = opened.add_trials(transfer.study_id, [(t.trial_id, t.to_dict()) for t in trials])
+    try:
+        found, skipped = sources(transfer, opened)
+        stored = opened.specs(transfer.study_id)
+        trials = keep_stored_ids(expand_transfer(transfer, found, opts), set(stored))
+        for s in skipped:
+            emit(progress, ev.NotTransferred(s.backbone, s.optimizer, s.reason))
+        settings = {"transfer": transfer.settings,
+                    "not_transferred": [{"backbone": s.backbone, "optimizer": s.optimizer, "reason": s.reason}
+                                        for s in skipped]}
+        opened.add_study(transfer.study_id, transfer.name, transfer.path, settings)
+        replaced = superseded(trials, stored)
+        if replaced:
+            opened.unlink(transfer.study_id, replaced)
+            emit(progress, ev.Replaced(len(replaced)))
+        new = opened.add_trials(transfer.study_id, [(t.trial_id, t.to_dict()) for t in trials])
+    except BaseException:
+        opened.close()
+        raise
     return run_registered(opts, opened, transfer, new, None, progress)
 
 
