@@ -43,6 +43,12 @@ class Job:
         return init_snapshot(BackboneSpec.from_dict(self.backbone), self.seed, conv=self.conv)
 
 
+def weight_conv(study: Any) -> str:
+    """A study's conv convention for weight diagnostics (its ``weight_conv`` key; transfer studies,
+    which have none, use the default)."""
+    return getattr(study, "weight_conv", DEFAULT_CONV)
+
+
 def plan(store: Store, study_id: str, force: bool = False, conv: str = DEFAULT_CONV) -> list[Job]:
     """The study's snapshots still to measure (all of them with ``force``), finals first.
 

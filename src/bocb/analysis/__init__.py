@@ -39,7 +39,7 @@ from bocb.analysis.ranks import (
     ranking_agreement,
     spearman_rho,
 )
-from bocb.analysis.results import best_tuned, has_replicates, load_results, pair_means, to_long, wide
+from bocb.analysis.results import Results, best_tuned, has_replicates, load_results, pair_means, to_long, wide
 from bocb.analysis.robustness import (
     best_settings,
     distance_summary,
@@ -61,6 +61,7 @@ __all__ = [
     "Contrast",
     "Gap",
     "FailureRule",
+    "Results",
     "backbone_summary",
     "best_settings",
     "best_tuned",

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bocb.analysis.coupling import coupling_statistics
-from bocb.analysis.results import PAIR, best_tuned, load_results, wide
+from bocb.analysis.results import PAIR, Results
 
 Statistic = Callable[[pd.DataFrame], "pd.Series | float"]
 N_RESAMPLES = 1000
@@ -41,8 +41,8 @@ def resampled_tables(
     """
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    runs = best_tuned(load_results(frame))
-    table = wide(runs)
+    results = Results.of(frame)
+    runs, table = results.runs, results.table.copy()
     groups = runs.groupby(PAIR, sort=False)["top1"]
     if not (groups.size() > 1).any():
         raise ValueError("bootstrap over seeds needs a pair with >= 2 seeds; every pair has one run")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bocb.analysis.results import PAIR, best_tuned, load_results
+from bocb.analysis.results import PAIR, Results
 
 SE_SOURCES = ("seeds", "test set")
 
@@ -78,7 +78,7 @@ def optimizer_contrast(frame: pd.DataFrame, reference: str, alternative: str,
     pair has a single seed. Raises ``ValueError`` naming what is missing: an optimizer not in the
     frame, a backbone run with only one of the two, or ``test_images`` when it is needed.
     """
-    runs = best_tuned(load_results(frame))
+    runs = Results.of(frame).runs
     present = list(dict.fromkeys(runs["optimizer"]))
     for name in (reference, alternative):
         if name not in present:

@@ -44,7 +44,7 @@ import pandas as pd
 
 from bocb.analysis.failure import DEFAULT_RULE, FailureRule, flag_table
 from bocb.analysis.ranks import mean_off_diagonal, order_agreement
-from bocb.analysis.results import REQUIRED, wide
+from bocb.analysis.results import REQUIRED, Results, wide
 
 Method = Literal["median_polish", "weighted_ls"]
 METHODS = ("median_polish", "weighted_ls")
@@ -78,10 +78,10 @@ class AdditiveFit:
         return pd.DataFrame(self.mu + b + o, index=self.table.index, columns=self.table.columns)
 
 
-def as_table(data: pd.DataFrame) -> pd.DataFrame:
-    """A long result frame (has optimizer, backbone, top1) becomes its pair-mean table; a
-    backbone x optimizer table is returned as floats."""
-    if set(REQUIRED) <= set(data.columns):
+def as_table(data: pd.DataFrame | Results) -> pd.DataFrame:
+    """A long result frame (has optimizer, backbone, top1) or :class:`Results` becomes its
+    pair-mean table; a backbone x optimizer table is returned as floats."""
+    if isinstance(data, Results) or set(REQUIRED) <= set(data.columns):
         return wide(data)
     return data.astype(float)
 

@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from bocb.analysis.results import pair_means
+from bocb.analysis.results import Results, pair_means
 
 Anchor = Literal["max", "median", "q25"]
 Spread = Literal["iqr", "std"]
@@ -127,7 +127,7 @@ def rule(name: str | None = None, gamma: float | None = None) -> FailureRule:
     return shipped if gamma is None else replace(shipped, floor=float(gamma))
 
 
-def flag(frame: pd.DataFrame, failure_rule: FailureRule | str = DEFAULT_RULE) -> pd.DataFrame:
+def flag(frame: pd.DataFrame | Results, failure_rule: FailureRule | str = DEFAULT_RULE) -> pd.DataFrame:
     """Pair means (see :func:`bocb.analysis.results.pair_means`) plus ``threshold`` and ``flagged``.
 
     One row per pair: optimizer, backbone, top1 (mean over seeds at the best setting), n_seeds,

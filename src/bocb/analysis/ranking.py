@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from bocb.analysis.failure import DEFAULT_RULE, FailureRule, flag_table, rule
-from bocb.analysis.results import load_results, wide
+from bocb.analysis.results import Results
 from bocb.analysis.robustness import hparam_distances
 
 WEIGHTS: dict[str, float] = {"performance": 0.4, "robustness": 0.2, "bocb": 0.2, "cost": 0.2}
@@ -98,8 +98,8 @@ def _cost_scores(cost: Mapping[str, float] | pd.Series | pd.DataFrame, optimizer
 
 
 def rank_optimizers(
-    frame: pd.DataFrame,
-    hparams: pd.DataFrame | None = None,
+    frame: pd.DataFrame | Results,
+    hparams: pd.DataFrame | Results | None = None,
     cost: Mapping[str, float] | pd.Series | pd.DataFrame | None = None,
     failure_rule: FailureRule | str = DEFAULT_RULE,
     weights: Mapping[str, float] = WEIGHTS,
@@ -120,8 +120,8 @@ def rank_optimizers(
     if unknown:
         raise ValueError(f"unknown ranking component(s) {unknown}: valid: {', '.join(WEIGHTS)}")
     chosen = rule(failure_rule) if isinstance(failure_rule, str) else failure_rule
-    results = load_results(frame)
-    table = wide(results)
+    results = Results.of(frame)
+    table = results.table
     optimizers = table.columns
     out = pd.DataFrame(index=optimizers)
     out["mean_top1"] = table.mean(axis=0)
@@ -135,7 +135,7 @@ def rank_optimizers(
         out["bocb"] = 1.0 - out["flagged_share"]
 
     reasons: dict[str, str] = {}
-    if hparams is None and {"lr", "weight_decay"} <= set(results.columns):
+    if hparams is None and {"lr", "weight_decay"} <= set(results.frame.columns):
         hparams = results
     if hparams is None:
         reasons["robustness"] = "no hyper-parameters"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bocb.analysis.failure import flag
-from bocb.analysis.results import load_results
+from bocb.analysis.results import Results
 from bocb.analysis.robustness import ZERO_WD, usual_value
 
 
@@ -77,7 +77,7 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None
     """
     from bocb.analysis.failure import rule
 
-    frame = load_results(results)
+    frame = Results.of(results)
     used = rule(failure_rule, gamma)
     flags = flag(frame, used)
     chosen, why = evidence_backbones(query, list(dict.fromkeys(flags["backbone"])))

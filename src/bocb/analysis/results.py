@@ -17,6 +17,11 @@ Three reductions, in this order, turn runs into the backbone x optimizer table t
 3. :func:`wide` — the pair means as a backbone (rows) x optimizer (columns) table, in the order of
    first appearance in the input, NaN where a pair was not run.
 
+Every function here (and every analysis function that takes a result frame) also takes a
+:class:`Results`: the frame validated once with these reductions computed once, on first use. A
+caller that runs many statistics on one frame (the report) builds one and hands it to each, so the
+frame is checked and each pair's best setting chosen once, not once per statistic.
+
 Replicates without a ``seed`` column (a pair appearing several times at one setting) are taken as
 unnamed seeds and numbered 0, 1, ... in input order, so they are kept, not collapsed. Rows equal in
 every column are refused instead: a pasted-twice row is far likelier than two runs agreeing to the
@@ -27,6 +32,7 @@ backbone, an empty name would be dropped by grouping).
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +112,68 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def has_replicates(frame: pd.DataFrame) -> bool:
+class Results:
+    """A result frame checked once by :func:`load_results`, with its reductions cached.
+
+    ``frame``: the validated frame (every input row and column). ``runs``: :func:`best_tuned`'s
+    runs; ``means``: :func:`pair_means`'s table; ``table``: :func:`wide`'s; ``replicates``:
+    :func:`has_replicates`. Each is computed on first use and then shared by every statistic the
+    object is handed to, so treat them as read-only: the public functions :func:`pair_means` and
+    :func:`wide` return copies. Build it from a frame or a ``.csv``/``.parquet`` path; a
+    ``Results`` given where a frame is expected is used as it is (:meth:`of`).
+    """
+
+    def __init__(self, source: str | Path | pd.DataFrame) -> None:
+        self.frame = load_results(source)
+
+    @classmethod
+    def of(cls, source: Results | str | Path | pd.DataFrame) -> Results:
+        """``source`` itself when it is a ``Results``, else a new one (validating the frame)."""
+        return source if isinstance(source, Results) else cls(source)
+
+    @classmethod
+    def _reduced(cls, frame: pd.DataFrame, means: pd.DataFrame, table: pd.DataFrame) -> Results:
+        # Built from already-reduced values: skips validation and best_tuned (see pair_level).
+        out = cls.__new__(cls)
+        out.frame = frame
+        out.__dict__.update(runs=frame, means=means, table=table, replicates=False)
+        return out
+
+    @cached_property
+    def runs(self) -> pd.DataFrame:
+        return best_tuned(self.frame)
+
+    @cached_property
+    def means(self) -> pd.DataFrame:
+        grouped = self.runs.groupby(PAIR, sort=False)
+        out = grouped["top1"].agg(top1="mean", n_seeds="size").reset_index()
+        if "category" in self.runs.columns:
+            out["category"] = grouped["category"].first().to_numpy()
+        return out
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        means = self.means
+        table = means.pivot(index="backbone", columns="optimizer", values="top1")
+        table = table.loc[list(dict.fromkeys(means["backbone"])), list(dict.fromkeys(means["optimizer"]))]
+        table.index.name, table.columns.name = "backbone", "optimizer"
+        return table.astype(float)
+
+    @cached_property
+    def replicates(self) -> bool:
+        return bool((self.runs.groupby(PAIR, sort=False).size() > 1).any())
+
+    def pair_level(self) -> Results:
+        """The pair means as results of their own: one run per pair, no ``lr``/``weight_decay``
+        columns, so a statistic given them cannot read the runs' settings as hyper-parameters.
+        Shares this object's table; nothing is validated or tuned again."""
+        frame = self.means[["optimizer", "backbone", "top1"]]
+        return Results._reduced(frame, frame.assign(n_seeds=1), self.table)
+
+
+def has_replicates(frame: pd.DataFrame | Results) -> bool:
     """True when some pair has two or more seeds at its best-tuned setting."""
-    runs = best_tuned(load_results(frame))
-    return bool((runs.groupby(PAIR, sort=False).size() > 1).any())
+    return Results.of(frame).replicates
 
 
 def selection_rule(frame: pd.DataFrame) -> str:
@@ -167,26 +231,17 @@ def selection_column(frame: pd.DataFrame) -> str:
     return "top1"
 
 
-def pair_means(frame: pd.DataFrame | str | Path) -> pd.DataFrame:
+def pair_means(frame: pd.DataFrame | str | Path | Results) -> pd.DataFrame:
     """One row per pair: optimizer, backbone, top1 (mean over seeds at the best setting), n_seeds.
 
     ``category`` is carried along when present (it is a property of the optimizer).
     """
-    runs = best_tuned(load_results(frame))
-    grouped = runs.groupby(PAIR, sort=False)
-    out = grouped["top1"].agg(top1="mean", n_seeds="size").reset_index()
-    if "category" in runs.columns:
-        out["category"] = grouped["category"].first().to_numpy()
-    return out
+    return Results.of(frame).means.copy()
 
 
-def wide(frame: pd.DataFrame | str | Path) -> pd.DataFrame:
+def wide(frame: pd.DataFrame | str | Path | Results) -> pd.DataFrame:
     """Pair means as backbone (rows) x optimizer (columns), input order, NaN for missing pairs."""
-    means = pair_means(frame)
-    table = means.pivot(index="backbone", columns="optimizer", values="top1")
-    table = table.loc[list(dict.fromkeys(means["backbone"])), list(dict.fromkeys(means["optimizer"]))]
-    table.index.name, table.columns.name = "backbone", "optimizer"
-    return table.astype(float)
+    return Results.of(frame).table.copy()
 
 
 def to_long(table: pd.DataFrame, value: str = "top1") -> pd.DataFrame:

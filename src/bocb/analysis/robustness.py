@@ -38,7 +38,7 @@ from typing import Literal
 import pandas as pd
 
 from bocb.analysis.ranks import kendall_tau_b, spearman_rho
-from bocb.analysis.results import best_tuned, load_results
+from bocb.analysis.results import Results
 
 ZERO_WD = 1e-8  # the paper's spelling of "no weight decay": this and below is the level "0"
 ZERO_WD_DISTANCE = 1.0  # decades between "no decay" and any non-zero decay (see the module doc)
@@ -87,20 +87,21 @@ def usual_value(values: Sequence[float], zero_below: float = 0.0,
     return min(tied, key=lambda m: (spread(m), m))
 
 
-def best_settings(frame: pd.DataFrame) -> pd.DataFrame:
+def best_settings(frame: pd.DataFrame | Results) -> pd.DataFrame:
     """One row per pair: optimizer, backbone, lr, weight_decay (the best-tuned setting).
 
     A frame with ``top1`` is reduced with :func:`bocb.analysis.results.best_tuned`; a frame without
     it (the paper's tables) must already have one row per pair.
     """
-    missing = [c for c in ("optimizer", "backbone", "lr", "weight_decay") if c not in frame.columns]
+    columns = frame.frame.columns if isinstance(frame, Results) else frame.columns
+    missing = [c for c in ("optimizer", "backbone", "lr", "weight_decay") if c not in columns]
     if missing:
         raise ValueError(
             f"hyper-parameters lack column(s) {', '.join(missing)}: required: optimizer, backbone, "
             "lr, weight_decay (and top1 when several settings per pair)"
         )
-    if "top1" in frame.columns:
-        runs = best_tuned(load_results(frame))
+    if "top1" in columns:
+        runs = Results.of(frame).runs
     else:
         runs = frame
         dup = runs.duplicated(["optimizer", "backbone"])
@@ -115,7 +116,7 @@ def best_settings(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def hparam_distances(frame: pd.DataFrame, zero_wd_distance: float = ZERO_WD_DISTANCE) -> pd.DataFrame:
+def hparam_distances(frame: pd.DataFrame | Results, zero_wd_distance: float = ZERO_WD_DISTANCE) -> pd.DataFrame:
     """Long frame, one row per pair: optimizer, backbone, lr, weight_decay, lr_mode, wd_mode,
     lr_distance, wd_distance, distance (decades; see the module doc).
 

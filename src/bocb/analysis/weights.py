@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from bocb.analysis.bootstrap import percentile_interval
-from bocb.analysis.results import PAIR, best_tuned, load_results
+from bocb.analysis.results import PAIR, Results
 
 ALPHA_BAND = (2.0, 6.0)
 BAND_CONV = "slices"  # the conv convention the band was stated for (WeightWatcher's)
@@ -91,7 +91,7 @@ FIRM_N = 40
 REP_COLUMNS = ["optimizer", "backbone", "trial_id", "seed", "top1", "pair_top1", "n_candidates", "status"]
 
 
-def representatives(results: pd.DataFrame, weights: pd.DataFrame | None = None) -> pd.DataFrame:
+def representatives(results: pd.DataFrame | Results, weights: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per pair: the run that stands for it (rule in the module doc).
 
     ``results`` needs ``trial_id`` (a study's :func:`~bocb.analysis.from_store.results_frame`).
@@ -100,10 +100,10 @@ def representatives(results: pd.DataFrame, weights: pd.DataFrame | None = None) 
     has no measured snapshot; ``trial_id``, ``seed`` and ``top1`` are then missing). Pairs keep the
     results' order.
     """
-    frame = load_results(results)
-    if "trial_id" not in frame.columns:
+    checked = Results.of(results)
+    if "trial_id" not in checked.frame.columns:
         raise ValueError("results lack a trial_id column: pass a study's results_frame(...)")
-    runs = best_tuned(frame)
+    runs = checked.runs
     if "seed" not in runs.columns:
         runs = runs.assign(seed=0)
     if "status" not in runs.columns:

@@ -79,16 +79,10 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
 
 
 def open_existing_store(path: str, readonly: bool = True):
-    """The store at ``path`` for reading commands; a missing file is an error, not a new store.
+    """:func:`bocb.store.open_existing` (kept under this name for the commands)."""
+    from bocb.store import open_existing
 
-    Read-only by default (no journal switch, no schema written, works in a read-only folder);
-    ``readonly=False`` for commands that add to an existing store (``bocb diagnose``).
-    """
-    from bocb.store import SQLiteStore
-
-    if not Path(path).exists():
-        raise ValueError(f"no store at {path}: run a study first (bocb run STUDY.toml --store {path})")
-    return SQLiteStore(path, readonly=readonly)
+    return open_existing(path, readonly)
 
 
 def output_file(path: Path, option: str) -> Path:

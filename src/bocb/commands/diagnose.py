@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bocb.store import DEFAULT_STORE, Store
+from bocb.store import DEFAULT_STORE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give a study file (bocb diagnose STUDY.toml) or --checkpoint FILE")
     from bocb.commands.common import open_existing_store
     from bocb.commands.common import load_any_study
+    from bocb.diagnose import weight_conv
 
     study = load_any_study(args.study)
     with open_existing_store(args.store, readonly=False) as store:
@@ -54,29 +53,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def weight_conv(study) -> str:
-    """The study's conv convention for weight diagnostics (transfer studies: the default)."""
-    from bocb.diagnostics.metrics import DEFAULT_CONV
-
-    return getattr(study, "weight_conv", DEFAULT_CONV)
-
-
-def diagnose_study(store: Store, study_id: str, workers: int | None = None, force: bool = False,
+def diagnose_study(store, study_id: str, workers: int | None = None, force: bool = False,
                    console: Console | None = None, conv: str | None = None) -> list[dict]:
-    """Measure the study's missing snapshots with a progress bar; returns the new snapshots."""
-    from bocb import diagnose
-    from bocb.diagnostics.metrics import DEFAULT_CONV
+    """Measure the study's missing snapshots (:func:`bocb.api.measure_snapshots`) with a progress
+    bar; returns the new snapshots."""
+    from bocb.api import measure_snapshots
+    from bocb.commands.run import RunDisplay
 
-    jobs = diagnose.plan(store, study_id, force=force, conv=conv or DEFAULT_CONV)
-    if not jobs:
-        return []
-    workers = workers or os.cpu_count() or 1
-    progress = Progress(TextColumn("[bold]weight diagnostics"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console or Console())
-    with progress:
-        task = progress.add_task("snapshots", total=len(jobs))
-        return diagnose.run(store, study_id, jobs, workers=workers,
-                            on_done=lambda job, snap: progress.advance(task))
+    display = RunDisplay(console or Console())
+    try:
+        return measure_snapshots(store, study_id, workers=workers, force=force, conv=conv, progress=display)
+    finally:
+        display.stop()
 
 
 def _checkpoint(args: argparse.Namespace) -> int:

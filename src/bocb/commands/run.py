@@ -1,4 +1,5 @@
-"""``bocb run STUDY.toml``: run a study's trials into the store, with a live view.
+"""``bocb run STUDY.toml``: run a study's trials into the store, with a live view
+(:func:`bocb.api.run_study` does the work; this module parses, draws and prints).
 
 Exit status (``bocb run`` and ``bocb transfer``): 0 when every trial of the study is finished
 (done, diverged or skipped) or being run by another live runner on this host; 1 when some are
@@ -26,8 +27,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from bocb.api import MIN_LEASE_S
 from bocb.commands.common import add_data_args, data_dirs, default_cache_dir
-from bocb.store import DEFAULT_STORE, Store
+from bocb.store import DEFAULT_STORE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,184 +58,142 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p, data=False)
 
 
-# Leases are renewed every third of their length from a loop that polls once a second: 3 s
-# leaves two renewals per lease. A lease of 0 expired at once and let this runner's second slot
-# claim the trial its first slot was running.
-MIN_LEASE_S = 3.0
-
-
-def check_run_args(args: argparse.Namespace) -> None:
-    """Refuse out-of-range run options before the store is touched (ValueError, one line)."""
-    import math
-
-    if not (math.isfinite(args.lease) and args.lease >= MIN_LEASE_S):
-        raise ValueError(f"--lease must be a number of seconds >= {MIN_LEASE_S:g}, got {args.lease}")
-    if args.slots < 1:
-        raise ValueError(f"--slots must be >= 1, got {args.slots}")
-    if args.gpus is not None and args.gpus < 1:
-        raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
-
-
-def check_study_run(args: argparse.Namespace, study) -> None:
-    """Refuse what the chosen executor cannot honour, before the store is opened."""
-    if study.memory_limit_gb is not None and args.executor == "ray":
-        raise ValueError(f"{study.path}: memory_limit_gb is enforced by the local executor only (Ray "
-                         f"schedules by memory but does not cap a task): drop it or use --executor local")
+def run_options(args: argparse.Namespace) -> dict:
+    """The ``bocb run``/``bocb transfer`` options as :func:`bocb.api.run_study`'s keyword arguments
+    (data and cache locations from the environment, which only the CLI reads)."""
+    return dict(executor=args.executor, slots=args.slots, device=args.device, gpus=args.gpus, address=args.address,
+                compile=args.compile, artifacts=args.artifacts, retry_failed=args.retry_failed, reclaim=args.reclaim,
+                lease_s=args.lease, cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(),
+                download=args.download)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bocb.commands.study_setup import prepare, register
-    from bocb.store import SQLiteStore
+    from bocb import api
 
-    check_run_args(args)
-    cache_dir = args.cache_dir or default_cache_dir()
-    prepared = prepare(args.study, cache_dir, data_dirs(), args.download)
-    check_study_run(args, prepared.study)
-    store = SQLiteStore(args.store)
-    new = register(store, prepared)
-    tuner = None
-    if prepared.study.tuning == "adaptive":
-        from bocb.tuning.adapter import Tuner
-
-        tuner = Tuner(store, prepared.study, prepared.num_classes)
-    return run_registered(args, store, prepared.study, new, tuner)
+    return show_run(lambda progress: api.run_study(args.study, args.store, progress=progress, **run_options(args)))
 
 
-def run_registered(args: argparse.Namespace, store: Store, study, new: int, tuner=None) -> int:
-    """Run a registered study's runnable trials with the live view, then measure missing snapshots.
-
-    ``study`` is a :class:`bocb.study.Study` or :class:`bocb.transfer.study.TransferStudy` (name,
-    study_id, time_limit_s, memory_limit_gb). Shared by ``bocb run`` and ``bocb transfer``.
-    ``tuner`` (:class:`bocb.tuning.adapter.Tuner`, adaptive studies) proposes trials as they are needed.
-    """
-    from bocb.commands.diagnose import diagnose_study, weight_conv
-    from bocb.executors.worker import WorkerConfig
-    from bocb.runner import run_study
+def show_run(start) -> int:
+    """Run ``start(progress)`` (:func:`bocb.api.run_study` or ``run_transfer``) with the live view, then
+    print the results table, the JSON counts line and the exit status (shared by run and transfer)."""
+    from bocb.api import ExecutorUnavailable
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    cache_dir = args.cache_dir or default_cache_dir()
-    if args.retry_failed:
-        store.retry_failed(study.study_id)
-    _take_back(store, study.study_id, args.reclaim, console)
-    counts = store.counts(study.study_id)
-    runnable = counts["pending"] + counts["running"]
-    console.print(f"study [bold]{escape(study.name)}[/] ({study.study_id}): {counts['total']} trials, {new} new, "
-                  f"{counts['done'] + counts['diverged']} finished, {runnable} to run, "
-                  f"{counts['failed']} failed, {counts['skipped']} skipped; store {escape(str(args.store))}")
-    # Absolute, so the paths stored with each trial's results mean the same from any working
-    # directory (diagnose, transfer and reruns read them back).
-    artifacts = (args.artifacts or Path(args.store).parent / "artifacts").resolve()
-    config = WorkerConfig(
-        artifacts_dir=str(artifacts), cache_dir=str(cache_dir),
-        data_dirs=tuple(str(d) for d in data_dirs()), download=args.download, device=args.device,
-        compile=args.compile, weight_conv=weight_conv(study),
-    )
+    display = RunDisplay(console)
     try:
-        executor = _executor(args, config, study)
-    except RuntimeError as err:  # e.g. RayExposedError: a private Ray that would listen beyond loopback
+        summary = start(display)
+    except ExecutorUnavailable as err:
         console.print(f"[red]error:[/] {err}", markup=True, highlight=False)
         return 1
-    view = _LiveView(runnable, tuner)
-    try:
-        with Live(view.render(None), console=console, refresh_per_second=2) as live:
-            stats = run_study(store, study.study_id, executor, lease_s=args.lease,
-                              on_update=lambda s: live.update(view.render(s)),
-                              propose=tuner.propose if tuner else None)
-            live.update(view.render(stats))
-        for note in stats.notes:
-            console.print(escape(note))
     except KeyboardInterrupt:
+        display.stop()
         console.print("[yellow]stopped: running trials were handed back and resume on the next run[/]")
         return 130
-    # Random-init snapshots (and any final weights not yet measured), once per study. In this
-    # process: a few cheap snapshots cost less than starting a pool (`bocb diagnose` uses one).
-    diagnose_study(store, study.study_id, workers=1, console=console, conv=config.weight_conv)
-    counts = store.counts(study.study_id)
-    elsewhere = _held_by_live_runners(store, study.study_id)
-    console.print(_results_table(store, study.study_id))
-    if tuner is not None:
+    finally:
+        display.stop()
+    console.print(_results_table(summary.trials))
+    if summary.tuning is not None:
         from bocb.tuning.views import tuning_table
 
-        console.print(tuning_table(tuner.states()))
-    print(json.dumps({"study": study.name, "study_id": study.study_id, **counts}), flush=True)
-    store.close()
-    return _exit_status(counts, elsewhere)
+        console.print(tuning_table(summary.tuning))
+    print(json.dumps({"study": summary.study, "study_id": summary.study_id, **summary.counts}), flush=True)
+    return _exit_status(summary)
 
 
-def _held_by_live_runners(store: Store, study_id: str) -> int:
-    """Running trials whose runner is a live process on this host (another `bocb run` at work)."""
-    from bocb.runner import runner_alive
-
-    return sum(runner_alive(r["runner"]) is True for r in store.held(study_id))
-
-
-def _exit_status(counts: dict[str, int], elsewhere: int) -> int:
+def _exit_status(summary) -> int:
     """0 when every trial is finished or being run by a live runner on this host; else 1 with a
     line on stderr (failed, pending, or running under a runner that cannot be seen alive)."""
-    unfinished = counts["failed"] + counts["pending"] + counts["running"] - elsewhere
-    if not unfinished:
+    if not summary.unfinished:
         return 0
-    print(f"bocb: {unfinished} trial(s) not finished: {counts['failed']} failed (--retry-failed runs them again), "
-          f"{counts['pending']} pending, {counts['running'] - elsewhere} running under runners not seen alive "
-          f"(exit status 1)", file=sys.stderr)
+    counts, elsewhere = summary.counts, summary.held_elsewhere
+    print(f"bocb: {summary.unfinished} trial(s) not finished: {counts['failed']} failed (--retry-failed runs them "
+          f"again), {counts['pending']} pending, {counts['running'] - elsewhere} running under runners not seen "
+          f"alive (exit status 1)", file=sys.stderr)
     return 1
 
 
-def _take_back(store: Store, study_id: str, reclaim_all: bool, console: Console) -> None:
-    """Reclaim trials held by dead runners of this host (all running ones with ``--reclaim``);
-    name the rest, which wait for their leases."""
-    from bocb.runner import held_trials
+class RunDisplay:
+    """Draws :mod:`bocb.run_events` as ``bocb run`` always has: messages, a live view of the trials,
+    then a progress bar while snapshots are measured."""
 
-    dead, other = held_trials(store, study_id)
-    taken = dead + (other if reclaim_all else [])
-    if taken:
-        n = store.reclaim([(r["trial_id"], r["runner"]) for r in taken])
-        runners = sorted({r["runner"] for r in taken})
-        console.print(f"reclaimed {n} trial(s) left running by {'dead ' if not reclaim_all else ''}"
-                      f"runner(s) {escape(', '.join(runners))}; they resume from their checkpoints")
-    if other and not reclaim_all:
-        runners = sorted({r["runner"] for r in other})
-        console.print(f"[yellow]{len(other)} trial(s) held by other runner(s) {escape(', '.join(runners))}: "
-                      f"left to them until their leases expire; --reclaim takes them over[/]")
+    def __init__(self, console: Console):
+        self.console = console
+        self.live: Live | None = None
+        self.view: _LiveView | None = None
+        self.bar: Progress | None = None
+        self.bar_task = None
 
+    def __call__(self, event) -> None:
+        from bocb import run_events as ev
 
-def _executor(args: argparse.Namespace, config, study):
-    if args.executor == "ray":
-        from bocb.executors.ray_executor import RayExecutor
+        console = self.console
+        if isinstance(event, ev.NotTransferred):
+            Console(stderr=True).print(
+                f"[yellow]not transferred[/]: {escape(f'{event.backbone} / {event.optimizer}: {event.reason}')}")
+        elif isinstance(event, ev.Replaced):
+            Console(stderr=True).print(
+                f"{event.trials} fine-tuning trial(s) planned from other weights files (re-saved or changed) "
+                f"were replaced in this study; their results stay in the store")
+        elif isinstance(event, ev.Reclaimed):
+            console.print(f"reclaimed {event.trials} trial(s) left running by {'dead ' if not event.every_running else ''}"
+                          f"runner(s) {escape(', '.join(event.runners))}; they resume from their checkpoints")
+        elif isinstance(event, ev.LeftToOthers):
+            console.print(f"[yellow]{event.trials} trial(s) held by other runner(s) {escape(', '.join(event.runners))}: "
+                          f"left to them until their leases expire; --reclaim takes them over[/]")
+        elif isinstance(event, ev.Started):
+            c = event.counts
+            console.print(f"study [bold]{escape(event.study)}[/] ({event.study_id}): {c['total']} trials, {event.new} new, "
+                          f"{c['done'] + c['diverged']} finished, {event.runnable} to run, "
+                          f"{c['failed']} failed, {c['skipped']} skipped; store {escape(str(event.store))}")
+            self.view = _LiveView(event.runnable)
+            self.live = Live(self.view.render(None), console=console, refresh_per_second=2)
+            self.live.start(refresh=True)
+        elif isinstance(event, ev.RunUpdate) and self.live is not None:
+            self.live.update(self.view.render(event))
+            if isinstance(event, ev.RunEnded):
+                self.live.stop()
+                self.live = None
+                for note in event.stats.notes:
+                    console.print(escape(note))
+        elif isinstance(event, ev.Measuring):
+            self.bar = Progress(TextColumn("[bold]weight diagnostics"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+            self.bar_task = self.bar.add_task("snapshots", total=event.total)
+            self.bar.start()
+        elif isinstance(event, ev.Measured) and self.bar is not None:
+            self.bar.update(self.bar_task, completed=event.done)
+        elif isinstance(event, ev.MeasuringEnded) and self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
-        return RayExecutor(config, slots=args.slots, address=args.address, gpus=args.gpus,
-                           time_limit_s=study.time_limit_s)
-    from bocb.executors.local import LocalExecutor
-
-    devices = [args.device]
-    if args.device in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            n = args.gpus or torch.cuda.device_count()
-            devices = [f"cuda:{i}" for i in range(n)]
-    slots = args.slots * (len(devices) if devices[0].startswith("cuda") else 1)
-    return LocalExecutor(config, slots=slots, devices=devices, time_limit_s=study.time_limit_s,
-                         memory_limit_gb=study.memory_limit_gb)
+    def stop(self) -> None:
+        """Close whatever is still drawing (after an interrupt or an error)."""
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 class _LiveView:
-    def __init__(self, total: int, tuner=None):
-        self.tuner = tuner
+    def __init__(self, total: int):
         self.progress = Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(),
         )
         self.task = self.progress.add_task("trials", total=total, info="")
 
-    def render(self, stats):
-        if stats is None:
+    def render(self, update):
+        """The progress bar alone before the first update; then bar, tuning line and running trials."""
+        if update is None:
             return self.progress
+        stats = update.stats
         ips = stats.images / stats.train_seconds if stats.train_seconds else 0.0
         counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.finished.items())) or "none finished yet"
         total = None
-        if self.tuner is not None:  # adaptive: the total grows as the tuner proposes
-            total = max(stats.done + len(stats.last_epoch), self.tuner.proposed)
+        if update.proposed is not None:  # adaptive: the total grows as the tuner proposes
+            total = max(stats.done + len(stats.last_epoch), update.proposed)
         self.progress.update(self.task, completed=stats.done, **({"total": total} if total else {}),
                              info=f"{counts}; {len(stats.last_epoch)} reporting; {ips:.0f} img/s per slot")
         table = Table(show_header=True, box=None)
@@ -246,13 +206,12 @@ class _LiveView:
             loss = row.get("train_loss")
             table.add_row(trial_id, str(row.get("epoch", "-")), "-" if score is None else f"{score:.2f}",
                           "-" if loss is None else f"{loss:.3f}")
-        if self.tuner is not None:
-            return Group(self.progress, self.tuner.summary_line(), table)
+        if update.tuning is not None:
+            return Group(self.progress, update.tuning, table)
         return Group(self.progress, table)
 
 
-def _results_table(store: Store, study_id: str) -> Table:
-    rows = store.trials(study_id)
+def _results_table(rows: list[dict]) -> Table:
     transfer = any(r["pretrained"] for r in rows)
     # A trial's score is its task's headline metric: test top-1, or box / keypoint AP for detection / pose.
     table = Table(title="results (final / best: test top-1 %; box or keypoint AP % for detection or pose)")

@@ -11,13 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bocb.api import EFFECTIVE_FLOPS
 from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, open_existing_store
 from bocb.store import DEFAULT_STORE, STATUSES, Store
-
-# Effective training throughput used for the plan's time estimate, from a measurement: a CIFAR
-# ResNet-18 (0.56 GFLOPs forward) trains at 18.6k img/s on one H100 with bf16 and data on the GPU
-# (issue #3's anchor), i.e. 0.56e9 * 3 * 18.6e3 = 31 TFLOP/s of forward+backward work.
-EFFECTIVE_FLOPS = 31e12
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -95,49 +91,30 @@ def _tuning_rows(store: Store, path: Path | None) -> list[dict] | None:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from bocb.commands.study_setup import prepare
-    from bocb.compute import trial_flops
-    from bocb.transfer.study import is_transfer_file
+    from bocb import api
 
-    if is_transfer_file(args.study):
-        raise ValueError(f"{args.study} is a transfer study: its trials depend on the pre-trained models in "
-                         f"the store; `bocb plan` sizes pre-training studies (plan those, then `bocb transfer`)")
-    prepared = prepare(args.study, args.cache_dir or default_cache_dir(), data_dirs(), args.download,
-                       require_data=False)
-    study = prepared.study
+    found = api.plan(args.study, args.store, cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(),
+                     download=args.download)
+    study = found.study
     if study.tuning == "adaptive":
         from bocb.tuning.plan import print_plan
 
-        print_plan(prepared, EFFECTIVE_FLOPS)
+        print_plan(found.prepared, EFFECTIVE_FLOPS)
         return 0
-    done: dict[str, str] = {}
-    if Path(args.store).exists():
-        with open_existing_store(args.store) as store:
-            done = {r["trial_id"]: r["status"] for r in store.trials()}
-    flops = 0.0
-    per_backbone: dict[str, list[float]] = {}
-    for spec in prepared.trials:
-        f = trial_flops(spec, prepared.train_images, prepared.test_images, prepared.num_classes)
-        flops += f
-        per_backbone.setdefault(spec.backbone.short, []).append(f)
-    finished = sum(1 for t in prepared.trials if done.get(t.trial_id) in ("done", "diverged"))
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=escape(f"plan: {study.name} ({study.study_id}), {study.tuning} tuning, tier {study.tier}"))
     for col in ("backbone", "trials", "PFLOP"):
         table.add_column(col, justify="right")
-    for bb, fs in per_backbone.items():
+    for bb, fs in found.per_backbone.items():
         table.add_row(bb, str(len(fs)), f"{sum(fs) / 1e15:.3f}")
     console.print(table)
     console.print(escape(
-        f"{len(prepared.trials)} trials ({len(prepared.skipped)} pairs skipped), "
-        f"{finished} already finished in {args.store}; compute {flops / 1e15:.2f} PFLOP "
-        f"= about {flops / EFFECTIVE_FLOPS / 3600:.1f} GPU-hours at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s "
+        f"{found.trials} trials ({len(found.prepared.skipped)} pairs skipped), "
+        f"{found.finished} already finished in {args.store}; compute {found.flops / 1e15:.2f} PFLOP "
+        f"= about {found.gpu_hours:.1f} GPU-hours at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s "
         f"(one H100, bf16, measured on CIFAR ResNet-18; small models pack several per GPU)"
     ))
-    reasons: dict[str, int] = {}
-    for _, _, reason in prepared.skipped:
-        reasons[reason] = reasons.get(reason, 0) + 1
-    for reason, n in reasons.items():
+    for reason, n in found.skipped.items():
         console.print(escape(f"skipped ({n}): {reason}"))
     return 0
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import pandas as pd
 
 from bocb import __version__
-from bocb.analysis import flag, has_replicates, load_results, rule
+from bocb.analysis import Results
 from bocb.analysis.ranking import DEFAULT_VARIANT
 from bocb.report.plots import save_figure
 from bocb.report.accuracy import rule_section, summary_section, table_section
-from bocb.report.context import data_section, gaps_section
+from bocb.report.context import ReportAnalysis, data_section, gaps_section
 from bocb.report.coupling import coupling_section
 from bocb.report.document import Plot, Section, Table, Text
 from bocb.report.html import render_html
@@ -39,11 +39,11 @@ HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
 FIGURE_DIR = "figures"
 
-__all__ = ["Plot", "Section", "Table", "Text", "build_report", "report_sections"]
+__all__ = ["Plot", "ReportAnalysis", "Section", "Table", "Text", "build_report", "report_sections"]
 
 
 def report_sections(
-    results: pd.DataFrame,
+    results: pd.DataFrame | Results | ReportAnalysis,
     *,
     hparams: pd.DataFrame | None = None,
     rule_name: str | None = None,
@@ -56,26 +56,34 @@ def report_sections(
     extra_sections: Sequence[Section] | None = None,
 ) -> list[Section]:
     """The report's sections, in order, without writing anything (arguments as :func:`build_report`)."""
-    results = load_results(results)
-    chosen = rule(rule_name, gamma)
-    flags = flag(results, chosen)
-    robustness = robustness_section(results, hparams)
+    analysis = _analysis(results, rule_name, gamma)
+    robustness = robustness_section(analysis, hparams)
     sections = [
-        data_section(results, provenance),
-        rule_section(results, chosen, flags),
-        table_section(results, chosen, flags),
-        summary_section(results, chosen),
-        coupling_section(results, chosen, bootstrap, n_resamples),
+        data_section(analysis, provenance),
+        rule_section(analysis),
+        table_section(analysis),
+        summary_section(analysis),
+        coupling_section(analysis, bootstrap, n_resamples),
         robustness.section,
-        ranking_section(results, robustness, chosen, ranking, cost),
+        ranking_section(analysis, robustness, ranking, cost),
         *(extra_sections or ()),
-        gaps_section(provenance, chosen, has_replicates(results), robustness.distances is not None),
+        gaps_section(provenance, analysis.chosen, analysis.results.replicates, robustness.distances is not None),
     ]
     return sections
 
 
+def _analysis(results: pd.DataFrame | Results | ReportAnalysis, rule_name: str | None,
+              gamma: float | None) -> ReportAnalysis:
+    if not isinstance(results, ReportAnalysis):
+        return ReportAnalysis.of(results, rule_name, gamma)
+    if rule_name is not None or gamma is not None:
+        raise ValueError("the failure rule is given twice: a ReportAnalysis carries its own rule; "
+                         "leave rule_name and gamma unset")
+    return results
+
+
 def build_report(
-    results: pd.DataFrame,
+    results: pd.DataFrame | Results | ReportAnalysis,
     out_dir: Path,
     *,
     title: str,
@@ -91,7 +99,10 @@ def build_report(
 ) -> dict[str, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` (figures in ``figures/``) into ``out_dir``.
 
-    ``results``: a result frame (:func:`bocb.analysis.load_results`); ``hparams``: best settings per
+    ``results``: a result frame (:func:`bocb.analysis.load_results`), or its
+    :class:`~bocb.analysis.Results` or :class:`ReportAnalysis` when the caller already built one
+    (its sections then reuse it; a ``ReportAnalysis`` carries the rule, so ``rule_name``/``gamma``
+    stay None); ``hparams``: best settings per
     pair for robustness (None: taken from ``results`` when it has lr/weight_decay, else skipped);
     ``rule_name``/``gamma``: the failure rule (:func:`bocb.analysis.rule`; None: the shared
     ``DEFAULT_RULE``); ``ranking``: the ranking variant (``paper`` or ``continuous``,
@@ -104,9 +115,9 @@ def build_report(
     Returns ``{"html": ..., "markdown": ..., "<plot name>": <png path>, ...}``; each PNG has an SVG
     beside it. Existing files of the same names are overwritten.
     """
+    analysis = _analysis(results, rule_name, gamma)
     sections = report_sections(
-        results, hparams=hparams, rule_name=rule_name, gamma=gamma, ranking=ranking, cost=cost,
-        provenance=provenance,
+        analysis, hparams=hparams, ranking=ranking, cost=cost, provenance=provenance,
         bootstrap=bootstrap, n_resamples=n_resamples, extra_sections=extra_sections,
     )
     plots = [block for s in sections for block in s.blocks if isinstance(block, Plot)]
@@ -120,7 +131,7 @@ def build_report(
     for plot in plots:
         png, _ = save_figure(plot.figure, out_dir / FIGURE_DIR / plot.name)
         paths[plot.name] = png
-    subtitle = (f"Backbone-optimizer coupling report · failure rule '{rule(rule_name, gamma).label}' · "
+    subtitle = (f"Backbone-optimizer coupling report · failure rule '{analysis.chosen.label}' · "
                 f"ranking '{ranking}'")
     footer = (f"Generated by bocb {__version__}. Every method, parameter and choice behind a number is "
               "stated in the section that shows it ('How to read this'); every statistic is computed by "

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bocb.analysis import RULES, FailureRule, backbone_summary, compare_with_marks, flag, wide
+from bocb.analysis import RULES, backbone_summary, compare_with_marks, flag, wide
 from bocb.analysis.failure import QUANTILE_METHOD
+from bocb.report.context import ReportAnalysis
 from bocb.report.plots import heatmap_table, violins_per_backbone
 from bocb.analysis.summary import TOP_K
 from bocb.report.document import Plot, Section, Table, Text, fmt, percent
@@ -19,9 +20,10 @@ def _most(counts: pd.Series, n: int = 5) -> str:
     return ", ".join(f"{name} ({int(c)})" for name, c in top.items()) or "none"
 
 
-def rule_section(results: pd.DataFrame, chosen: FailureRule, flags: pd.DataFrame) -> Section:
+def rule_section(analysis: ReportAnalysis) -> Section:
     """The rule in words and parameters, how many cells it flags and where, and how the other
     shipped rules and (when present) the results' own ``mark`` column compare."""
+    results, chosen, flags = analysis.frame, analysis.chosen, analysis.flags
     params = pd.DataFrame(
         {"value": [chosen.name, chosen.anchor, chosen.spread, fmt(chosen.multiplier, 2),
                    fmt(chosen.floor, 2), chosen.combine, f"numpy '{QUANTILE_METHOD}'"]},
@@ -40,7 +42,7 @@ def rule_section(results: pd.DataFrame, chosen: FailureRule, flags: pd.DataFrame
             f"flagged backbones: {_most(by_backbone)}."
         ),
     ]
-    others = [f"'{r.label}' flags {int(flag(results, r)['flagged'].sum())}"
+    others = [f"'{r.label}' flags {int(flag(analysis.results, r)['flagged'].sum())}"
               for name, r in RULES.items() if r != chosen]
     if others:
         text.append(Text("For comparison, on the same results the shipped rule " + "; rule ".join(others)
@@ -74,9 +76,10 @@ def rule_section(results: pd.DataFrame, chosen: FailureRule, flags: pd.DataFrame
     )
 
 
-def table_section(results: pd.DataFrame, chosen: FailureRule, flags: pd.DataFrame) -> Section:
+def table_section(analysis: ReportAnalysis) -> Section:
     """Table 1: the heat map and the same numbers as a marked table (optimizers x backbones)."""
-    table = wide(results).T  # optimizer x backbone, the paper's orientation
+    results, chosen, flags = analysis.frame, analysis.chosen, analysis.flags
+    table = wide(analysis.results).T  # optimizer x backbone, the paper's orientation
     flagged = flags.pivot(index="optimizer", columns="backbone", values="flagged")
     flagged = flagged.reindex(index=table.index, columns=table.columns).fillna(False).astype(bool)
     order = table.rank(axis=0, ascending=False, method="first")
@@ -88,7 +91,7 @@ def table_section(results: pd.DataFrame, chosen: FailureRule, flags: pd.DataFram
         cells.insert(0, "category", category.reindex(table.index).fillna("").astype(str))
         marks.insert(0, "category", "")
     cells.index.name = "optimizer"
-    figure = heatmap_table(results, flags, TOP_K, rule_name=chosen.label)
+    figure = heatmap_table(analysis.results, flags, TOP_K, rule_name=chosen.label)
     return Section(
         title="Table 1: top-1 per backbone and optimizer",
         blocks=(
@@ -110,8 +113,9 @@ def table_section(results: pd.DataFrame, chosen: FailureRule, flags: pd.DataFram
     )
 
 
-def summary_section(results: pd.DataFrame, chosen: FailureRule) -> Section:
+def summary_section(analysis: ReportAnalysis) -> Section:
     """Per backbone: mean, std, range after dropping the worst optimizer, and the top 4."""
+    results, chosen = analysis.results, analysis.chosen
     summary = backbone_summary(results).set_index("backbone")
     cells = pd.DataFrame({
         "optimizers kept": summary["n"].map(str),

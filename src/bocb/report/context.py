@@ -1,4 +1,5 @@
-"""The report's frame: what the data is (first section) and the paper's known gaps (last section).
+"""The report's frame: the analysis every section reads (:class:`ReportAnalysis`), what the data
+is (first section) and the paper's known gaps (last section).
 
 The provenance comes from the caller (:func:`bocb.report.build_report`'s ``provenance``); the
 report never guesses it. The keys in :data:`EXPECTED` are always shown, as "not given" when missing,
@@ -8,16 +9,49 @@ so a reader sees what is unknown; any other keys follow in the caller's order.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from bocb.analysis import FailureRule, best_tuned
-from bocb.analysis.results import selection_column, selection_rule
-from bocb.analysis.results import PAIR
+from bocb.analysis import FailureRule, Results, flag, rule
+from bocb.analysis.results import PAIR, selection_column, selection_rule
 from bocb.report.document import Section, Table, Text
 
 EXPECTED = ("source", "study", "trials", "epoch", "code_version", "date")
 NOT_GIVEN = "not given"
+
+
+@dataclass(frozen=True)
+class ReportAnalysis:
+    """What every section of one report reads, computed once and handed to each.
+
+    ``results``: the validated results with their best-tuned runs, pair means and table cached
+    (:class:`bocb.analysis.Results`); ``chosen``: the failure rule; ``flags``: :func:`bocb.analysis.flag`
+    of the results under it. Building a report used to validate the frame and choose each pair's
+    best setting once per statistic (18 and 16 times for a grid study with no weights); with this
+    object each happens once per results frame (per metric).
+    """
+
+    results: Results
+    chosen: FailureRule
+    flags: pd.DataFrame
+
+    @classmethod
+    def of(cls, results: pd.DataFrame | Results, failure_rule: FailureRule | str | None = None,
+           gamma: float | None = None) -> ReportAnalysis:
+        """The analysis of ``results`` under ``failure_rule`` (a rule or its name; None: the shared
+        ``DEFAULT_RULE``) with ``gamma`` as its floor (None: the rule's own)."""
+        checked = Results.of(results)
+        if isinstance(failure_rule, FailureRule):
+            chosen = failure_rule if gamma is None else replace(failure_rule, floor=float(gamma))
+        else:
+            chosen = rule(failure_rule, gamma)
+        return cls(checked, chosen, flag(checked, chosen))
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The validated results frame, one row per run."""
+        return self.results.frame
 
 
 def _value(value: object) -> str:
@@ -33,8 +67,9 @@ def _span(counts: pd.Series) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
-def data_section(results: pd.DataFrame, provenance: Mapping[str, object]) -> Section:
-    """Provenance as given, then counts derived from ``results`` (a frame that passed load_results)."""
+def data_section(analysis: ReportAnalysis, provenance: Mapping[str, object]) -> Section:
+    """Provenance as given, then counts derived from the analysed results."""
+    results = analysis.frame
     keys = list(EXPECTED) + [k for k in provenance if k not in EXPECTED]
     given = pd.DataFrame(
         {"value": [_value(provenance[k]) if k in provenance else NOT_GIVEN for k in keys]},
@@ -42,7 +77,7 @@ def data_section(results: pd.DataFrame, provenance: Mapping[str, object]) -> Sec
     )
     backbones = results["backbone"].nunique()
     optimizers = results["optimizer"].nunique()
-    runs = best_tuned(results)
+    runs = analysis.results.runs
     seeds = runs.groupby(PAIR, sort=False).size()
     pairs = len(seeds)
     counts = {

@@ -18,13 +18,13 @@ from bocb.analysis import (
     coupling_scores,
     fit_additive,
     flag_table,
-    has_replicates,
     mean_off_diagonal,
     order_agreement,
     variance_shares,
     wide,
 )
-from bocb.analysis.failure import FailureRule
+from bocb.analysis.results import Results
+from bocb.report.context import ReportAnalysis
 from bocb.report.plots import interaction_heatmap
 from bocb.report.document import Plot, Section, Table, Text, fmt, fmt_ci, percent
 
@@ -35,9 +35,9 @@ NO_SEEDS = (
 )
 
 
-def _ci_status(results: pd.DataFrame, bootstrap: bool, n_resamples: int) -> tuple[pd.DataFrame | None, str]:
+def _ci_status(results: Results, bootstrap: bool, n_resamples: int) -> tuple[pd.DataFrame | None, str]:
     """(bootstrap table or None, one sentence saying which)."""
-    if not has_replicates(results):
+    if not results.replicates:
         return None, NO_SEEDS
     if not bootstrap:
         return None, "The results have seeds, but confidence intervals were not computed (bootstrap off)."
@@ -56,11 +56,10 @@ def _ci(boot: pd.DataFrame | None, statistic: str, name: str, scale: float = 1.0
     return fmt_ci(scale * row["lo"], scale * row["hi"], digits)
 
 
-def coupling_section(
-    results: pd.DataFrame, chosen: FailureRule, bootstrap: bool = True, n_resamples: int = 1000
-) -> Section:
+def coupling_section(analysis: ReportAnalysis, bootstrap: bool = True, n_resamples: int = 1000) -> Section:
     """Variance shares, interaction residuals, coupling and generality scores, and the agreement of
     optimizer orderings between backbones, with CIs when the results have seeds."""
+    results, chosen = analysis.results, analysis.chosen
     table = wide(results)
     fit = fit_additive(table, method="median_polish")
     boot, status = _ci_status(results, bootstrap, n_resamples)

@@ -14,14 +14,14 @@ import pandas as pd
 
 from bocb.analysis import (
     WEIGHTS,
-    FailureRule,
+    Results,
     distance_summary,
     hparam_distances,
-    pair_means,
     rank_optimizers,
     ranking_agreement,
     reading_agreement,
 )
+from bocb.report.context import ReportAnalysis
 from bocb.report.plots import hparam_boxplots
 from bocb.analysis.ranking import DEFAULT_VARIANT
 from bocb.analysis.robustness import ZERO_WD, ZERO_WD_DISTANCE, usual_settings
@@ -37,15 +37,17 @@ class Robustness:
 
     section: Section
     distances: pd.DataFrame | None
-    hparams: pd.DataFrame | None
+    hparams: pd.DataFrame | Results | None
 
 
 def _wd(value: float) -> str:
     return "0 (no decay)" if value == 0 else f"{value:g}"
 
 
-def robustness_section(results: pd.DataFrame, hparams: pd.DataFrame | None) -> Robustness:
-    """Box plots and tables of each pair's distance to its optimizer's usual (lr, wd)."""
+def robustness_section(analysis: ReportAnalysis, hparams: pd.DataFrame | None) -> Robustness:
+    """Box plots and tables of each pair's distance to its optimizer's usual (lr, wd); ``hparams``:
+    best settings per pair (None: the analysed results' own, when they have lr/weight_decay)."""
+    results = analysis.frame
     title = "Hyper-parameter robustness"
     how = ("Each optimizer's usual setting is the most common learning rate and the most common weight "
            "decay among the settings its backbones were given. A pair's distance is how far its own best "
@@ -59,7 +61,7 @@ def robustness_section(results: pd.DataFrame, hparams: pd.DataFrame | None) -> R
            "one (smallest total distance to the others), then the smaller; switching decay off is counted "
            f"as {ZERO_WD_DISTANCE:g} decade, a stated constant rather than a guessed floor value for 0.")
     if hparams is None and {"lr", "weight_decay"} <= set(results.columns):
-        hparams = results
+        hparams = analysis.results
     if hparams is None:
         text = Text("No hyper-parameters were given and the results have no lr/weight_decay columns: "
                     "robustness is not assessed, and the ranking leaves it out.")
@@ -114,20 +116,21 @@ def robustness_section(results: pd.DataFrame, hparams: pd.DataFrame | None) -> R
     return Robustness(Section(title, blocks, how, gap), distances, hparams)
 
 
-def ranking_section(results: pd.DataFrame, robustness: Robustness, chosen: FailureRule,
-                    variant: str = DEFAULT_VARIANT, cost: pd.DataFrame | None = None) -> Section:
+def ranking_section(analysis: ReportAnalysis, robustness: Robustness, variant: str = DEFAULT_VARIANT,
+                    cost: pd.DataFrame | None = None) -> Section:
     """The 40/20/20/20 ranking (``variant`` paper or continuous) with its components and the
     weights actually used; ``cost``: :func:`bocb.analysis.cost_table` (None: stated as missing)."""
     # Pair means only: the ranking needs one top-1 per pair, and the robustness input is given
     # explicitly so results with lr/wd columns are not re-read as hyper-parameters.
-    means = pair_means(results)[["optimizer", "backbone", "top1"]]
+    means = analysis.results.pair_level()
+    chosen = analysis.chosen
     hparams, reasons = robustness.hparams, {}
     if robustness.distances is not None:
-        lacking = sorted(set(means["optimizer"]) - set(robustness.distances["optimizer"]))
+        lacking = sorted(set(means.frame["optimizer"]) - set(robustness.distances["optimizer"]))
         if lacking:  # robustness must cover every ranked optimizer or none
             hparams, reasons["robustness"] = None, f"no hyper-parameters for {', '.join(lacking)}"
     if cost is not None:
-        lacking = [o for o in dict.fromkeys(means["optimizer"])
+        lacking = [o for o in dict.fromkeys(means.frame["optimizer"])
                    if o not in cost.index or cost.loc[o].isna().all()]
         if lacking or cost.isna().all().all():
             cost, reasons["cost"] = None, ("not measured for " + ", ".join(lacking) if lacking

@@ -12,8 +12,9 @@ import re
 
 import pandas as pd
 
-from bocb.analysis import flag, load_results, rule
+from bocb.analysis import Results, flag, rule
 from bocb.analysis.failure import DEFAULT_RULE, FailureRule
+from bocb.report.context import ReportAnalysis
 from bocb.report.weight_plots import alpha_bars, ridge_plot
 from bocb.analysis.weights import (
     ALPHA_BAND,
@@ -58,7 +59,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "backbone"
 
 
-def _flags(results: pd.DataFrame, flags: pd.DataFrame | FailureRule | str) -> tuple[pd.DataFrame, str | None]:
+def _flags(results: Results, flags: pd.DataFrame | FailureRule | str) -> tuple[pd.DataFrame, str | None]:
     if isinstance(flags, pd.DataFrame):
         return flags, None
     chosen = rule(flags) if isinstance(flags, str) else flags
@@ -156,7 +157,7 @@ def _plainly(assoc: pd.DataFrame) -> str:
 
 
 def weights_sections(
-    results: pd.DataFrame,
+    results: pd.DataFrame | Results | ReportAnalysis,
     weights: pd.DataFrame,
     flags: pd.DataFrame | FailureRule | str = DEFAULT_RULE,
     *,
@@ -170,14 +171,19 @@ def weights_sections(
     ``reference`` names the ``init`` snapshots in the figures (a transfer report passes its
     pre-trained models there, relabelled as ``init``).
 
-    ``results``: the study's results frame (with ``trial_id``); ``weights``:
+    ``results``: the study's results frame (with ``trial_id``), its :class:`~bocb.analysis.Results`,
+    or the report's :class:`~bocb.report.context.ReportAnalysis` (whose flags and rule are then used
+    and ``flags`` is ignored); ``weights``:
     :func:`bocb.analysis.from_store.weights_frame`; ``flags``: :func:`bocb.analysis.flag`'s output,
     or the failure rule (or its name) to compute it; ``errors``:
     :func:`bocb.analysis.from_store.snapshot_errors` (listed in the coverage line). An empty
     ``weights`` gives one section saying how to measure them.
     """
-    results = load_results(results)
-    flags, rule_name = _flags(results, flags)
+    if isinstance(results, ReportAnalysis):
+        results, flags, rule_name = results.results, results.flags, results.chosen.label
+    else:
+        results = Results.of(results)
+        flags, rule_name = _flags(results, flags)
     if weights.empty:
         blocks = [Text(HOW_TO_GET)]
         if errors is not None and len(errors):
