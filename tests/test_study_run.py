@@ -163,7 +163,7 @@ def test_raising_diverging_and_overlong_trials_are_recorded_and_the_study_comple
         '\n[[optimizers]]\nname = "Adam"\nargs = { betas = [1.0, 0.999] }\n'
         '\n[[optimizers]]\nname = "RMSProp"\nlr = 1e6\n'  # diverges
     )
-    path = _study(tmp_path, "faults", ["R-50"], ["SGD-M"], epochs=1, extra="time_limit_s = 40",
+    path = _study(tmp_path, "faults", ["R-50"], ["SGD-M"], epochs=1, extra="time_limit_s = 300",
                   opt_tables=tables)
     slow = _study(tmp_path, "slow", ["R-50"], ["SGD-M"], epochs=50, extra="time_limit_s = 12")
     slow_text = slow.read_text().replace("train_per_class = 20", "train_per_class = 500").replace(

@@ -37,7 +37,7 @@ def failures_by_pretraining(results: pd.DataFrame, flags: pd.DataFrame) -> pd.Da
             "pretrained": label, "pretrain_optimizer": pre.get(label),
             "fails": ", ".join(failed["optimizer"]) or "none",
             "n_failed": int(len(failed)), "n_finetune": int(len(group)),
-            "best": best["optimizer"], "best_top1": float(best["top1"]),
+            "best": best["optimizer"], "best_score": float(best["top1"]),
             "threshold": float(group["threshold"].iloc[0]),
         })
     return pd.DataFrame(rows)

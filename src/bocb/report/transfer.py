@@ -27,7 +27,7 @@ def transfer_section(results: pd.DataFrame, flags: pd.DataFrame, chosen: Failure
     blocks: list = [
         Text(f"Which fine-tuning optimizers fail, per pre-trained model (rule '{chosen.label}', its threshold "
              f"per pre-trained model): {answer}."),
-        Table(by_model.assign(best_top1=by_model["best_top1"].map(fmt), threshold=by_model["threshold"].map(fmt))
+        Table(by_model.assign(best_score=by_model["best_score"].map(fmt), threshold=by_model["threshold"].map(fmt))
               .set_index("pretrained").astype(str),
               caption="Per pre-trained model: the fine-tuning optimizers below its threshold, and its best."),
         Table(rates.assign(failure_rate=rates["failure_rate"].map(percent))

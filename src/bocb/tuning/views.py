@@ -16,17 +16,17 @@ def state_rows(pair_states: list[PairState]) -> list[dict[str, Any]]:
         "optimum": s.decision.state if s.decision.done else None,
         "start_lr": s.start[0], "start_wd": s.start[1], "start_source": s.start_source,
         "candidates": s.decision.candidates, "left": s.decision.left, "trials": s.trials, "epochs": s.epochs,
-        "best_lr": s.best_lr, "best_wd": s.best_wd, "best_top1": s.decision.best_score,
+        "best_lr": s.best_lr, "best_wd": s.best_wd, "best_score": s.decision.best_score,
     } for s in pair_states]
 
 
 def tuning_table(pair_states: list[PairState]) -> Table:
-    table = Table(title="adaptive tuning per pair (best: full-budget test top-1 on the tuning seed)")
+    table = Table(title="adaptive tuning per pair (best: full-budget test score on the tuning seed)")
     for col in ("pair", "start", "state", "candidates", "left", "trials", "epochs", "best lr", "best wd", "best"):
         table.add_column(col)
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in state_rows(pair_states):
         table.add_row(r["pair"], f"{r['start_lr']:g}, {r['start_wd']:g} ({r['start_source']})", r["state"],
                       str(r["candidates"]), str(r["left"]), str(r["trials"]), str(r["epochs"]),
-                      fmt(r["best_lr"], "g"), fmt(r["best_wd"], "g"), fmt(r["best_top1"], ".2f"))
+                      fmt(r["best_lr"], "g"), fmt(r["best_wd"], "g"), fmt(r["best_score"], ".2f"))
     return table
