@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-transfer gpu-check gpu-wheels gpu-data clean
+.PHONY: setup test test-fast demo demo-transfer gpu-check gpu-wheels gpu-data clean
 
 # torch/torchvision come from the pinned wheels; pip (not uv) resolves them.
 $(STAMP): pyproject.toml
@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Two workers: the suite spends much of its time in subprocesses starting up (measured on an idle
-# 2-core machine, 2026-11-30: 16:32 with -n 2 for 634 tests; the 12-minute target is missed).
+# 2-core machine, 2026-11-30, clean clone: 17:09 with -n 2 for 709 tests; the 12-minute target is
+# missed, see the slow tests in tests/test_fault_injection.py, test_study_run.py, test_transfer.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
+
+# The fast lane for an edit-test loop: every test not marked slow (61 s on 2 idle cores, 2026-11-30).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 # The demo study (studies/demo.toml) into the default store, its results as CSV, and its report.
 DEMO_STORE := bocb-results/store.sqlite
