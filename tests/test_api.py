@@ -102,3 +102,32 @@ def test_recommend_from_the_paper_flags_what_the_paper_marks():
     # The paper's Table 1 greys out SGD-M on DeiT-S (63.20, marked severe) and not AdamW (72.15).
     assert risk["SGD-M"] == 1.0 and risk["AdamW"] == 0.0
     assert [o.optimizer for o in found.optimizers].index("SGD-M") > [o.optimizer for o in found.optimizers].index("AdamW")
+
+
+@pytest.mark.slow
+def test_the_runner_runs_from_a_thread_other_than_the_main_one(tmp_path):
+    # A notebook's background job or a server calls the API off the main thread, where signal
+    # handlers cannot be set: the runner must still run (and stop its workers), not raise.
+    import threading
+
+    from bocb.executors.local import LocalExecutor
+    from bocb.executors.worker import WorkerConfig
+    from bocb.runner import run_study as run_trials
+    from bocb.store import MemoryStore
+
+    store = MemoryStore()
+    store.add_study("s", "s", "s.toml", {})
+    executor = LocalExecutor(WorkerConfig(artifacts_dir=str(tmp_path), device="cpu"), slots=1)
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["stats"] = run_trials(store, "s", executor, lease_s=30)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    assert all(slot.process is None or not slot.process.is_alive() for slot in executor._slots)

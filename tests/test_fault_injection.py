@@ -209,14 +209,17 @@ def _inside_checkpoint_write(proc: subprocess.Popen, store: Path, artifacts: Pat
             pass
     finally:
         watch.close()
-    held = []
-    for trial_id in _running(store):
-        fd = os.open(artifacts / trial_id / ".claim", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        held.append(fd)
+    held: dict[str, int] = {}
+    # A trial claimed in the store may not have its directory yet (the fence is raised just after
+    # the claim): lock each running trial's claim file as it appears, until a write is held.
     while proc.poll() is None and time.time() < deadline and not _temp_files(artifacts):
+        for trial_id in _running(store) - set(held):
+            if (artifacts / trial_id / ".claim").exists():
+                fd = os.open(artifacts / trial_id / ".claim", os.O_RDWR)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                held[trial_id] = fd
         time.sleep(0.02)
-    return held
+    return list(held.values())
 
 
 def _kill_moment(kind: str, rng: random.Random, proc: subprocess.Popen, store: Path, artifacts: Path,

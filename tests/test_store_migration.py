@@ -60,6 +60,8 @@ def test_a_v2_store_reads_the_same_numbers_read_only_and_stays_untouched(old_sto
         study = next(s for s in store.studies() if s["name"] == "fixture-pre")
         frame = results_frame(store, study["study_id"]).set_index("trial_id")
         assert frame["top1"].to_dict() == {t: trials[t][0] for t in frame.index}
+        with pytest.raises(sqlite3.OperationalError, match="readonly|query"):  # query-only, as the file
+            store.add_study("x", "x", "x.toml", {})
     assert hashlib.sha256(old_store.read_bytes()).hexdigest() == digest
 
 

@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -128,7 +129,10 @@ def run_study(
     def stop(signum: int, frame: Any) -> None:
         raise _Stop
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # Signal handlers can only be set from the main thread; a run started from another thread
+    # (a notebook's background job, a server) stops on the caller's terms instead.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
     try:
         while True:
             while executor.free_slots and (max_trials is None or started < max_trials):
@@ -193,7 +197,8 @@ def run_study(
                 break
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     executor.shutdown()
     return stats
 

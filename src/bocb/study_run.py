@@ -158,8 +158,11 @@ def run_registered(options: RunOptions, store: Any, study: Any, new: int, tuner:
         def update(stats: Any) -> None:
             emit(progress, _update(stats, tuner, ended=False))
 
-        stats = run_trials(store, study.study_id, executor, lease_s=options.lease_s, on_update=update,
-                           propose=tuner.propose if tuner else None)
+        try:
+            stats = run_trials(store, study.study_id, executor, lease_s=options.lease_s, on_update=update,
+                               propose=tuner.propose if tuner else None)
+        finally:
+            executor.shutdown()  # whatever stopped the run, no worker outlives it (twice is harmless)
         emit(progress, _update(stats, tuner, ended=True))
         # Random-init snapshots (and any final weights not yet measured), once per study. In this
         # process: a few cheap snapshots cost less than starting a pool (`bocb diagnose` uses one).

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bocb.records import TrialResult, metric_of
+from bocb.records import TrialResult
 from bocb.store.base import (
     EPOCH_COLUMNS, FINAL, LAYER_COLUMNS, STATUSES, SUMMARY_COLUMNS, TUNING_COLUMNS, Store, layer_rows,
     result_to_store, summary_fields,
@@ -126,7 +126,8 @@ class SQLiteStore(Store):
     with SQLite's ``mode=ro``: the journal mode is not switched, no table is created, the file is
     never upgraded (an older schema is read through an upgraded copy in memory); in a folder this process cannot write, the file is opened ``immutable`` (SQLite
     cannot create its WAL index there). Any file that is not a bocb store of this schema version
-    raises :class:`StoreError` and is left as it was.
+    or an older one it can upgrade (a newer schema, damaged, not a store) raises
+    :class:`StoreError` and is left as it was.
     """
 
     def __init__(self, path: str | Path, readonly: bool = False):
@@ -209,7 +210,9 @@ class SQLiteStore(Store):
     def _upgraded_copy(self, version: int) -> None:
         """Read an older file through an upgraded copy in memory: reading commands never write the
         file (its folder may be read-only, another bocb may be reading it), yet read its numbers
-        exactly as the next writing command's in-place upgrade will store them."""
+        exactly as the next writing command's in-place upgrade will store them. The copy costs the
+        file's size in memory and one pass over its trials, on every read-only open until a
+        writing command upgrades the file; it is query-only, as the file would be."""
         memory = sqlite3.connect(":memory:", isolation_level=None)
         self._db.backup(memory)
         self._db.close()
@@ -220,6 +223,7 @@ class SQLiteStore(Store):
                 self._db.execute(statement)
             _upgrade(self._db, _UPGRADES[version])
             self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self._db.execute("PRAGMA query_only=ON")
 
     def _check_version(self) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -555,23 +559,32 @@ class SQLiteStore(Store):
 
 
 def _upgrade(db: sqlite3.Connection, statements: tuple[str, ...]) -> None:
-    """Bring an older file to this schema inside the open transaction: the new columns, then the
-    v3 scores filled from what v2 stored (the headline metric in the top-1 columns, whatever the
-    task; the task from the trial's spec), the peak memory and hold-out scores from the record."""
+    """Bring an older file to this schema inside the open transaction: the new columns, then, for
+    every trial with a result, its v3 fields.
+
+    The record is read by :meth:`TrialResult.from_record` (metric, peak memory, hold-out scores),
+    as a fresh write would; the scores themselves are the ones the older file showed, its top-1
+    columns and epoch rows, which held the task's headline metric whatever the task, so an
+    upgraded study reads exactly the numbers it read before. Trials without a result keep NULLs
+    (as in a store written at v3). A record that cannot be read fails the open as a StoreError,
+    with the file unchanged (the transaction rolls back)."""
     for statement in statements:
         db.execute(statement)
-    rows = db.execute("SELECT trial_id, spec, record, final_top1, best_top1 FROM trials").fetchall()
+    rows = db.execute("SELECT trial_id, spec, record, final_top1, best_top1 FROM trials "
+                      "WHERE record IS NOT NULL").fetchall()
     for row in rows:
-        metric = metric_of(json.loads(row["spec"]).get("task"))
-        record = json.loads(row["record"]) if row["record"] else {}
-        top1 = metric == "top1"
+        try:
+            result = TrialResult.from_record(json.loads(row["record"]), json.loads(row["spec"]))
+        except Exception as exc:  # noqa: BLE001 - any unreadable record stops the upgrade the same way
+            raise StoreError(f"trial {row['trial_id']} cannot be upgraded to schema v{SCHEMA_VERSION}: "
+                             f"{type(exc).__name__}: {exc}; bocb left the store as it was") from None
+        top1 = result.metric == "top1"
         db.execute(
             "UPDATE trials SET metric=?, final_score=?, best_score=?, peak_memory_mb=?, selection=?, "
             "final_val=?, best_val=?, final_top1=?, best_top1=? WHERE trial_id=?",
-            (metric, row["final_top1"], row["best_top1"], record.get("peak_memory_mb"),
-             record.get("selection") or ("test" if record else None), record.get("final_val_top1"),
-             record.get("best_val_top1"),
-             row["final_top1"] if top1 else None, row["best_top1"] if top1 else None, row["trial_id"]),
+            (result.metric, row["final_top1"], row["best_top1"], result.peak_memory_mb, result.selection,
+             result.final_val, result.best_val, row["final_top1"] if top1 else None,
+             row["best_top1"] if top1 else None, row["trial_id"]),
         )
         db.execute("UPDATE epochs SET score=test_top1, test_top1=CASE WHEN ? THEN test_top1 END "
                    "WHERE trial_id=?", (top1, row["trial_id"]))
