@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Two workers: the suite spends much of its time in subprocesses starting up (measured on an idle
-# 2-core machine, 2026-11-30, clean clone: 17:09 with -n 2 for 709 tests; the 12-minute target is
+# 2-core machine, 2026-11-30, clean clones: 17:09 and 18:54 with -n 2 for 710 tests; the 12-minute target is
 # missed, see the slow tests in tests/test_fault_injection.py, test_study_run.py, test_transfer.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
