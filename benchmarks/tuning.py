@@ -30,7 +30,7 @@ import json
 import time
 from pathlib import Path
 
-from bocb.commands.study_setup import prepare, register
+from bocb.study_setup import prepare, register
 from bocb.executors.local import LocalExecutor
 from bocb.executors.worker import WorkerConfig
 from bocb.runner import run_study

@@ -96,7 +96,7 @@ def test_a_study_runs_through_the_runner_into_a_memory_store(tmp_path):
     """The runner, the local executor (one real worker process) and the analysis against a
     MemoryStore: nothing in that path needs SQLite (the worker never opens a store)."""
     from bocb.analysis.from_store import results_frame
-    from bocb.commands.study_setup import prepare, register
+    from bocb.study_setup import prepare, register
     from bocb.executors.local import LocalExecutor
     from bocb.executors.worker import WorkerConfig
     from bocb.runner import run_study

@@ -105,7 +105,7 @@ def test_paper_tuning_skips_pairs_without_paper_values_as_data(tmp_path, cache):
     # TNX-T is not in the paper's hyper-parameter tables: that pair is recorded as skipped.
     path = _study(tmp_path, "paper", ["R-50", "TNX-T"], ["AdamW"]).read_text().replace('"fixed"', '"paper"')
     (tmp_path / "p.toml").write_text(path)
-    from bocb.commands.study_setup import prepare
+    from bocb.study_setup import prepare
 
     prepared = prepare(tmp_path / "p.toml", cache, [], False)
     assert len(prepared.trials) == 1 and prepared.trials[0].optimizer.lr == 1e-3  # paper: AdamW on R-50
