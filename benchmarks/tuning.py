@@ -40,7 +40,7 @@ from bocb.tuning.adapter import Tuner, states
 STUDY = """
 [study]
 name = "tuning-bench-{tuning}-{pair}"
-data = "sample"
+data = "{data}"
 tier = "smoke"
 tuning = "{tuning}"
 seeds = [0]
@@ -56,7 +56,7 @@ test_per_class = {test}
 
 def _study(out: Path, tuning: str, args: argparse.Namespace, backbone: str, optimizer: str) -> Path:
     text = STUDY.format(
-        tuning=tuning, pair=f"{backbone}-{optimizer}", epochs=args.epochs, batch=args.batch_size,
+        tuning=tuning, pair=f"{backbone}-{optimizer}", data=args.data, epochs=args.epochs, batch=args.batch_size,
         train=args.train_per_class, test=args.test_per_class,
         backbones=f'\n[[backbones]]\nname = "{backbone}"\npolicy = "cifar"\n',
         optimizers=f'\n[[optimizers]]\nname = "{optimizer}"\n',
@@ -88,6 +88,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--train-per-class", type=int, default=10)
     p.add_argument("--test-per-class", type=int, default=10)
+    p.add_argument("--data", default="sample",
+                   help="as a study's data: sample (bundled, 10 test images per class), or a CIFAR-10 Parquet "
+                        "folder for more test images (less noise)")
     p.add_argument("--slots", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("bocb-results/tuning-bench"))
@@ -109,7 +112,9 @@ def main() -> None:
             print(f"{r['pair']:<18} {r['grid_lr']:g}, {r['grid_wd']:g}: {r['grid_top1']:.2f}".ljust(51)
                   + f"{r['adaptive_lr']:g}, {r['adaptive_wd']:g}: {r['adaptive_top1']:.2f}".ljust(33)
                   + f"{'yes' if r['within_0.5'] else 'no':<4} {r['grid_epochs']}/{r['adaptive_epochs']} "
-                  f"({r['state']}; wall {grid_s:.0f} s / {adaptive_s:.0f} s)", flush=True)
+                  f"({r['state']}; {r['adaptive_trials']} candidates; grid rank {r['grid_rank'] or '-'}, "
+                  f"{r['grid_near_best']} grid points within 0.5; wall {grid_s:.0f} s / {adaptive_s:.0f} s)",
+                  flush=True)
     hits = sum(r["within_0.5"] for r in rows)
     grid_epochs = sum(r["grid_epochs"] for r in rows)
     adaptive_epochs = sum(r["adaptive_epochs"] for r in rows)
@@ -134,10 +139,18 @@ def _compare(store: SQLiteStore, grid, adaptive) -> dict:
     for r in rungs:
         asked[r["trial_id"]] = max(asked.get(r["trial_id"], 0), r["epochs"])
     score = s.decision.best_score if s.decision.best_score is not None else 0.0
+    grid_best = best["final_top1"] or 0.0
+    # How sharp the grid's own optimum is: grid settings within 0.5 points of its best (1 = a clear
+    # winner; many = the best is one of several the test set cannot tell apart).
+    near = sum((r["final_top1"] or 0.0) >= grid_best - 0.5 for r in mine)
+    # Where the adaptive choice ranks in the grid, when it is a grid point (1 = the grid's best).
+    ranked = sorted(mine, key=lambda r: (-(r["final_top1"] or 0.0), r["lr"]))
+    rank = next((i + 1 for i, r in enumerate(ranked)
+                 if (r["lr"], r["weight_decay"]) == (s.best_lr, s.best_wd)), None)
     return {"pair": s.key, "grid_lr": best["lr"], "grid_wd": best["weight_decay"],
             "grid_top1": best["final_top1"] or 0.0, "adaptive_lr": s.best_lr, "adaptive_wd": s.best_wd,
             "adaptive_top1": score, "state": s.decision.state,
-            "within_0.5": bool(score >= (best["final_top1"] or 0.0) - 0.5),
+            "within_0.5": bool(score >= grid_best - 0.5), "grid_near_best": near, "grid_rank": rank,
             "grid_epochs": sum(trained.get(r["trial_id"], 0) for r in mine),
             "adaptive_epochs": sum(min(e, all_trained.get(t, 0)) for t, e in asked.items()),
             "adaptive_trials": len(asked)}

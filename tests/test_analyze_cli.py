@@ -3,20 +3,19 @@
 import csv
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from bocb.paper import top1
+from cli_inproc import bocb
 
 
 def _analyze(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bocb", "analyze", *args], capture_output=True, text=True)
+    return bocb("analyze", *args)
 
 
-@pytest.mark.slow
 def test_paper_table_with_the_fitted_rule(tmp_path):
     src = tmp_path / "paper.csv"
     top1().to_csv(src, index=False)

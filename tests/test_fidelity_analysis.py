@@ -7,8 +7,6 @@ Paper numbers are measured on the shipped Table 1 and Tables A4/A5; the paper's 
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +16,7 @@ from bocb import analysis as A
 from bocb import paper
 from bocb.analysis import robustness as R
 from bocb.cli import build_parser
+from cli_inproc import bocb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +38,7 @@ def test_every_command_defaults_to_the_shared_rule(command):
 def test_analyze_and_report_flag_the_same_cells_with_no_options(tmp_path):
     src, out = tmp_path / "paper.csv", tmp_path / "flags.csv"
     paper.top1().to_csv(src, index=False)
-    proc = subprocess.run([sys.executable, "-m", "bocb", "analyze", str(src), "--flags-out", str(out), "--json"],
-                          capture_output=True, text=True)
+    proc = bocb("analyze", src, "--flags-out", out, "--json")
     assert proc.returncode == 0, proc.stderr
     counts = json.loads(proc.stdout)
     assert counts["rule"] == "fitted" and counts["gamma"] == 2.0

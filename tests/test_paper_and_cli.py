@@ -2,16 +2,15 @@
 
 import csv
 import io
-import subprocess
-import sys
 
 import pytest
 
 from bocb import paper
+from cli_inproc import bocb
 
 
 def _bocb(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "bocb", *args], capture_output=True, text=True)
+    proc = bocb(*args)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -43,7 +42,6 @@ def test_zoo_backbones_csv_contract():
     assert r50["group"] == "classical CNN" and 20 < float(r50["params_m"]) < 26
 
 
-@pytest.mark.slow
 def test_zoo_optimizers_csv_contract():
     rows = list(csv.DictReader(io.StringIO(_bocb("zoo", "optimizers", "--format", "csv"))))
     assert {"name", "short", "category", "source"} <= set(rows[0])
@@ -51,7 +49,6 @@ def test_zoo_optimizers_csv_contract():
     assert {r["category"] for r in rows} == {"a", "b", "c", "d", "extra"}
 
 
-@pytest.mark.slow
 def test_paper_table_prints_every_backbone_and_optimizer():
     text = _bocb("paper", "table")
     for name in paper.backbone_order() + paper.optimizer_order():

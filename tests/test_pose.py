@@ -3,8 +3,6 @@ targets and decoding, SimpleBaseline on zoo backbones, keypoint AP by pycocotool
 transfer study from a study file through `bocb transfer` and `bocb report`."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from bocb.transfer.pose import POSE_RECIPES, build_pose_net, decode, evaluate, h
 from bocb.transfer.synthetic import make_synthetic_keypoints
 from bocb.trial import RunOptions, run_trial
 from bocb.zoo import init_backbone, resolve_backbone
+from cli_inproc import bocb as _bocb
 
 SMOKE = POSE_RECIPES["smoke"]
 
@@ -140,12 +139,6 @@ def test_pose_smoke_training_beats_the_untrained_network(pose_sets):
     assert record["task"] == "pose" and record["metric"] == "keypoint_ap"
 
 
-def _bocb(*args, cache):
-    return subprocess.run([sys.executable, "-m", "bocb", *map(str, args), "--cache-dir", str(cache)]
-                          if args[0] == "transfer" else [sys.executable, "-m", "bocb", *map(str, args)],
-                          capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_pose_transfer_study_runs_from_a_study_file(tmp_path, backgrounds):
     low = load_dataset(DatasetSpec("sample", classes=(0, 1, 2, 3, 4)))
@@ -187,7 +180,7 @@ lr = 0.01
     from bocb.transfer.study import load_transfer
 
     store, cache = tmp_path / "store.sqlite", tmp_path / "cache"
-    ran = _bocb("transfer", tmp_path / "pose.toml", "--store", store, cache=cache)
+    ran = _bocb("transfer", tmp_path / "pose.toml", "--store", store, "--cache-dir", cache, cache=cache)
     assert ran.returncode == 0, ran.stderr[-3000:]
     study = load_transfer(tmp_path / "pose.toml")
     with SQLiteStore(store) as s:

@@ -1,13 +1,11 @@
 """Lookups: aliases, and the one-line error that names close valid choices."""
 
-import subprocess
-import sys
-
 import pytest
 
 from bocb.optim import get_optimizer_info
 from bocb.registry import Registry, UnknownNameError
 from bocb.zoo import get_backbone_info
+from cli_inproc import bocb
 
 
 def test_aliases_find_the_same_record():
@@ -66,9 +64,8 @@ def test_filter_by_unknown_field_is_an_error():
         (["zoo", "optimizers", "--category", "e"], "extra"),
     ],
 )
-@pytest.mark.slow
 def test_cli_bad_name_is_one_line_with_choices(args, expected):
-    proc = subprocess.run([sys.executable, "-m", "bocb", *args], capture_output=True, text=True)
+    proc = bocb(*args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bocb import paper
 from bocb.report import Section, Table, Text, build_report
+from cli_inproc import bocb
 
 PROVENANCE = {
     "source": "Li et al. 2024, arXiv 2410.06373v1, Table 1 and Tables A4/A5",
@@ -184,9 +185,6 @@ def test_seeded_report_without_bootstrap_says_so(tmp_path):
 @pytest.mark.slow
 def test_cli_report_on_a_study_in_the_store(tmp_path):
     """`bocb report STUDY --store` reads the store (never the trainer) and names left-out trials."""
-    import subprocess
-    import sys
-
     from bocb.store import SQLiteStore
     from bocb.study import load_study
 
@@ -211,8 +209,7 @@ def test_cli_report_on_a_study_in_the_store(tmp_path):
                                     "best_top1": 41.0 + 3 * i, "epochs": [],
                                     "error": "boom" if failed else None, "code_version": "test"})
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "bocb", "report", str(study_file), "--store", str(store_path),
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = bocb("report", study_file, "--store", store_path, "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     html = (out / "report.html").read_text()
     assert "Trials that are not results" in html and "boom" in html

@@ -21,6 +21,7 @@ import pytest
 from bocb.executors import sockets
 from bocb.store import SQLiteStore
 from bocb.study import StudyError, load_study
+from cli_inproc import bocb as _bocb
 
 TINY = """
 [study]
@@ -45,12 +46,6 @@ def _study(tmp_path: Path, name: str, backbones: list[str], optimizers: list[str
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return path
-
-
-def _bocb(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, BOCB_CACHE_DIR=str(Path(kw.pop("cache"))))
-    return subprocess.run([sys.executable, "-m", "bocb", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, **kw)
 
 
 @pytest.fixture
@@ -274,9 +269,14 @@ def _external_addresses() -> list[str]:
 
 @pytest.mark.slow
 def test_ray_executor_on_a_local_instance_listens_on_loopback_only(tmp_path, cache):
+    """Also the adaptive tuner under Ray: the study of test_tuning_run's end-to-end test, the
+    same candidates, rungs and promotions as there under the local executor."""
     pytest.importorskip("ray")
+    from test_tuning_run import TINY as ADAPTIVE
+
     store = tmp_path / "store.sqlite"
-    path = _study(tmp_path, "ray", ["R-50"], ["SGD-M", "AdamW"])
+    path = tmp_path / "ray.toml"
+    path.write_text(ADAPTIVE.format(name="ray"))
 
     def raylets() -> int:
         out = subprocess.run(["pgrep", "-c", "raylet"], capture_output=True, text=True)
@@ -294,9 +294,11 @@ def test_ray_executor_on_a_local_instance_listens_on_loopback_only(tmp_path, cac
         time.sleep(0.3)
     stdout, stderr = proc.communicate()
     assert proc.returncode == 0, stderr[-3000:]
-    assert _last_json(stdout)["done"] == 2
     with SQLiteStore(store) as s:
-        assert all(s.record(r["trial_id"])["status"] == "done" for r in s.trials())
+        counts = s.counts(load_study(path).study_id)
+    # 9 candidates at epoch 1, the best 3 resumed to epoch 2, the optimum repeated on seed 1
+    assert counts["paused"] == 6 and counts["done"] + counts["diverged"] == 4 and counts["pending"] == 0, counts
+    assert counts["failed"] == 0 and counts["running"] == 0, counts
     names = " ".join(seen.values())
     # The watch saw the components that listen: GCS, raylet and task workers (and the driver).
     assert "gcs_server" in names and "raylet" in names and "ray::" in names, seen

@@ -2,9 +2,6 @@
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from bocb.study import StudyError
 from bocb.transfer.study import load_transfer, sources
 from bocb.trial import FINAL_WEIGHTS, RunOptions, run_trial
 from bocb.zoo import classifier_name
+from cli_inproc import bocb as _bocb
 
 PRE = """
 [study]
@@ -60,12 +58,6 @@ name = "AdamW"
 [[optimizers]]
 name = "LAMB"
 """
-
-
-def _bocb(*args, cache: Path, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = dict(os.environ, BOCB_CACHE_DIR=str(cache))
-    return subprocess.run([sys.executable, "-m", "bocb", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 @pytest.mark.slow

@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 from safetensors.torch import load_file
@@ -13,6 +11,7 @@ from bocb.recipes import get_recipe, recipe_for
 from bocb.spec import TrialSpec, resolve_trial
 from bocb.trial import FINAL_WEIGHTS, RunOptions, run_trial
 from bocb.zoo import build_backbone, get_backbone_info
+from cli_inproc import bocb
 
 SAMPLE = DatasetSpec("sample")
 
@@ -111,11 +110,8 @@ def test_each_recipe_runs_a_step(sample):
 
 @pytest.mark.slow
 def test_cli_train_json_contract(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "bocb", "train", "--backbone", "R-18", "--optimizer", "SGD-M",
-         "--tier", "smoke", "--epochs", "1", "--device", "cpu", "--json", "--cache-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = bocb("train", "--backbone", "R-18", "--optimizer", "SGD-M", "--tier", "smoke", "--epochs", "1",
+                "--device", "cpu", "--json", "--cache-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"status", "final_top1", "best_top1", "epochs", "seconds"} <= set(record)

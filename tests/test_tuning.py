@@ -182,3 +182,31 @@ def test_study_center_must_lie_inside_the_limits(tmp_path):
 
     with pytest.raises(StudyError, match="outside the limits"):
         expand(load_study(path), 10)
+
+
+def test_ties_go_to_the_start_not_to_the_lowest_setting():
+    """Scores the tuner cannot tell apart (a flat objective: weight decay after one epoch, or an
+    accuracy on few test images) leave the prior standing, after the start's own two stencils."""
+    space = pair_space("R-50", "SGD-M")
+    result = simulate(space, CONFIG, 200, lambda lr, wd, epoch: 50.0)
+    assert result.decision.best == space.start and result.decision.state == "interior"
+    assert result.trials == 9 + 8  # the coarse stencil, then the fine one, around the start
+
+
+def test_a_trial_trained_further_elsewhere_counts_only_as_far_as_the_tuner_asked():
+    """A grid study's trial (same id) is done at the full budget before the tuner asks for its
+    first rung: the tuner must read it as a rung-0 result, or it would pick among settings it
+    never chose to train fully."""
+    from bocb.tuning.adapter import _observations
+
+    space = pair_space("R-50", "SGD-M")
+    rungs = CONFIG.rung_epochs(200)
+    row = {"trial_id": "t", "seed": 0, "status": "done", "rung": 0, "lr": value(space.start[0]),
+           "weight_decay": value(space.start[1])}
+    scores = {("t", e): float(e) for e in rungs}
+    (obs,) = _observations(None, [row], scores, rungs, 0).values()
+    assert obs.reached == 0 and obs.scores == (22.0,) and not obs.final
+    (obs,) = _observations(None, [dict(row, rung=2)], scores, rungs, 0).values()
+    assert obs.reached == 2 and obs.final
+    (obs,) = _observations(None, [dict(row, status="diverged")], {("t", 22): 5.0}, rungs, 0).values()
+    assert obs.reached == 2 and obs.final and obs.scores[1:] == (-math.inf, -math.inf)

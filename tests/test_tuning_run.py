@@ -15,6 +15,7 @@ from bocb.data import DatasetSpec, load_dataset
 from bocb.spec import resolve_trial
 from bocb.store import SQLiteStore
 from bocb.trial import RunOptions, run_trial
+from cli_inproc import bocb as _bocb
 
 SAMPLE = DatasetSpec("sample")
 KEYS = ("epoch", "train_loss", "test_top1", "test_top5", "test_loss", "lr")
@@ -89,11 +90,6 @@ def test_rung_pauses_and_promotions_equal_an_uninterrupted_run(tmp_path):
 
 def _env(cache):
     return dict(os.environ, BOCB_CACHE_DIR=str(cache))
-
-
-def _bocb(*args, cache, timeout=2400):  # generous: CI machines shared with other jobs
-    return subprocess.run([sys.executable, "-m", "bocb", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=_env(cache))
 
 
 def _proposals(store_path, study_id):

@@ -10,10 +10,10 @@ else is kept anywhere, so a runner killed at any point and started again propose
 and two runners proposing at once insert each proposal once (rung rows are keyed by trial and
 rung); claims then go through the store's lease as for any trial.
 
-Checkpoints live in the artifacts folder under the trial id. A store whose trial was trained
-further elsewhere (another store sharing that folder) gets it back ``done`` when it asks for a
-rung: the same deterministic numbers, which the tuner takes as a full-budget candidate; its
-proposals then differ from a run that trained the trial from scratch.
+Checkpoints live in the artifacts folder under the trial id. A trial trained further than the
+tuner asked (a grid study's trial with the same id, or one trained through another store sharing
+that folder) comes back ``done``; the tuner still reads it only up to the rungs it asked for, so
+its proposals are those of a run that trained every candidate itself.
 
 Tuning runs on the study's first seed; when a pair is done, its optimum runs at full budget on
 the other seeds. A pair's value in the analysis comes only from full-budget (``done`` or
@@ -102,11 +102,20 @@ def _observations(pair: Pair, rows: list[dict[str, Any]], scores: dict[tuple[str
     for trial_id, rs in by_trial.items():
         status = rs[0]["status"]
         requested = max(r["rung"] for r in rs)
-        reached = top if status in _FINAL else (requested - 1 if status in _BUSY else requested)
+        if status == "done":
+            # Trained further than asked (a grid study's trial, or another study's, with the same
+            # id): it counts only as far as this tuner asked, so what it learns from the store is
+            # what it would have learned from training the trial itself. A promotion then costs
+            # nothing: a rung row, no training.
+            reached, final = min(requested, top), requested >= top
+        elif status in _FINAL:  # diverged or failed: no further rung will have a score
+            reached, final = top, True
+        else:
+            reached, final = (requested - 1 if status in _BUSY else requested), False
         got = [scores.get((trial_id, rung_epochs[k])) for k in range(reached + 1)]
         point = (index(rs[0]["lr"]), index(rs[0]["weight_decay"] or 0.0))
         obs[point] = Observation(point, reached, tuple(-math.inf if v is None else v for v in got),
-                                 busy=status in _BUSY, final=status in _FINAL)
+                                 busy=status in _BUSY, final=final)
     return obs
 
 

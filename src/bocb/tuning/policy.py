@@ -23,6 +23,12 @@ The pair is done when nothing is outstanding: its optimum is the best full-budge
 ``interior`` or ``at limit`` (which one), or ``budget`` when ``max_trials`` stopped the search
 while the best still had untried neighbours.
 
+Ties. Equal scores are common at low fidelity (an accuracy on a few hundred test images moves in
+steps, and after one epoch weight decay has barely acted, so settings that differ only in it score
+the same). They go to the candidate nearest the start, the paper's choice or the family's: where
+the results cannot tell settings apart, the prior stands. (Breaking them by lattice index instead
+walked one study's weight decay down, tie by tie, from 5e-4 to 0.)
+
 Why synchronous halving rather than ASHA's asynchronous promotions: ASHA promotes whatever is in
 the top 1/eta *when a result arrives*, so its proposals depend on arrival order; a rerun after
 kill -9 would propose differently. Here a decision is taken only when none of the pair's trials is
@@ -86,9 +92,10 @@ class TuningConfig:
 class Observation:
     """One candidate of a pair as the store has it.
 
-    ``reached``: the highest rung it has a result for (-1: none yet). ``scores[r]``: its test
-    top-1 at rung r's epoch (``-inf`` when it diverged or failed before). ``busy``: pending or
-    running. ``final``: it can train no further (done, diverged or failed).
+    ``reached``: the highest rung it has a result for (-1: none yet), never above the rungs the
+    tuner asked of it. ``scores[r]``: its score (test top-1) at rung r's epoch (``-inf`` when it
+    diverged or failed before). ``busy``: pending or running. ``final``: it can train no further
+    (diverged, failed, or done at the full budget).
     """
 
     point: Point
@@ -116,9 +123,10 @@ class Decision:
     extra: dict = field(default_factory=dict)
 
 
-def _ranked(obs: list[Observation], rung: int) -> list[Observation]:
-    """Best first by the score at ``rung``; ties broken by the point, so order never matters."""
-    return sorted(obs, key=lambda o: (-o.scores[rung], o.point))
+def _ranked(space: Space, obs: list[Observation], rung: int) -> list[Observation]:
+    """Best first by the score at ``rung``; among equal scores the one nearest the start, then
+    the smaller point, so order never matters (see "Ties" in the module doc)."""
+    return sorted(obs, key=lambda o: (-o.scores[rung], space.distance(o.point), o.point))
 
 
 def _untried(space: Space, centre: Point, tried: set[Point], steps: tuple[int, ...]) -> list[Point]:
@@ -148,7 +156,7 @@ def decide(space: Space, config: TuningConfig, observations: Mapping[Point, Obse
     room = config.max_trials - len(obs)
 
     # 1. pattern search on the rung-0 scores
-    best0 = _ranked(obs, 0)[0]
+    best0 = _ranked(space, obs, 0)[0]
     new = _untried(space, best0.point, tried, steps)
     if new and room > 0:
         return Decision(proposals=tuple((p, 0) for p in new[:room]), rung=0, candidates=len(obs))
@@ -157,7 +165,7 @@ def decide(space: Space, config: TuningConfig, observations: Mapping[Point, Obse
     # 2. successive halving, one rung at a time
     members = obs
     for r in range(top):
-        members = _ranked(members, r)[:max(1, len(members) // config.eta)]
+        members = _ranked(space, members, r)[:max(1, len(members) // config.eta)]
         promote = [o for o in members if o.reached < r + 1 and not o.final]
         if promote:
             return Decision(proposals=tuple((o.point, r + 1) for o in promote), rung=r + 1,
@@ -165,7 +173,7 @@ def decide(space: Space, config: TuningConfig, observations: Mapping[Point, Obse
 
     # 3. the boundary rule at full budget
     full = [o for o in obs if o.reached >= top]
-    best = _ranked(full, top)[0]
+    best = _ranked(space, full, top)[0]
     new = _untried(space, best.point, tried, steps)
     if new and room > 0:
         return Decision(proposals=tuple((p, 0) for p in new[:room]), rung=0, candidates=len(obs),

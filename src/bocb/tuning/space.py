@@ -117,6 +117,13 @@ class Space:
     def values(self, point: tuple[int, int]) -> tuple[float, float]:
         return value(point[0]), value(point[1])
 
+    def distance(self, point: tuple[int, int]) -> int:
+        """Lattice units from the start (lr and wd added; ``ZERO`` counts as one unit below the
+        lowest weight decay, where its stencil puts it): the tuner's tie-break toward the prior."""
+        def wd_position(k: int) -> int:
+            return self.wd_min - 1 if k == ZERO else k
+        return abs(point[0] - self.start[0]) + abs(wd_position(point[1]) - wd_position(self.start[1]))
+
 
 @cache
 def _published() -> dict[tuple[str, str], tuple[float, float]]:
