@@ -39,7 +39,7 @@ from bocb.tuning.adapter import Tuner, states
 
 STUDY = """
 [study]
-name = "tuning-bench-{tuning}-{pair}"
+name = "tuning-bench-{tuning}{tag}-{pair}"
 data = "{data}"
 tier = "smoke"
 tuning = "{tuning}"
@@ -55,14 +55,16 @@ test_per_class = {test}
 
 
 def _study(out: Path, tuning: str, args: argparse.Namespace, backbone: str, optimizer: str) -> Path:
+    tag = f"-{args.tag}" if args.tag and tuning == "adaptive" else ""
     text = STUDY.format(
-        tuning=tuning, pair=f"{backbone}-{optimizer}", data=args.data, epochs=args.epochs, batch=args.batch_size,
+        tuning=tuning, tag=tag,
+        pair=f"{backbone}-{optimizer}", data=args.data, epochs=args.epochs, batch=args.batch_size,
         train=args.train_per_class, test=args.test_per_class,
         backbones=f'\n[[backbones]]\nname = "{backbone}"\npolicy = "cifar"\n',
         optimizers=f'\n[[optimizers]]\nname = "{optimizer}"\n',
         extra=f"\n[tuning]\nrungs = {args.rungs}\neta = {args.eta}\n" if tuning == "adaptive" else "",
     )
-    path = out / f"{tuning}-{backbone}-{optimizer}.toml"
+    path = out / f"{tuning}{tag}-{backbone}-{optimizer}.toml"
     path.write_text(text)
     return path
 
@@ -92,6 +94,9 @@ def main() -> None:
                    help="as a study's data: sample (bundled, 10 test images per class), or a CIFAR-10 Parquet "
                         "folder for more test images (less noise)")
     p.add_argument("--slots", type=int, default=2)
+    p.add_argument("--tag", default="",
+                   help="names the adaptive studies apart: rerun the adaptive arm (another tuner setting) against "
+                        "the grid already in --out's store, whose trials are not trained again")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("bocb-results/tuning-bench"))
     args = p.parse_args()

@@ -38,6 +38,7 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     step = 0.5                   # coarse stencil step, decades
     fine_step = 0.2              # fine stencil step near the best, decades
     max_trials = 50              # candidates per pair at most
+    max_full = 10                # full-budget results per pair at most (the final climb)
     lr_limits = [1e-6, 10.0]     # hard limits of the search
     wd_limits = [1e-6, 1.0]      # (weight decay 0 is always a level of its own)
 
@@ -104,7 +105,7 @@ _OPTIMIZER_KEYS = {"name": str, "lr": (list, int, float), "weight_decay": (list,
                    "center": dict}
 _TOP_KEYS = {"study": dict, "backbones": list, "optimizers": list, "tuning": dict}
 _TUNING_KEYS = {"rungs": int, "eta": int, "step": (int, float), "fine_step": (int, float), "max_trials": int,
-                "lr_limits": list, "wd_limits": list}
+                "max_full": int, "lr_limits": list, "wd_limits": list}
 _CENTER_KEYS = {"lr": (int, float), "weight_decay": (int, float)}
 
 

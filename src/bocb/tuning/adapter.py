@@ -115,7 +115,7 @@ def _observations(pair: Pair, rows: list[dict[str, Any]], scores: dict[tuple[str
         got = [scores.get((trial_id, rung_epochs[k])) for k in range(reached + 1)]
         point = (index(rs[0]["lr"]), index(rs[0]["weight_decay"] or 0.0))
         obs[point] = Observation(point, reached, tuple(-math.inf if v is None else v for v in got),
-                                 busy=status in _BUSY, final=final)
+                                 busy=status in _BUSY, final=final, entered=min(r["rung"] for r in rs))
     return obs
 
 
@@ -231,5 +231,5 @@ def summary(pair_states: list[PairState]) -> str:
             rungs[s.decision.rung + 1] = rungs.get(s.decision.rung + 1, 0) + 1
     searching = ", ".join(f"rung {r}: {n}" for r, n in sorted(rungs.items()))
     return (f"tuning: {len(pair_states)} pairs; {len(done)} done ({interior} interior, {limit} at a limit, "
-            f"{len(done) - interior - limit} stopped by max_trials); "
+            f"{len(done) - interior - limit} stopped by max_trials or max_full); "
             f"{len(pair_states) - len(done)} searching{', ' + searching if searching else ''}")

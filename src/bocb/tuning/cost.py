@@ -2,9 +2,12 @@
 
 - **expected**: the proposals the tuner makes when the pair's optimum is at its start (a smooth
   bowl there, played through :func:`bocb.tuning.simulate.simulate`): the initial coarse stencil,
-  the fine ring, the halving. A pair whose optimum is elsewhere costs more, up to:
+  the fine ring, the halving, the full-budget check of the best's four axis neighbours. A pair
+  whose optimum is elsewhere costs more, up to:
 - **worst case**: ``max_trials`` candidates, all at rung 0, the best 1/eta of them at each
-  further rung (what successive halving promotes at most), whatever the objective.
+  further rung (what successive halving promotes at most), plus ``max_full`` full-budget trials
+  from scratch for the climb (a loose bound: some of those were among the halving's), whatever the
+  objective.
 
 Both add the study's other seeds at full budget for the chosen setting.
 """
@@ -19,13 +22,14 @@ from bocb.tuning.space import Space, value
 
 
 def worst_epochs(config: TuningConfig, epochs: int) -> int:
-    """Trial-epochs of ``max_trials`` candidates halved rung by rung (the tuning seed only)."""
+    """Trial-epochs of ``max_trials`` candidates halved rung by rung, plus ``max_full`` full-budget
+    trials for the climb (the tuning seed only)."""
     rungs = config.rung_epochs(epochs)
     members, total, previous = config.max_trials, 0, 0
     for e in rungs:
         total += members * (e - previous)
         previous, members = e, max(1, members // config.eta)
-    return total
+    return total + config.max_full * epochs
 
 
 def expected_epochs(space: Space, config: TuningConfig, epochs: int) -> int:

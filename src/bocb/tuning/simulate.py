@@ -38,7 +38,8 @@ def simulate(space: Space, config: TuningConfig, epochs: int, objective: Objecti
         for point, rung in decision.proposals:
             lr, wd = value(point[0]), value(point[1])
             scores = tuple(objective(lr, wd, e) for e in rung_epochs[:rung + 1])
-            obs[point] = Observation(point, rung, scores)
+            entered = obs[point].entered if point in obs else rung
+            obs[point] = Observation(point, rung, scores, entered=entered)
     else:
         raise RuntimeError(f"the tuner did not finish in {max_rounds} rounds")
     reached = [o.reached for o in obs.values()]

@@ -104,6 +104,12 @@ class Space:
         """The 3 x 3 stencil of step ``s`` around ``point`` (itself included), in a fixed order."""
         return [(a, b) for a in self._lr_steps(point[0], s) for b in self._wd_steps(point[1], s)]
 
+    def axis_neighbours(self, point: tuple[int, int], s: int) -> list[tuple[int, int]]:
+        """The four points one step ``s`` along one axis (fewer at a limit), in a fixed order."""
+        lr, wd = point
+        out = [(k, wd) for k in self._lr_steps(lr, s) if k != lr] + [(lr, k) for k in self._wd_steps(wd, s) if k != wd]
+        return out
+
     def at_limit(self, point: tuple[int, int]) -> str | None:
         """Which hard limit ``point`` sits on (``lr min``, ``lr max``, ``wd max``), or None.
 
