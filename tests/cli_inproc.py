@@ -35,7 +35,8 @@ def bocb(*args, cache: Path | str | None = None, env: dict[str, str] | None = No
     out, err = io.StringIO(), io.StringIO()
     os.environ.update(extra)
     try:
-        with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out),
+              contextlib.redirect_stderr(err)):
             try:
                 code = main(argv)
             except SystemExit as exc:  # argparse errors, --help, --version

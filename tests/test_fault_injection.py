@@ -142,19 +142,30 @@ class _TempFileWatch:
         os.close(self._fd)
 
 
-def _store_locked(store: Path) -> bool:
-    """True when another connection holds the write lock (the runner is inside a transaction)."""
-    if not store.exists():
-        return False
-    db = sqlite3.connect(str(store), timeout=0, isolation_level=None)
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("ROLLBACK")
-        return False
-    except sqlite3.OperationalError as err:
-        return "locked" in str(err) or "busy" in str(err)
-    finally:
-        db.close()
+class _LockProbe:
+    """Tells whether another connection holds the store's write lock (the runner is inside a
+    transaction). One connection for the whole wait: the probe runs every few milliseconds, and
+    opening a connection each time cost a good part of a core that the run under test needed."""
+
+    def __init__(self, store: Path):
+        self._store, self._db = store, None
+
+    def __call__(self) -> bool:
+        if self._db is None:
+            if not self._store.exists():
+                return False
+            self._db = sqlite3.connect(str(self._store), timeout=0, isolation_level=None)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError as err:
+            return "locked" in str(err) or "busy" in str(err)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def _running(store: Path) -> set[str]:
@@ -235,13 +246,17 @@ def _kill_moment(kind: str, rng: random.Random, proc: subprocess.Popen, store: P
     if kind == "checkpoint":
         held += _inside_checkpoint_write(proc, store, artifacts, deadline)
         return False
-    while proc.poll() is None and time.time() < deadline:
-        if kind == "store" and _store_locked(store):
-            return True
-        if kind == "random" and time.time() >= delay:
-            return _store_locked(store)
-        time.sleep(0.003 if kind != "random" else 0.05)
-    return _store_locked(store)
+    locked = _LockProbe(store)
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            if kind == "store" and locked():
+                return True
+            if kind == "random" and time.time() >= delay:
+                return locked()
+            time.sleep(0.003 if kind != "random" else 0.05)
+        return locked()
+    finally:
+        locked.close()
 
 
 @pytest.mark.slow

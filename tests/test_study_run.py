@@ -1,8 +1,10 @@
 """Studies end to end through `bocb run`: validation, resumption, failures, concurrency, Ray.
 
-Each run is a real `bocb run` process with real worker processes on a real SQLite store. The
-trials are tiny (tiny models, 1-3 epochs on 20 images per class) so the whole file stays around
-two minutes on 2 cores.
+Every trial runs in real worker processes on a real SQLite store. Where the runner's own process
+is under test (kill -9, Ctrl-C, two runners at once, Ray's listeners) it is a real `bocb run`
+subprocess; elsewhere the command runs in this process through the same ``bocb.cli.main``
+(:mod:`cli_inproc`), which saves it a second import of torch. The trials are tiny (tiny models,
+1-3 epochs on 20 images per class).
 """
 
 import json
@@ -291,7 +293,7 @@ def test_ray_executor_on_a_local_instance_listens_on_loopback_only(tmp_path, cac
         pids = sockets.descendants(proc.pid) | {proc.pid}
         for key in _listeners_of(pids):
             seen.setdefault(key, sockets.process_name(key[0]))
-        time.sleep(0.3)
+        time.sleep(1.0)  # the listeners live as long as the run; a finer watch only costs CPU
     stdout, stderr = proc.communicate()
     assert proc.returncode == 0, stderr[-3000:]
     with SQLiteStore(store) as s:

@@ -53,7 +53,8 @@ def print_plan(prepared: Any, effective_flops: float) -> None:
     console.print(
         f"{len(rows)} pairs x {len(study.seeds)} seed(s); rungs at epochs "
         f"{', '.join(str(e) for e in config.rung_epochs(max(p.epochs for p in pairs(study))))}, eta {config.eta}, "
-        f"max {config.max_trials} candidates and {config.max_full} full-budget results per pair. Full grid: {hours(grid):,.0f} GPU-hours; adaptive: "
+        f"max {config.max_trials} candidates and {config.max_full} full-budget results per pair. "
+        f"Full grid: {hours(grid):,.0f} GPU-hours; adaptive: "
         f"{hours(expected):,.0f} expected ({expected / grid:.0%} of the grid; optimum near the start), "
         f"{hours(worst):,.0f} worst case ({worst / grid:.0%}) at {effective_flops / 1e12:.0f} TFLOP/s "
         f"(one H100, bf16, measured on CIFAR ResNet-18)"
