@@ -166,6 +166,7 @@ name = "AdamW"
     ("adaptive", "\n[tuning]\nspeed = 2", "", "unknown key 'speed'"),
     ("adaptive", "\n[tuning]\nlr_limits = [1.0, 0.1]", "", "0 < low < high"),
     ("adaptive", "\n[tuning]\nstep = 0.33", "", "multiple of 0.1"),
+    ("adaptive", "\n[tuning]\nmax_full = 0", "", "max_full >= 1"),
     ("grid", "\n[tuning]\neta = 3", "", "only tuning 'adaptive' takes a [tuning] table"),
 ])
 def test_adaptive_study_mistakes_are_one_line_errors(tmp_path, tuning, extra, opt, message):

@@ -44,8 +44,8 @@ def adaptive_section(pair_states: list[Any]) -> Section:
         blocks.append(Text(f"Optimum at a hard limit of the search ({len(limited)}): {', '.join(limited)}. "
                            "These pairs may do better beyond the limit; widen [tuning] lr_limits / wd_limits."))
     if budget:
-        blocks.append(Text(f"Search stopped by max_trials or max_full before the optimum was interior ({len(budget)}): "
-                           f"{', '.join(budget)}."))
+        blocks.append(Text(f"Search stopped by max_trials or max_full before the optimum was interior "
+                           f"({len(budget)}): {', '.join(budget)}."))
     return Section(
         title="Adaptive tuning",
         blocks=tuple(blocks),

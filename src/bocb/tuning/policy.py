@@ -78,8 +78,8 @@ class TuningConfig:
 
     def __post_init__(self) -> None:
         if self.rungs < 1 or self.eta < 2 or self.max_trials < 1 or self.max_full < 1:
-            raise ValueError(f"need rungs >= 1, eta >= 2, max_trials >= 1, max_full >= 1; got rungs {self.rungs}, "
-                             f"eta {self.eta}, max_trials {self.max_trials}, max_full {self.max_full}")
+            raise ValueError(f"need rungs >= 1, eta >= 2, max_trials >= 1, max_full >= 1; got rungs "
+                             f"{self.rungs}, eta {self.eta}, max_trials {self.max_trials}, max_full {self.max_full}")
         for name in ("step", "fine_step"):
             units = getattr(self, name) * UNITS_PER_DECADE
             if units < 0.999 or abs(units - round(units)) > 1e-6:
