@@ -98,6 +98,20 @@ def test_malformed_study_is_one_line_exit_2_through_bocb_run(tmp_path, cache, bo
     assert not store.exists()
 
 
+@pytest.mark.slow
+def test_malformed_study_is_one_line_from_a_real_bocb_process(tmp_path, cache):
+    """The in-process runs above cannot see what a fresh interpreter prints at import time or as
+    a warning: one case through `python -m bocb`, the way a user meets it."""
+    body, expected = next(c for c in _MALFORMED if "unknown backbone" in c[1])
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    proc = subprocess.run([sys.executable, "-m", "bocb", "run", str(path), "--store", str(tmp_path / "s.sqlite")],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, BOCB_CACHE_DIR=str(cache)))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
 def test_paper_tuning_skips_pairs_without_paper_values_as_data(tmp_path, cache):
     # TNX-T is not in the paper's hyper-parameter tables: that pair is recorded as skipped.
     path = _study(tmp_path, "paper", ["R-50", "TNX-T"], ["AdamW"]).read_text().replace('"fixed"', '"paper"')

@@ -231,3 +231,20 @@ def test_a_learning_rate_that_wins_early_but_not_at_full_budget_is_not_chosen():
     d = simulate(space, CONFIG, 200, f).decision
     assert d.done and d.state == "interior"
     assert abs(math.log10(value(d.best[0]) / lr_full)) <= FINE / 10 / 2 + 1e-9, value(d.best[0])
+
+
+def test_full_budget_runs_that_diverge_count_against_max_full():
+    """Settings that diverge only late (here: every lr above half the start, at epoch 200) must
+    not let the climb train full-budget runs beyond ``max_full``; when none finishes, the pair
+    is reported diverged, not interior."""
+    space = pair_space("R-50", "SGD-M")
+    lr0 = value(space.start[0])
+
+    def late_divergence(lr: float, wd: float, epoch: int) -> float:
+        if epoch == 200 and lr > lr0 / 2:
+            return -math.inf
+        return 50.0 + math.log10(lr)  # larger lr looks better early
+
+    result = simulate(space, TuningConfig(max_full=2), 200, late_divergence)
+    assert result.rung_counts[-1] <= 2, result.rung_counts
+    assert result.decision.done and result.decision.state in ("budget", "diverged"), result.decision

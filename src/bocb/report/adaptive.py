@@ -49,7 +49,8 @@ def adaptive_section(pair_states: list[Any]) -> Section:
     return Section(
         title="Adaptive tuning",
         blocks=tuple(blocks),
-        how_to_read="A pair's value is its best full-budget trial; 'interior' means every neighbour of that "
-                    "setting on the search lattice was tried and was worse.",
+        how_to_read="A pair's value is its best full-budget trial; 'interior' means its four neighbours (lr "
+                    "and weight decay, 0.2 decade up and down) were trained at full budget too and none was "
+                    "better; 'diverged' means no full-budget candidate finished.",
         gap="The paper does not state its tuning budget per pair; here it is measured.",
     )

@@ -129,16 +129,18 @@ def _rows_by_pair(store: Store, study: Study, plist: list[Pair]):
     return grouped, scores
 
 
-def propose(store: Store, study: Study, num_classes: int, max_rounds: int = 20) -> int:
+def propose(store: Store, study: Study, num_classes: int) -> int:
     """Ask the tuner for every pair's next trials and record them; returns how many became runnable.
 
     A promotion of a trial that already finished (a shared full-budget trial) adds its rung row
-    but nothing to run, so the tuner is asked again, up to ``max_rounds`` times.
+    but nothing to run, so the tuner is asked again until something is runnable or nothing
+    changes. That ends: every round that changes something adds a rung row, and a pair has at most
+    ``max_trials`` x rungs of them.
     """
     config = config_of(study)
     plist = pairs(study)
     runnable = 0
-    for _ in range(max_rounds):
+    while True:
         grouped, scores = _rows_by_pair(store, study, plist)
         changed = False
         for pair in plist:
@@ -161,7 +163,6 @@ def propose(store: Store, study: Study, num_classes: int, max_rounds: int = 20) 
                 changed = True
         if runnable or not changed:
             return runnable
-    return runnable
 
 
 def states(store: Store, study: Study) -> list[PairState]:
@@ -225,11 +226,12 @@ def summary(pair_states: list[PairState]) -> str:
     done = [s for s in pair_states if s.decision.done]
     interior = sum(1 for s in done if s.decision.state == "interior")
     limit = sum(1 for s in done if s.decision.state.startswith("at limit"))
+    diverged = sum(1 for s in done if s.decision.state == "diverged")
     rungs: dict[int, int] = {}
     for s in pair_states:
         if not s.decision.done:
             rungs[s.decision.rung + 1] = rungs.get(s.decision.rung + 1, 0) + 1
     searching = ", ".join(f"rung {r}: {n}" for r, n in sorted(rungs.items()))
     return (f"tuning: {len(pair_states)} pairs; {len(done)} done ({interior} interior, {limit} at a limit, "
-            f"{len(done) - interior - limit} stopped by max_trials or max_full); "
+            f"{diverged} diverged, {len(done) - interior - limit - diverged} stopped by max_trials or max_full); "
             f"{len(pair_states) - len(done)} searching{', ' + searching if searching else ''}")

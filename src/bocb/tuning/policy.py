@@ -30,7 +30,8 @@ The search (per pair, on the study's first seed):
 
 The pair is done when nothing is outstanding: its optimum is the best full-budget candidate,
 ``interior`` or ``at limit`` (which one), or ``budget`` when ``max_trials`` (candidates) or
-``max_full`` (full-budget results) stopped the search while the best still had a neighbour to judge.
+``max_full`` (full-budget results, diverged ones included) stopped the search while the best still
+had a neighbour to judge; ``diverged`` when no full-budget candidate finished (the pair fails).
 
 Ties. Equal scores are common at low fidelity (an accuracy on a few hundred test images moves in
 steps, and after one epoch weight decay has barely acted, so settings that differ only in it score
@@ -189,7 +190,12 @@ def decide(space: Space, config: TuningConfig, observations: Mapping[Point, Obse
     # 3. the boundary rule at full budget: a hill-climb over the best's axis neighbours
     full = [o for o in obs if o.reached >= top]
     best = _ranked(space, full, top)[0]
-    judged = sum(1 for o in full if not math.isinf(o.scores[top]))
+    if math.isinf(best.scores[top]):  # every full-budget candidate diverged or failed: nothing to climb from
+        return Decision(done=True, best=best.point, best_score=None, state="diverged", rung=top,
+                        candidates=len(obs), left=0)
+    # Full-budget results so far: every candidate still alive at rung 0 that reached the top,
+    # whether it then finished or diverged there (both cost a full-budget run).
+    judged = sum(1 for o in full if not math.isinf(o.scores[0]))
     wanted = [p for p in space.axis_neighbours(best.point, steps[-1])
               if p not in observations or (observations[p].reached < top and not observations[p].final)]
     proposals: list[tuple[Point, int]] = []
