@@ -330,6 +330,20 @@ def test_ray_executor_on_a_local_instance_listens_on_loopback_only(tmp_path, cac
     assert raylets() == before  # the instance this run started is stopped, and only that one
 
 
+def _wait_state(pid: int) -> str:
+    """A process's command, state and kernel wait channel, from /proc (for a hang's report)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:80]
+        with open(f"/proc/{pid}/stat") as f:
+            status = f.read().rpartition(")")[2].split()[0]
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read()
+    except OSError as err:
+        return f"gone ({err.strerror})"
+    return f"{cmd} [{status}, {wchan}]"
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
     store = tmp_path / "store.sqlite"
@@ -346,7 +360,16 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
                 if s.counts()["running"]:
                     break
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
-    assert proc.wait(timeout=60) == 130
+    try:
+        # Usually 2-4 s; twice in loaded full-suite runs (2 cores, 2026-11-30) it did not end within
+        # 60 s and the cause is not found yet: on a hang, say where each process of the run waits.
+        code = proc.wait(timeout=150)
+    except subprocess.TimeoutExpired:
+        state = {pid: _wait_state(pid) for pid in sockets.descendants(proc.pid) | {proc.pid}}
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"bocb run did not stop within 150 s of Ctrl-C; its processes: {state}")
+    assert code == 130
     with SQLiteStore(store) as s:
         counts = s.counts()
     assert counts["running"] == 0 and counts["pending"] >= 1 and counts["total"] == 3
