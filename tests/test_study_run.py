@@ -349,9 +349,12 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
     store = tmp_path / "store.sqlite"
     path = _study(tmp_path, "interrupt", ["R-50"], ["SGD-M", "AdamW", "LAMB"], epochs=3)
     env = dict(os.environ, BOCB_CACHE_DIR=str(cache))
+    # SIGINT as a terminal leaves it: the test process may run with it ignored (a disposition a
+    # child inherits), and then the run never sees the Ctrl-C and finishes with 0.
     proc = subprocess.Popen([sys.executable, "-m", "bocb", "run", str(path), "--store", str(store)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)
