@@ -364,8 +364,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
                     break
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
     try:
-        # Usually 2-4 s; twice in loaded full-suite runs (2 cores, 2026-11-30) it did not end within
-        # 60 s and the cause is not found yet: on a hang, say where each process of the run waits.
+        # Usually 2-4 s. Should it hang, say where each process of the run waits.
         code = proc.wait(timeout=150)
     except subprocess.TimeoutExpired:
         state = {pid: _wait_state(pid) for pid in sockets.descendants(proc.pid) | {proc.pid}}

@@ -107,8 +107,7 @@ class Space:
     def axis_neighbours(self, point: tuple[int, int], s: int) -> list[tuple[int, int]]:
         """The four points one step ``s`` along one axis (fewer at a limit), in a fixed order."""
         lr, wd = point
-        out = [(k, wd) for k in self._lr_steps(lr, s) if k != lr] + [(lr, k) for k in self._wd_steps(wd, s) if k != wd]
-        return out
+        return [(k, wd) for k in self._lr_steps(lr, s) if k != lr] + [(lr, k) for k in self._wd_steps(wd, s) if k != wd]
 
     def at_limit(self, point: tuple[int, int]) -> str | None:
         """Which hard limit ``point`` sits on (``lr min``, ``lr max``, ``wd max``), or None.
