@@ -21,7 +21,7 @@ or ``skipped`` with its reason. Steps:
 3. ``throughput``: ``benchmarks/throughput.py``, a plain PyTorch loop (DataLoader, CPU
    augmentation, fp32) against bocb's trial (on-device augmentation, bf16 autocast, channels_last)
    on CIFAR ResNet-18 and DeiT-S/4, alternating, 2 repeats; targets 1.2x and 2.5x.
-4. ``packing``: ``benchmarks/packing.py``, 8 identical ResNet-18 trials at 1/2/4/8 slots on one GPU:
+4. ``packing``: ``benchmarks/packing.py``, 4 identical ResNet-18 trials at 1/2/4 slots on one GPU:
    aggregate img/s (target >= 38k img/s on an H100-class GPU), runner overhead per trial.
 5. ``ministudy``: ``bocb run studies/gpu-check-cifar10.toml`` (its ``data`` set to ``--data``) with
    12 slots, then ``benchmarks/coupling.py``: the table and whether the coupling shows.
@@ -35,21 +35,25 @@ report bf16 precision on a CUDA device; bocb applies channels_last together with
 compile (step 6), two slots on one GPU (step 4's 2-slot setting had 2 trials running at once on
 CUDA), Ray with fractional GPUs (step 7 had 2 trials at once on CUDA with 0.5 GPU each).
 
-Sizing on one H200 (an H100's arithmetic with more memory bandwidth). Assumed, not yet measured
-(bf16, eager, batch 100-128): one CIFAR ResNet-18 trial (~3.3 GFLOP per training image) ~20-25k
-img/s, limited by kernel launches; packed ~40k img/s; DeiT-S/4 (65 tokens, ~8.3 GFLOP per
-training image) ~8-10k img/s alone, ~15k packed:
+Sizing on one H200, from the first real check (2026-11-30; torch 2.11.0+cu130, 16 cores; bf16,
+eager, batch 128). Measured: one CIFAR ResNet-18 trial 13.7k img/s (the plain loop 13.9k: both
+launch-bound at this batch), DeiT-S/4 4.7k (plain 5.1k) under the ``pytorch`` recipe; under the
+``deit`` recipe DeiT-S/4 runs at 2.6k img/s alone, as its RandAugment + erasing + mixup cost
+9.5 ms per batch of 128 against a 20.6 ms training step (``benchmarks/augment.py``). The first
+check's sizes did not fit: packing at 8 slots and the mini-study (8 epochs x 25k images: 6 R-18
+trials done in 115 s of which 57 s training, no DeiT-S epoch within 220 s with 12 trials sharing
+the GPU) ran out of time. Resized from those figures:
 
-- throughput, eager: 2,000 images per class (20k), 3 epochs, 2 timed, twice each way: ResNet-18
-  ~26 s, DeiT-S ~36 s (the plain loop is CPU-bound at ~10k img/s on 8 DataLoader workers).
-- packing: 8 trials x 2 epochs x 10k images at 4 settings, ~60 s, most of it worker start-up.
-- mini-study: 12 trials x 8 epochs x 25k images = 2.4M training images (1.2M per backbone): ResNet-18
-  ~30 s at 40k img/s, DeiT-S ~80 s at 15k img/s, evaluation (12 x 8 x 10k forward passes, ~1/3 of a
-  training image each) ~25 s, start-up ~15 s: ~150 s, given 240 s.
+- throughput, eager: 2,000 images per class (20k), 3 epochs, 2 timed, twice each way: 71 s
+  measured.
+- packing: 4 trials x 2 epochs x 10k images at 1/2/4 slots: ~70 s (8 trials at 1/2/4 slots took
+  51 + 44 + 41 s; runner overhead is 65-80 % of such short trials, start-up mostly).
+- mini-study: 12 trials x 8 epochs x 10k images (1,000 per class), 12 slots: start-up ~60 s with
+  12 workers starting at once, R-18 ~25 s, DeiT-S ~60-90 s: ~150 s, given 240 s.
 - compile: the remaining budget, up to 180 s for both models (compilation dominates).
-- total ~10 + 62 + 60 + 150 + ~140 = ~420 s of the 470 s budget; the steps before the
+- total ~11 + 71 + 70 + 150 + 10 + the rest for compile, of the 470 s budget; the steps before the
   mini-study are cut short to leave it its reserve, and what the budget cannot fit is skipped and
-  says so. With real timings in hand, resize here.
+  says so.
 
 ``--dry-run`` runs the same steps on the CPU at tiny sizes (tiny models, a few images per class of
 the bundled sample, 1-2 epochs, packing at slots 1 and 2, ``studies/gpu-check-dry.toml`` in one
@@ -120,8 +124,8 @@ class Sizes:
 
 
 GPU = Sizes(per_class=2000, test_per_class=10, batch_size=128, scale="paper", epochs=3, repeats=2,
-            workers=min(8, os.cpu_count() or 1), packing_trials=8, packing_per_class=1000,
-            packing_test_per_class=100, packing_epochs=2, slots=(1, 2, 4, 8),
+            workers=min(8, os.cpu_count() or 1), packing_trials=4, packing_per_class=1000,
+            packing_test_per_class=100, packing_epochs=2, slots=(1, 2, 4),
             study="studies/gpu-check-cifar10.toml", study_slots=12, device="cuda", timeout_scale=1.0)
 DRY = Sizes(per_class=2, test_per_class=1, batch_size=10, scale="tiny", epochs=2, repeats=1, workers=0,
             packing_trials=2, packing_per_class=2, packing_test_per_class=1, packing_epochs=1, slots=(1, 2),

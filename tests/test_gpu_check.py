@@ -122,5 +122,20 @@ def test_mini_study_files_expand_to_the_same_grid_shape(tmp_path):
         assert len(trials) == size and not skipped
         shapes[name] = {(t.backbone.name, t.optimizer.name) for t in trials}
         if name == "gpu-check-cifar10":  # the sizing the driver's docstring computes with
-            assert {(t.recipe.epochs, t.recipe.train_per_class, t.recipe.test_per_class) for t in trials} == {(8, 2500, None)}
+            assert {(t.recipe.epochs, t.recipe.train_per_class, t.recipe.test_per_class) for t in trials} == {(8, 1000, None)}
     assert shapes["gpu-check-cifar10"] == shapes["gpu-check-dry"]
+
+
+def test_augment_benchmark_adds_the_deit_recipes_stages_one_at_a_time(tmp_path):
+    augment = _load("augment_bench", ROOT / "benchmarks" / "augment.py")
+    names = [name for name, _ in augment.stages("deit")]
+    assert names == ["crop+flip", "+randaugment", "+random erasing", "+mixup/cutmix"]
+    assert [name for name, _ in augment.stages("pytorch")] == ["crop+flip"]
+    last = augment.stages("deit")[-1][1]
+    from bocb.recipes import RECIPES
+    assert last == RECIPES["deit"].augment  # the last stage is the recipe's whole augmentation
+    out = tmp_path / "rows.jsonl"
+    assert augment.main(["--device", "cpu", "--batches", "1", "--batch-size", "4", "--model", "R-18",
+                         "--scale", "tiny", "--json-out", str(out)]) == 0
+    rows = gpu_check.read_json_lines(out)
+    assert len(rows) == 6 and all(r["ms_per_batch"] > 0 for r in rows)
