@@ -135,3 +135,30 @@ def test_a_study_runs_through_the_runner_into_a_memory_store(tmp_path):
     assert snaps == {**dict.fromkeys(rows, "final"), init["snapshot_id"]: "init"}
     weights = weights_frame(store, study_id)
     assert set(weights["snapshot_id"]) == set(snaps) and (weights["layer_index"] >= 0).all()
+
+
+def test_a_ctrl_c_right_after_a_claim_hands_that_trial_back(tmp_path):
+    """KeyboardInterrupt between the claim's commit and the runner noting it: the trial must not
+    stay `running` (a clean-clone run on a loaded machine left one so)."""
+    from bocb.executors.local import LocalExecutor
+    from bocb.executors.worker import WorkerConfig
+    from bocb.runner import run_study
+    from bocb.study_setup import prepare, register
+
+    class InterruptedAfterClaim(MemoryStore):
+        def claim(self, *args, **kwargs):
+            super().claim(*args, **kwargs)
+            raise KeyboardInterrupt  # as if Ctrl-C arrived on the claim's return
+
+    path = tmp_path / "study.toml"
+    path.write_text(TINY_STUDY)
+    store = InterruptedAfterClaim()
+    prepared = prepare(path, tmp_path / "cache", [], download=False)
+    register(store, prepared)
+    study_id = prepared.study.study_id
+    executor = LocalExecutor(WorkerConfig(artifacts_dir=str(tmp_path / "artifacts"), device="cpu"), slots=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(store, study_id, executor, lease_s=60)
+    counts = store.counts(study_id)
+    assert counts["running"] == 0 and counts["pending"] == 2, counts
+    assert sum(r["attempts"] for r in store.trials(study_id)) == 1  # the claim did happen

@@ -181,7 +181,10 @@ def run_study(
                 on_update(stats)
     except (KeyboardInterrupt, _Stop):
         executor.shutdown()
-        for trial_id in list(leases):
+        # Every trial this runner holds, not only those in `leases`: a Ctrl-C can land after a
+        # claim was committed and before the loop noted it (seen on a loaded machine).
+        mine = {row["trial_id"] for row in store.held(study_id) if row["runner"] == me}
+        for trial_id in sorted(mine | set(leases)):
             store.release(trial_id, me)
         raise KeyboardInterrupt from None
     except Exception:

@@ -1,9 +1,16 @@
 """Local executor: slots of long-lived worker processes, one trial per slot at a time.
 
-Each slot is a separate process (``spawn``: no inherited CUDA or thread state), so a trial that
-crashes the interpreter, runs out of memory or hangs takes down only its own slot: the parent
-records the trial ``failed`` with the cause and starts a fresh worker. Workers live across trials
-so the ~5 s import of torch and the dataset load are paid once per slot, not per trial.
+Each slot is a separate process, so a trial that crashes the interpreter, runs out of memory or
+hangs takes down only its own slot: the parent records the trial ``failed`` with the cause and
+starts a fresh worker. Workers live across trials so the dataset load is paid once per slot, not
+per trial, and on Linux they are forked from a ``forkserver`` that imported torch, timm and the
+trainer once (:data:`PRELOAD`): importing those costs 5-10 s of CPU, which every slot used to pay
+at start (twelve slots starting at once on a 16-core GPU machine spent about a minute in it). The
+fork server is a fresh interpreter that has only imported modules (no CUDA, no threads started),
+so its children start clean, as under ``spawn``, which other systems use. Python keeps one fork
+server per process: it lives until the process that started it exits, and its children inherit
+its environment as it was when it started (workers read no environment variable: their settings
+travel in :class:`~bocb.executors.worker.WorkerConfig`).
 
 Several slots may share one GPU (a small CIFAR trial leaves most of an H100 idle); slots are
 spread round-robin over ``devices``. On CPU the cores are split evenly between slots.
@@ -22,6 +29,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import queue
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -34,13 +42,27 @@ from bocb.fencing import raise_fence
 if TYPE_CHECKING:
     from bocb.executors.worker import WorkerConfig
 
+# What the fork server imports once for all workers: the trainer and, through it, torch,
+# torchvision and timm. Nothing here may touch CUDA at import (tests/test_executors.py checks).
+PRELOAD = ["bocb.executors.local", "bocb.executors.worker"]
+
+
+def worker_context() -> Any:
+    """The multiprocessing context workers start in: ``forkserver`` with :data:`PRELOAD` on Linux,
+    else ``spawn`` (forking a process that loaded system frameworks is unsafe on macOS)."""
+    if sys.platform.startswith("linux"):
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
 
 def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: str, threads: int,
-                 parent_pid: int) -> None:
-    # First, before torch is imported (seconds): from here on this worker dies with the runner.
-    # This module and the arguments are kept light (the config travels as a dict) so that a
-    # slot's start-up reaches this line at once.
-    die_with_parent(parent_pid)
+                 runner_pid: int) -> None:
+    # First, before torch is imported (seconds under spawn): from here on this worker dies with the
+    # runner. This module and the arguments are kept light (the config travels as a dict) so that
+    # a spawned slot's start-up reaches this line at once.
+    die_with_parent(runner_pid)
     import torch
 
     from bocb.executors.worker import WorkerConfig, execute
@@ -98,7 +120,7 @@ class LocalExecutor:
         self.config = config
         self.time_limit_s = time_limit_s
         self.memory_limit_gb = memory_limit_gb
-        self._ctx = mp.get_context("spawn")
+        self._ctx = worker_context()
         self._events = self._ctx.Queue()
         devices = devices or [config.device]
         cpu_only = all(d == "cpu" or (d == "auto" and not _cuda_available()) for d in devices)

@@ -4,11 +4,13 @@ Two independent mechanisms, because each has a gap:
 
 - the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``, Linux): the worker is
   killed the moment its parent exits, even by SIGKILL. It fires when the parent *thread* that
-  started the worker exits, so the executors start workers from the runner's main thread; and
-  it is lost if the parent died before the call, which is checked right after it.
-- a watchdog thread polling ``os.getppid()`` once a second: when the parent is gone the worker is
-  re-parented (to init or a subreaper) and kills itself. It covers systems without ``prctl`` and
-  anything that clears the signal (a set-uid exec).
+  started the worker exits, so workers are started from a main thread (the runner's under
+  ``spawn``; the fork server's, which exits as soon as the runner is gone, under ``forkserver``);
+  and it is lost if the parent died before the call, which is checked right after it.
+- a watchdog thread checking once a second that the worker's parent is still the one it started
+  under and that the runner is alive: otherwise it kills itself. It covers systems without
+  ``prctl``, anything that clears the signal (a set-uid exec), and the moment a fork server takes
+  to notice its runner's death.
 
 A worker killed this way may die mid-write: files are only ever published by an atomic rename
 (:mod:`bocb.fencing`), so at worst a temporary file is left, which the next claim deletes.
@@ -40,20 +42,33 @@ def _set_parent_death_signal() -> bool:
         return False
 
 
-def _watch(parent_pid: int, interval_s: float) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (a reused pid): not the runner
+        return False
+    return True
+
+
+def _watch(parent_pid: int, runner_pid: int, interval_s: float) -> None:
     while True:
         time.sleep(interval_s)
-        if os.getppid() != parent_pid:
+        if os.getppid() != parent_pid or not _alive(runner_pid):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
-    """Arrange for this process to be killed when ``parent_pid`` (its parent) dies; call first thing
-    in a worker process. Exits at once when the parent is already gone."""
+def die_with_parent(runner_pid: int, interval_s: float = 1.0) -> None:
+    """Arrange for this process to be killed when ``runner_pid`` dies; call first thing in a worker.
+
+    The runner is this process's parent (``spawn``) or its grandparent through a fork server that
+    exits with it. Exits at once when the runner is already gone."""
     _set_parent_death_signal()
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+    parent = os.getppid()
+    if parent == 1 or not _alive(runner_pid):  # orphaned before the signal was armed
         os._exit(1)
-    threading.Thread(target=_watch, args=(parent_pid, interval_s), name="bocb-parent-watchdog",
+    threading.Thread(target=_watch, args=(parent, runner_pid, interval_s), name="bocb-parent-watchdog",
                      daemon=True).start()
 
 

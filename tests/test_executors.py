@@ -1,0 +1,59 @@
+"""How the local executor starts its workers: forked from a fork server that preloaded the trainer."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bocb.executors.local import PRELOAD, LocalExecutor
+from bocb.executors.worker import WorkerConfig
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server is used on Linux")
+
+# Every way torch reaches the CUDA driver, replaced by a recorder before the preloaded modules are
+# imported: a CUDA driver initialised in the fork server would break every GPU worker forked from it.
+_PROBE = """
+import importlib, json, sys
+import torch
+calls = []
+def recorder(name):
+    def call(*args, **kwargs):
+        calls.append(name)
+        raise RuntimeError(name + " called at import")
+    return call
+for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "get_device_name"):
+    setattr(torch.cuda, name, recorder("torch.cuda." + name))
+if hasattr(torch._C, "_cuda_getDeviceCount"):
+    torch._C._cuda_getDeviceCount = recorder("torch._C._cuda_getDeviceCount")
+errors = []
+for module in sys.argv[1:]:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        errors.append(f"{module}: {exc!r}")
+print(json.dumps({"calls": calls, "errors": errors, "initialized": torch.cuda.is_initialized()}))
+"""
+
+
+def test_the_preloaded_modules_touch_no_cuda_at_import():
+    out = subprocess.run([sys.executable, "-c", _PROBE, *PRELOAD], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"calls": [], "errors": [], "initialized": False}, result
+
+
+@linux_only
+def test_workers_are_forked_by_the_fork_server_not_the_runner(tmp_path):
+    executor = LocalExecutor(WorkerConfig(artifacts_dir=str(tmp_path), device="cpu"), slots=1)
+    try:
+        pid = executor._slots[0].process.pid
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rpartition(")")[2].split()[1])
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            parent_cmd = f.read().replace(b"\0", b" ").decode()
+    finally:
+        executor.shutdown()
+    assert parent != os.getpid() and "forkserver" in parent_cmd, parent_cmd
+    assert not executor._slots[0].process.is_alive()
