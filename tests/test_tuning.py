@@ -248,3 +248,37 @@ def test_full_budget_runs_that_diverge_count_against_max_full():
     result = simulate(space, TuningConfig(max_full=2), 200, late_divergence)
     assert result.rung_counts[-1] <= 2, result.rung_counts
     assert result.decision.done and result.decision.state in ("budget", "diverged"), result.decision
+
+
+def test_a_rung_with_no_signal_promotes_all_its_candidates():
+    """Every setting at chance after the first rung (as AlexNet x SGD-M was on CIFAR-10): halving
+    by tie-break would keep the five candidates nearest the start and lose the optimum at the
+    coarse stencil's corner, which the full-budget climb cannot reach within max_full."""
+    space = pair_space("R-50", "SGD-M")
+    corner = (space.start[0] + 5, space.start[1] + 5)
+    lr_opt, wd_opt = value(corner[0]), value(corner[1])
+    bowl = _bowl(lr_opt, wd_opt)
+
+    def f(lr: float, wd: float, epoch: int) -> float:
+        return 10.0 if epoch == CONFIG.rung_epochs(200)[0] else bowl(lr, wd, epoch)
+
+    config = TuningConfig(max_full=3)
+    result = simulate(space, config, 200, f)
+    assert result.decision.best == corner, (result.decision, corner)
+    assert result.rung_counts[1] == result.trials  # all promoted past the silent rung
+
+
+def test_worst_case_cost_counts_silent_rungs():
+    """By hand, rungs at epochs 22, 67, 200 (rungs 3, eta 3), max_trials 50, max_full 10, two
+    stencil steps (17 candidates around the start): halving everywhere costs 50*22 + 16*45 +
+    5*133 = 2485; a silent rung 1 after a ranked rung 0 keeps 16, of which 10 go to the top:
+    50*22 + 16*45 + 10*133 = 3150, the dearest pattern; all silent: 17*67 + 10*133 = 2469. The
+    climb adds 10 full-budget trials: 2000."""
+    from bocb.tuning.cost import worst_epochs
+
+    assert CONFIG.rung_epochs(200) == (22, 67, 200)
+    assert worst_epochs(CONFIG, 200) == 3150 + 2000
+    # The simulator never exceeds it, silent rungs included.
+    space = pair_space("R-50", "SGD-M")
+    for f in (lambda lr, wd, e: 10.0, _bowl(value(space.start[0] + 9), None)):
+        assert simulate(space, CONFIG, 200, f).epochs <= worst_epochs(CONFIG, 200)

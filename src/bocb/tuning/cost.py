@@ -5,15 +5,16 @@
   the fine ring, the halving, the full-budget check of the best's four axis neighbours. A pair
   whose optimum is elsewhere costs more, up to:
 - **worst case**: ``max_trials`` candidates, all at rung 0, the best 1/eta of them at each
-  further rung (what successive halving promotes at most), plus ``max_full`` full-budget trials
-  from scratch for the climb (a loose bound: some of those were among the halving's), whatever the
-  objective.
+  further rung (what successive halving promotes at most), or all of them at a rung that cannot
+  rank them (see :func:`worst_epochs`), plus ``max_full`` full-budget trials from scratch for the
+  climb (a loose bound: some of those were among the halving's), whatever the objective.
 
 Both add the study's other seeds at full budget for the chosen setting.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from bocb.tuning.policy import TuningConfig
@@ -22,14 +23,27 @@ from bocb.tuning.space import Space, value
 
 
 def worst_epochs(config: TuningConfig, epochs: int) -> int:
-    """Trial-epochs of ``max_trials`` candidates halved rung by rung, plus ``max_full`` full-budget
-    trials for the climb (the tuning seed only)."""
+    """Trial-epochs of the worst case (the tuning seed only): ``max_trials`` candidates halved rung
+    by rung, or kept whole at a rung that cannot rank them (the policy's "No signal" rule; at most
+    ``max_full`` go to the full budget that way), plus ``max_full`` full-budget trials for the
+    climb. Every pattern of silent rungs is tried and the dearest counted. A rung-0 tie means the
+    search never left the start's stencils, so it holds at most ``1 + 8 x len(steps)`` candidates."""
     rungs = config.rung_epochs(epochs)
-    members, total, previous = config.max_trials, 0, 0
-    for e in rungs:
-        total += members * (e - previous)
-        previous, members = e, max(1, members // config.eta)
-    return total + config.max_full * epochs
+    stencils = 1 + 8 * len(config.steps)
+    worst = 0
+    for silent in itertools.product((False, True), repeat=len(rungs) - 1):
+        members = min(config.max_trials, stencils) if silent and silent[0] else config.max_trials
+        total, previous = 0, 0
+        for r, e in enumerate(rungs):
+            total += members * (e - previous)
+            previous = e
+            if r + 1 < len(rungs):
+                if not silent[r]:
+                    members = max(1, members // config.eta)
+                elif r + 2 == len(rungs):
+                    members = min(members, config.max_full)
+        worst = max(worst, total)
+    return worst + config.max_full * epochs
 
 
 def expected_epochs(space: Space, config: TuningConfig, epochs: int) -> int:

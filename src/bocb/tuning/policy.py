@@ -39,6 +39,13 @@ the same). They go to the candidate nearest the start, the paper's choice or the
 the results cannot tell settings apart, the prior stands. (Breaking them by lattice index instead
 walked one study's weight decay down, tie by tie, from 5e-4 to 0.)
 
+No signal. A rung whose surviving candidates all score the same (every setting still at chance
+after the first epoch, as AlexNet with SGD-M on CIFAR-10 was in benchmarks/tuning.py) cannot rank
+them: halving would keep the ones nearest the start for no reason the results give. Such a rung
+decides nothing: all its members (those that did not diverge) go on to the next rung, and to the
+full budget at most ``max_full`` of them. Only exact ties count; a rung that separates its
+candidates by any margin ranks them as usual.
+
 Why synchronous halving rather than ASHA's asynchronous promotions: ASHA promotes whatever is in
 the top 1/eta *when a result arrives*, so its proposals depend on arrival order; a rerun after
 kill -9 would propose differently. Here a decision is taken only when none of the pair's trials is
@@ -178,10 +185,16 @@ def decide(space: Space, config: TuningConfig, observations: Mapping[Point, Obse
         return Decision(proposals=tuple((p, 0) for p in new[:room]), rung=0, candidates=len(obs))
     stopped_by_budget = bool(new)
 
-    # 2. successive halving, one rung at a time
+    # 2. successive halving, one rung at a time; a rung that cannot tell its members apart
+    # promotes them all (see "No signal" in the module doc)
     members = searched
     for r in range(top):
-        members = _ranked(space, members, r)[:max(1, len(members) // config.eta)]
+        alive = [o for o in members if not math.isinf(o.scores[r])]
+        if len(alive) > 1 and len({o.scores[r] for o in alive}) == 1:
+            keep = len(alive) if r + 1 < top else min(len(alive), config.max_full)
+            members = _ranked(space, alive, r)[:keep]
+        else:
+            members = _ranked(space, members, r)[:max(1, len(members) // config.eta)]
         promote = [o for o in members if o.reached < r + 1 and not o.final]
         if promote:
             return Decision(proposals=tuple((o.point, r + 1) for o in promote), rung=r + 1,
