@@ -48,8 +48,11 @@ the GPU) ran out of time. Resized from those figures:
   measured.
 - packing: 4 trials x 2 epochs x 10k images at 1/2/4 slots: ~70 s (8 trials at 1/2/4 slots took
   51 + 44 + 41 s; runner overhead is 65-80 % of such short trials, start-up mostly).
-- mini-study: 12 trials x 8 epochs x 10k images (1,000 per class), 12 slots: start-up ~60 s with
-  12 workers starting at once, R-18 ~25 s, DeiT-S ~60-90 s: ~150 s, given 240 s.
+- mini-study: 12 trials x 8 epochs x 10k images (1,000 per class), 12 slots, given 240 s:
+  start-up (~60 s with 12 spawned workers; less now that they fork from a preloaded server), R-18
+  ~25 s, DeiT-S 480k images: ~185 s at the 2.6k img/s one trial reached alone, less if six
+  packed trials use the GPU better (the first check saw far less with twelve at once). It may
+  still run out of time; the check then says so and the store keeps what finished.
 - compile: the remaining budget, up to 180 s for both models (compilation dominates).
 - total ~11 + 71 + 70 + 150 + 10 + the rest for compile, of the 470 s budget; the steps before the
   mini-study are cut short to leave it its reserve, and what the budget cannot fit is skipped and

@@ -5,7 +5,8 @@ Why: a `bocb` subprocess imports torch, torchvision and timm again (about 5-8 s 
 kind of machine before any work), and the suite runs a few hundred commands. Tests about what a
 command *does* (its exit code, its lines, what it stores) call it here; tests about the *process*
 (a kill, Ctrl-C, orphans, sockets, the console script itself) keep a real subprocess. Workers that
-a command starts are real processes either way (``spawn``), so trials still run as in production.
+a command starts are real processes either way (forked from a fork server, or spawned), so trials
+still run as in production.
 
 The result is a :class:`subprocess.CompletedProcess`, so a test reads it as it would a subprocess's.
 """
@@ -24,7 +25,7 @@ from bocb.cli import main
 def bocb(*args, cache: Path | str | None = None, env: dict[str, str] | None = None,
          cwd: Path | str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run one command; ``cache`` sets ``BOCB_CACHE_DIR`` (and ``env`` more variables) for its
-    duration, including the worker processes it starts; ``cwd``: the working directory meanwhile. An exception the command does not turn into
+    duration (workers get it through their config, not their environment); ``cwd``: the working directory meanwhile. An exception the command does not turn into
     an exit status propagates, with its traceback, into the test. ``timeout`` is accepted so that
     calls read as the subprocess helpers' do; nothing here can enforce it."""
     argv = [str(a) for a in args]

@@ -57,3 +57,55 @@ def test_workers_are_forked_by_the_fork_server_not_the_runner(tmp_path):
         executor.shutdown()
     assert parent != os.getpid() and "forkserver" in parent_cmd, parent_cmd
     assert not executor._slots[0].process.is_alive()
+
+
+_RUNNER = """
+import sys, time
+from bocb.data import DatasetSpec
+from bocb.executors.local import LocalExecutor
+from bocb.executors.worker import WorkerConfig
+from bocb.spec import resolve_trial
+config = WorkerConfig(artifacts_dir=sys.argv[1] + "/artifacts", cache_dir=sys.argv[1] + "/cache", device="cpu")
+executor = LocalExecutor(config, slots=1, watchdog_s=600)
+spec = resolve_trial("resnet18", "sgd_m", data=DatasetSpec("sample"), num_classes=10, tier="smoke", epochs=500)
+executor.submit(spec.trial_id, spec.to_dict(), "claim")
+print(executor._slots[0].process.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@linux_only
+def test_workers_die_with_a_sigkilled_runner_without_their_watchdog(tmp_path):
+    """The kernel alone (the watchdog is set to 10 minutes; the worker is training, so it does not
+    notice its pipe's end either): the runner's death closes the fork server's alive pipe, the
+    server exits, and its child's parent-death signal fires. A worker that kept a copy of that
+    pipe kept the server, and itself, alive until its watchdog."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(proc.stdout.readline())
+        deadline = time.time() + 120
+        while not list((tmp_path / "artifacts").glob("*/checkpoint*")) and time.time() < deadline:
+            time.sleep(0.2)  # training: past its first epoch
+        assert _alive(worker) and time.time() < deadline
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 10
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.05)
+    left = _alive(worker)
+    if left:
+        os.kill(worker, signal.SIGKILL)
+    assert not left, "the worker outlived its SIGKILLed runner"

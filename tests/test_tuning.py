@@ -269,16 +269,34 @@ def test_a_rung_with_no_signal_promotes_all_its_candidates():
 
 
 def test_worst_case_cost_counts_silent_rungs():
-    """By hand, rungs at epochs 22, 67, 200 (rungs 3, eta 3), max_trials 50, max_full 10, two
-    stencil steps (17 candidates around the start): halving everywhere costs 50*22 + 16*45 +
-    5*133 = 2485; a silent rung 1 after a ranked rung 0 keeps 16, of which 10 go to the top:
-    50*22 + 16*45 + 10*133 = 3150, the dearest pattern; all silent: 17*67 + 10*133 = 2469. The
-    climb adds 10 full-budget trials: 2000."""
+    """By hand, rungs at epochs 22, 67, 200 (rungs 3, eta 3), max_trials 50, max_full 10:
+    halving everywhere costs 50*22 + 16*45 + 5*133 = 2485; a silent rung 0 keeps all 50 at rung 1,
+    then 10 (max_full) go on: 50*67 + 10*133 = 4680, the dearest pattern (silent rung 1 only:
+    50*22 + 16*45 + 10*133 = 3150). The climb adds 10 full-budget trials: 2000."""
     from bocb.tuning.cost import worst_epochs
 
     assert CONFIG.rung_epochs(200) == (22, 67, 200)
-    assert worst_epochs(CONFIG, 200) == 3150 + 2000
-    # The simulator never exceeds it, silent rungs included.
+    assert worst_epochs(CONFIG, 200) == 4680 + 2000
+
+
+def test_diverging_start_and_a_silent_rung_stay_within_max_full_and_the_worst_case():
+    """The reviewer's case: the start diverges and every other setting ties at rung 0, so the
+    search spreads over max_trials candidates and the silent rung promotes them all; at most
+    max_full may go to the full budget, and the cost stays within worst_epochs."""
+    from bocb.tuning.cost import worst_epochs
+
     space = pair_space("R-50", "SGD-M")
-    for f in (lambda lr, wd, e: 10.0, _bowl(value(space.start[0] + 9), None)):
-        assert simulate(space, CONFIG, 200, f).epochs <= worst_epochs(CONFIG, 200)
+    start_lr = value(space.start[0])
+    bowl = _bowl(start_lr * 3, None)
+
+    def f(lr: float, wd: float, epoch: int) -> float:
+        if lr == start_lr:
+            return -math.inf
+        return 1.0 if epoch == 22 else bowl(lr, wd, epoch)
+
+    result = simulate(space, CONFIG, 200, f)
+    assert result.trials > 17 and result.rung_counts[1] > 17  # spread past the start's stencils, all promoted
+    assert result.rung_counts[-1] <= CONFIG.max_full, result.rung_counts
+    assert result.epochs <= worst_epochs(CONFIG, 200), (result.epochs, result.rung_counts)
+    for f2 in (lambda lr, wd, e: 10.0, _bowl(value(space.start[0] + 9), None)):
+        assert simulate(space, CONFIG, 200, f2).epochs <= worst_epochs(CONFIG, 200)

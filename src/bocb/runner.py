@@ -183,7 +183,10 @@ def run_study(
         executor.shutdown()
         # Every trial this runner holds, not only those in `leases`: a Ctrl-C can land after a
         # claim was committed and before the loop noted it (seen on a loaded machine).
-        mine = {row["trial_id"] for row in store.held(study_id) if row["runner"] == me}
+        try:
+            mine = {row["trial_id"] for row in store.held(study_id) if row["runner"] == me}
+        except Exception:  # noqa: BLE001 - a failing store: hand back what this runner knows of
+            mine = set()
         for trial_id in sorted(mine | set(leases)):
             store.release(trial_id, me)
         raise KeyboardInterrupt from None

@@ -8,9 +8,11 @@ trainer once (:data:`PRELOAD`): importing those costs 5-10 s of CPU, which every
 at start (twelve slots starting at once on a 16-core GPU machine spent about a minute in it). The
 fork server is a fresh interpreter that has only imported modules (no CUDA, no threads started),
 so its children start clean, as under ``spawn``, which other systems use. Python keeps one fork
-server per process: it lives until the process that started it exits, and its children inherit
-its environment as it was when it started (workers read no environment variable: their settings
-travel in :class:`~bocb.executors.worker.WorkerConfig`).
+server per process; it lives until that process exits (should it die, every slot's trial is
+recorded failed and the next worker starts a new one). Its children inherit its environment as it
+was when it started: bocb's settings travel in :class:`~bocb.executors.worker.WorkerConfig`, but
+variables torch reads (``CUDA_VISIBLE_DEVICES``, ``PYTORCH_CUDA_ALLOC_CONF``) are those of the
+moment the process first started workers.
 
 Several slots may share one GPU (a small CIFAR trial leaves most of an H100 idle); slots are
 spread round-robin over ``devices``. On CPU the cores are split evenly between slots.
@@ -18,8 +20,8 @@ Limits: ``time_limit_s`` per trial (the worker is killed when it is exceeded) an
 ``memory_limit_gb`` on the worker's resident memory (read from /proc; killed above it).
 
 No worker outlives the runner: each arms the parent-death signal and a watchdog first thing
-(:mod:`bocb.executors.orphans`); workers are started from the runner's main thread, which the
-signal is tied to. Every trial is submitted with the runner's claim token, fenced into the
+(:mod:`bocb.executors.orphans`), and a forked one lets go of the fork server's "alive" pipe, so
+that the server exits the moment the runner dies and the kernel then kills its workers. Every trial is submitted with the runner's claim token, fenced into the
 trial's directory before the worker sees it (:mod:`bocb.fencing`).
 """
 
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 # What the fork server imports once for all workers: the trainer and, through it, torch,
 # torchvision and timm. Nothing here may touch CUDA at import (tests/test_executors.py checks).
-PRELOAD = ["bocb.executors.local", "bocb.executors.worker"]
+PRELOAD = ["bocb.executors.local", "bocb.executors.worker", "bocb.trial", "bocb.diagnostics.snapshot"]
 
 
 def worker_context() -> Any:
@@ -57,12 +59,35 @@ def worker_context() -> Any:
     return mp.get_context("spawn")
 
 
+def _release_fork_server() -> None:
+    """Close this worker's copy of the runner's end of the fork server's "alive" pipe.
+
+    The fork server exits when that pipe reaches EOF, i.e. when every copy is closed, and each
+    forked child gets a copy (so that it could start processes through the server itself, which
+    workers never do). Held by the workers, it kept the server alive after the runner's death, and
+    with it the workers, whose parent-death signal is tied to the server: only the watchdog
+    remained (measured: a worker outlived a SIGKILLed runner by its watchdog period). The
+    attribute is CPython's (3.8-3.13); where it is absent nothing is closed and the watchdog stays
+    the fallback."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
+
+
 def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: str, threads: int,
-                 runner_pid: int) -> None:
+                 runner_pid: int, watchdog_s: float = 1.0) -> None:
     # First, before torch is imported (seconds under spawn): from here on this worker dies with the
     # runner. This module and the arguments are kept light (the config travels as a dict) so that
     # a spawned slot's start-up reaches this line at once.
-    die_with_parent(runner_pid)
+    die_with_parent(runner_pid, watchdog_s)
+    _release_fork_server()  # a no-op in a spawned worker
     import torch
 
     from bocb.executors.worker import WorkerConfig, execute
@@ -114,12 +139,16 @@ class LocalExecutor:
     """``submit`` trials into free slots; ``poll`` returns finished ``(trial_id, record)`` pairs."""
 
     def __init__(self, config: WorkerConfig, slots: int = 1, devices: list[str] | None = None,
-                 time_limit_s: float | None = None, memory_limit_gb: float | None = None):
+                 time_limit_s: float | None = None, memory_limit_gb: float | None = None,
+                 watchdog_s: float = 1.0):
+        """``watchdog_s``: how often a worker checks that the runner lives, the fallback to the
+        kernel's parent-death signal (:mod:`bocb.executors.orphans`)."""
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.config = config
         self.time_limit_s = time_limit_s
         self.memory_limit_gb = memory_limit_gb
+        self.watchdog_s = watchdog_s
         self._ctx = worker_context()
         self._events = self._ctx.Queue()
         devices = devices or [config.device]
@@ -133,7 +162,8 @@ class LocalExecutor:
         parent, child = self._ctx.Pipe()
         slot.process = self._ctx.Process(
             target=_worker_main,
-            args=(child, self._events, dataclasses.asdict(self.config), slot.device, self._threads, os.getpid()),
+            args=(child, self._events, dataclasses.asdict(self.config), slot.device, self._threads, os.getpid(),
+                  self.watchdog_s),
             daemon=True, name=f"bocb-slot-{slot.index}",
         )
         slot.process.start()

@@ -4,13 +4,15 @@ Two independent mechanisms, because each has a gap:
 
 - the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``, Linux): the worker is
   killed the moment its parent exits, even by SIGKILL. It fires when the parent *thread* that
-  started the worker exits, so workers are started from a main thread (the runner's under
-  ``spawn``; the fork server's, which exits as soon as the runner is gone, under ``forkserver``);
-  and it is lost if the parent died before the call, which is checked right after it.
-- a watchdog thread checking once a second that the worker's parent is still the one it started
-  under and that the runner is alive: otherwise it kills itself. It covers systems without
-  ``prctl``, anything that clears the signal (a set-uid exec), and the moment a fork server takes
-  to notice its runner's death.
+  started the worker exits, so workers are started from a main thread: the runner's under
+  ``spawn``; under ``forkserver`` the fork server's, which exits as soon as the runner is gone
+  (workers close their copy of its "alive" pipe, see :mod:`bocb.executors.local`), so the kernel
+  takes the workers down right after. The signal is lost if the parent died before the call,
+  which is checked right after it.
+- a watchdog thread checking every ``interval_s`` that the worker's parent is still the one it
+  started under and that the runner is alive: otherwise it kills itself. It covers systems
+  without ``prctl`` and anything that clears the signal (a set-uid exec); it needs the GIL, so a
+  worker stuck in a call that holds it relies on the kernel alone.
 
 A worker killed this way may die mid-write: files are only ever published by an atomic rename
 (:mod:`bocb.fencing`), so at worst a temporary file is left, which the next claim deletes.

@@ -24,23 +24,19 @@ from bocb.tuning.space import Space, value
 
 def worst_epochs(config: TuningConfig, epochs: int) -> int:
     """Trial-epochs of the worst case (the tuning seed only): ``max_trials`` candidates halved rung
-    by rung, or kept whole at a rung that cannot rank them (the policy's "No signal" rule; at most
-    ``max_full`` go to the full budget that way), plus ``max_full`` full-budget trials for the
-    climb. Every pattern of silent rungs is tried and the dearest counted. A rung-0 tie means the
-    search never left the start's stencils, so it holds at most ``1 + 8 x len(steps)`` candidates."""
+    by rung, or kept whole at a rung that cannot rank them (the policy's "No signal" rule), at most
+    ``max_full`` of them to the full budget, plus ``max_full`` full-budget trials for the climb.
+    Every pattern of silent rungs is tried and the dearest counted."""
     rungs = config.rung_epochs(epochs)
-    stencils = 1 + 8 * len(config.steps)
     worst = 0
     for silent in itertools.product((False, True), repeat=len(rungs) - 1):
-        members = min(config.max_trials, stencils) if silent and silent[0] else config.max_trials
-        total, previous = 0, 0
+        members, total, previous = config.max_trials, 0, 0
         for r, e in enumerate(rungs):
             total += members * (e - previous)
             previous = e
             if r + 1 < len(rungs):
-                if not silent[r]:
-                    members = max(1, members // config.eta)
-                elif r + 2 == len(rungs):
+                members = members if silent[r] else max(1, members // config.eta)
+                if r + 2 == len(rungs):
                     members = min(members, config.max_full)
         worst = max(worst, total)
     return worst + config.max_full * epochs

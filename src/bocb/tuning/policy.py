@@ -13,7 +13,8 @@ The search (per pair, on the study's first seed):
    a best on the edge of what was tried always has untried stencil points outward, so the search
    extends until the best is interior or sits on a hard limit (stencils are clamped to the limits).
 2. **Successive halving** (eta = 3 by default) over all candidates: S_0 is every candidate; S_r+1
-   is the best max(1, |S_r| // eta) of S_r by the score at rung r. Members of S_r+1 that have not
+   is the best max(1, |S_r| // eta) of S_r by the score at rung r (to the full budget, at most
+   ``max_full``). Members of S_r+1 that have not
    reached rung r+1 are promoted (resumed from their checkpoint to the next rung's epoch). Rungs
    are filled in order: no promotion to r+2 is decided while one to r+1 is outstanding.
 3. **Boundary rule at full budget.** The best full-budget candidate's four axis neighbours at the
@@ -43,7 +44,7 @@ No signal. A rung whose surviving candidates all score the same (every setting s
 after the first epoch, as AlexNet with SGD-M on CIFAR-10 was in benchmarks/tuning.py) cannot rank
 them: halving would keep the ones nearest the start for no reason the results give. Such a rung
 decides nothing: all its members (those that did not diverge) go on to the next rung, and to the
-full budget at most ``max_full`` of them. Only exact ties count; a rung that separates its
+full budget at most ``max_full`` of them (the candidates nearest the start). Only exact ties count; a rung that separates its
 candidates by any margin ranks them as usual.
 
 Why synchronous halving rather than ASHA's asynchronous promotions: ASHA promotes whatever is in
@@ -191,10 +192,12 @@ def decide(space: Space, config: TuningConfig, observations: Mapping[Point, Obse
     for r in range(top):
         alive = [o for o in members if not math.isinf(o.scores[r])]
         if len(alive) > 1 and len({o.scores[r] for o in alive}) == 1:
-            keep = len(alive) if r + 1 < top else min(len(alive), config.max_full)
-            members = _ranked(space, alive, r)[:keep]
+            members, keep = alive, len(alive)
         else:
-            members = _ranked(space, members, r)[:max(1, len(members) // config.eta)]
+            keep = max(1, len(members) // config.eta)
+        if r + 1 == top:  # full-budget runs: never more than max_full
+            keep = min(keep, config.max_full)
+        members = _ranked(space, members, r)[:keep]
         promote = [o for o in members if o.reached < r + 1 and not o.final]
         if promote:
             return Decision(proposals=tuple((o.point, r + 1) for o in promote), rung=r + 1,
