@@ -20,7 +20,7 @@ setup: $(STAMP)
 # tests ran CLI commands in-process; the 12-minute target is still missed, see the slow tests in
 # tests/test_fault_injection.py, test_detection.py and test_transfer.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 
 # The fast lane for an edit-test loop: every test not marked slow (61 s on 2 idle cores, 2026-11-30).
 test-fast: $(STAMP)
