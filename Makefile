@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 # Two workers (three were slower: 13:55, and a Ray test's 2 s wait ran out): the suite spends much
 # of its time in subprocesses starting up. Measured on an idle 2-core machine, 2026-11-30, clean
-# clone: 12:44 (764.6 s) for 720 tests with worksteal, from 14:40 before workers forked from a
+# clone: 12:22 (743.0 s) for 722 tests with worksteal, from 14:40 before workers forked from a
 # preloaded fork server; still above the 12-minute target (fault injection alone is ~260 s).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
