@@ -67,8 +67,8 @@ def _release_fork_server() -> None:
     workers never do). Held by the workers, it kept the server alive after the runner's death, and
     with it the workers, whose parent-death signal is tied to the server: only the watchdog
     remained (measured: a worker outlived a SIGKILLed runner by its watchdog period). The
-    attribute is CPython's (3.8-3.13); where it is absent nothing is closed and the watchdog stays
-    the fallback."""
+    attribute is a private one of CPython's ``multiprocessing.forkserver`` (checked on 3.11); where
+    it is absent nothing is closed and the watchdog stays the fallback."""
     from multiprocessing import forkserver
 
     server = getattr(forkserver, "_forkserver", None)
