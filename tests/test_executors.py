@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from procs import alive
 
 from bocb.executors.local import PRELOAD, LocalExecutor
 from bocb.executors.worker import WorkerConfig
@@ -74,14 +75,6 @@ time.sleep(300)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 @linux_only
 def test_workers_die_with_a_sigkilled_runner_without_their_watchdog(tmp_path):
@@ -98,14 +91,14 @@ def test_workers_die_with_a_sigkilled_runner_without_their_watchdog(tmp_path):
         deadline = time.time() + 120
         while not list((tmp_path / "artifacts").glob("*/checkpoint*")) and time.time() < deadline:
             time.sleep(0.2)  # training: past its first epoch
-        assert _alive(worker) and time.time() < deadline
+        assert alive(worker) and time.time() < deadline
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     deadline = time.time() + 10
-    while _alive(worker) and time.time() < deadline:
+    while alive(worker) and time.time() < deadline:
         time.sleep(0.05)
-    left = _alive(worker)
+    left = alive(worker)
     if left:
         os.kill(worker, signal.SIGKILL)
     assert not left, "the worker outlived its SIGKILLed runner"

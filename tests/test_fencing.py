@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from procs import alive
 
 from bocb import checkpoint
 from bocb.data import DatasetSpec, load_dataset
@@ -103,24 +104,16 @@ time.sleep(120)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal and /proc are Linux")
 @pytest.mark.parametrize("mode", ["both", "watchdog-only"])
 def test_a_worker_dies_when_its_parent_is_killed(mode):
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, _CHILD, mode], stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     child = int(parent.stdout.readline())
-    assert _alive(child)
+    assert alive(child)
     os.kill(parent.pid, signal.SIGKILL)  # the OOM killer, a preempted node
     parent.wait()
     deadline = time.time() + 10
-    while _alive(child) and time.time() < deadline:
+    while alive(child) and time.time() < deadline:
         time.sleep(0.05)
-    assert not _alive(child), f"worker {child} outlived its parent ({mode})"
+    assert not alive(child), f"worker {child} outlived its parent ({mode})"
