@@ -40,8 +40,9 @@ from bocb.checkpoint import file_sha256
 from bocb.store import SQLiteStore
 
 # Room for >= 10 kills before the study ends, even on an idle machine (with 10 epochs, 6 ran out
-# once, and 9 once workers forked ready from a fork server and trained more between kills).
-EPOCHS = 15
+# once, and 9 once workers forked ready from a fork server and trained more between kills; with 15,
+# 9 once more).
+EPOCHS = 25
 TRIALS = 4  # 2 optimizers x 2 seeds
 LEASE_S = 3.0
 MIN_KILLS = 10
