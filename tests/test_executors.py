@@ -68,7 +68,10 @@ from bocb.executors.worker import WorkerConfig
 from bocb.spec import resolve_trial
 config = WorkerConfig(artifacts_dir=sys.argv[1] + "/artifacts", cache_dir=sys.argv[1] + "/cache", device="cpu")
 executor = LocalExecutor(config, slots=1, watchdog_s=600)
+import dataclasses
 spec = resolve_trial("resnet18", "sgd_m", data=DatasetSpec("sample"), num_classes=10, tier="smoke", epochs=500)
+# 20 images a class: the first epoch (and checkpoint) comes in seconds, then it trains for minutes.
+spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(train_per_class=20, test_per_class=10))
 executor.submit(spec.trial_id, spec.to_dict(), "claim")
 print(executor._slots[0].process.pid, flush=True)
 time.sleep(300)
