@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from procs import alive
+from procs import alive, children, cmdline
 
 from bocb.executors.local import PRELOAD, LocalExecutor
 from bocb.executors.worker import WorkerConfig
@@ -58,6 +58,48 @@ def test_workers_are_forked_by_the_fork_server_not_the_runner(tmp_path):
         executor.shutdown()
     assert parent != os.getpid() and "forkserver" in parent_cmd, parent_cmd
     assert not executor._slots[0].process.is_alive()
+
+
+def _maps_torch(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "libtorch" in f.read()
+    except OSError:
+        return False
+
+
+@linux_only
+def test_a_fork_server_still_importing_dies_with_its_sigkilled_runner():
+    """`bocb run` starts the fork server before it reads the study, and the server imports torch
+    and the trainer for seconds before it would notice anything: killed then, the runner must
+    take the server with it at once, not when those imports end (its guard's parent-death signal)."""
+    import signal
+    import time
+
+    script = ("from bocb.executors.local import start_fork_server; start_fork_server(); "
+              "print('started', flush=True); import time; time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        # Its siblings: multiprocessing's resource tracker, which imports nothing and reads its pipe.
+        servers = [p for p in children(proc.pid) if "multiprocessing.forkserver" in cmdline(p)]
+        assert len(servers) == 1, {p: cmdline(p) for p in children(proc.pid)}
+        # Past its guard and inside its imports: torch's library is mapped (the rest takes seconds).
+        deadline = time.time() + 60
+        while time.time() < deadline and alive(servers[0]) and not _maps_torch(servers[0]):
+            time.sleep(0.01)
+        assert _maps_torch(servers[0]), "the fork server never started importing torch"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # Its imports take 3-10 s; a second is ample for the kernel's signal.
+    deadline = time.time() + 1.0
+    while alive(servers[0]) and time.time() < deadline:
+        time.sleep(0.02)
+    left = alive(servers[0])
+    if left:
+        os.kill(servers[0], signal.SIGKILL)
+    assert not left, "the fork server outlived its SIGKILLed runner while importing"
 
 
 _RUNNER = """

@@ -1,3 +1,3 @@
-from bocb.cli import main
+from bocb.cli import entry
 
-raise SystemExit(main())
+entry()

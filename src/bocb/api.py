@@ -164,11 +164,12 @@ def run_study(
     claim lease, >= :data:`MIN_LEASE_S`. Missing weight snapshots (random inits, final weights) are
     measured after the trials. Returns the study's state after the run.
     """
-    from bocb.study_setup import prepare, register
-    from bocb.store import SQLiteStore
-
     opts = make_options(store, executor, slots, device, gpus, address, compile, artifacts, retry_failed, reclaim,
                        lease_s, cache_dir, data_dirs, download)
+    _start_workers_early(opts)  # before the imports below, which take seconds
+    from bocb.store import SQLiteStore
+    from bocb.study_setup import prepare, register
+
     prepared = prepare(Path(study), opts.cache_dir, list(opts.data_dirs), opts.download)
     opts.check_study(prepared.study)
     opened = SQLiteStore(opts.store)
@@ -183,6 +184,15 @@ def run_study(
         opened.close()
         raise
     return run_registered(opts, opened, prepared.study, new, tuner, progress)
+
+
+def _start_workers_early(options: Any) -> None:
+    """The local executor's fork server imports the trainer while this process reads the study
+    and the data (:func:`bocb.executors.local.start_fork_server`)."""
+    if options.executor == "local":
+        from bocb.executors.local import start_fork_server
+
+        start_fork_server()
 
 
 def run_transfer(
@@ -212,11 +222,12 @@ def run_transfer(
     and left out; fine-tuning trials planned from weights files that changed since are replaced in
     the study (their results stay in the store; :class:`bocb.run_events.Replaced`).
     """
+    opts = make_options(store, executor, slots, device, gpus, address, compile, artifacts, retry_failed, reclaim,
+                       lease_s, cache_dir, data_dirs, download)
+    _start_workers_early(opts)  # before the imports below, which take seconds
     from bocb.store import SQLiteStore
     from bocb.transfer.study import keep_stored_ids, load_transfer, sources, superseded
 
-    opts = make_options(store, executor, slots, device, gpus, address, compile, artifacts, retry_failed, reclaim,
-                       lease_s, cache_dir, data_dirs, download)
     transfer = load_transfer(Path(study))
     opts.check_study(transfer)
     opened = SQLiteStore(opts.store)

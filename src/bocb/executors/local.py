@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 
 # What the fork server imports once for all workers: the trainer and, through it, torch,
 # torchvision and timm. Nothing here may touch CUDA at import (tests/test_executors.py checks).
-PRELOAD = ["bocb.executors.local", "bocb.executors.worker", "bocb.trial", "bocb.diagnostics.snapshot"]
+# The guard comes first: it arms the server's parent-death signal before the seconds of imports.
+PRELOAD = ["bocb.executors.server_guard", "bocb.executors.local", "bocb.executors.worker", "bocb.trial",
+           "bocb.diagnostics.snapshot"]
 
 
 def worker_context() -> Any:
@@ -57,6 +59,35 @@ def worker_context() -> Any:
         ctx.set_forkserver_preload(PRELOAD)
         return ctx
     return mp.get_context("spawn")
+
+
+def start_fork_server() -> None:
+    """Start the workers' fork server now (Linux; elsewhere nothing), without waiting for it.
+
+    ``bocb run`` calls this first thing, so that the server's imports (torch, timm, the trainer:
+    5-10 s of CPU) run while the runner parses the study and loads the data, instead of after
+    (measured on 2 idle cores: the first trial claimed 8.5 s after start instead of 14.6 s). Should
+    the command then stop (bad input, Ctrl-C, SIGKILL), the server dies with it
+    (:mod:`bocb.executors.server_guard`). Later workers use this server; starting it twice is
+    harmless."""
+    if not sys.platform.startswith("linux"):
+        return
+    from bocb.executors.server_guard import PARENT_ENV
+
+    worker_context()  # sets the preload list
+    from multiprocessing import forkserver
+
+    # The server keeps the environment of the moment it starts; the variable tells its guard whose
+    # death to follow, and is removed here again so that nothing else this process starts sees it.
+    previous = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = str(os.getpid())
+    try:
+        forkserver.ensure_running()
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
 
 
 def _release_fork_server() -> None:
@@ -149,6 +180,7 @@ class LocalExecutor:
         self.time_limit_s = time_limit_s
         self.memory_limit_gb = memory_limit_gb
         self.watchdog_s = watchdog_s
+        start_fork_server()  # a no-op when bocb run started it early
         self._ctx = worker_context()
         self._events = self._ctx.Queue()
         devices = devices or [config.device]
