@@ -54,7 +54,10 @@ def test_the_twenty_paper_backbones_use_the_papers_short_names():
 
 
 def test_metadata_is_complete():
-    for b in list_backbones():
+    from bocb.zoo.external import is_external
+
+    # Models named by source (timm:NAME), resolved by other tests in this process, infer theirs.
+    for b in (b for b in list_backbones() if not is_external(b.name)):
         for field in ("group", "stages", "block", "token_mixer", "residual_norm", "cifar_stem"):
             assert getattr(b, field) not in ("", "unknown"), (b.name, field)
         assert b.published_params_m == PUBLISHED_M.get(b.name), b.name

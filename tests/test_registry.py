@@ -71,3 +71,19 @@ def test_cli_bad_name_is_one_line_with_choices(args, expected):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("bocb: error:")
     assert expected in lines[0]
+
+
+def test_a_resolved_name_finds_its_record_whether_or_not_it_was_resolved_before():
+    from dataclasses import dataclass
+
+    from bocb.registry import Registry
+
+    @dataclass(frozen=True)
+    class Rec:
+        name: str
+
+    reg = Registry("thing", on_miss=lambda n: Rec("ext:" + n.removeprefix("ext:")) if n.startswith(("ext:", "x")) else None)
+    assert reg.get("ext:xa").name == "ext:xa"
+    assert reg.get("xa").name == "ext:xa"  # a second spelling of a record already resolved
+    assert reg.get("xb").name == "ext:xb" and reg.get("ext:xb").name == "ext:xb"
+    assert "other" not in reg and reg.names() == ["ext:xa", "ext:xb"]

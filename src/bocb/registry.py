@@ -40,10 +40,14 @@ class Registry(Generic[T]):
     (paper short names, spellings) that find the same record.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, on_miss: Callable[[str], T | None] | None = None):
+        """``on_miss(name)``: called for a name not registered; a record it returns is registered
+        (under its own ``name``) and found, None leaves the miss an :class:`UnknownNameError`. The
+        backbone registry uses it for models named by where they come from (``timm:NAME``)."""
         self.kind = kind
         self._items: dict[str, T] = {}
         self._lookup: dict[str, str] = {}
+        self._on_miss = on_miss
 
     def add(self, record: T, aliases: tuple[str, ...] = ()) -> T:
         name: str = record.name  # type: ignore[attr-defined]
@@ -65,13 +69,34 @@ class Registry(Generic[T]):
         self._lookup = {k: v for k, v in self._lookup.items() if v != canonical}
 
     def get(self, name: str) -> T:
-        canonical = self._lookup.get(_norm(name))
+        canonical = self._lookup.get(_norm(name)) or self._resolve(name)
         if canonical is None:
             raise self._unknown(name)
         return self._items[canonical]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and _norm(name) in self._lookup
+        if not isinstance(name, str):
+            return False
+        if _norm(name) in self._lookup:
+            return True
+        try:
+            return self._resolve(name) is not None
+        except (KeyError, ValueError):  # a name of the resolvable form that resolves to nothing
+            return False
+
+    def _resolve(self, name: str) -> str | None:
+        """``on_miss``'s record for ``name``, registered (``name`` becoming an alias of it when it
+        differs, e.g. a bare timm name); its canonical name, or None."""
+        if self._on_miss is None:
+            return None
+        record = self._on_miss(name)
+        if record is None:
+            return None
+        canonical: str = record.name  # type: ignore[attr-defined]
+        if canonical not in self._items:
+            self.add(record)
+        self._lookup.setdefault(_norm(name), canonical)
+        return canonical
 
     def __iter__(self) -> Iterator[T]:
         return iter(self._items.values())

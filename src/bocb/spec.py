@@ -130,6 +130,8 @@ def resolve_trial(
     optimizer_args: dict[str, Any] | None = None,
     precision: str | None = None,
     holdout_per_class: int | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
 ) -> TrialSpec:
     """Resolve a user's choice into a TrialSpec; ``None`` means "the default", stated here:
 
@@ -138,7 +140,8 @@ def resolve_trial(
     :func:`bocb.recipes.default_hparams`; policy: the backbone's default; scale: the tier's
     (``tiny`` for smoke); drop_path_rate / dropout: the recipe's where the backbone has them, else
     0; epochs: the tier's (a change scales the warm-up, :meth:`Recipe.with_epochs`); precision: the
-    tier's; holdout_per_class: none (settings are chosen on the test set, the paper's way).
+    tier's; holdout_per_class: none (settings are chosen on the test set, the paper's way);
+    train_per_class / test_per_class: the tier's (class-balanced subsets; None in the full tier: all).
     """
     info = get_backbone_info(backbone)
     # Out-of-range budgets fail here, before anything is built: `--epochs -1` would otherwise
@@ -160,6 +163,11 @@ def resolve_trial(
         changes["precision"] = precision
     if holdout_per_class is not None:
         changes["holdout_per_class"] = holdout_per_class
+    for name, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
+        if value is not None:
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            changes[name] = value
     if changes:
         rec = rec.with_changes(**changes)
     opt_name = optimizer or rec.base_optimizer

@@ -19,11 +19,13 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     # to keep only those classes of the data (relabelled in that order)
 
     [[backbones]]                # or: backbones = ["R-50", "DeiT-S"]
-    name = "R-50"
+    name = "R-50"                # also timm:NAME or package.module:builder (bocb.zoo.external)
     policy = "cifar"             # optional: cifar | upsample (default: the backbone's)
     scale = "tiny"               # optional: paper | tiny (default: the tier's)
     recipe = "pytorch"           # optional (default: the paper's assignment)
     drop_path = 0.1              # optional
+    group = "modern CNN"         # optional: the design family the adaptive tuner starts from (default:
+                                 # the backbone's; corrects one inferred for a timm:/builder model)
 
     [[optimizers]]               # or: optimizers = ["SGD-M", "AdamW"]
     name = "SGD-M"
@@ -79,7 +81,7 @@ from bocb.diagnostics.metrics import CONV_MODES
 from bocb.recipes import PRECISIONS, RECIPES, TIERS
 from bocb.registry import UnknownNameError
 from bocb.spec import TrialSpec, resolve_trial
-from bocb.zoo import POLICIES, SCALES, get_backbone_info
+from bocb.zoo import POLICIES, SCALES, get_backbone_info, list_backbones
 
 SELECTION = {
     "test": "settings, best epoch and transfer sources chosen on the test set (the paper's way)",
@@ -100,7 +102,9 @@ _STUDY_KEYS = {
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
     "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
 }
-_BACKBONE_KEYS = {"name": str, "policy": str, "scale": str, "recipe": str, "drop_path": (int, float)}
+# ``group``: the design family the tuner starts from (a model named by source, whose family bocb
+# infers, may be corrected here); one of the paper backbones' groups.
+_BACKBONE_KEYS = {"name": str, "policy": str, "scale": str, "recipe": str, "drop_path": (int, float), "group": str}
 _OPTIMIZER_KEYS = {"name": str, "lr": (list, int, float), "weight_decay": (list, int, float), "args": dict,
                    "center": dict}
 _TOP_KEYS = {"study": dict, "backbones": list, "optimizers": list, "tuning": dict}
@@ -413,6 +417,8 @@ def load_study(path: str | Path) -> Study:
             _choice(f"{place}.scale", b["scale"], SCALES)
         if "recipe" in b:
             _choice(f"{place}.recipe", b["recipe"], RECIPES)
+        if "group" in b:
+            _choice(f"{place}.group", b["group"], sorted({i.group for i in list_backbones(paper=True)}))
     return Study(
         name=name, path=str(path), data=data, tier=tier, seeds=seeds, tuning=tuning,
         wd_policy=wd_policy, settings=raw, backbones=tuple(backbones),

@@ -17,7 +17,8 @@ from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, pa
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one (backbone, optimizer, settings, seed) trial")
-    p.add_argument("--backbone", required=True, help="zoo name or paper short name (bocb zoo backbones)")
+    p.add_argument("--backbone", required=True, help="zoo name or paper short name (bocb zoo backbones), timm:NAME (any timm model), "
+                                                        "or package.module:builder (builder(num_classes=...) -> nn.Module)")
     p.add_argument("--optimizer", help="zoo name (default: the recipe's base optimizer)")
     p.add_argument("--lr", type=float, help="learning rate (default: recipe's for its base optimizer, else the optimizer's grid centre)")
     p.add_argument("--wd", type=float, help="weight decay (default: as for --lr)")
@@ -41,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout-per-class", type=int, metavar="N",
                    help="hold out N training images per class to choose the best epoch (default: "
                         "choose on the test set, the paper's way)")
+    p.add_argument("--train-per-class", type=int, metavar="N",
+                   help="train on N images per class (default: the tier's; full: all)")
+    p.add_argument("--test-per-class", type=int, metavar="N",
+                   help="test on N images per class (default: the tier's; full: all)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--work-dir", type=Path, help="checkpoints + final weights here; resumes if a checkpoint exists")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         policy=args.policy, scale=args.scale, epochs=args.epochs, batch_size=args.batch_size,
         drop_path_rate=args.drop_path, wd_policy=args.wd_policy, optimizer_args=parse_kv(args.opt_arg),
         precision=args.precision, holdout_per_class=args.holdout_per_class,
+        train_per_class=args.train_per_class, test_per_class=args.test_per_class,
     )
     options = RunOptions(
         device=args.device, compile=args.compile, work_dir=args.work_dir,
@@ -108,7 +114,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{option} must be a finite number >= 0, got {value}")
     for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                          ("--checkpoint-every", args.checkpoint_every)):
+                          ("--checkpoint-every", args.checkpoint_every), ("--train-per-class", args.train_per_class),
+                          ("--test-per-class", args.test_per_class)):
         if value is not None and value < 1:
             raise ValueError(f"{option} must be >= 1, got {value}")
     if args.seed < 0:

@@ -81,7 +81,8 @@ def pairs(study: Study) -> list[Pair]:
             centre = o.get("center")
             try:
                 space = pair_space(b["name"], o["name"], lr_limits=config.lr_limits, wd_limits=config.wd_limits,
-                                   center=(centre["lr"], centre["weight_decay"]) if centre else None)
+                                   center=(centre["lr"], centre["weight_decay"]) if centre else None,
+                                   group=b.get("group"))
             except ValueError as exc:
                 raise StudyError(f"{study.path}: {b['name']} x {o['name']}: {exc}") from None
             key = f"{info.short} x {o['name']}"

@@ -167,8 +167,13 @@ def family_centre(optimizer_short: str, group: str) -> tuple[int, int] | None:
 def pair_space(
     backbone: str, optimizer: str, *, center: tuple[float, float] | None = None,
     lr_limits: tuple[float, float] = DEFAULT_LR_LIMITS, wd_limits: tuple[float, float] = DEFAULT_WD_LIMITS,
+    group: str | None = None,
 ) -> Space:
-    """The search space of one (backbone, optimizer) pair (names as the registries accept them)."""
+    """The search space of one (backbone, optimizer) pair (names as the registries accept them).
+
+    ``group``: the design family whose published choices give the start when the paper has none for
+    the pair (None: the backbone's own ``group``; a study sets it for a model whose inferred family
+    it corrects)."""
     info = get_optimizer_info(optimizer)
     short = get_backbone_info(backbone).short
     if center is not None:
@@ -176,7 +181,7 @@ def pair_space(
     elif (info.short, short) in _published():
         lr, wd = _published()[(info.short, short)]
         start, source = (index(lr), index(wd)), "paper"
-    elif (fam := family_centre(info.short, get_backbone_info(backbone).group)) is not None:
+    elif (fam := family_centre(info.short, group or get_backbone_info(backbone).group)) is not None:
         start, source = fam, "family"
     else:
         start, source = (index(info.lr), index(info.weight_decay)), "optimizer"

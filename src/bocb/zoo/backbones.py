@@ -76,6 +76,8 @@ class BackboneInfo:
     reference: str = ""
     recipe_overrides: Mapping[str, Any] = field(default_factory=dict)
     recipe_source: str = ""  # the released config the recipe and its overrides come from
+    scales: tuple[str, ...] = ("paper", "tiny")  # the sizes it can be built at (external models: one)
+    policies: tuple[str, ...] = ("cifar", "upsample")  # the input policies it can be built with
 
     def __post_init__(self) -> None:
         if self.default_policy not in POLICIES:
@@ -86,7 +88,14 @@ class BackboneInfo:
         return CIFAR_SIZE if policy == "cifar" else self.native_size
 
 
-BACKBONES: Registry[BackboneInfo] = Registry("backbone")
+def _external(name: str) -> BackboneInfo | None:
+    """Models named ``timm:NAME`` or ``package.module:builder`` (:mod:`bocb.zoo.external`)."""
+    from bocb.zoo.external import resolve_external
+
+    return resolve_external(name)
+
+
+BACKBONES: Registry[BackboneInfo] = Registry("backbone", on_miss=_external)
 
 
 def register_backbone(
@@ -214,8 +223,13 @@ def resolve_backbone(
     policy = policy or info.default_policy
     if policy not in POLICIES:
         raise ValueError(f"unknown input policy {policy!r}: valid: {', '.join(POLICIES)}")
+    if policy not in info.policies:
+        raise ValueError(f"{info.short} cannot take input policy {policy!r} ({info.cifar_stem}): "
+                         f"valid: {', '.join(info.policies)}")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: valid: {', '.join(SCALES)}")
+    if scale not in info.scales:  # an external model has the one size it is named by
+        scale = info.scales[0]
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if drop_path_rate and not info.supports_drop_path:
