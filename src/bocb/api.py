@@ -151,6 +151,7 @@ def run_study(
     data_dirs: Sequence[str | Path] = (),
     download: bool = False,
     progress: Progress | None = None,
+    plugins: Sequence[str] = (),
 ) -> RunSummary:
     """Run a study file's trials into ``store`` (created if missing); resumable, as ``bocb run``.
 
@@ -161,11 +162,12 @@ def run_study(
     (worker processes; ``slots`` trials at once, per GPU when ``device`` is auto/cuda) or ``ray`` (a
     local Ray on 127.0.0.1, or ``address``); ``gpus``: GPUs to spread slots over (None: all visible);
     ``artifacts``: checkpoints and weights (None: ``artifacts/`` beside the store); ``lease_s``: the
-    claim lease, >= :data:`MIN_LEASE_S`. Missing weight snapshots (random inits, final weights) are
+    claim lease, >= :data:`MIN_LEASE_S`; ``plugins``: modules to import first, here and in every
+    worker (:mod:`bocb.plugins`; a study's own ``plugins`` are added). Missing weight snapshots (random inits, final weights) are
     measured after the trials. Returns the study's state after the run.
     """
     opts = make_options(store, executor, slots, device, gpus, address, compile, artifacts, retry_failed, reclaim,
-                       lease_s, cache_dir, data_dirs, download)
+                       lease_s, cache_dir, data_dirs, download, plugins)
     _start_workers_early(opts)  # before the imports below, which take seconds
     from bocb.store import SQLiteStore
     from bocb.study_setup import prepare, register
@@ -213,6 +215,7 @@ def run_transfer(
     data_dirs: Sequence[str | Path] = (),
     download: bool = False,
     progress: Progress | None = None,
+    plugins: Sequence[str] = (),
 ) -> RunSummary:
     """Run a transfer study (a study file with ``[[pretrained]]`` entries) into ``store``, as
     ``bocb transfer``: fine-tune the pre-trained models (from a pre-training study in the same store,
@@ -223,7 +226,7 @@ def run_transfer(
     the study (their results stay in the store; :class:`bocb.run_events.Replaced`).
     """
     opts = make_options(store, executor, slots, device, gpus, address, compile, artifacts, retry_failed, reclaim,
-                       lease_s, cache_dir, data_dirs, download)
+                       lease_s, cache_dir, data_dirs, download, plugins)
     _start_workers_early(opts)  # before the imports below, which take seconds
     from bocb.store import SQLiteStore
     from bocb.transfer.study import keep_stored_ids, load_transfer, sources, superseded

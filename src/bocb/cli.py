@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from bocb.commands import analyze, diagnose, recommend, report, run, status, train, transfer
+from bocb.commands.common import plugins_of
 from bocb.registry import UnknownNameError
 
 # Commands implemented in bocb.commands (each: add_parser, run).
@@ -70,7 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS.values():
         command.add_parser(sub)
     status.add_parsers(sub)  # status, plan, export: each sets args.func
+    for name, command_parser in sub.choices.items():
+        if name not in ("zoo", "paper"):  # those take it before WHAT: bocb --plugin M zoo backbones
+            _add_plugin(command_parser)
+    _add_plugin(parser)
     return parser
+
+
+PLUGIN_HELP = ("import MODULE first (repeatable): a module that registers backbones or optimizers "
+               "(bocb.zoo.register_backbone, bocb.optim.optimizer); the workers of a run import it too")
+
+
+def _add_plugin(parser: argparse.ArgumentParser) -> None:
+    # Each level keeps its own list (a subcommand's default would otherwise reset bocb's).
+    dest = "plugins_" + ("top" if parser.prog == "bocb" else "command")
+    parser.add_argument("--plugin", action="append", dest=dest, metavar="MODULE", default=[], help=PLUGIN_HELP)
+
 
 
 def _version() -> str:
@@ -101,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Wide tables stay readable when piped (rich would otherwise fold them to 80 columns).
     console = Console(width=None if sys.stdout.isatty() else 240)
     try:
+        if plugins_of(args):
+            from bocb.plugins import load_plugins
+
+            load_plugins(plugins_of(args))
         if args.command in COMMANDS:
             return COMMANDS[args.command].run(args)
         if hasattr(args, "func"):

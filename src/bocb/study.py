@@ -14,6 +14,8 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     holdout_per_class = 50       # optional, with selection = "holdout" (default 50)
     weight_conv = "slices"       # optional: conv matricisation of the weight diagnostics
                                  # (slices: WeightWatcher's, the default; reshape)
+    plugins = ["my_pkg.models"]  # optional: modules that register backbones/optimizers, imported
+                                 # before the names below are checked, and by every worker
     # optional budget overrides for every trial: epochs, batch_size, train_per_class,
     # test_per_class; run limits: time_limit_s, memory_limit_gb; and classes = [0, 1, 2, 3, 4]
     # to keep only those classes of the data (relabelled in that order)
@@ -101,6 +103,7 @@ _STUDY_KEYS = {
     "wd_policy": str, "epochs": int, "batch_size": int, "train_per_class": int,
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
     "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
+    "plugins": list,
 }
 # ``group``: the design family the tuner starts from (a model named by source, whose family bocb
 # infers, may be corrected here); one of the paper backbones' groups.
@@ -146,6 +149,7 @@ class Study:
     holdout_per_class: int | None = None  # set exactly when selection is "holdout"
     weight_conv: str = "slices"
     tuner: Any = None  # bocb.tuning.TuningConfig under adaptive tuning
+    plugins: tuple[str, ...] = ()  # modules imported before names are resolved (bocb.plugins)
 
     @property
     def selection(self) -> str:
@@ -174,6 +178,20 @@ def check_table(where: str, table: dict[str, Any], schema: dict[str, Any], requi
     for key in required:
         if key not in table:
             raise StudyError(f"{where}: missing required key {key!r}")
+
+
+def _plugins(head: str, s: dict[str, Any]) -> tuple[str, ...]:
+    """The study's ``plugins``, imported now: the backbones and optimizers below may be theirs."""
+    from bocb.plugins import load_plugins
+
+    names = s.get("plugins", [])
+    if not all(isinstance(n, str) and n for n in names):
+        raise StudyError(f"{head}.plugins: must be a list of module names, got {names!r}")
+    try:
+        load_plugins(names)
+    except ValueError as err:
+        raise StudyError(f"{head}.plugins: {err}") from None
+    return tuple(names)
 
 
 def _choice(where: str, value: str, choices: dict[str, Any] | list[str]) -> str:
@@ -391,6 +409,7 @@ def load_study(path: str | Path) -> Study:
     s = raw["study"]
     head = f"{where} [study]"
     check_table(head, s, _STUDY_KEYS, ("name",))
+    plugins = _plugins(head, s)
     name = parse_name(head, s)
     time_limit_s, memory_limit_gb = parse_limits(head, s)
     tier = choice(head, s, "tier", "full", TIERS)
@@ -426,7 +445,7 @@ def load_study(path: str | Path) -> Study:
         time_limit_s=time_limit_s, memory_limit_gb=memory_limit_gb,
         description=s.get("description", ""), overrides=parse_overrides(head, s),
         precision=precision, holdout_per_class=holdout, weight_conv=weight_conv,
-        tuner=parse_tuner(where, raw.get("tuning"), tuning),
+        tuner=parse_tuner(where, raw.get("tuning"), tuning), plugins=plugins,
     )
 
 

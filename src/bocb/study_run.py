@@ -73,6 +73,7 @@ class RunOptions:
     cache_dir: Path | None
     data_dirs: tuple[Path, ...]
     download: bool
+    plugins: tuple[str, ...] = ()
 
     def check(self) -> None:
         """Out-of-range options, refused before the store is touched."""
@@ -94,12 +95,17 @@ class RunOptions:
 
 def make_options(store: str | Path, executor: str, slots: int, device: str, gpus: int | None, address: str | None,
              compile: bool, artifacts: str | Path | None, retry_failed: bool, reclaim: bool, lease_s: float,
-             cache_dir: str | Path | None, data_dirs: Sequence[str | Path], download: bool) -> RunOptions:
+             cache_dir: str | Path | None, data_dirs: Sequence[str | Path], download: bool,
+             plugins: Sequence[str] = ()) -> RunOptions:
+    """The options of a run, checked; ``plugins`` are imported here (:mod:`bocb.plugins`)."""
+    from bocb.plugins import load_plugins
+
+    load_plugins(plugins)
     options = RunOptions(
         store=str(store), executor=executor, slots=slots, device=device, gpus=gpus, address=address,
         compile=compile, artifacts=None if artifacts is None else Path(artifacts), retry_failed=retry_failed,
         reclaim=reclaim, lease_s=float(lease_s), cache_dir=None if cache_dir is None else Path(cache_dir),
-        data_dirs=tuple(Path(d) for d in data_dirs), download=download,
+        data_dirs=tuple(Path(d) for d in data_dirs), download=download, plugins=tuple(plugins),
     )
     options.check()
     return options
@@ -149,6 +155,7 @@ def run_registered(options: RunOptions, store: Any, study: Any, new: int, tuner:
             artifacts_dir=str(artifacts), cache_dir=None if options.cache_dir is None else str(options.cache_dir),
             data_dirs=tuple(str(d) for d in options.data_dirs), download=options.download,
             device=options.device, compile=options.compile, weight_conv=weight_conv(study),
+            plugins=tuple(dict.fromkeys((*options.plugins, *getattr(study, "plugins", ())))),
         )
         try:
             executor = _executor(options, config, study)

@@ -110,3 +110,8 @@ def load_any_study(path: Path):
     from bocb.transfer.study import is_transfer_file, load_transfer
 
     return load_transfer(path) if is_transfer_file(path) else load_study(path)
+
+
+def plugins_of(args: argparse.Namespace) -> list[str]:
+    """The ``--plugin`` modules given before and after the command's name."""
+    return [*getattr(args, "plugins_top", []), *getattr(args, "plugins_command", [])]

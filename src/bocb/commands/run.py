@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bocb.api import MIN_LEASE_S
-from bocb.commands.common import add_data_args, data_dirs, default_cache_dir
+from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, plugins_of
 from bocb.store import DEFAULT_STORE
 
 
@@ -64,7 +64,7 @@ def run_options(args: argparse.Namespace) -> dict:
     return dict(executor=args.executor, slots=args.slots, device=args.device, gpus=args.gpus, address=args.address,
                 compile=args.compile, artifacts=args.artifacts, retry_failed=args.retry_failed, reclaim=args.reclaim,
                 lease_s=args.lease, cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(),
-                download=args.download)
+                download=args.download, plugins=tuple(plugins_of(args)))
 
 
 def run(args: argparse.Namespace) -> int:

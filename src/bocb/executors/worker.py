@@ -29,6 +29,7 @@ class WorkerConfig:
     compile: bool = False
     checkpoint_every: int = 1
     weight_conv: str = "slices"  # the study's conv matricisation for weight diagnostics
+    plugins: tuple[str, ...] = ()  # user modules to import before a trial (bocb.plugins)
 
 
 def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None = None,
@@ -40,6 +41,10 @@ def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None 
     writes is refused once another claim replaced it, and the record carries it back as
     ``record["claim"]`` so the runner can refuse a stale result too.
     """
+    if config.plugins:  # once per process in effect: an imported module is not imported again
+        from bocb.plugins import load_plugins
+
+        load_plugins(config.plugins)
     record = task_of(spec_dict).execute(spec_dict, config, device, progress, claim)
     record["claim"] = claim
     return record

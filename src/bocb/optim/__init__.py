@@ -9,10 +9,14 @@ from bocb.optim.info import (
     get_optimizer_info,
     list_optimizers,
     log_grid,
+    optimizer,
     register_optimizer,
 )
 from bocb.optim.param_groups import DEFAULT_POLICY, POLICIES, POLICY_CHOICES, build_param_groups
 from bocb.optim.stepping import Stepper
+from bocb.plugins import load_entry_points as _load_entry_points
+
+_load_entry_points("bocb.optimizers")  # installed packages' optimizers (bocb.plugins)
 
 __all__ = [
     "CATEGORIES",
@@ -29,6 +33,7 @@ __all__ = [
     "library_version",
     "list_optimizers",
     "log_grid",
+    "optimizer",
     "register_optimizer",
     "resolve_optimizer",
 ]

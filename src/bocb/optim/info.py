@@ -148,8 +148,38 @@ OPTIMIZERS: Registry[OptimizerInfo] = Registry("optimizer")
 
 
 def register_optimizer(info: OptimizerInfo, aliases: tuple[str, ...] = ()) -> OptimizerInfo:
-    """Add an optimizer to the zoo; the short name is always an alias."""
+    """Add an optimizer to the zoo; the short name is always an alias. ``paper`` holds only for the
+    paper's own 20 optimizers (:func:`bocb.plugins.paper_flag`), whatever ``info`` says."""
+    from dataclasses import replace
+
+    from bocb.plugins import paper_flag
+
+    info = replace(info, paper=paper_flag(info.short, info.paper, "optimizer"))
     return OPTIMIZERS.add(info, aliases=(info.short, *aliases))
+
+
+def optimizer(name: str, *, lr: float, weight_decay: float, short: str | None = None,
+              category: Category = "extra", aliases: tuple[str, ...] = (), **meta: Any):
+    """Class decorator registering a ``torch.optim.Optimizer`` subclass defined in a user module.
+
+    Example::
+
+        @bocb.optim.optimizer("my_sgd", short="MySGD", category="a", lr=0.1, weight_decay=5e-4)
+        class MySGD(torch.optim.Optimizer):
+            ...
+
+    ``lr`` and ``weight_decay`` are the centres of its grids and the adaptive tuner's start when
+    no paper value or family choice exists; ``meta``: other :class:`OptimizerInfo` fields
+    (``fixed``, ``wd_style``, ...). The class must be importable by its module's name: workers
+    import the module again (``--plugin`` / a study's ``plugins``)."""
+
+    def wrap(cls: type) -> type:
+        register_optimizer(OptimizerInfo(name=name, short=short or name, category=category,
+                                         target=f"{cls.__module__}:{cls.__qualname__}", lr=lr,
+                                         weight_decay=weight_decay, **meta), aliases=aliases)
+        return cls
+
+    return wrap
 
 
 def get_optimizer_info(name: str) -> OptimizerInfo:

@@ -25,7 +25,6 @@ applied by :func:`bocb.recipes.recipe_for` and recorded in every trial's spec.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from bocb.plugins import paper_flag
 from bocb.registry import Registry
 
 POLICIES = {
@@ -125,6 +125,7 @@ def register_backbone(
     """
 
     def wrap(builder: Builder) -> Builder:
+        meta["paper"] = paper_flag(short or name, meta.get("paper", True), "backbone")
         info = BackboneInfo(
             name=name,
             short=short or name,
@@ -155,22 +156,10 @@ def list_backbones(**equals: Any) -> list[BackboneInfo]:
 
 
 def load_entry_points(group: str = "bocb.backbones") -> list[str]:
-    """Import every module registered under the entry-point ``group``; returns their names.
+    """Load the backbone plug-ins of installed packages (:func:`bocb.plugins.load_entry_points`)."""
+    from bocb.plugins import load_entry_points as load
 
-    Each entry point names a module (or callable) that registers backbones when loaded. A plug-in
-    that fails to import is reported with a warning and skipped, so one broken package cannot
-    take the zoo down.
-    """
-    loaded = []
-    for ep in metadata.entry_points(group=group):
-        try:
-            obj = ep.load()
-            if callable(obj) and not isinstance(obj, type):
-                obj()
-            loaded.append(ep.name)
-        except Exception as exc:  # noqa: BLE001 - a plug-in's error must not break bocb
-            warnings.warn(f"backbone plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
-    return loaded
+    return load(group)
 
 
 @dataclass(frozen=True)
