@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # pandas is imported where it is used: the CLI imports this m
 # ResNet-18 (0.56 GFLOPs forward) trains at 18.6k img/s on one H100 with bf16 and data on the GPU
 # (issue #3's anchor), i.e. 0.56e9 * 3 * 18.6e3 = 31 TFLOP/s of forward+backward work.
 EFFECTIVE_FLOPS = 31e12
+# The paper's CIFAR-100 schedule: store evidence from shorter runs is named as a sketch.
+PAPER_EPOCHS = 200
 
 __all__ = [
     "EFFECTIVE_FLOPS", "MIN_LEASE_S", "ExecutorUnavailable", "Recommendation", "RecommendedOptimizer", "ReportFiles",
@@ -348,20 +350,25 @@ def recommend(
     store: str | Path = DEFAULT_STORE,
     rule: str | None = None,
     gamma: float | None = None,
+    study: str | Path | None = None,
 ) -> Recommendation:
     """Optimizers to try first for ``backbone`` (a zoo or paper name, or design words such as
     'hierarchical attention'), as ``bocb recommend``: from the paper's Table 1, the store's finished
     trials, or both (the store's backbones then get a ' (yours)' suffix: the paper's cells and a
-    study's trials are different experiments). See :func:`bocb.analysis.recommend.recommend`."""
+    study's trials are different experiments; for a backbone with both, the two count with equal
+    weight). ``study``: only that study file's trials from the store. Store evidence from runs
+    shorter than the paper's 200 epochs is named in the evidence sentence. See
+    :func:`bocb.analysis.recommend.recommend`."""
     import pandas as pd
 
     from bocb import paper as paper_data
+    from bocb.analysis.recommend import YOURS
     from bocb.analysis.recommend import recommend as rank
 
     choices = ("paper", "store", "both")
     if evidence not in choices:
         raise ValueError(f"unknown evidence {evidence!r}: valid: {', '.join(choices)}")
-    frames, settings = [], None
+    frames, settings, epochs = [], None, []
     if evidence in ("paper", "both"):
         frames.append(paper_data.top1()[["optimizer", "backbone", "top1"]])
         settings = paper_data.best_hparams()
@@ -369,12 +376,24 @@ def recommend(
         from bocb.analysis.from_store import results_frame
         from bocb.store import open_existing as open_existing_store
 
+        study_id = None
+        if study is not None:
+            from bocb.study import load_study
+
+            study_id = load_study(Path(study)).study_id
         with open_existing_store(str(store)) as opened:
-            mine = results_frame(opened, None)
-        mine = mine.assign(backbone=mine["backbone"] + (" (yours)" if evidence == "both" else ""))
+            mine = results_frame(opened, study_id)
+            specs = opened.specs(study_id)
+            budgets = (specs.get(t["trial_id"], {}).get("recipe", {}).get("epochs")
+                       for t in opened.trials(study_id) if t["status"] in ("done", "diverged"))
+            epochs = sorted({int(e) for e in budgets if e})
+        mine = mine.assign(backbone=mine["backbone"] + (YOURS if evidence == "both" else ""))
         frames.append(mine[["optimizer", "backbone", "top1", "seed", "lr", "weight_decay"]])
     ranked, sentence = rank(pd.concat(frames, ignore_index=True), backbone, failure_rule=rule, gamma=gamma,
                             settings=settings)
+    if evidence != "paper" and epochs and min(epochs) < PAPER_EPOCHS:
+        sentence += (f"; caution: your trials ran {', '.join(map(str, epochs))} epochs (the paper's: "
+                     f"{PAPER_EPOCHS}), so their ranking is a sketch, not the coupling the paper measures")
     optimizers = tuple(
         RecommendedOptimizer(str(r.optimizer), float(r.expected_gap), float(r.gap_std), float(r.failure_risk),
                              int(r.backbones), float(r.lr), float(r.weight_decay))

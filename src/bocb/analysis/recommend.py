@@ -23,33 +23,49 @@ from bocb.analysis.results import Results
 from bocb.analysis.robustness import ZERO_WD, usual_value
 
 
+YOURS = " (yours)"  # the suffix api.recommend gives a store's backbones next to the paper's
+
+
+def _base(short: str) -> str:
+    return short.removesuffix(YOURS)
+
+
 def _words(text: str) -> list[str]:
     return [w for w in text.lower().replace("-", " ").split() if w]
 
 
 def evidence_backbones(query: str, available: list[str]) -> tuple[list[str], str]:
-    """The backbones (short names present in the results) that answer ``query``, and why."""
-    from bocb.registry import UnknownNameError
-    from bocb.zoo import BACKBONES, list_backbones
+    """The backbones (short names present in the results) that answer ``query``, and why.
 
-    infos = {b.short: b for b in list_backbones()}
+    A store's backbone shown next to the paper's (``"R-50 (yours)"``) counts as that backbone: with
+    both kinds of evidence, a backbone's own results are the paper's and yours, with equal weight."""
+    from bocb.registry import UnknownNameError
+    from bocb.zoo import BACKBONES
+
+    def info_of(short: str):
+        try:
+            return BACKBONES.get(_base(short))
+        except (KeyError, ValueError):
+            return None
+
+    infos = {s: info_of(s) for s in available}
+    infos = {s: i for s, i in infos.items() if i is not None}
     if query in BACKBONES:
         info = BACKBONES.get(query)
-        if info.short in available:
-            return [info.short], f"results for {info.short} itself"
-        same_group = [s for s in available if s in infos and infos[s].group == info.group]
+        own = [s for s in available if s in infos and infos[s].short == info.short]
+        if own:
+            both = " (the paper's and yours, equal weight)" if len(own) > 1 else ""
+            return own, f"results for {info.short} itself{both}"
+        same_group = [s for s in infos if infos[s].group == info.group]
         if same_group:
             return same_group, f"no results for {info.short}; backbones of the same group ({info.group})"
-        alike = [s for s in available if s in infos and (infos[s].stages, infos[s].token_mixer) == (info.stages, info.token_mixer)]
+        alike = [s for s in infos if (infos[s].stages, infos[s].token_mixer) == (info.stages, info.token_mixer)]
         if alike:
             return alike, f"no results for {info.short}; backbones with the same stages and token mixer"
         raise ValueError(f"no results for {info.short} or any backbone like it ({info.group}, {info.stages}, {info.token_mixer})")
     words = _words(query)
     matched = []
-    for short in available:
-        if short not in infos:
-            continue
-        b = infos[short]
+    for short, b in infos.items():
         text = " ".join([b.group, b.stages, b.block, b.token_mixer, b.model]).lower().replace("-", " ")
         if all(w in text or (w.endswith("s") and w[:-1] in text) for w in words):
             matched.append(short)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 
 from rich.console import Console
@@ -18,15 +20,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", required=True, help="a zoo/paper name, or design words ('classical CNN', 'hierarchical attention')")
     p.add_argument("--evidence", choices=("paper", "store", "both"), default="paper",
                    help="the paper's Table 1, your store's finished trials, or both (default: paper)")
-    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"the store for --evidence store/both (default: {DEFAULT_STORE})")
+    p.add_argument("--study", help="a study file: only its trials from the store")
     add_rule_args(p)
     p.add_argument("--top", type=int, default=10, help="how many optimizers to show (default 10)")
+    p.add_argument("--json", action="store_true", help="also print the answer as JSON (the last stdout line)")
 
 
 def run(args: argparse.Namespace) -> int:
     from bocb import api
 
-    found = api.recommend(args.backbone, evidence=args.evidence, store=args.store, rule=args.rule, gamma=args.gamma)
+    found = api.recommend(args.backbone, evidence=args.evidence, store=args.store, rule=args.rule, gamma=args.gamma,
+                          study=args.study)
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"optimizers to try first for {args.backbone!r}")
     for col in ("#", "optimizer", "expected gap to best (points)", "failure risk", "usual lr", "usual wd"):
@@ -36,5 +41,14 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(str(i), r.optimizer, gap, f"{100 * r.failure_risk:.0f}% of {r.backbones}",
                       f"{r.lr:g}", f"{r.weight_decay:g}")
     console.print(table)
+    # What to avoid is shown whatever --top cuts: the paper's failures are half of its answer.
+    avoid = [r for r in found.optimizers if r.failure_risk >= 0.5]
+    if avoid:
+        console.print("avoid: " + "; ".join(
+            f"{r.optimizer} (fails on {r.failure_risk * r.backbones:.0f} of {r.backbones} backbone"
+            f"{'s' if r.backbones != 1 else ''} by the failure rule, {r.expected_gap:.1f} points below the best)"
+            for r in avoid))
     console.print(f"evidence: {found.evidence}; ranked by failure risk, then gap.")
+    if args.json:
+        sys.stdout.write(json.dumps(dataclasses.asdict(found)) + "\n")
     return 0
