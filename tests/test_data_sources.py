@@ -413,3 +413,26 @@ def test_imageset_rejects_wrong_tensors():
     with pytest.raises(ValueError, match="contiguous"):
         channels_last = torch.zeros(2, 4, 4, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
         ImageSet(channels_last, torch.zeros(2, dtype=torch.int64))
+
+
+def test_a_parquet_label_column_named_labels_is_found_and_any_is_chosen_from_cli_or_study(picked, tmp_path):
+    from cli_inproc import bocb
+
+    from bocb.study import load_study
+
+    _write_parquet(tmp_path / "plural", {s: t.rename_columns(["img", "labels"]) for s, (t, _) in picked.items()})
+    plural = load_dataset(parse_data_arg(str(tmp_path / "plural")))
+    assert torch.equal(plural.train.labels, torch.tensor(picked["train"][0].column("label").to_pylist()))
+    _write_parquet(tmp_path / "c100", {s: _cifar100_table(t) for s, (t, _) in picked.items()})
+    study = tmp_path / "s.toml"
+    study.write_text(f'[study]\nname = "c"\ndata = "{tmp_path / "c100"}"\nlabel_column = "coarse_label"\n'
+                     '[[backbones]]\nname = "R-18"\n[[optimizers]]\nname = "AdamW"\n')
+    assert load_study(study).data.label_column == "coarse_label"
+    proc = bocb("train", "--backbone", "R-18", "--data", tmp_path / "c100", "--label-column", "coarse_label",
+                "--tier", "smoke", "--epochs", "1", "--batch-size", "10", "--train-per-class", "2",
+                "--test-per-class", "2", "--device", "cpu", "--json", cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["spec"]["data"]["label_column"] == "coarse_label"
+    proc = bocb("train", "--backbone", "R-18", "--data", tmp_path / "c100", "--label-column", "nope",
+                "--tier", "smoke", cache=tmp_path / "cache")
+    assert proc.returncode == 2 and "no column 'nope'" in proc.stderr, proc.stderr

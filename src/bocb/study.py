@@ -14,6 +14,8 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     holdout_per_class = 50       # optional, with selection = "holdout" (default 50)
     weight_conv = "slices"       # optional: conv matricisation of the weight diagnostics
                                  # (slices: WeightWatcher's, the default; reshape)
+    label_column = "labels"      # optional, Parquet data: the label column (default: label, fine_label,
+                                 # a declared ClassLabel, labels; bocb train --label-column)
     plugins = ["my_pkg.models"]  # optional: modules that register backbones/optimizers, imported
                                  # before the names below are checked, and by every worker
     # optional budget overrides for every trial: epochs, batch_size, train_per_class,
@@ -103,7 +105,7 @@ _STUDY_KEYS = {
     "wd_policy": str, "epochs": int, "batch_size": int, "train_per_class": int,
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
     "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
-    "plugins": list,
+    "plugins": list, "label_column": str,
 }
 # ``group``: the design family the tuner starts from (a model named by source, whose family bocb
 # infers, may be corrected here); one of the paper backbones' groups.
@@ -310,8 +312,11 @@ def parse_data(where: str, table: dict[str, Any]) -> DatasetSpec:
         data = parse_data_arg(table.get("data", "sample"))
         if "classes" in table:
             data = replace(data, classes=tuple(table["classes"]))
+        if "label_column" in table:
+            data = replace(data, label_column=table["label_column"])
     except ValueError as exc:
-        raise StudyError(f"{where}.{'classes' if 'classes' in table else 'data'}: {exc}") from None
+        key = "label_column" if "label_column" in str(exc) else "classes" if "classes" in table else "data"
+        raise StudyError(f"{where}.{key}: {exc}") from None
     return data
 
 

@@ -185,10 +185,14 @@ def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]
     features = _hf_features(schema)
     where = train[0][0]
     if label_column is None:
-        label_column = next((c for c in ("label", "fine_label") if c in schema.names), None)
+        # The usual names first (CIFAR-100's fine labels before its coarse ones), then a column the
+        # Hugging Face metadata declares a ClassLabel, then the plural some sets use.
+        classlabels = [c for c, f in features.items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"]
+        label_column = next((c for c in ("label", "fine_label", *classlabels, "labels") if c in schema.names), None)
         if label_column is None:
-            raise ValueError(f"{where} has no 'label' or 'fine_label' column: set label_column to one of "
-                             f"{', '.join(schema.names)}")
+            raise ValueError(f"{where} has no 'label', 'fine_label' or 'labels' column: name it with "
+                             f"--label-column (label_column in a study) from {', '.join(schema.names)}")
+
     declared = [c for c, f in features.items() if isinstance(f, dict) and f.get("_type") == "Image"]
     image_column = next((c for c in [*declared, "img", "image"] if c in schema.names), None)
     if image_column is None:
