@@ -105,7 +105,11 @@ def test_a_fork_server_still_importing_dies_with_its_sigkilled_runner():
 _RUNNER = """
 import sys, time
 from bocb.data import DatasetSpec
+from bocb.executors import local
 from bocb.executors.local import LocalExecutor
+# Without the fork server's guard (its own parent-death signal would take it down whatever the
+# workers do): this runner checks that workers let go of the server's alive pipe.
+local.PRELOAD = [m for m in local.PRELOAD if m != "bocb.executors.server_guard"]
 from bocb.executors.worker import WorkerConfig
 from bocb.spec import resolve_trial
 config = WorkerConfig(artifacts_dir=sys.argv[1] + "/artifacts", cache_dir=sys.argv[1] + "/cache", device="cpu")
@@ -147,3 +151,24 @@ def test_workers_die_with_a_sigkilled_runner_without_their_watchdog(tmp_path):
     if left:
         os.kill(worker, signal.SIGKILL)
     assert not left, "the worker outlived its SIGKILLed runner"
+
+
+@linux_only
+def test_the_guards_variable_is_the_servers_alone_and_ctrl_c_is_the_runners(tmp_path):
+    """The variable that tells the fork server whose death to follow is removed from the runner's
+    environment after the start, and by the guard from the server's, so the workers forked from it
+    never pass it on (a `bocb run` inside a trial is not taken for an orphaned server); the guarded
+    server ignores Ctrl-C, which is the runner's to handle."""
+    runner = ("import os; from bocb.executors.local import start_fork_server; start_fork_server(); "
+              "print('BOCB_FORK_SERVER_PARENT' in os.environ)")
+    out = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+    server = ("import os, signal; import bocb.executors.server_guard; "
+              "print('BOCB_FORK_SERVER_PARENT' in os.environ, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)")
+    env = dict(os.environ, BOCB_FORK_SERVER_PARENT=str(os.getpid()))
+    out = subprocess.run([sys.executable, "-c", server], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "False True", (out.stdout, out.stderr[-2000:])
+    # A process whose parent is not the one named (the runner already gone) exits at once.
+    env["BOCB_FORK_SERVER_PARENT"] = "1"
+    out = subprocess.run([sys.executable, "-c", server], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and out.stdout == ""

@@ -56,3 +56,22 @@ def test_workers_import_the_studys_plugin_and_train_its_entries(tmp_path):
         spec = s.record(row["trial_id"])["spec"]
     assert (row["status"], row["backbone"], row["optimizer"]) == ("done", "UTN", "USGD"), row["error"]
     assert spec["optimizer"]["target"] == "user_plugin:UserSGD"
+
+
+def test_a_fresh_plugin_is_unknown_without_the_option_and_known_with_it(tmp_path, monkeypatch):
+    """A module no test imported before: its names resolve only when --plugin names it, given
+    before the command (bocb --plugin M zoo ...) or after it (bocb recommend --plugin M ...)."""
+    import uuid
+
+    module = f"plug_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from torch import nn\nfrom bocb.zoo import register_backbone\n"
+        f"@register_backbone('{module}_net', group='classical CNN', stages='hierarchical', block='conv', "
+        "token_mixer='conv', residual_norm='BN', cifar_stem='none')\n"
+        "def net(num_classes, policy, scale, drop_path_rate):\n    return nn.Linear(3, num_classes)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert bocb("zoo", "show", f"{module}_net").returncode == 2
+    assert bocb("recommend", "--backbone", f"{module}_net").returncode == 2
+    assert bocb("--plugin", module, "zoo", "show", f"{module}_net").returncode == 0
+    proc = bocb("recommend", "--plugin", module, "--backbone", f"{module}_net")
+    assert proc.returncode == 0 and "backbones of the same group (classical CNN)" in proc.stdout, proc.stderr

@@ -57,7 +57,7 @@ def test_recommend_json_and_the_avoid_list(tmp_path):
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     assert answer["query"] == "DeiT-S" and len(answer["optimizers"]) == 20
     # SGD-M fails on DeiT-S in the paper's Table 1: named to avoid although --top 3 cuts it off.
-    assert "avoid:" in proc.stdout and "SGD-M (fails on 1 of 1 backbone" in proc.stdout
+    assert "avoid:" in proc.stdout and "SGD-M (flagged by the failure rule in 1 of 1 evidence column," in proc.stdout
 
 
 def test_store_evidence_from_short_runs_says_it_is_a_sketch(tmp_path):
@@ -82,6 +82,10 @@ def test_store_evidence_from_short_runs_says_it_is_a_sketch(tmp_path):
                                     "code_version": "test"})
     found = api.recommend("R-50", evidence="store", store=tmp_path / "s.sqlite")
     assert "caution: your trials ran 3 epochs (the paper's: 200)" in found.evidence
+    # An answer that rests on the paper's cells alone (DeiT-S: no trials of it in the store) is not a sketch.
+    assert "caution" not in api.recommend("DeiT-S", evidence="both", store=tmp_path / "s.sqlite").evidence
+    with pytest.raises(ValueError, match="--study selects store trials"):
+        api.recommend("R-50", evidence="paper", study=study_file)
     with pytest.raises(ValueError, match="no finished .* trials yet: run it first"):
         SQLiteStore(tmp_path / "empty.sqlite").close()
         api.recommend("R-50", evidence="store", store=tmp_path / "empty.sqlite")

@@ -362,13 +362,15 @@ def recommend(
     import pandas as pd
 
     from bocb import paper as paper_data
-    from bocb.analysis.recommend import YOURS
+    from bocb.analysis.recommend import YOURS, evidence_backbones
     from bocb.analysis.recommend import recommend as rank
 
     choices = ("paper", "store", "both")
     if evidence not in choices:
         raise ValueError(f"unknown evidence {evidence!r}: valid: {', '.join(choices)}")
-    frames, settings, epochs = [], None, []
+    if study is not None and evidence == "paper":
+        raise ValueError("--study selects store trials: use it with --evidence store or both")
+    frames, settings, budgets = [], None, {}
     if evidence in ("paper", "both"):
         frames.append(paper_data.top1()[["optimizer", "backbone", "top1"]])
         settings = paper_data.best_hparams()
@@ -384,14 +386,18 @@ def recommend(
         with open_existing_store(str(store)) as opened:
             mine = results_frame(opened, study_id)
             specs = opened.specs(study_id)
-            budgets = (specs.get(t["trial_id"], {}).get("recipe", {}).get("epochs")
-                       for t in opened.trials(study_id) if t["status"] in ("done", "diverged"))
-            epochs = sorted({int(e) for e in budgets if e})
+            for t in opened.trials(study_id):
+                epochs_run = specs.get(t["trial_id"], {}).get("recipe", {}).get("epochs")
+                if t["status"] in ("done", "diverged") and epochs_run:
+                    budgets.setdefault(t["backbone"], set()).add(int(epochs_run))
         mine = mine.assign(backbone=mine["backbone"] + (YOURS if evidence == "both" else ""))
         frames.append(mine[["optimizer", "backbone", "top1", "seed", "lr", "weight_decay"]])
-    ranked, sentence = rank(pd.concat(frames, ignore_index=True), backbone, failure_rule=rule, gamma=gamma,
-                            settings=settings)
-    if evidence != "paper" and epochs and min(epochs) < PAPER_EPOCHS:
+    evidence_frame = pd.concat(frames, ignore_index=True)
+    ranked, sentence = rank(evidence_frame, backbone, failure_rule=rule, gamma=gamma, settings=settings)
+    # Only the store trials the answer rests on (the backbones the evidence chose) can make it a sketch.
+    used, _ = evidence_backbones(backbone, list(dict.fromkeys(evidence_frame["backbone"])))
+    epochs = sorted({e for b, es in budgets.items() for e in es if b in used or f"{b}{YOURS}" in used})
+    if epochs and min(epochs) < PAPER_EPOCHS:
         sentence += (f"; caution: your trials ran {', '.join(map(str, epochs))} epochs (the paper's: "
                      f"{PAPER_EPOCHS}), so their ranking is a sketch, not the coupling the paper measures")
     optimizers = tuple(

@@ -81,12 +81,15 @@ def plan(store: Store, study_id: str, force: bool = False, conv: str = DEFAULT_C
     return jobs + list(inits.values())
 
 
-def _one_thread() -> None:
+def _one_thread(plugins: tuple[str, ...] = ()) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from bocb.plugins import load_plugins
+
     torch.set_num_threads(1)
     threadpool_limits(limits=1)
+    load_plugins(plugins)  # the user modules this process imported: their backbones are measured too
 
 
 def run(store: Store, study_id: str, jobs: list[Job], workers: int = 1,
@@ -105,7 +108,10 @@ def run(store: Store, study_id: str, jobs: list[Job], workers: int = 1,
             keep(job, job.run())
         return results
     ctx = mp.get_context("spawn")  # fork after torch/BLAS threads exist is unsafe
-    with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_one_thread) as pool:
+    from bocb.plugins import LOADED
+
+    with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_one_thread,
+                                initargs=(tuple(LOADED),)) as pool:
         futures = {pool.submit(job.run): job for job in jobs}
         for future in cf.as_completed(futures):
             job = futures[future]

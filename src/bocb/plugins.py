@@ -26,6 +26,9 @@ from collections.abc import Iterable
 from importlib import metadata
 
 GROUPS = ("bocb.backbones", "bocb.optimizers")
+# Modules imported by load_plugins in this process, in order: process pools this process starts
+# (bocb diagnose's measuring processes) import them too.
+LOADED: list[str] = []
 
 
 def load_plugins(modules: Iterable[str]) -> list[str]:
@@ -38,6 +41,8 @@ def load_plugins(modules: Iterable[str]) -> list[str]:
         except Exception as err:  # noqa: BLE001 - any failure of a user module is one line for the user
             raise ValueError(f"plugin {name!r} cannot be imported: {type(err).__name__}: {err}") from None
         loaded.append(name)
+        if name not in LOADED:
+            LOADED.append(name)
     return loaded
 
 

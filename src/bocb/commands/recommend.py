@@ -45,10 +45,13 @@ def run(args: argparse.Namespace) -> int:
     avoid = [r for r in found.optimizers if r.failure_risk >= 0.5]
     if avoid:
         console.print("avoid: " + "; ".join(
-            f"{r.optimizer} (fails on {r.failure_risk * r.backbones:.0f} of {r.backbones} backbone"
-            f"{'s' if r.backbones != 1 else ''} by the failure rule, {r.expected_gap:.1f} points below the best)"
+            f"{r.optimizer} (flagged by the failure rule in {r.failure_risk * r.backbones:.0f} of {r.backbones} "
+            f"evidence column{'s' if r.backbones != 1 else ''}, {r.expected_gap:.1f} points below the best)"
             for r in avoid))
     console.print(f"evidence: {found.evidence}; ranked by failure risk, then gap.")
     if args.json:
-        sys.stdout.write(json.dumps(dataclasses.asdict(found)) + "\n")
+        answer = dataclasses.asdict(found)
+        for o in answer["optimizers"]:  # an optimizer without a known setting: null, not NaN (strict JSON)
+            o.update({k: None for k, v in o.items() if isinstance(v, float) and v != v})
+        sys.stdout.write(json.dumps(answer, allow_nan=False) + "\n")
     return 0

@@ -139,7 +139,7 @@ class DatasetSpec:
     ``kind``: one of :data:`DATA_KINDS`. ``root``: where the data is; None means "look in the
     usual places" for cifar10/cifar100 (see :func:`load_dataset`), and is an error for parquet and
     folder; the bundled sample takes none. ``label_column`` (parquet only): default ``label``,
-    else ``fine_label``. ``image_size`` (sample, parquet, folder): resize the shorter side to it
+    else ``fine_label``, a column the metadata declares a ClassLabel, ``labels``. ``image_size`` (sample, parquet, folder): resize the shorter side to it
     and centre-crop to square at load time, so images of different sizes stack. ``classes``: keep
     only these class indices, relabelled ``0..k-1`` in the order given (the transfer demo
     pre-trains on CIFAR-10 classes 0-4 and fine-tunes on 5-9); None keeps all. A spec without

@@ -12,7 +12,8 @@ server per process; it lives until that process exits (should it die, every slot
 recorded failed and the next worker starts a new one). Its children inherit its environment as it
 was when it started: bocb's settings travel in :class:`~bocb.executors.worker.WorkerConfig`, but
 variables torch reads (``CUDA_VISIBLE_DEVICES``, ``PYTORCH_CUDA_ALLOC_CONF``) are those of the
-moment the process first started workers.
+moment the server started: under ``bocb run`` / :func:`bocb.api.run_study`, the start of the run,
+before the study is read.
 
 Several slots may share one GPU (a small CIFAR trial leaves most of an H100 idle); slots are
 spread round-robin over ``devices``. On CPU the cores are split evenly between slots.
@@ -61,6 +62,9 @@ def worker_context() -> Any:
     return mp.get_context("spawn")
 
 
+_GUARD_ENV = "BOCB_FORK_SERVER_PARENT"  # read (and removed) by bocb.executors.server_guard
+
+
 def start_fork_server() -> None:
     """Start the workers' fork server now (Linux; elsewhere nothing), without waiting for it.
 
@@ -72,22 +76,28 @@ def start_fork_server() -> None:
     harmless."""
     if not sys.platform.startswith("linux"):
         return
-    from bocb.executors.server_guard import PARENT_ENV
+    import threading
 
     worker_context()  # sets the preload list
     from multiprocessing import forkserver
 
+    if threading.current_thread() is not threading.main_thread():
+        # The parent-death signal follows the thread that started the server, which may end while
+        # other runs of this process still use it: unguarded, the server ends with the process.
+        forkserver.ensure_running()
+        return
     # The server keeps the environment of the moment it starts; the variable tells its guard whose
-    # death to follow, and is removed here again so that nothing else this process starts sees it.
-    previous = os.environ.get(PARENT_ENV)
-    os.environ[PARENT_ENV] = str(os.getpid())
+    # death to follow (the guard removes it from the server, so workers never see it), and is
+    # removed here again so that nothing else this process starts sees it.
+    previous = os.environ.get(_GUARD_ENV)
+    os.environ[_GUARD_ENV] = str(os.getpid())
     try:
         forkserver.ensure_running()
     finally:
         if previous is None:
-            os.environ.pop(PARENT_ENV, None)
+            os.environ.pop(_GUARD_ENV, None)
         else:
-            os.environ[PARENT_ENV] = previous
+            os.environ[_GUARD_ENV] = previous
 
 
 def _release_fork_server() -> None:

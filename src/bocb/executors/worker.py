@@ -44,7 +44,11 @@ def execute(spec_dict: dict[str, Any], config: WorkerConfig, device: str | None 
     if config.plugins:  # once per process in effect: an imported module is not imported again
         from bocb.plugins import load_plugins
 
-        load_plugins(config.plugins)
+        try:
+            load_plugins(config.plugins)
+        except ValueError as err:  # the trial's failure, not the worker's: recorded, the slot lives on
+            return {"trial_id": spec_dict.get("trial_id"), "spec": spec_dict, "status": "failed",
+                    "error": str(err), "epochs": [], "claim": claim}
     record = task_of(spec_dict).execute(spec_dict, config, device, progress, claim)
     record["claim"] = claim
     return record
