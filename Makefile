@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Two workers (three were slower: 13:55, and a Ray test's 2 s wait ran out): the suite spends much
-# of its time in subprocesses starting up. Measured on an idle 2-core machine, 2026-11-30, clean
-# clone: 12:22 (743.0 s) for 722 tests with worksteal, from 14:40 before workers forked from a
-# preloaded fork server; still above the 12-minute target (fault injection alone is ~260 s).
+# of its time in subprocesses starting up. Measured on an idle 2-core machine, 2026-12-01, clean
+# clone: 9:53 (593.2 s) for 761 tests with worksteal (whole .ci/run 13:25), from 14:40 before
+# workers forked from a preloaded fork server and 12:22 before `bocb run` started it first thing
+# and the CLI stopped paying a final GC walk at exit. Fault injection alone is ~220-300 s.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
-# The fast lane for an edit-test loop: every test not marked slow (79 s by pytest, 104 s wall, on 2 idle cores, 2026-11-30).
+# The fast lane for an edit-test loop: every test not marked slow (72 s by pytest, 654 tests, on 2 idle cores, 2026-12-01).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow"
 
