@@ -70,7 +70,7 @@ def start_fork_server() -> None:
 
     ``bocb run`` calls this first thing, so that the server's imports (torch, timm, the trainer:
     5-10 s of CPU) run while the runner parses the study and loads the data, instead of after
-    (measured on 2 idle cores: the first trial claimed 8.5 s after start instead of 14.6 s). Should
+    (measured on 2 idle cores: the first trial claimed 8.9 s after start instead of 14.6 s). Should
     the command then stop (bad input, Ctrl-C, SIGKILL), the server dies with it
     (:mod:`bocb.executors.server_guard`). Later workers use this server; starting it twice is
     harmless."""
