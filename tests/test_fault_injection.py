@@ -34,6 +34,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from procs import cmdline
 from safetensors import safe_open
 
 from bocb.checkpoint import file_sha256
@@ -375,14 +376,6 @@ def test_sigkill_at_random_moments_loses_nothing_and_leaves_nothing(tmp_path):
     db.close()
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkill_of_a_ray_driver_leaves_no_ray_process(tmp_path):
@@ -397,18 +390,18 @@ def test_sigkill_of_a_ray_driver_leaves_no_ray_process(tmp_path):
                              "--executor", "ray"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # until tasks are training
-        if sum("ray::_execute" in _cmdline(p) for p in _marked(marker)) >= 2 and _running(store):
+        if sum("ray::_execute" in cmdline(p) for p in _marked(marker)) >= 2 and _running(store):
             break
         time.sleep(0.5)
     assert proc.poll() is None, proc.stderr.read()[-3000:]
-    names = sorted({_cmdline(p).split(" ")[0].rsplit("/", 1)[-1] for p in _marked(marker)})
+    names = sorted({cmdline(p).split(" ")[0].rsplit("/", 1)[-1] for p in _marked(marker)})
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
     deadline = time.time() + 30
     while _marked(marker) and time.time() < deadline:
         time.sleep(0.2)
-    left = {p: _cmdline(p)[:80] for p in _marked(marker)}
+    left = {p: cmdline(p)[:80] for p in _marked(marker)}
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert "gcs_server" in names and "raylet" in names, names  # the whole instance was running

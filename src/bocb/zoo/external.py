@@ -76,21 +76,24 @@ def resolve_external(name: str) -> BackboneInfo | None:
 
     Raises :class:`UnknownNameError` for an unknown timm model and ``ValueError`` (one line) for a
     builder that cannot be imported or does not return a module."""
-    if name.startswith(TIMM_PREFIX):
-        try:
-            return _timm_info(name[len(TIMM_PREFIX):])
-        except (KeyError, ValueError):
-            raise
-        except Exception as err:  # noqa: BLE001 - a timm model that cannot be built as asked: one line
-            raise ValueError(f"backbone {name!r}: timm raised {type(err).__name__}: {err}") from None
-    if _BUILDER.match(name):
+    if _BUILDER.match(name) and not name.startswith(TIMM_PREFIX):
         return _builder_info(name)
-    if re.fullmatch(r"[\w.]+", name):  # a bare timm name (`vit_base_patch16_224`): zoo names came first
+    if name.startswith(TIMM_PREFIX):
+        model_name = name[len(TIMM_PREFIX):]
+    elif re.fullmatch(r"[\w.]+", name):  # a bare timm name (`vit_base_patch16_224`): zoo names came first
         import timm
 
-        if timm.is_model(name):
-            return _timm_info(name)
-    return None
+        if not timm.is_model(name):
+            return None
+        model_name = name
+    else:
+        return None
+    try:
+        return _timm_info(model_name)
+    except (KeyError, ValueError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a timm model that cannot be built as asked: one line
+        raise ValueError(f"backbone {name!r}: timm raised {type(err).__name__}: {err}") from None
 
 
 # -- timm -------------------------------------------------------------------------------------
@@ -109,8 +112,8 @@ def _timm_info(model_name: str) -> BackboneInfo:
         raise UnknownNameError("timm model", model_name, close, [f"any of timm's {len(names)} models "
                                                                    "(timm.list_models())"])
     native = _native_size(model_name)
-    cifar_ok = _runs_at_cifar(lambda: _timm_build(model_name, 10, "cifar", 0.0))
-    patches = cifar_ok and hasattr(_on_meta(lambda: _timm_build(model_name, 10, "cifar", 0.0)), "patch_embed")
+    cifar = _cifar_form(lambda: _timm_build(model_name, 10, "cifar", 0.0))
+    cifar_ok, patches = cifar is not None, hasattr(cifar, "patch_embed")
     probe = _on_meta(lambda: _timm_build(model_name, 10, "upsample", 0.0))
     family = infer_family(probe)
     return BackboneInfo(
@@ -195,8 +198,8 @@ def unstride_stem(model: nn.Module) -> None:
             module.stride = (1, 1)
         elif isinstance(module, nn.Conv2d):
             surgery.replace_conv(parent, attr, kernel=3, stride=1)
-        else:
-            setattr(parent, attr, nn.Identity()) if not attr.isdigit() else parent.__setitem__(int(attr), nn.Identity())
+        else:  # a pool; setattr also replaces a numbered child of an nn.Sequential
+            setattr(parent, attr, nn.Identity())
 
 
 # -- package.module:builder -------------------------------------------------------------------
@@ -214,18 +217,7 @@ def _builder_info(name: str) -> BackboneInfo:
         raise ValueError(f"backbone {name!r}: importing {module_name!r} raised {type(err).__name__}: {err}") from None
     if not callable(builder):
         raise ValueError(f"backbone {name!r}: {attr!r} is not callable")
-    try:  # on the meta device first (no memory); a builder that cannot run there is built for real
-        probe = _on_meta(lambda: _call_builder(name, builder, 10))
-    except ValueError:
-        raise
-    except Exception:  # noqa: BLE001
-        try:
-            probe = _call_builder(name, builder, 10)
-        except ValueError:
-            raise
-        except Exception as err:  # noqa: BLE001 - e.g. no num_classes keyword: one line, not a traceback
-            raise ValueError(f"backbone {name!r}: {attr}(num_classes=10) raised {type(err).__name__}: {err}") from None
-    family = infer_family(probe)
+    family = infer_family(_probe_builder(name, attr, builder))
     version = _source_version(module_name.split(".")[0])
 
     def build(num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
@@ -238,6 +230,20 @@ def _builder_info(name: str) -> BackboneInfo:
         cifar_stem="as the builder made it (32x32 input, no edit)", reference=f"{name}(num_classes=...)",
         scales=("paper",), policies=("cifar",), **family,
     )
+
+
+def _probe_builder(name: str, attr: str, builder: Callable[..., Any]) -> nn.Module:
+    """The builder's model with 10 classes: on the meta device (no memory), or for real when it
+    cannot be built there; any failure is one line (e.g. a builder without ``num_classes``)."""
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                return _call_builder(name, builder, 10)
+        except ValueError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported below if the real build fails too
+            failure = err
+    raise ValueError(f"backbone {name!r}: {attr}(num_classes=10) raised {type(failure).__name__}: {failure}")
 
 
 def _call_builder(name: str, builder: Callable[..., Any], num_classes: int) -> nn.Module:
@@ -255,14 +261,15 @@ def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-def _runs_at_cifar(build: Callable[[], nn.Module]) -> bool:
+def _cifar_form(build: Callable[[], nn.Module]) -> nn.Module | None:
+    """The model ``build`` makes on the meta device when it maps a 32x32 batch to 10 logits, else None."""
     try:
         model = _on_meta(build)
         with torch.no_grad():
             out = model(torch.empty(2, 3, CIFAR_SIZE, CIFAR_SIZE, device="meta"))
-        return out.shape == (2, 10)
+        return model if out.shape == (2, 10) else None
     except Exception:  # noqa: BLE001 - any failure means: no 32x32 form by the stem rule
-        return False
+        return None
 
 
 def _is_attention(module: nn.Module) -> bool:
