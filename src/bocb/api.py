@@ -176,6 +176,8 @@ def run_study(
 
     prepared = prepare(Path(study), opts.cache_dir, list(opts.data_dirs), opts.download)
     opts.check_study(prepared.study)
+    if prepared.notes:
+        emit(progress, ev.Fitted(prepared.notes))
     opened = SQLiteStore(opts.store)
     try:
         new = register(opened, prepared)

@@ -1,7 +1,8 @@
 """What a study run reports as it goes: the events :func:`bocb.api.run_study` and
 :func:`bocb.api.run_transfer` hand to their ``progress`` callback, in this order.
 
-:class:`Reclaimed` / :class:`LeftToOthers` (trials left running by other runners), then
+:class:`Fitted` (budget values fitted to small data), :class:`Reclaimed` / :class:`LeftToOthers`
+(trials left running by other runners), then
 :class:`Started` (the study's counts before any trial), :class:`RunUpdate` after every event of the
 runner's loop and one :class:`RunEnded`, then, when snapshots are missing, :class:`Measuring`,
 one :class:`Measured` per snapshot and :class:`MeasuringEnded`. A transfer run first reports
@@ -14,6 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Budget values the study left to its tier, changed to fit small data (:mod:`bocb.fit`),
+    one line each."""
+
+    notes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,8 @@ class RunUpdate:
 
 @dataclass(frozen=True)
 class RunEnded(RunUpdate):
-    """The last :class:`RunUpdate`: every runnable trial has finished."""
+    """The last :class:`RunUpdate`: every runnable trial has finished, or the run reached its
+    deadline (``stats.out_of_time``)."""
 
 
 @dataclass(frozen=True)

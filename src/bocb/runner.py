@@ -61,6 +61,8 @@ class RunStats:
     stale_results: int = 0  # records from a superseded claim, refused
     last_epoch: dict[str, dict] = field(default_factory=dict)  # trial_id -> last epoch event
     notes: list[str] = field(default_factory=list)  # one line each, for the user after the run
+    out_of_time: bool = False  # stopped at its deadline
+    handed_back: int = 0  # running trials handed back at the deadline
 
     @property
     def done(self) -> int:
@@ -107,6 +109,10 @@ class _Stop(Exception):
     pass
 
 
+class _OutOfTime(Exception):
+    pass
+
+
 def run_study(
     store: Store,
     study_id: str | None,
@@ -116,8 +122,13 @@ def run_study(
     on_update: Callable[[RunStats], None] | None = None,
     max_trials: int | None = None,
     propose: Callable[[], int] | None = None,
+    deadline: float | None = None,
 ) -> RunStats:
-    """Run the study's runnable trials until none is left (or ``max_trials`` were started)."""
+    """Run the study's runnable trials until none is left (or ``max_trials`` were started).
+
+    ``deadline`` (a ``time.time()`` value): past it the run stops as a Ctrl-C does (workers
+    stopped, running trials handed back to resume from their checkpoints on the next run), but
+    returns its stats with ``out_of_time`` set instead of raising: a time budget is an outcome."""
     me = runner_id()
     stats = RunStats()
     leases: dict[str, float] = {}  # trial_id -> when last renewed
@@ -135,6 +146,8 @@ def run_study(
     previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
     try:
         while True:
+            if deadline is not None and time.time() >= deadline:
+                raise _OutOfTime
             while executor.free_slots and (max_trials is None or started < max_trials):
                 claimed = store.claim(me, lease_s, study_id)
                 if claimed is None and propose is not None and fresh_results:
@@ -179,7 +192,7 @@ def run_study(
                         stops.pop(trial_id, None)
             if on_update:
                 on_update(stats)
-    except (KeyboardInterrupt, _Stop):
+    except (KeyboardInterrupt, _Stop, _OutOfTime) as stopped:
         executor.shutdown()
         # Every trial this runner holds, not only those in `leases`: a Ctrl-C can land after a
         # claim was committed and before the loop noted it (seen on a loaded machine).
@@ -189,7 +202,12 @@ def run_study(
             mine = set()
         for trial_id in sorted(mine | set(leases)):
             store.release(trial_id, me)
-        raise KeyboardInterrupt from None
+        if not isinstance(stopped, _OutOfTime):
+            raise KeyboardInterrupt from None
+        stats.out_of_time = True
+        stats.handed_back = len(mine | set(leases))
+        stats.last_epoch.clear()
+        return stats
     except Exception:
         # The store failed under us (disk full, file damaged): stop the workers, hand back what
         # can still be handed back, and let the caller report the fault in one line. Trials that

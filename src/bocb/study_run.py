@@ -36,7 +36,7 @@ class RunSummary:
     ``held_elsewhere``: trials running under another live runner on this host; ``trials``: one
     row per trial (:meth:`bocb.store.SQLiteStore.trials`); ``notes``: one line each for the user
     (lost leases, refused stale results); ``tuning``: adaptive studies' per-pair states
-    (:class:`bocb.tuning.adapter.PairState`), else None.
+    (:class:`bocb.tuning.adapter.PairState`), else None; ``out_of_time``: the run reached its deadline.
     """
 
     study: str
@@ -48,6 +48,7 @@ class RunSummary:
     trials: list[dict[str, Any]]
     notes: tuple[str, ...] = ()
     tuning: list[Any] | None = None
+    out_of_time: bool = False  # stopped at ``RunOptions.deadline``, running trials handed back
 
     @property
     def unfinished(self) -> int:
@@ -74,6 +75,11 @@ class RunOptions:
     data_dirs: tuple[Path, ...]
     download: bool
     plugins: tuple[str, ...] = ()
+    # A time budget (``bocb probe``): a ``time.time()`` past which the run stops and hands its
+    # running trials back (:func:`bocb.runner.run_study`); and whether to measure the weight
+    # snapshots of finished trials after the run (the probe has no use for them).
+    deadline: float | None = None
+    snapshots: bool = True
 
     def check(self) -> None:
         """Out-of-range options, refused before the store is touched."""
@@ -167,13 +173,14 @@ def run_registered(options: RunOptions, store: Any, study: Any, new: int, tuner:
 
         try:
             stats = run_trials(store, study.study_id, executor, lease_s=options.lease_s, on_update=update,
-                               propose=tuner.propose if tuner else None)
+                               propose=tuner.propose if tuner else None, deadline=options.deadline)
         finally:
             executor.shutdown()  # whatever stopped the run, no worker outlives it (twice is harmless)
         emit(progress, _update(stats, tuner, ended=True))
         # Random-init snapshots (and any final weights not yet measured), once per study. In this
         # process: a few cheap snapshots cost less than starting a pool (`bocb diagnose` uses one).
-        measure_snapshots(store, study.study_id, workers=1, conv=config.weight_conv, progress=progress)
+        if options.snapshots:
+            measure_snapshots(store, study.study_id, workers=1, conv=config.weight_conv, progress=progress)
         from bocb.runner import runner_alive
 
         counts = store.counts(study.study_id)
@@ -181,7 +188,7 @@ def run_registered(options: RunOptions, store: Any, study: Any, new: int, tuner:
         return RunSummary(
             study=study.name, study_id=study.study_id, store=options.store, counts=counts, new=new,
             held_elsewhere=elsewhere, trials=store.trials(study.study_id), notes=tuple(stats.notes),
-            tuning=tuner.states() if tuner is not None else None,
+            tuning=tuner.states() if tuner is not None else None, out_of_time=stats.out_of_time,
         )
     finally:
         store.close()

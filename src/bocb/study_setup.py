@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,8 @@ from bocb.data import load_dataset
 from bocb.data.safe_pickle import UnsafeDataError
 from bocb.spec import resolve_trial
 from bocb.store import Store
-from bocb.study import Study, expand, load_study
+from bocb.fit import fit_recipe
+from bocb.study import Study, StudyError, expand, load_study, pair_trial
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Prepared:
     num_classes: int
     train_images: int
     test_images: int
+    notes: tuple[str, ...] = ()  # budget values fitted to small data (bocb.fit), one line each
 
 
 # Sizes of the standard datasets, so `bocb plan` can size a study on a machine without its data.
@@ -36,12 +38,14 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
     :data:`KNOWN_SIZES` instead.
     """
     study = load_study(path)
+    notes: list[str] = []
     try:
         dataset = load_dataset(study.data, cache_dir=cache_dir, data_dirs=data_dirs, download=download)
         sizes = (dataset.num_classes, len(dataset.train), len(dataset.test))
+        study, notes = fit_study(study, dataset)
     except ValueError as err:
         # A data file that tried to run code is never papered over, not even when planning.
-        if require_data or study.data.kind not in KNOWN_SIZES or isinstance(err, UnsafeDataError):
+        if require_data or study.data.kind not in KNOWN_SIZES or isinstance(err, (UnsafeDataError, StudyError)):
             raise
         sizes = KNOWN_SIZES[study.data.kind]
     num_classes = sizes[0]
@@ -54,7 +58,27 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
                              tier=study.tier, wd_policy=study.wd_policy)
         tid = hashlib.sha256(f"skipped:{spec.trial_id}".encode()).hexdigest()[:16]
         skipped_rows.append((tid, spec.to_dict(), s.reason))
-    return Prepared(study, trials, skipped_rows, *sizes)
+    return Prepared(study, trials, skipped_rows, *sizes, notes=tuple(notes))
+
+
+def fit_study(study: Study, dataset: Any) -> tuple[Study, list[str]]:
+    """The study with the budget values its file leaves to the tier fitted to ``dataset``
+    (:func:`bocb.fit.fit_recipe`: per-class counts and batch size), as study-wide overrides, and
+    a note per change. Values the file sets are checked, never changed (a :class:`StudyError`)."""
+    overrides: dict[str, int] = {}
+    notes: list[str] = []
+    for b in study.backbones:
+        spec = pair_trial(study, b, study.optimizers[0], None, None, study.seeds[0], dataset.num_classes)
+        try:
+            changes, said = fit_recipe(spec.recipe, dataset.train.labels, dataset.test.labels, set(study.overrides))
+        except ValueError as exc:
+            raise StudyError(f"{study.path}: {b['name']}: {exc}") from None
+        for key, value in changes.items():  # the smallest batch any backbone needs serves them all
+            overrides[key] = min(value, overrides.get(key, value))
+        notes += [n for n in said if n not in notes]
+    if not overrides:
+        return study, []
+    return replace(study, overrides={**study.overrides, **overrides}), notes
 
 
 def register(store: Store, prepared: Prepared) -> int:

@@ -127,7 +127,10 @@ class RunDisplay:
         from bocb import run_events as ev
 
         console = self.console
-        if isinstance(event, ev.NotTransferred):
+        if isinstance(event, ev.Fitted):
+            for note in event.notes:
+                console.print(f"[yellow]fitted to the data[/]: {escape(note)}")
+        elif isinstance(event, ev.NotTransferred):
             Console(stderr=True).print(
                 f"[yellow]not transferred[/]: {escape(f'{event.backbone} / {event.optimizer}: {event.reason}')}")
         elif isinstance(event, ev.Replaced):

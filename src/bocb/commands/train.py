@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision, holdout_per_class=args.holdout_per_class,
         train_per_class=args.train_per_class, test_per_class=args.test_per_class,
     )
+    spec = _fit(spec, dataset, args, err)
     options = RunOptions(
         device=args.device, compile=args.compile, work_dir=args.work_dir,
         checkpoint_every=args.checkpoint_every,
@@ -108,6 +109,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(record, default=str) + "\n")
     return 0 if record["status"] in ("done", "diverged") else 1
+
+
+def _fit(spec, dataset, args: argparse.Namespace, err: Console):
+    """The spec with the tier's per-class counts and batch size fitted to small data
+    (:func:`bocb.fit.fit_recipe`), each change printed; flags the user gave are only checked."""
+    from bocb.fit import fit_recipe
+    from bocb.spec import TrialSpec
+
+    explicit = {name for name in ("train_per_class", "test_per_class", "batch_size") if getattr(args, name) is not None}
+    changes, notes = fit_recipe(spec.recipe, dataset.train.labels, dataset.test.labels, explicit)
+    for note in notes:
+        err.print(f"[yellow]fitted to the data[/]: {note}")
+    if not changes:
+        return spec
+    return TrialSpec(spec.backbone, spec.optimizer, spec.recipe.with_changes(**changes), spec.data, spec.seed)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
