@@ -39,7 +39,8 @@ def test_both_kinds_of_evidence_count_a_stored_backbone_with_the_papers_own(tmp_
 
     study_file, store = grid_store(tmp_path)
     found = api.recommend("R-50", evidence="both", store=store, study=study_file)
-    assert "results for R-50 itself (the paper's and yours, equal weight): R-50, R-50 (yours)" in found.evidence
+    assert "results for R-50 itself (the paper's and yours): R-50, R-50 (yours)" in found.evidence
+    assert "weighted 1/200 of a paper cell" in found.evidence  # the grid store's trials ran 1 epoch
     assert {o.optimizer for o in found.optimizers} >= {"SGD-M", "AdamW", "LAMB"}
     assert all(o.backbones == 2 for o in found.optimizers if o.optimizer in ("SGD-M", "AdamW", "LAMB"))
     mine = api.recommend("R-50", evidence="store", store=store, study=study_file)
@@ -89,3 +90,31 @@ def test_store_evidence_from_short_runs_says_it_is_a_sketch(tmp_path):
     with pytest.raises(ValueError, match="no finished .* trials yet: run it first"):
         SQLiteStore(tmp_path / "empty.sqlite").close()
         api.recommend("R-50", evidence="store", store=tmp_path / "empty.sqlite")
+
+
+@pytest.mark.parametrize("words, backbones", [
+    ("vision transformer", ["DeiT-S", "Swin-T"]),
+    ("a ViT-like model", ["DeiT-S", "Swin-T"]),
+    ("MLP mixer", ["MLP-S"]),
+    ("depthwise convolutional network", ["CNX-T", "CNXV2-T", "Moga-S", "URLK-T"]),
+])
+def test_free_design_words_find_the_backbones_they_mean(words, backbones):
+    from bocb import paper
+    from bocb.analysis.recommend import evidence_backbones
+
+    chosen, why = evidence_backbones(words, list(dict.fromkeys(paper.top1()["backbone"])))
+    assert chosen == backbones, why
+
+
+def test_weights_make_a_short_sketch_count_less_by_hand():
+    import pandas as pd
+
+    frame = pd.DataFrame({"optimizer": ["SGD-M", "AdamW"] * 2, "backbone": ["R-50", "R-50", "R-50 (yours)", "R-50 (yours)"],
+                          "top1": [80.0, 76.0, 50.0, 60.0]})
+    plain, _ = recommend(frame, "R-50")
+    weighted, _ = recommend(frame, "R-50", weights={"R-50 (yours)": 0.05})
+    # Gaps: SGD-M 0 (paper) and 10 (yours); AdamW 4 and 0. Equal weights: 5 and 2.
+    assert plain.set_index("optimizer")["expected_gap"].to_dict() == {"SGD-M": 5.0, "AdamW": 2.0}
+    gaps = weighted.set_index("optimizer")["expected_gap"]
+    assert gaps["SGD-M"] == pytest.approx(0.05 * 10 / 1.05) and gaps["AdamW"] == pytest.approx(4 / 1.05)
+    assert list(weighted["optimizer"]) == ["SGD-M", "AdamW"]  # the paper's order wins over a sketch

@@ -1,6 +1,8 @@
 """Callers use only the store protocol: the tuner (against both stores) and a real study through
 the runner, the local executor and the analysis into a MemoryStore (no SQLite anywhere)."""
 
+import time
+
 import pytest
 
 from bocb.store import MemoryStore, SQLiteStore
@@ -162,3 +164,33 @@ def test_a_ctrl_c_right_after_a_claim_hands_that_trial_back(tmp_path):
     counts = store.counts(study_id)
     assert counts["running"] == 0 and counts["pending"] == 2, counts
     assert sum(r["attempts"] for r in store.trials(study_id)) == 1  # the claim did happen
+
+
+@pytest.mark.slow
+def test_a_deadline_stops_the_run_hands_trials_back_and_the_next_run_resumes_them(tmp_path):
+    """The probe's time budget: past ``deadline`` the runner stops its workers and hands its running
+    trials back (as a Ctrl-C does) but returns, with ``out_of_time``; the next run resumes them
+    from their checkpoints and every epoch is stored once."""
+    from bocb.executors.local import LocalExecutor
+    from bocb.executors.worker import WorkerConfig
+    from bocb.runner import run_study
+    from bocb.study_setup import prepare, register
+
+    path = tmp_path / "study.toml"
+    path.write_text(TINY_STUDY.replace("epochs = 1", "epochs = 40").replace("R-50", "R-18"))
+    store = MemoryStore()
+    prepared = prepare(path, tmp_path / "cache", [], download=False)
+    register(store, prepared)
+    study_id = prepared.study.study_id
+    config = WorkerConfig(artifacts_dir=str(tmp_path / "artifacts"), cache_dir=str(tmp_path / "cache"), device="cpu")
+    began = time.time()
+    stats = run_study(store, study_id, LocalExecutor(config, slots=1, devices=["cpu"]), lease_s=60,
+                      deadline=began + 10)
+    assert stats.out_of_time and stats.handed_back == 1 and stats.last_epoch == {}
+    assert time.time() - began < 10 + 5  # stopping the worker takes a moment, not a trial
+    counts = store.counts(study_id)
+    assert counts["running"] == 0 and counts["pending"] + counts["done"] == 2 and counts["pending"] >= 1, counts
+    stats = run_study(store, study_id, LocalExecutor(config, slots=1, devices=["cpu"]), lease_s=60)
+    assert not stats.out_of_time and store.counts(study_id)["done"] == 2
+    for row in store.trials(study_id):
+        assert [e["epoch"] for e in store.epochs(row["trial_id"])] == list(range(1, 41))

@@ -61,7 +61,7 @@ PAPER_EPOCHS = 200
 
 __all__ = [
     "EFFECTIVE_FLOPS", "MIN_LEASE_S", "ExecutorUnavailable", "Recommendation", "RecommendedOptimizer", "ReportFiles",
-    "RunSummary", "StudyPlan", "measure_snapshots", "plan", "recommend", "report", "run_study", "run_transfer",
+    "RunSummary", "StudyPlan", "measure_snapshots", "plan", "probe", "recommend", "report", "run_study", "run_transfer",
 ]
 
 
@@ -359,7 +359,8 @@ def recommend(
     trials, or both (the store's backbones then get a ' (yours)' suffix: the paper's cells and a
     study's trials are different experiments; for a backbone with both, the two count with equal
     weight). ``study``: only that study file's trials from the store. Store evidence from runs
-    shorter than the paper's 200 epochs is named in the evidence sentence. See
+    shorter than the paper's 200 epochs is named in the evidence sentence and, beside the paper's,
+    weighted by its share of those 200 epochs (a backbone's longest run decides). See
     :func:`bocb.analysis.recommend.recommend`."""
     import pandas as pd
 
@@ -395,15 +396,57 @@ def recommend(
         mine = mine.assign(backbone=mine["backbone"] + (YOURS if evidence == "both" else ""))
         frames.append(mine[["optimizer", "backbone", "top1", "seed", "lr", "weight_decay"]])
     evidence_frame = pd.concat(frames, ignore_index=True)
-    ranked, sentence = rank(evidence_frame, backbone, failure_rule=rule, gamma=gamma, settings=settings)
+    # A store backbone's evidence weighs its schedule against the paper's: a 10-epoch sketch counts
+    # 10/200 of a paper cell (and 1 at 200 epochs or more). It matters only beside other evidence.
+    suffix = YOURS if evidence == "both" else ""
+    weights = {f"{b}{suffix}": min(1.0, max(es) / PAPER_EPOCHS) for b, es in budgets.items()} or None
+    ranked, sentence = rank(evidence_frame, backbone, failure_rule=rule, gamma=gamma, settings=settings,
+                            weights=weights)
     # Only the store trials the answer rests on (the backbones the evidence chose) can make it a sketch.
     used, _ = evidence_backbones(backbone, list(dict.fromkeys(evidence_frame["backbone"])))
     epochs = sorted({e for b, es in budgets.items() for e in es if b in used or f"{b}{YOURS}" in used})
     if epochs and min(epochs) < PAPER_EPOCHS:
         sentence += (f"; caution: your trials ran {', '.join(map(str, epochs))} epochs (the paper's: "
-                     f"{PAPER_EPOCHS}), so their ranking is a sketch, not the coupling the paper measures")
+                     f"{PAPER_EPOCHS}), so their ranking is a sketch, not the coupling the paper measures"
+                     + (f"; weighted {', '.join(f'{e}/{PAPER_EPOCHS}' for e in epochs)} of a paper cell"
+                        if evidence == "both" else ""))
     optimizers = tuple(
         RecommendedOptimizer(str(r.optimizer), float(r.expected_gap), float(r.gap_std), float(r.failure_risk),
                              int(r.backbones), float(r.lr), float(r.weight_decay))
         for r in ranked.itertuples())
     return Recommendation(backbone, optimizers, sentence)
+
+
+# -- your model ------------------------------------------------------------------------------------
+
+
+def probe(
+    backbone: str,
+    data: str = "sample",
+    *,
+    budget_s: float | None = None,
+    epochs: int | None = None,
+    optimizers: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    slots: int = 1,
+    device: str = "auto",
+    label_column: str | None = None,
+    cache_dir: str | Path | None = None,
+    data_dirs: Sequence[str | Path] = (),
+    download: bool = False,
+    plugins: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> Any:
+    """Which optimizer for ``backbone`` (any zoo name, ``timm:NAME`` or ``package.module:builder``) on
+    ``data``, from a short adaptive search that keeps to ``budget_s`` seconds (or runs ``epochs``), as
+    ``bocb probe``: returns a :class:`bocb.probe.run.ProbeAnswer` (the optimizer to use with its lr
+    and weight decay, those that fail, the verdict against the paper's nearest design family, the
+    learning curves) and writes ``study.toml``, ``probe.sqlite``, ``answer.json`` and ``probe.html``
+    into ``out`` (None: ``bocb-results/probe-<backbone>``). The same call again continues the probe.
+    ``progress`` also receives :class:`bocb.probe.run.Measured` and :class:`bocb.probe.run.Sized`.
+    See :mod:`bocb.probe.run`."""
+    from bocb.probe.run import probe as run_probe
+
+    return run_probe(backbone, data, budget_s=budget_s, epochs=epochs, optimizers=optimizers, out=out, slots=slots,
+                     device=device, label_column=label_column, cache_dir=cache_dir, data_dirs=data_dirs,
+                     download=download, plugins=plugins, progress=progress)

@@ -16,17 +16,18 @@ import gc
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 
 from rich.console import Console
 
-from bocb.commands import analyze, diagnose, recommend, report, run, status, train, transfer
+from bocb.commands import analyze, diagnose, probe, recommend, report, run, status, train, transfer
 from bocb.commands.common import plugins_of
 from bocb.registry import UnknownNameError
 
 # Commands implemented in bocb.commands (each: add_parser, run).
 COMMANDS = {"train": train, "run": run, "transfer": transfer, "diagnose": diagnose, "analyze": analyze,
-            "report": report, "recommend": recommend}
+            "report": report, "recommend": recommend, "probe": probe}
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:
@@ -113,7 +114,9 @@ def entry() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.time()
     args = build_parser().parse_args(argv)
+    args.started = started  # when the command began (bocb probe's budget counts from it)
     # Wide tables stay readable when piped (rich would otherwise fold them to 80 columns).
     console = Console(width=None if sys.stdout.isatty() else 240)
     try:

@@ -178,7 +178,10 @@ def run_study(
                 _store_result(store, me, trial_id, record, stats, stops.pop(trial_id, None))
                 fresh_results = True
             for trial_id, event in executor.events():
-                stats.last_epoch[trial_id] = event
+                # An epoch event read after its trial's result (the two travel apart) is not a
+                # running trial: kept, it left finished trials in the live view for good.
+                if trial_id in claims:
+                    stats.last_epoch[trial_id] = event
             now = time.time()
             for trial_id, renewed in list(leases.items()):
                 if now - renewed > lease_s / 3:

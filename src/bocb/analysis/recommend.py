@@ -7,7 +7,10 @@ selects the evidence backbones:
 - a zoo backbone without results: the backbones with results that share its design (same group,
   else same stage design + token mixer), named in the answer — "one like it";
 - a design family: every backbone with results whose group, stage design, block or token mixer
-  contains the words (e.g. "classical CNN", "hierarchical attention").
+  contains the words (e.g. "classical CNN", "hierarchical attention"); free words work too:
+  filler such as "vision", "network" or "model" is dropped and common names are mapped to the
+  taxonomy's (:data:`SYNONYMS`: "ViT" -> transformer, "convolutional" -> conv), so "vision
+  transformer" means the transformer group.
 
 Per optimizer, over the evidence backbones: the mean gap to each backbone's best top-1, its
 spread, and the failure risk = share of those backbones on which the failure rule flags it. With
@@ -30,15 +33,26 @@ def _base(short: str) -> str:
     return short.removesuffix(YOURS)
 
 
+# Free design words: filler that names no design is dropped, and common names are mapped to the
+# taxonomy's words (group, stages, block, token mixer), so "vision transformer", "a ViT-like model"
+# or "convolutional network" find the backbones they mean.
+FILLER = frozenset({"a", "an", "the", "like", "style", "based", "vision", "visual", "network", "networks", "net",
+                    "model", "models", "backbone", "backbones", "neural", "deep", "architecture"})
+SYNONYMS = {"vit": "transformer", "vits": "transformer", "convnet": "cnn", "convnets": "cnn", "convolutional": "conv",
+            "convolution": "conv", "convolutions": "conv", "depthwise": "dw", "windowed": "window", "mixer": "mlp"}
+
+
 def _words(text: str) -> list[str]:
-    return [w for w in text.lower().replace("-", " ").split() if w]
+    words = text.lower().replace("-", " ").replace("_", " ").split()
+    return list(dict.fromkeys(SYNONYMS.get(w, w) for w in words if w and w not in FILLER))
 
 
 def evidence_backbones(query: str, available: list[str]) -> tuple[list[str], str]:
     """The backbones (short names present in the results) that answer ``query``, and why.
 
     A store's backbone shown next to the paper's (``"R-50 (yours)"``) counts as that backbone: with
-    both kinds of evidence, a backbone's own results are the paper's and yours, with equal weight."""
+    both kinds of evidence, a backbone's own results are the paper's and yours (weighted by the caller:
+    :func:`bocb.api.recommend` weighs yours by their schedule)."""
     from bocb.registry import UnknownNameError
     from bocb.zoo import BACKBONES
 
@@ -54,7 +68,7 @@ def evidence_backbones(query: str, available: list[str]) -> tuple[list[str], str
         info = BACKBONES.get(query)
         own = [s for s in available if s in infos and infos[s].short == info.short]
         if own:
-            both = " (the paper's and yours, equal weight)" if len(own) > 1 else ""
+            both = " (the paper's and yours)" if len(own) > 1 else ""
             return own, f"results for {info.short} itself{both}"
         same_group = [s for s in infos if infos[s].group == info.group]
         if same_group:
@@ -80,7 +94,8 @@ def evidence_backbones(query: str, available: list[str]) -> tuple[list[str], str
 
 
 def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None, gamma: float | None = None,
-              settings: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
+              settings: pd.DataFrame | None = None,
+              weights: dict[str, float] | None = None) -> tuple[pd.DataFrame, str]:
     """Ranked optimizers for ``query`` and a sentence naming the evidence.
 
     ``failure_rule``/``gamma``: :func:`bocb.analysis.failure.rule` (None: the shared
@@ -90,6 +105,9 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None
     backbones (how many), and lr / weight_decay (the usual setting: the mode over the evidence
     backbones in ``settings`` when given, as :func:`bocb.analysis.robustness.usual_value` defines
     it, with no weight decay (<= 1e-8) reported as 0; else the zoo's grid centre).
+
+    ``weights``: backbone -> weight of its evidence (default 1 each); with weights the gap, its
+    spread (population std) and the failure share are weighted means over the evidence backbones.
     """
     from bocb.analysis.failure import rule
 
@@ -99,10 +117,24 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None
     chosen, why = evidence_backbones(query, list(dict.fromkeys(flags["backbone"])))
     part = flags[flags["backbone"].isin(chosen)].copy()
     part["gap"] = part.groupby("backbone")["top1"].transform("max") - part["top1"]
-    out = part.groupby("optimizer", sort=False).agg(
-        expected_gap=("gap", "mean"), gap_std=("gap", "std"), failure_risk=("flagged", "mean"),
-        backbones=("backbone", "nunique"),
-    ).reset_index()
+    if weights:
+        # Weighted over the evidence backbones (a short-run store sketch counts less than a paper
+        # cell): weighted mean gap and failure share, and the weighted spread of the gap.
+        part["w"] = part["backbone"].map(lambda b: float(weights.get(b, 1.0)))
+        part["wgap"], part["wflag"] = part["w"] * part["gap"], part["w"] * part["flagged"].astype(float)
+        grouped = part.groupby("optimizer", sort=False)
+        total = grouped["w"].sum()
+        mean = grouped["wgap"].sum() / total
+        part["wdev"] = part["w"] * (part["gap"] - part["optimizer"].map(mean)) ** 2
+        out = pd.DataFrame({"expected_gap": mean, "gap_std": (part.groupby("optimizer", sort=False)["wdev"].sum()
+                                                              / total) ** 0.5,
+                            "failure_risk": grouped["wflag"].sum() / total,
+                            "backbones": grouped["backbone"].nunique()}).reset_index()
+    else:
+        out = part.groupby("optimizer", sort=False).agg(
+            expected_gap=("gap", "mean"), gap_std=("gap", "std"), failure_risk=("flagged", "mean"),
+            backbones=("backbone", "nunique"),
+        ).reset_index()
     out["gap_std"] = out["gap_std"].fillna(0.0)
     lr, wd = [], []
     for opt in out["optimizer"]:

@@ -154,8 +154,7 @@ class RunDisplay:
         elif isinstance(event, ev.RunUpdate) and self.live is not None:
             self.live.update(self.view.render(event))
             if isinstance(event, ev.RunEnded):
-                self.live.stop()
-                self.live = None
+                self._stop_live()
                 for note in event.stats.notes:
                     console.print(escape(note))
         elif isinstance(event, ev.Measuring):
@@ -169,11 +168,16 @@ class RunDisplay:
             self.bar.stop()
             self.bar = None
 
+    def _stop_live(self) -> None:
+        self.live.stop()
+        self.live = None
+        if not self.console.is_interactive:  # rich leaves the last frame without its newline there
+            self.console.line()
+
     def stop(self) -> None:
         """Close whatever is still drawing (after an interrupt or an error)."""
         if self.live is not None:
-            self.live.stop()
-            self.live = None
+            self._stop_live()
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
@@ -209,9 +213,11 @@ class _LiveView:
             loss = row.get("train_loss")
             table.add_row(trial_id, str(row.get("epoch", "-")), "-" if score is None else f"{score:.2f}",
                           "-" if loss is None else f"{loss:.3f}")
+        # No running trial, no table (an empty one draws a bare header).
+        rows = (table,) if stats.last_epoch else ()
         if update.tuning is not None:
-            return Group(self.progress, update.tuning, table)
-        return Group(self.progress, table)
+            return Group(self.progress, update.tuning, *rows)
+        return Group(self.progress, *rows)
 
 
 def _results_table(rows: list[dict]) -> Table:

@@ -18,7 +18,7 @@ import itertools
 import math
 
 from bocb.tuning.policy import TuningConfig
-from bocb.tuning.simulate import simulate
+from bocb.tuning.simulate import Simulated, simulate
 from bocb.tuning.space import Space, value
 
 
@@ -42,8 +42,9 @@ def worst_epochs(config: TuningConfig, epochs: int) -> int:
     return worst + config.max_full * epochs
 
 
-def expected_epochs(space: Space, config: TuningConfig, epochs: int) -> int:
-    """Trial-epochs when the optimum sits at the start (the tuning seed only)."""
+def expected_run(space: Space, config: TuningConfig, epochs: int) -> Simulated:
+    """The tuning of a pair whose optimum sits at the start (the tuning seed only): its
+    candidates (``trials``) and trial-epochs (``epochs``)."""
     lr0, wd0 = value(space.start[0]), value(space.start[1])
 
     def bowl(lr: float, wd: float, epoch: int) -> float:
@@ -51,7 +52,12 @@ def expected_epochs(space: Space, config: TuningConfig, epochs: int) -> int:
         w0 = math.log10(wd0) if wd0 > 0 else -8.0
         return -(math.log10(lr / lr0) ** 2) - 0.5 * (w - w0) ** 2 + epoch * 1e-3
 
-    return simulate(space, config, epochs, bowl).epochs
+    return simulate(space, config, epochs, bowl)
+
+
+def expected_epochs(space: Space, config: TuningConfig, epochs: int) -> int:
+    """Trial-epochs when the optimum sits at the start (the tuning seed only)."""
+    return expected_run(space, config, epochs).epochs
 
 
 def pair_cost(space: Space, config: TuningConfig, epochs: int, seeds: int) -> tuple[int, int]:
