@@ -8,7 +8,7 @@ import pytest
 from cli_inproc import bocb
 
 from bocb.probe.answer import OptimizerResult, noise_points, spearman, verdict
-from bocb.probe.sizing import FILL, MAX_EPOCHS, MIN_EPOCHS, Throughput, probe_cost, size_probe
+from bocb.probe.sizing import FILL, MAX_EPOCHS, Throughput, probe_cost, size_probe
 from bocb.tuning.cost import expected_run
 from bocb.tuning.policy import TuningConfig
 from bocb.tuning.space import pair_space
