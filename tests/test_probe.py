@@ -39,7 +39,8 @@ def test_a_tight_budget_gives_up_images_before_epochs_and_fills_the_stated_share
     assert sized.epochs >= 10 and sized.train_per_class in (200, 100, 50, 20)
     assert sized.expected_s <= FILL * budget
     # One epoch more would not have fitted at that many images per class.
-    more, _ = probe_cost(SPACES, CONFIG, sized.epochs + 1, sized.train_per_class * 10, 1000, SPEED)
+    test_images = 1000 if sized.test_per_class is None else sized.test_per_class * 10
+    more, _ = probe_cost(SPACES, CONFIG, sized.epochs + 1, sized.train_per_class * 10, test_images, SPEED)
     assert more > FILL * budget
 
 
@@ -125,8 +126,9 @@ def test_a_probe_answers_within_its_budget_and_continues_where_it_stopped(tmp_pa
     assert page.index("Use " + answer["use"]["optimizer"]) < page.index('id="learning-curves"')
     assert "data:image/png;base64," in page
     assert json.loads((out / "answer.json").read_text())["use"] == answer["use"]
-    study = (out / "study.toml").read_text()
-    assert 'tuning = "adaptive"' in study and 'name = "user_models:tiny_cnn"' in study
+    (study_file,) = out.glob("study-*.toml")
+    study = study_file.read_text()
+    assert 'tuning = "adaptive"' in study and 'name = "user_models:tiny_cnn"' in study and 'data = "sample"' in study
 
     # The same command continues the same study: nothing finished is trained again.
     from bocb.store import SQLiteStore
@@ -154,3 +156,60 @@ def test_only_tuned_optimizers_beyond_the_noise_are_flagged():
     assert flag_compared({**scores, "SGD-M": (40.0, False)}) == set()
     assert flag_compared(scores, noise=8.0) == set()  # 20 points < 2 * sqrt(2) * 8
     assert flag_compared(scores, noise=5.0) == {"SGD-M"}
+
+
+def test_the_request_names_the_study_file():
+    from bocb.probe.run import request_key
+
+    key = request_key("timm:resnet10t", "folder:/data/pets", None, ["AdamW", "SGD-M"], None)
+    assert key == request_key("timm:resnet10t", "folder:/data/pets", None, ["SGD-M", "AdamW"], None)
+    assert key != request_key("timm:resnet10t", "folder:/data/pets", None, ["AdamW", "SGD-M"], 30)
+    assert key != request_key("timm:resnet10t", "folder:/data/cats", None, ["AdamW", "SGD-M"], None)
+
+
+@pytest.mark.slow
+def test_a_probe_on_a_relative_folder_with_two_optimizers(tmp_path):
+    from test_fit import _folder
+
+    work = tmp_path / "work"
+    _folder(work / "pets", classes=3, train=12, test=4)
+    args = ["probe", "--backbone", "user_models:tiny_cnn", "--epochs", "1", "--optimizers", "AdamW,SGD-M", "--out",
+            tmp_path / "probe"]
+    done = bocb(*args, "--data", "pets", cache=tmp_path / "cache", cwd=work)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert "Failures not judged: fewer than three optimizers finished their search" in done.stdout
+    (study_file,) = (tmp_path / "probe").glob("study-*.toml")
+    assert f'data = "folder:{work / "pets"}"' in study_file.read_text()  # absolute: the same from anywhere
+    assert "batch_size 100 -> 8" in done.stdout  # 36 images: fitted, and said
+    again = bocb(*args, "--data", work / "pets", cache=tmp_path / "cache", cwd=tmp_path)
+    assert again.returncode == 0 and "continuing:" in again.stdout, again.stdout[-2000:] + again.stderr
+    assert list((tmp_path / "probe").glob("study-*.toml")) == [study_file]
+    # A damaged study file is one line, not a traceback, and names the way out.
+    study_file.write_text("[study\n")
+    broken = bocb(*args, "--data", work / "pets", cache=tmp_path / "cache", cwd=tmp_path)
+    assert broken.returncode == 2 and "is damaged" in broken.stderr and len(broken.stderr.strip().splitlines()) == 1
+
+
+def _answer(results, judged=True):
+    from pathlib import Path
+
+    from bocb.probe.answer import ProbeAnswer, Verdict
+
+    use = next((r for r in results if not r.flagged and r.score is not None), None)
+    return ProbeAnswer("X", "modern CNN", "sample", use, tuple(results), tuple(r.optimizer for r in results if r.flagged),
+                       judged, Verdict("v", "F", None, None), "c", True, 10, None, None, 1000, 60.0, 50.0, "s", None,
+                       Path("."), Path("s.toml"), Path("p.sqlite"))
+
+
+def test_the_answer_says_when_nothing_trains_and_names_a_crash_as_an_error():
+    from dataclasses import replace
+
+    from bocb.report.probe import answer_lines
+
+    diverged = replace(_result("SGD-M", None, 1.0, flagged=True), state="diverged")
+    crashed = replace(_result("LAMB", None, 0.0), state="crashed: RuntimeError: out of memory")
+    lines = answer_lines(_answer([diverged, crashed]))
+    assert lines[0].startswith("No probed optimizer trains X: every one diverged or was flagged, or crashed")
+    assert "LAMB crashed: RuntimeError: out of memory (an error, not a divergence" in " ".join(lines)
+    two = answer_lines(_answer([_result("AdamW", 60.0, 0.0), _result("SGD-M", 20.0, 9.0)], judged=False))
+    assert two[0].startswith("Use AdamW") and two[1].startswith("Failures not judged")

@@ -1,5 +1,6 @@
 """`recommend`: the inverse question, answered from the paper's table."""
 
+import pandas as pd
 import pytest
 
 from bocb import paper
@@ -126,3 +127,16 @@ def test_weights_make_a_short_sketch_count_less_by_hand():
     # SGD-M is flagged in your column only (50 < median 55 - max(0.75 * IQR, 2)): a risk of 0.05 / 1.05.
     risks = weighted.set_index("optimizer")["failure_risk"]
     assert risks["SGD-M"] == pytest.approx(0.05 / 1.05) and risks["AdamW"] == 0.0
+
+
+def test_words_that_name_no_design_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="names no design"):
+        recommend(paper.top1(), "a neural network model")
+
+
+def test_weights_of_one_give_the_unweighted_answer():
+    plain, _ = recommend(paper.top1(), "classical CNN")
+    ones, _ = recommend(paper.top1(), "classical CNN", weights=dict.fromkeys(paper.top1()["backbone"], 1.0))
+    cols = ["optimizer", "expected_gap", "gap_std", "failure_risk", "backbones"]
+    pd.testing.assert_frame_equal(plain[cols].reset_index(drop=True), ones[cols].reset_index(drop=True),
+                                  check_dtype=False)

@@ -357,8 +357,8 @@ def recommend(
     """Optimizers to try first for ``backbone`` (a zoo or paper name, or design words such as
     'hierarchical attention'), as ``bocb recommend``: from the paper's Table 1, the store's finished
     trials, or both (the store's backbones then get a ' (yours)' suffix: the paper's cells and a
-    study's trials are different experiments; for a backbone with both, the two count with equal
-    weight). ``study``: only that study file's trials from the store. Store evidence from runs
+    study's trials are different experiments; for a backbone with both, yours counts by its
+    schedule, see below). ``study``: only that study file's trials from the store. Store evidence from runs
     shorter than the paper's 200 epochs is named in the evidence sentence and, beside the paper's,
     weighted by its share of those 200 epochs (a backbone's longest run decides). See
     :func:`bocb.analysis.recommend.recommend`."""
@@ -396,10 +396,11 @@ def recommend(
         mine = mine.assign(backbone=mine["backbone"] + (YOURS if evidence == "both" else ""))
         frames.append(mine[["optimizer", "backbone", "top1", "seed", "lr", "weight_decay"]])
     evidence_frame = pd.concat(frames, ignore_index=True)
-    # A store backbone's evidence weighs its schedule against the paper's: a 10-epoch sketch counts
-    # 10/200 of a paper cell (and 1 at 200 epochs or more). It matters only beside other evidence.
-    suffix = YOURS if evidence == "both" else ""
-    weights = {f"{b}{suffix}": min(1.0, max(es) / PAPER_EPOCHS) for b, es in budgets.items()} or None
+    # Beside the paper's cells, a store backbone's evidence weighs its schedule against the paper's:
+    # a 10-epoch sketch counts 10/200 of a paper cell (and 1 at 200 epochs or more). Store evidence
+    # alone is not weighted: it is all sketches alike, named as such below.
+    weights = ({f"{b}{YOURS}": min(1.0, max(es) / PAPER_EPOCHS) for b, es in budgets.items()} or None
+               if evidence == "both" else None)
     ranked, sentence = rank(evidence_frame, backbone, failure_rule=rule, gamma=gamma, settings=settings,
                             weights=weights)
     # Only the store trials the answer rests on (the backbones the evidence chose) can make it a sketch.
@@ -436,17 +437,18 @@ def probe(
     download: bool = False,
     plugins: Sequence[str] = (),
     progress: Progress | None = None,
+    started: float | None = None,
 ) -> Any:
     """Which optimizer for ``backbone`` (any zoo name, ``timm:NAME`` or ``package.module:builder``) on
     ``data``, from a short adaptive search that keeps to ``budget_s`` seconds (or runs ``epochs``), as
     ``bocb probe``: returns a :class:`bocb.probe.run.ProbeAnswer` (the optimizer to use with its lr
     and weight decay, those that fail, the verdict against the paper's nearest design family, the
-    learning curves) and writes ``study.toml``, ``probe.sqlite``, ``answer.json`` and ``probe.html``
+    learning curves) and writes ``study-<key>.toml``, ``probe.sqlite``, ``answer.json`` and ``probe.html``
     into ``out`` (None: ``bocb-results/probe-<backbone>``). The same call again continues the probe.
-    ``progress`` also receives :class:`bocb.probe.run.Measured` and :class:`bocb.probe.run.Sized`.
-    See :mod:`bocb.probe.run`."""
+    ``progress`` also receives :class:`bocb.probe.run.Measured` and :class:`bocb.probe.run.Sized`;
+    ``started``: the ``time.time()`` the budget counts from (None: now). See :mod:`bocb.probe.run`."""
     from bocb.probe.run import probe as run_probe
 
     return run_probe(backbone, data, budget_s=budget_s, epochs=epochs, optimizers=optimizers, out=out, slots=slots,
                      device=device, label_column=label_column, cache_dir=cache_dir, data_dirs=data_dirs,
-                     download=download, plugins=plugins, progress=progress)
+                     download=download, plugins=plugins, progress=progress, started=started)

@@ -8,9 +8,10 @@ values the data can honour and says so, one note per change:
 
 - **per-class counts** larger than the smallest class become that class's count (for training,
   after the held-out images of ``selection = "holdout"`` are set aside);
-- **batch size**: when the training set holds fewer than :data:`MIN_STEPS` batches, the batch
-  becomes the largest power of two that gives at least that many steps an epoch (never below 2:
-  mixup and cutmix pair images within a batch).
+- **batch size**: when the training set holds less than one full batch (an epoch would have no
+  step at all), the batch becomes the largest power of two that gives at least :data:`MIN_STEPS`
+  steps an epoch (never below 2: mixup and cutmix pair images within a batch). A set that holds
+  one batch or more keeps its batch, so a study that ran before keeps its trial ids.
 
 A value the user chose (a study file's key, a ``--train-per-class`` flag) is never changed: one
 that the data cannot honour is an error naming the most it can be. Changes go into the trial's
@@ -66,16 +67,15 @@ def fit_recipe(recipe: Any, train_labels: Any, test_labels: Any,
     else:
         n_train = len(np.asarray(train_labels)) - holdout * classes
     batch = recipe.batch_size
-    if batch * MIN_STEPS > n_train:
+    if batch > n_train:
         if "batch_size" in explicit:
-            if batch > n_train:
-                raise ValueError(f"batch_size = {batch}, but there are {n_train} training images: at most {n_train}")
+            raise ValueError(f"batch_size = {batch}, but there are {n_train} training images: at most {n_train}")
         else:
             fitted = 1 << max(0, (n_train // MIN_STEPS).bit_length() - 1)
             if fitted < MIN_BATCH:
                 raise ValueError(f"{n_train} training images are too few: at least {MIN_BATCH * MIN_STEPS} are needed "
                                  f"for {MIN_STEPS} steps of {MIN_BATCH} an epoch")
             changes["batch_size"] = fitted
-            notes.append(f"batch_size {batch} -> {fitted}: {n_train} training images make at least "
-                         f"{MIN_STEPS} steps an epoch")
+            notes.append(f"batch_size {batch} -> {fitted}: {n_train} training images make no full batch of {batch}; "
+                         f"{fitted} gives at least {MIN_STEPS} steps an epoch")
     return changes, notes

@@ -78,6 +78,9 @@ def evidence_backbones(query: str, available: list[str]) -> tuple[list[str], str
             return alike, f"no results for {info.short}; backbones with the same stages and token mixer"
         raise ValueError(f"no results for {info.short} or any backbone like it ({info.group}, {info.stages}, {info.token_mixer})")
     words = _words(query)
+    if not words:
+        raise ValueError(f"{query!r} names no design: give a backbone or design words such as 'classical CNN', "
+                         f"'vision transformer', 'hierarchical attention'")
     matched = []
     for short, b in infos.items():
         text = " ".join([b.group, b.stages, b.block, b.token_mixer, b.model]).lower().replace("-", " ")
@@ -106,8 +109,9 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None
     backbones in ``settings`` when given, as :func:`bocb.analysis.robustness.usual_value` defines
     it, with no weight decay (<= 1e-8) reported as 0; else the zoo's grid centre).
 
-    ``weights``: backbone -> weight of its evidence (default 1 each); with weights the gap, its
-    spread (population std) and the failure share are weighted means over the evidence backbones.
+    ``weights``: backbone -> weight of its evidence (default 1 each); with weights the gap and the
+    failure share are weighted means over the evidence backbones and the gap's spread their
+    unbiased weighted standard deviation (reliability weights; the sample std when all are 1).
     """
     from bocb.analysis.failure import rule
 
@@ -126,8 +130,12 @@ def recommend(results: pd.DataFrame, query: str, failure_rule: str | None = None
         total = grouped["w"].sum()
         mean = grouped["wgap"].sum() / total
         part["wdev"] = part["w"] * (part["gap"] - part["optimizer"].map(mean)) ** 2
-        out = pd.DataFrame({"expected_gap": mean, "gap_std": (part.groupby("optimizer", sort=False)["wdev"].sum()
-                                                              / total) ** 0.5,
+        part["w2"] = part["w"] ** 2
+        # Reliability weights, unbiased: sum w (x - mean)^2 / (V1 - V2 / V1); with every weight 1
+        # this is the sample variance (ddof 1) of the unweighted branch.
+        dof = total - part.groupby("optimizer", sort=False)["w2"].sum() / total
+        spread = (part.groupby("optimizer", sort=False)["wdev"].sum() / dof.where(dof > 0)) ** 0.5
+        out = pd.DataFrame({"expected_gap": mean, "gap_std": spread,
                             "failure_risk": grouped["wflag"].sum() / total,
                             "backbones": grouped["backbone"].nunique()}).reset_index()
     else:

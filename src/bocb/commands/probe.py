@@ -1,5 +1,5 @@
 """``bocb probe --backbone X --data D [--budget 30m | --epochs N]``: which optimizer for your backbone,
-from a short adaptive search that keeps to a time budget (:func:`bocb.probe.run.probe` does the work).
+from a short adaptive search that keeps to a time budget (:func:`bocb.api.probe` does the work).
 
 Exit status: 0 with an answer (some optimizer finished a trial), 1 when the budget ran out before
 any did (the same command continues), 2 for bad input, 130 on Ctrl-C (running trials are handed
@@ -49,8 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bocb import api
     from bocb.commands.run import RunDisplay
-    from bocb.probe.run import Measured, Sized, probe
+    from bocb.probe.run import Measured, Sized
     from bocb.report.probe import answer_lines
 
     started = getattr(args, "started", None) or time.time()  # set by bocb.cli.main as it begins
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             display(event)
 
     try:
-        answer = probe(args.backbone, args.data, budget_s=budget, epochs=args.epochs, optimizers=optimizers,
+        answer = api.probe(args.backbone, args.data, budget_s=budget, epochs=args.epochs, optimizers=optimizers,
                        out=args.out, slots=args.slots, device=args.device, label_column=args.label_column,
                        cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(), download=args.download,
                        plugins=tuple(plugins_of(args)), progress=progress, started=started)

@@ -1,5 +1,6 @@
-"""Reading each kind of source: torchvision's CIFAR batches, Hugging Face-layout Parquet, image
-folders, and the decoding of encoded images.
+"""Reading each kind of source: torchvision's CIFAR batches, Hugging Face-layout Parquet, Hugging
+Face ``save_to_disk`` folders (Arrow IPC stream files, read with the Parquet path's columns and
+checks), image folders, and the decoding of encoded images.
 
 Each reader takes a located source and returns a plan (:class:`_Plan`): the files and options
 that identify the data (hashed into the dataset's fingerprint) and a ``read`` that decodes it to
@@ -155,6 +156,34 @@ def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | Non
                          label_column=label_column, image_size=image_size)
 
 
+def _arrow_plan_at(root: Path, label_column: str | None, image_size: int | None) -> _Plan:
+    """A ``datasets.save_to_disk`` folder: ``dataset_dict.json`` naming the splits, each split a
+    folder of Arrow stream files listed in its ``state.json`` (in that order; else sorted)."""
+    try:
+        splits = json.loads((root / "dataset_dict.json").read_text())["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{root}: not a save_to_disk folder (dataset_dict.json: {_one_line(exc)})") from None
+    test_split = next((s for s in _TEST_SPLITS if s in splits), None)
+    if "train" not in splits or test_split is None:
+        raise DataNotFoundError(f"{root} needs a train split and a test split (or validation, valid, val); "
+                                f"its splits: {', '.join(map(str, splits)) or 'none'}")
+
+    def files(split: str) -> list[tuple[str, Path]]:
+        folder = root / split
+        try:
+            names = [d["filename"] for d in json.loads((folder / "state.json").read_text())["_data_files"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            names = sorted(p.name for p in folder.glob("*.arrow"))
+        if not names:
+            raise DataNotFoundError(f"{folder}: no Arrow files")
+        return [(f"{split}/{n}", folder / n) for n in names]
+
+    train, test = files("train"), files(test_split)
+    return _parquet_plan(name=root.resolve().name, source=f"save_to_disk folder {root.resolve()} "
+                         f"({', '.join(n for n, _ in train + test)})", train=train, test=test,
+                         label_column=label_column, image_size=image_size)
+
+
 def _hf_features(schema: pa.Schema) -> dict:
     """The ``features`` of the Hugging Face ``datasets`` schema metadata, or {}."""
     raw = (schema.metadata or {}).get(b"huggingface")
@@ -166,12 +195,25 @@ def _hf_features(schema: pa.Schema) -> dict:
     return features if isinstance(features, dict) else {}
 
 
+def _is_arrow(file: Traversable) -> bool:
+    return file.name.endswith(".arrow")
+
+
 def _read_schema(file: Traversable) -> pa.Schema:
     try:
         with file.open("rb") as f:
-            return pq.read_schema(f)
+            return pa.ipc.open_stream(f).schema if _is_arrow(file) else pq.read_schema(f)
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{file}: not a readable Parquet file ({_one_line(exc)})") from None
+        kind = "Arrow stream" if _is_arrow(file) else "Parquet"
+        raise ValueError(f"{file}: not a readable {kind} file ({_one_line(exc)})") from None
+
+
+def _read_table(file: Traversable, columns: list[str]) -> pa.Table:
+    """The columns of a Parquet file or an Arrow IPC stream file (what ``save_to_disk`` writes)."""
+    with file.open("rb") as f:
+        if _is_arrow(file):
+            return pa.ipc.open_stream(f).read_all().select(columns)
+        return pq.read_table(f, columns=columns)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -226,10 +268,10 @@ def _read_parquet_split(files: list[tuple[str, Traversable]], image_column: str,
     labels = []
     for relname, file in files:
         try:
-            with file.open("rb") as f:
-                table = pq.read_table(f, columns=[image_column, label_column])
+            table = _read_table(file, [image_column, label_column])
         except (pa.ArrowException, OSError) as exc:  # damaged pages, a truncated file
-            raise ValueError(f"{relname}: damaged Parquet data ({_one_line(exc)})") from None
+            raise ValueError(f"{relname}: damaged {'Arrow' if _is_arrow(file) else 'Parquet'} data "
+                             f"({_one_line(exc)})") from None
         column = table.column(image_column).combine_chunks()
         if pa.types.is_struct(column.type):  # the hub's Image feature: struct{bytes, path}
             if column.type.get_field_index("bytes") < 0:

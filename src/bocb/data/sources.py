@@ -1,4 +1,4 @@
-"""Where datasets come from: five kinds of source, one in-memory form.
+"""Where datasets come from: six kinds of source, one in-memory form.
 
 Every source loads into a :class:`Dataset`: train and test :class:`ImageSet` s of ``uint8``
 ``(N, 3, H, W)`` images with ``int64`` labels, the class names, where the data came from and a
@@ -10,6 +10,8 @@ content fingerprint. The kinds (:data:`DATA_KINDS`):
   ``cifar-100-python/``), read by torchvision; CIFAR-100 gives its 100 fine labels.
 - ``parquet``: Hugging Face-layout Parquet (``train-*.parquet`` and ``test-*.parquet``, in the
   folder or one subfolder such as ``plain_text/``) with encoded images in an ``Image`` column.
+- ``arrow``: a Hugging Face ``datasets`` ``save_to_disk`` folder (``dataset_dict.json``, ``train/``
+  and ``test/`` Arrow files), read like Parquet.
 - ``folder``: ImageNet-style ``train/<class>/*.jpg`` and ``test/<class>/`` (or ``val/``).
 
 This module holds :func:`parse_data_arg` (the CLI's ``--data`` text to a spec, detecting the kind
@@ -31,6 +33,7 @@ from bocb.data.readers import (
     _CIFAR,
     _CIFAR_TITLES,
     _Plan,
+    _arrow_plan_at,
     _cifar_files,
     _cifar_plan,
     _class_dirs,
@@ -60,7 +63,8 @@ def parse_data_arg(text: str) -> DatasetSpec:
     Accepted: a kind that needs no path (``sample``, ``cifar10``, ``cifar100``; these names win
     over a same-named folder, write ``./cifar10`` for the folder); ``KIND:PATH``; or an existing
     PATH, whose kind is detected: a ``.parquet`` file, or a folder holding ``train*.parquet`` (in
-    it or a subfolder) -> parquet; a folder holding ``cifar-10-batches-py/`` or
+    it or a subfolder) -> parquet; a folder holding ``dataset_dict.json`` (Hugging Face
+    ``save_to_disk``) -> arrow; a folder holding ``cifar-10-batches-py/`` or
     ``cifar-100-python/`` (or that folder itself) -> cifar10 / cifar100; a folder with
     ``train/<class>/`` -> folder.
     """
@@ -100,12 +104,14 @@ def _detect(path: Path) -> DatasetSpec:
                          f"write cifar10:{path} or cifar100:{path}")
     if cifar:
         return DatasetSpec(cifar[0], root)
+    if (path / "dataset_dict.json").is_file():
+        return DatasetSpec("arrow", root)
     if _parquet_dirs(path):
         return DatasetSpec("parquet", root)
     if (path / "train").is_dir() and _class_dirs(path / "train"):
         return DatasetSpec("folder", root)
     raise DataNotFoundError(f"cannot tell what data {path} holds: looked for train*.parquet (in it or a "
-                            f"subfolder), cifar-10-batches-py/, cifar-100-python/ and train/<class>/; "
+                            f"subfolder), dataset_dict.json, cifar-10-batches-py/, cifar-100-python/ and train/<class>/; "
                             f"write KIND:{path} with KIND one of {', '.join(DATA_KINDS)}")
 
 
@@ -166,6 +172,8 @@ def _plan(spec: DatasetSpec, *, cache_dir: Path | None, data_dirs: list[Path], d
         raise DataNotFoundError(f"{spec.kind} data not found: {root} does not exist")
     if spec.kind == "parquet":
         return _parquet_plan_at(root, spec.label_column, spec.image_size)
+    if spec.kind == "arrow":
+        return _arrow_plan_at(root, spec.label_column, spec.image_size)
     return _folder_plan(root, spec.image_size)
 
 

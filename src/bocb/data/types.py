@@ -26,11 +26,12 @@ DATA_KINDS: dict[str, str] = {
     "cifar10": "CIFAR-10 as torchvision's python batches (a folder holding cifar-10-batches-py/)",
     "cifar100": "CIFAR-100, fine labels, as torchvision's python batches (cifar-100-python/)",
     "parquet": "Hugging Face-layout Parquet files train-*.parquet and test-*.parquet",
+    "arrow": "a Hugging Face datasets.save_to_disk folder (dataset_dict.json; train/ and test/ Arrow files)",
     "folder": "an image folder train/<class>/*.jpg with test/<class>/ or val/<class>/",
 }
 
 # Kinds whose images are encoded files, so decoding (and resizing to image_size) applies.
-_DECODED_KINDS = ("sample", "parquet", "folder")
+_DECODED_KINDS = ("sample", "parquet", "arrow", "folder")
 
 
 class DataNotFoundError(ValueError):
@@ -138,7 +139,7 @@ class DatasetSpec:
 
     ``kind``: one of :data:`DATA_KINDS`. ``root``: where the data is; None means "look in the
     usual places" for cifar10/cifar100 (see :func:`load_dataset`), and is an error for parquet and
-    folder; the bundled sample takes none. ``label_column`` (parquet only): default ``label``,
+    folder; the bundled sample takes none. ``label_column`` (parquet and arrow only): default ``label``,
     else ``fine_label``, a column the metadata declares a ClassLabel, ``labels``. ``image_size`` (sample, parquet, folder): resize the shorter side to it
     and centre-crop to square at load time, so images of different sizes stack. ``classes``: keep
     only these class indices, relabelled ``0..k-1`` in the order given (the transfer demo
@@ -160,8 +161,8 @@ class DatasetSpec:
         if self.kind == "sample" and self.root is not None:
             raise ValueError("data kind 'sample' is bundled with bocb and takes no root; "
                              "use kind 'parquet' for Parquet files elsewhere")
-        if self.label_column is not None and self.kind != "parquet":
-            raise ValueError(f"label_column applies to data kind 'parquet' only, not {self.kind!r}")
+        if self.label_column is not None and self.kind not in ("parquet", "arrow"):
+            raise ValueError(f"label_column applies to data kinds 'parquet' and 'arrow' only, not {self.kind!r}")
         if self.image_size is not None:
             size = self.image_size
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:

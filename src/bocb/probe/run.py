@@ -3,14 +3,15 @@ time budget.
 
 What it does, in order:
 
-1. **Measure** (only for a new probe with a budget): one epoch of the backbone with the first
-   optimizer, in this process, on a few batches of the data: seconds per training image, per test
+1. **Measure** (only for a new probe with a budget): two short epochs of the backbone with the
+   first optimizer, in this process, on a few batches of the data (the second epoch timed): seconds per training image, per test
    image, and to start a trial (:class:`bocb.probe.sizing.Throughput`).
 2. **Size**: epochs and images per class that fit the budget (:func:`bocb.probe.sizing.size_probe`),
    or the ``epochs`` asked for (all images).
-3. **Write the study** ``study.toml`` in the probe's folder: an ordinary adaptive study (one seed,
-   the tuner's default knobs, :data:`PROBE_TUNING`), so what the probe ran can be read, rerun with ``bocb run``, or
-   edited (``sizing.json`` beside it keeps how it was sized). Budget values the data cannot
+3. **Write the study** ``study-<key>.toml`` in the probe's folder (``<key>``: :func:`request_key`):
+   an ordinary adaptive study (one seed, the tuner's default knobs, :data:`PROBE_TUNING`), so what
+   the probe ran can be read, or finished with ``bocb run`` (``study-<key>.json`` beside it keeps
+   how it was sized). Budget values the data cannot
    honour are fitted to it (:mod:`bocb.fit`).
 4. **Run** it through the same runner and workers as ``bocb run`` into ``probe.sqlite`` beside it,
    with a deadline: at ``budget - ANSWER_S`` from the probe's start the running trials are handed
@@ -19,9 +20,10 @@ What it does, in order:
    ones that fail, the verdict against the paper's nearest design family, and the learning curves;
    returned as a :class:`ProbeAnswer`, written as ``answer.json`` and ``probe.html``.
 
-**Resuming:** the same command again (same backbone, data and optimizers) continues the study in
-the folder (the schedule it was sized for is kept; a new budget only sets the new deadline). A
-different request writes a new study into the same store; earlier results stay.
+**Resuming:** the same command again (same backbone, data, label column, optimizers and
+``--epochs``) finds its study file and continues it (the schedule it was sized for is kept; a new
+budget only sets the new deadline). A different request writes its own study file into the same
+folder and store; nothing earlier is overwritten.
 
 **Optimizers** by default: :data:`DEFAULT_OPTIMIZERS`, one or two per category of the paper, led by
 its most general ones (its ranking puts LAMB, AdamW and Adan on top): AdamW and LAMB (category b),
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import re
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bocb.probe.answer import PAPER_EPOCHS, OptimizerResult, Verdict
+from bocb.probe.answer import ProbeAnswer, read_answer
 from bocb.probe.sizing import MAX_EPOCHS, Sizing, Throughput
 from bocb.tuning.policy import TuningConfig
 
@@ -55,9 +58,8 @@ DEFAULT_BUDGET_S = 1800.0
 PROBE_TUNING = TuningConfig()
 # Kept free at the end of a budget: stopping the workers, reading the store, drawing the curves.
 ANSWER_S = 8.0
-MEASURE_STEPS = 4  # training steps of the throughput measurement (the first includes warm-up)
+MEASURE_STEPS = 3  # training steps in each of the measurement's two epochs (the second is timed)
 MEASURE_TEST_PER_CLASS = 20
-SIZING_FILE = "sizing.json"  # beside study.toml: how the probe was sized, read when it continues
 
 
 @dataclass(frozen=True)
@@ -75,52 +77,6 @@ class Sized:
     sizing: Sizing
     study: Path
     resumed: bool
-
-
-@dataclass(frozen=True)
-class ProbeAnswer:
-    """The probe's answer. ``use``: the optimizer to use (None when nothing finished);
-    ``optimizers``: every probed optimizer, best first (flagged ones last); ``fails``: the flagged
-    ones; ``complete``: every optimizer's search finished within the budget; ``caveat``: what the
-    numbers are (budget, noise); ``folder`` holds ``study.toml``, ``probe.sqlite``,
-    ``answer.json`` and ``probe.html``."""
-
-    backbone: str
-    family: str
-    data: str
-    use: OptimizerResult | None
-    optimizers: tuple[OptimizerResult, ...]
-    fails: tuple[str, ...]
-    verdict: Verdict
-    caveat: str
-    complete: bool
-    epochs: int
-    train_per_class: int | None
-    test_per_class: int | None
-    test_images: int
-    budget_s: float | None
-    wall_s: float
-    sizing: str
-    throughput: Throughput | None
-    folder: Path
-    study: Path
-    store: Path
-    html: Path | None = None
-
-    def to_json(self) -> str:
-        """Strict JSON (NaN and infinities as null; paths as text)."""
-        def clean(value: Any) -> Any:
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, Path):
-                return str(value)
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            return value
-
-        return json.dumps(clean(dataclasses.asdict(self)), allow_nan=False)
 
 
 def slug(text: str) -> str:
@@ -172,14 +128,17 @@ def probe(
         raise ValueError(f"--optimizers names one twice: {', '.join(names)}")
     folder = Path(out) if out is not None else Path("bocb-results") / f"probe-{slug(info.short)}"
     data_spec = parse_data_arg(data)
+    # Written into the study as an absolute KIND:PATH: the study then means the same data from any
+    # working directory (a relative ./pets would not), and so does its request key.
+    data = f"{data_spec.kind}:{data_spec.root}" if data_spec.root else data_spec.kind
     if label_column:
         data_spec = dataclasses.replace(data_spec, label_column=label_column)
     dataset = load_dataset(data_spec, cache_dir=None if cache_dir is None else Path(cache_dir),
                            data_dirs=[Path(d) for d in data_dirs], download=download)
     folder.mkdir(parents=True, exist_ok=True)
-    study_path = folder / "study.toml"
+    study_path = folder / f"study-{request_key(backbone, data, label_column, names, epochs)}.toml"
     store_path = folder / "probe.sqlite"
-    plan = _resume(study_path, backbone, data, label_column, names, epochs)
+    plan = _resume(study_path)
     speed = None
     from bocb.executors.local import start_fork_server
 
@@ -217,13 +176,17 @@ def probe(
 
 
 def measure(backbone: str, optimizer: str, data_spec: Any, dataset: Any, device: str) -> Throughput:
-    """One epoch of ``MEASURE_STEPS`` batches in this process (the probe's recipe, the data's
-    batch size fitted as the study's will be); a backbone that cannot train is a one-line error."""
+    """Two epochs of :data:`MEASURE_STEPS` batches in this process (the probe's recipe, the batch
+    size fitted to the data as the study's will be); the second epoch's seconds give the per-image
+    costs (the first carries the warm-up: lazy initialisation, on a GPU cuDNN's autotuning), the
+    rest of the wall time the cost of starting a trial. A backbone that cannot train is a
+    one-line error."""
     from bocb.fit import fit_recipe
+    from bocb.probe.sizing import LAUNCH_S
     from bocb.spec import TrialSpec, resolve_trial
     from bocb.trial import RunOptions, run_trial
 
-    probe_spec = resolve_trial(backbone, optimizer, data=data_spec, num_classes=dataset.num_classes, epochs=1)
+    probe_spec = resolve_trial(backbone, optimizer, data=data_spec, num_classes=dataset.num_classes, epochs=2)
     changes, _ = fit_recipe(probe_spec.recipe, dataset.train.labels, dataset.test.labels)
     batch = changes.get("batch_size", probe_spec.recipe.batch_size)
     counts = dataset.train.class_counts(dataset.num_classes)
@@ -237,16 +200,16 @@ def measure(backbone: str, optimizer: str, data_spec: Any, dataset: Any, device:
                                             batch_size=batch)
     spec = TrialSpec(probe_spec.backbone, probe_spec.optimizer, recipe, probe_spec.data, probe_spec.seed)
     record = run_trial(spec, dataset, RunOptions(device=device, work_dir=None))
-    seconds = record.get("seconds") or {}
+    rows = record.get("epochs") or []
     steps = per_class * classes // batch
-    if record.get("status") not in ("done", "diverged") or not seconds.get("train") or not steps:
-        raise ValueError(f"{backbone} could not train one epoch to measure its speed: "
+    if record.get("status") not in ("done", "diverged") or len(rows) < 2 or not steps:
+        raise ValueError(f"{backbone} could not train two short epochs to measure its speed: "
                          f"{record.get('error') or record.get('status')}")
-    test_images = test_per_class * classes
-    overhead = max(0.0, seconds.get("wall", 0.0) - seconds["train"] - seconds.get("eval", 0.0))
-    from bocb.probe.sizing import LAUNCH_S
-
-    return Throughput(train_s=seconds["train"] / (steps * batch), eval_s=seconds.get("eval", 0.0) / test_images,
+    warm = rows[-1]
+    timed = sum((r.get("seconds_train") or 0.0) + (r.get("seconds_eval") or 0.0) for r in rows)
+    overhead = max(0.0, (record.get("seconds") or {}).get("wall", 0.0) - timed)
+    return Throughput(train_s=warm["seconds_train"] / (steps * batch),
+                      eval_s=(warm.get("seconds_eval") or 0.0) / (test_per_class * classes),
                       launch_s=overhead + LAUNCH_S)
 
 
@@ -267,27 +230,29 @@ def _size(info: Any, names: list[str], dataset: Any, speed: Throughput | None, e
                       total_test=len(dataset.test), slots=slots)
 
 
-def _resume(study_path: Path, backbone: str, data: str, label_column: str | None, names: list[str],
-            epochs: int | None) -> Sizing | None:
-    """The sizing of the probe study already in the folder when it answers the same request."""
+def request_key(backbone: str, data: str, label_column: str | None, names: list[str], epochs: int | None) -> str:
+    """What names a probe's study file: the backbone, the data (resolved), the label column, the set
+    of optimizers and ``--epochs`` (None: sized by a budget). The same request finds its study again
+    (and continues it); another one never overwrites it."""
+    text = json.dumps([backbone, data, label_column, sorted(names), epochs])
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _resume(study_path: Path) -> Sizing | None:
+    """The sizing of this request's probe study when the folder already holds it."""
     if not study_path.exists():
         return None
     import tomllib
 
     try:
-        raw = tomllib.loads(study_path.read_text())
-        head = raw["study"]
-        meta = json.loads(study_path.with_name(SIZING_FILE).read_text())
-    except (OSError, ValueError, KeyError):  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        return None
-    same = (raw.get("backbones", [{}])[0].get("name") == backbone and head.get("data") == data
-            and head.get("label_column") == label_column
-            and [o.get("name") for o in raw.get("optimizers", [])] == names
-            and (epochs is None or head.get("epochs") == epochs))
-    if not same:
-        return None
+        head = tomllib.loads(study_path.read_text())["study"]
+        meta = json.loads(study_path.with_suffix(".json").read_text())
+        epochs = int(head["epochs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # TOML/JSON decode errors are ValueErrors
+        raise ValueError(f"{study_path} (or its .json) is damaged ({type(exc).__name__}: {exc}): remove both to "
+                         f"start this probe afresh") from None
     expected = meta.get("expected_s")
-    return Sizing(head["epochs"], head.get("train_per_class"), head.get("test_per_class"),
+    return Sizing(epochs, head.get("train_per_class"), head.get("test_per_class"),
                   math.nan if expected is None else float(expected), int(meta.get("launches") or 0),
                   str(meta.get("why", "sized by an earlier probe")))
 
@@ -323,7 +288,7 @@ def _write_study(path: Path, backbone: str, data: str, label_column: str | None,
     sizing = {"expected_s": plan.expected_s if math.isfinite(plan.expected_s) else None,
               "launches": plan.launches, "why": plan.why,
               "throughput": dataclasses.asdict(speed) if speed is not None else None}
-    path.with_name(SIZING_FILE).write_text(json.dumps(sizing, indent=1) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(sizing, indent=1) + "\n")
 
 
 def _run(study_path: Path, options: Any, progress: Callable[[Any], None] | None) -> Any:
@@ -347,71 +312,3 @@ def _run(study_path: Path, options: Any, progress: Callable[[Any], None] | None)
         raise
     run_registered(options, opened, prepared.study, new, tuner, progress)
     return prepared
-
-
-def read_answer(study_path: Path, store_path: Path, folder: Path, plan: Sizing, speed: Throughput | None,
-                budget_s: float | None, data: str, wall_s: float, test_images: int) -> ProbeAnswer:
-    """The answer from the probe's store (see :mod:`bocb.probe.answer`); ``test_images``: the test
-    images behind each score (for the noise it carries)."""
-    from bocb.probe.answer import flag_compared, noise_points, paper_view, pick, verdict
-    from bocb.store import open_existing
-    from bocb.study import load_study
-    from bocb.tuning.adapter import describe, states
-    from bocb.zoo import get_backbone_info
-
-    study = load_study(study_path)
-    info = get_backbone_info(study.backbones[0]["name"])
-    with open_existing(str(store_path)) as store:
-        pair_states = {s.optimizer: s for s in states(store, study)}
-        rows = store.trials(study.study_id)
-        epochs_of = {r["trial_id"]: store.epochs(r["trial_id"]) for r in rows}
-    names = [o["name"] for o in study.optimizers]
-    paper, family = paper_view(info.name, names)
-    chosen: dict[str, tuple[dict | None, list[dict]]] = {}
-    for name in names:
-        state = pair_states[name]
-        best = (state.best_lr, state.best_wd) if state.decision.done and state.best_lr is not None else None
-        mine = [r for r in rows if r["optimizer"] == name]
-        chosen[name] = pick(mine, epochs_of, plan.epochs, best)
-    scores = {}
-    for name, (row, curve) in chosen.items():
-        score = curve[-1]["score"] if curve else None
-        scores[name] = (score, bool(curve) and curve[-1]["epoch"] == plan.epochs)
-    full_scores = [s for s, full in scores.values() if full and s is not None and math.isfinite(s)]
-    noise = noise_points(max(full_scores), test_images) if full_scores else None
-    flagged = flag_compared({n: (s, full and pair_states[n].decision.done) for n, (s, full) in scores.items()}, noise)
-    results = []
-    for name in names:
-        state, (row, curve) = pair_states[name], chosen[name]
-        score, full = scores[name]
-        every_failed = bool([r for r in rows if r["optimizer"] == name]) and all(
-            r["status"] in ("diverged", "failed") for r in rows if r["optimizer"] == name)
-        if state.decision.done:
-            word = {"diverged": "diverged", "budget": "capped before its optimum was confirmed"}.get(
-                state.decision.state, f"tuned, {state.decision.state}")
-        else:
-            word = "incomplete: " + describe(state)
-        results.append(OptimizerResult(
-            optimizer=name, lr=row["lr"] if row else None, weight_decay=(row["weight_decay"] or 0.0) if row else None,
-            score=score if score is None or math.isfinite(score) else None, epoch=curve[-1]["epoch"] if curve else None,
-            full_budget=full, state=word, trials=state.trials, trial_epochs=state.epochs,
-            flagged=name in flagged or every_failed,
-            curve=tuple((e["epoch"], e["score"], e["train_loss"]) for e in curve),
-            paper_gap=paper[name][0] if name in paper else None, paper_risk=paper[name][1] if name in paper else None,
-        ))
-    order = sorted(results, key=lambda r: (r.flagged, not r.full_budget, -(r.score if r.score is not None else -1e9)))
-    use = next((r for r in order if not r.flagged and r.score is not None), None)
-    complete = all(pair_states[n].decision.done for n in names)
-    caveat = (f"A sketch, not the paper's measurement: {plan.epochs} epochs (the paper: {PAPER_EPOCHS}), "
-              f"{'all' if plan.train_per_class is None else plan.train_per_class} training images per class, one seed"
-              + (f"; test accuracy carries about ±{noise:.1f} points of noise ({test_images} test images), so "
-                 f"optimizers closer than {2 * noise:.1f} points are not told apart" if noise else "")
-              + ("" if complete else "; the budget ran out before every search finished: the same command continues it"))
-    return ProbeAnswer(
-        backbone=info.short, family=info.group, data=data, use=use, optimizers=tuple(order),
-        fails=tuple(r.optimizer for r in order if r.flagged), verdict=verdict(info.short, results, family, noise),
-        caveat=caveat, complete=complete, epochs=plan.epochs, train_per_class=plan.train_per_class,
-        test_per_class=plan.test_per_class, test_images=test_images, budget_s=budget_s, wall_s=wall_s,
-        sizing=plan.why, throughput=speed, folder=folder, study=study_path, store=store_path,
-    )
-

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from bocb.api import PAPER_EPOCHS
 from bocb.tuning.cost import expected_run
 from bocb.tuning.policy import TuningConfig
 from bocb.tuning.space import Space
@@ -45,7 +46,7 @@ LAUNCH_S = 0.3
 PER_CLASS_LADDER: tuple[int | None, ...] = (None, 500, 200, 100, 50, 20)
 TARGET_EPOCHS = 10
 MIN_EPOCHS = 3
-MAX_EPOCHS = 200  # the paper's CIFAR schedule
+MAX_EPOCHS = PAPER_EPOCHS  # the paper's CIFAR schedule
 TEST_PER_CLASS = 100
 MIN_TEST_PER_CLASS = 20
 

@@ -59,7 +59,7 @@ def save_figure(fig: Figure, stem: Path) -> tuple[Path, Path]:
     return png, svg
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A figure on its own Agg canvas: no pyplot, no global backend switch, nothing to close."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
@@ -121,7 +121,7 @@ def heatmap_table(
     font = _cell_font(n_rows, n_cols)
     width = max(5.5, 1.6 + 0.62 * n_cols + 1.0)
     height = max(3.6, 2.3 + 0.27 * n_rows)
-    fig = _figure(width, height)
+    fig = new_figure(width, height)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(norm), cmap=ACCURACY_CMAP, vmin=0, vmax=1, aspect="auto")
     # Ranks within each backbone (column): 0 = best; NaN cells never rank.
@@ -185,7 +185,7 @@ def violins_per_backbone(frame: pd.DataFrame, failure_rule: FailureRule | str = 
     backbones = list(dict.fromkeys(marked["backbone"]))
     n = len(backbones)
     font = _cell_font(1, n)
-    fig = _figure(max(5.0, 1.4 + 0.55 * n), 4.4)
+    fig = new_figure(max(5.0, 1.4 + 0.55 * n), 4.4)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)  # jitter only; fixed so files are reproducible
     for x, backbone in enumerate(backbones):
@@ -259,7 +259,7 @@ def hparam_boxplots(distances: pd.DataFrame) -> Figure:
         raise ValueError(f"distances lack column(s) {', '.join(missing)}: pass hparam_distances(...)'s output")
     n = max(distances["backbone"].nunique(), distances["optimizer"].nunique())
     font = _cell_font(1, n)
-    fig = _figure(max(5.5, 1.6 + 0.5 * n), 7.2)
+    fig = new_figure(max(5.5, 1.6 + 0.5 * n), 7.2)
     rng = np.random.default_rng(0)
     top, bottom = fig.subplots(2, 1)
     _boxes(top, distances, "backbone", font, rng)
@@ -287,7 +287,7 @@ def interaction_heatmap(fit: AdditiveFit, clip_quantile: float = 0.95) -> Figure
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
     width = max(5.5, 1.6 + 0.55 * n_cols + 1.0)
     height = max(3.6, 1.9 + 0.27 * n_rows)
-    fig = _figure(width, height)
+    fig = new_figure(width, height)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(e), cmap=cmap, norm=norm, aspect="auto")
     for i in range(n_rows):

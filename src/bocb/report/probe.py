@@ -11,14 +11,19 @@ import pandas as pd
 
 from bocb.report.document import Plot, Section, Table, Text, fmt
 from bocb.report.html import render_html
-from bocb.report.plots import _figure, save_figure
+from bocb.report.plots import new_figure, save_figure
 
 
 def answer_lines(answer: Any) -> list[str]:
     """The answer in plain sentences, shared by the page and the terminal."""
     lines = []
     use = answer.use
-    if use is None:
+    crashed = [r for r in answer.optimizers if r.state.startswith("crashed")]
+    if use is None and any(r.flagged for r in answer.optimizers) and all(
+            r.flagged or r.state.startswith("crashed") for r in answer.optimizers):
+        lines.append(f"No probed optimizer trains {answer.backbone}: every one diverged or was flagged"
+                     + (", or crashed" if crashed else "") + ". Try others (--optimizers) or check the model.")
+    elif use is None:
         lines.append("No optimizer finished a trial within the budget: no answer yet (the same command continues).")
     else:
         fidelity = (f"after {use.epoch} epochs" if use.full_budget
@@ -27,13 +32,18 @@ def answer_lines(answer: Any) -> list[str]:
             fidelity += " (the best so far: its search had not finished)"
         lines.append(f"Use {use.optimizer} with lr {use.lr:g} and weight decay {use.weight_decay:g}: test top-1 "
                      f"{use.score:.1f} % {fidelity}.")
+    unfinished = [r.optimizer for r in answer.optimizers if r.state.startswith("incomplete")]
     if answer.fails:
-        lines.append(f"Fails on {answer.backbone}: {', '.join(answer.fails)} (every trial diverged or failed, or the "
-                     f"failure rule flags its tuned score, further below the best than the test noise explains).")
+        lines.append(f"Fails on {answer.backbone}: {', '.join(answer.fails)} (its tuned candidates all diverged, or "
+                     f"the failure rule flags its tuned score, further below the best than the test noise explains).")
+    elif not answer.judged:
+        lines.append("Failures not judged: fewer than three optimizers finished their search at the full schedule"
+                     + (f" (unfinished: {', '.join(unfinished)})." if unfinished else "."))
     else:
-        unfinished = [r.optimizer for r in answer.optimizers if r.state.startswith("incomplete")]
         lines.append(f"None of the probed optimizers fails on {answer.backbone}"
                      + (f" (not judged, their searches unfinished: {', '.join(unfinished)})." if unfinished else "."))
+    for r in crashed:
+        lines.append(f"{r.optimizer} {r.state} (an error, not a divergence: not counted as a failure).")
     lines.append(answer.verdict.text)
     lines.append(answer.caveat + ".")
     return lines
@@ -59,7 +69,7 @@ def _table(answer: Any) -> Table:
 
 def curves_figure(answer: Any):
     """Test top-1 and train loss per epoch of each optimizer's chosen trial; flagged ones dashed."""
-    fig = _figure(10.0, 3.8)
+    fig = new_figure(10.0, 3.8)
     top1, loss = fig.subplots(1, 2)
     for r in answer.optimizers:
         if not r.curve:

@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from bocb.report.plots import FLAG_FACE, FLAG_HATCH, _figure
+from bocb.report.plots import FLAG_FACE, FLAG_HATCH, new_figure
 from bocb.analysis.weights import ALPHA_BAND, band_applies, init_summaries, model_summaries, representatives
 
 RIDGE_METRICS = ("entropy", "l2", "pca_energy", "alpha")
@@ -113,7 +113,7 @@ def ridge_plot(
         if (weights["backbone"] == backbone).any() else 1
     font = _font(n_rows)
     panel_w = 2.5 + 0.02 * max(0, n_layers - 30)
-    fig = _figure(1.9 + panel_w * len(metrics), 1.7 + 0.36 * n_rows)
+    fig = new_figure(1.9 + panel_w * len(metrics), 1.7 + 0.36 * n_rows)
     axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
     for ax, metric in zip(axes, metrics, strict=True):
         series = {i: _layers(weights, sid, metric) for i, (_, sid, *_rest) in enumerate(rows) if sid}
@@ -230,7 +230,7 @@ def alpha_bars(
     panel_w = 0.9 + 0.27 * n_opt
     ncols = max(1, min(n_b, int(16 // panel_w), 5))
     nrows = math.ceil(n_b / ncols)
-    fig = _figure(0.6 + panel_w * ncols, 1.3 + 2.5 * nrows)
+    fig = new_figure(0.6 + panel_w * ncols, 1.3 + 2.5 * nrows)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
     x = np.arange(n_opt)
     for k, backbone in enumerate(backbones):
