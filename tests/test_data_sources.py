@@ -436,3 +436,23 @@ def test_a_parquet_label_column_named_labels_is_found_and_any_is_chosen_from_cli
     proc = bocb("train", "--backbone", "R-18", "--data", tmp_path / "c100", "--label-column", "nope",
                 "--tier", "smoke", cache=tmp_path / "cache")
     assert proc.returncode == 2 and "no column 'nope'" in proc.stderr, proc.stderr
+
+
+def test_a_save_to_disk_folder_written_by_datasets_reads_like_its_parquet_source():
+    """tests/fixtures/hf-save-to-disk was written by Hugging Face ``datasets`` 5.0.1 from the
+    bundled sample's JPEG bytes (see make_save_to_disk.py there); its label column is ``labels``,
+    declared a ClassLabel, so the reader must find it from the feature."""
+    from bocb.data import load_dataset, parse_data_arg
+
+    folder = Path(__file__).parent / "fixtures" / "hf-save-to-disk"
+    spec = parse_data_arg(str(folder))
+    assert spec.kind == "arrow"
+    got = load_dataset(spec)
+    sample = load_dataset(parse_data_arg("sample"))
+    assert got.classes == ("airplane", "automobile", "bird")
+    for split, per_class in (("train", 4), ("test", 2)):
+        source = getattr(sample, split)
+        rows = torch.cat([torch.nonzero(source.labels == c).flatten()[:per_class] for c in range(3)])
+        mine = getattr(got, split)
+        assert torch.equal(mine.labels, source.labels[rows])
+        assert torch.equal(mine.images, source.images[rows])  # the same JPEGs, the same pixels
