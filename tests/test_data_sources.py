@@ -379,7 +379,7 @@ def test_spec_is_checked_and_serialisable():
         DatasetSpec("cifar-10")
     with pytest.raises(ValueError, match="unknown DatasetSpec keys \\['size'\\]: valid: kind, root"):
         DatasetSpec.from_dict({"kind": "sample", "size": 3})
-    with pytest.raises(ValueError, match="label_column applies to data kind 'parquet' only"):
+    with pytest.raises(ValueError, match="label_column applies to data kinds 'parquet' and 'arrow' only"):
         DatasetSpec("cifar100", label_column="coarse_label")
     with pytest.raises(ValueError, match="image_size applies to .*not 'cifar10'"):
         DatasetSpec("cifar10", image_size=224)

@@ -42,9 +42,10 @@ from bocb.store import SQLiteStore
 
 # Room for up to MAX_KILLS kills before the study ends, even on an idle machine (with 10 epochs, 6
 # ran out once, and 9 once workers forked ready from a fork server and trained more between kills;
-# with 15, 9 once more; with 25, 5 and 6 once the runner started faster). A round trains about 10
-# epochs (both slots); the study holds 4 x 60.
-EPOCHS = 60
+# with 15, 9 once more; with 25, 5 and 6 once the runner started faster and a store kill could wait
+# a minute for the lock). With the lock probe below a round trains about 8 epochs (both slots); the
+# study holds 4 x 40.
+EPOCHS = 40
 TRIALS = 4  # 2 optimizers x 2 seeds
 LEASE_S = 3.0
 MIN_KILLS = 10

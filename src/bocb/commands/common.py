@@ -32,9 +32,9 @@ def add_data_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     if data:
         p.add_argument("--data", default="sample",
                        help="sample (bundled real CIFAR-10 subset), cifar10, cifar100, or a path "
-                            "(Parquet dir, image folder, torchvision root); default: sample")
+                            "(Parquet dir, datasets save_to_disk folder, image folder, torchvision root); default: sample")
         p.add_argument("--label-column", metavar="NAME",
-                       help="Parquet data: the label column (default: label, fine_label, a declared "
+                       help="Parquet or save_to_disk data: the label column (default: label, fine_label, a declared "
                             "ClassLabel, or labels)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help=f"decoded-data cache (default: ${ENV_CACHE_DIR} or ~/.cache/bocb)")
