@@ -456,3 +456,18 @@ def test_a_save_to_disk_folder_written_by_datasets_reads_like_its_parquet_source
         mine = getattr(got, split)
         assert torch.equal(mine.labels, source.labels[rows])
         assert torch.equal(mine.images, source.images[rows])  # the same JPEGs, the same pixels
+
+
+def test_the_image_column_can_be_named_and_a_wrong_name_is_one_line():
+    from bocb.data import DatasetSpec, load_dataset
+
+    folder = str(Path(__file__).parent / "fixtures" / "hf-save-to-disk")
+    named = load_dataset(DatasetSpec("arrow", folder, image_column="image"))
+    assert len(named.train) == 12
+    with pytest.raises(ValueError, match=r"has no column 'picture' \(--image-column.*columns: image, labels"):
+        load_dataset(DatasetSpec("arrow", folder, image_column="picture"))
+    # Unset, the key is not serialised: every trial id from before it existed stays the same.
+    assert "image_column" not in DatasetSpec("arrow", folder).to_dict()
+    assert DatasetSpec.from_dict(DatasetSpec("arrow", folder, image_column="image").to_dict()).image_column == "image"
+    with pytest.raises(ValueError, match="image_column applies to data kinds 'parquet' and 'arrow' only"):
+        DatasetSpec("sample", image_column="img")

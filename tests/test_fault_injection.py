@@ -43,14 +43,14 @@ from bocb.store import SQLiteStore
 # Room for up to MAX_KILLS kills before the study ends, even on an idle machine (with 10 epochs, 6
 # ran out once, and 9 once workers forked ready from a fork server and trained more between kills;
 # with 15, 9 once more; with 25, 5 and 6 once the runner started faster and a store kill could wait
-# a minute for the lock). With the lock probe below a round trains about 8 epochs (both slots); the
-# study holds 4 x 40.
-EPOCHS = 40
+# a minute for the lock). With the lock probe and the short waits below a round trains about 3-5
+# epochs (both slots); the study holds 4 x 20: ten rounds fit twice over.
+EPOCHS = 20
 TRIALS = 4  # 2 optimizers x 2 seeds
 LEASE_S = 3.0
 MIN_KILLS = 10
 MAX_KILLS = 18
-STORE_WAIT_S = 15.0
+STORE_WAIT_S = 8.0
 STUDY = f"""
 [study]
 name = "faults"
@@ -249,7 +249,7 @@ def _kill_moment(kind: str, rng: random.Random, proc: subprocess.Popen, store: P
         time.sleep(0.1)  # start-up (imports, data, registration) is not what this test is about
     # Long enough for a worker to start and finish an epoch on a loaded machine.
     deadline = time.time() + 240
-    delay = time.time() + rng.uniform(0.0, 8.0)
+    delay = time.time() + rng.uniform(0.0, 4.0)
     if kind == "checkpoint":
         held += _inside_checkpoint_write(proc, store, artifacts, deadline)
         return False

@@ -432,6 +432,7 @@ def probe(
     slots: int = 1,
     device: str = "auto",
     label_column: str | None = None,
+    image_column: str | None = None,
     cache_dir: str | Path | None = None,
     data_dirs: Sequence[str | Path] = (),
     download: bool = False,
@@ -450,5 +451,6 @@ def probe(
     from bocb.probe.run import probe as run_probe
 
     return run_probe(backbone, data, budget_s=budget_s, epochs=epochs, optimizers=optimizers, out=out, slots=slots,
-                     device=device, label_column=label_column, cache_dir=cache_dir, data_dirs=data_dirs,
+                     device=device, label_column=label_column, image_column=image_column, cache_dir=cache_dir,
+                     data_dirs=data_dirs,
                      download=download, plugins=plugins, progress=progress, started=started)

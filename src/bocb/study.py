@@ -16,6 +16,8 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
                                  # (slices: WeightWatcher's, the default; reshape)
     label_column = "labels"      # optional, Parquet data: the label column (default: label, fine_label,
                                  # a declared ClassLabel, labels; bocb train --label-column)
+    image_column = "picture"     # optional, Parquet data: the image column (default: one declared an
+                                 # Image, else img, image; bocb train --image-column)
     plugins = ["my_pkg.models"]  # optional: modules that register backbones/optimizers, imported
                                  # before the names below are checked, and by every worker
     # optional budget overrides for every trial: epochs, batch_size, train_per_class,
@@ -105,7 +107,7 @@ _STUDY_KEYS = {
     "wd_policy": str, "epochs": int, "batch_size": int, "train_per_class": int,
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
     "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
-    "plugins": list, "label_column": str,
+    "plugins": list, "label_column": str, "image_column": str,
 }
 # ``group``: the design family the tuner starts from (a model named by source, whose family bocb
 # infers, may be corrected here); one of the paper backbones' groups.
@@ -314,8 +316,11 @@ def parse_data(where: str, table: dict[str, Any]) -> DatasetSpec:
             data = replace(data, classes=tuple(table["classes"]))
         if "label_column" in table:
             data = replace(data, label_column=table["label_column"])
+        if "image_column" in table:
+            data = replace(data, image_column=table["image_column"])
     except ValueError as exc:
-        key = "label_column" if "label_column" in str(exc) else "classes" if "classes" in table else "data"
+        key = next((k for k in ("label_column", "image_column") if k in str(exc)), None) or (
+            "classes" if "classes" in table else "data")
         raise StudyError(f"{where}.{key}: {exc}") from None
     return data
 

@@ -33,6 +33,9 @@ def add_data_args(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--data", default="sample",
                        help="sample (bundled real CIFAR-10 subset), cifar10, cifar100, or a path "
                             "(Parquet dir, datasets save_to_disk folder, image folder, torchvision root); default: sample")
+        p.add_argument("--image-column", metavar="NAME",
+                       help="Parquet or save_to_disk data: the image column (default: one declared an Image, "
+                            "else img, image)")
         p.add_argument("--label-column", metavar="NAME",
                        help="Parquet or save_to_disk data: the label column (default: label, fine_label, a declared "
                             "ClassLabel, or labels)")

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         answer = api.probe(args.backbone, args.data, budget_s=budget, epochs=args.epochs, optimizers=optimizers,
-                       out=args.out, slots=args.slots, device=args.device, label_column=args.label_column,
+                       out=args.out, slots=args.slots, device=args.device, label_column=args.label_column, image_column=args.image_column,
                        cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(), download=args.download,
                        plugins=tuple(plugins_of(args)), progress=progress, started=started)
     except KeyboardInterrupt:

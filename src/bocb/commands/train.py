@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     _check_numbers(args)
     err = Console(stderr=True)
     data_spec = parse_data_arg(args.data)
-    if args.label_column:
+    if args.label_column or args.image_column:
         import dataclasses
 
-        data_spec = dataclasses.replace(data_spec, label_column=args.label_column)
+        data_spec = dataclasses.replace(data_spec, label_column=args.label_column, image_column=args.image_column)
     with err.status(f"loading {args.data} ..."):
         dataset = load_dataset(
             data_spec, cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(),

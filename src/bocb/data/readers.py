@@ -132,7 +132,8 @@ def _parquet_dirs(root: Path) -> list[Path]:
     return [d for d in sorted(root.iterdir()) if d.is_dir() and _split_files(d, ("train",))]
 
 
-def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | None) -> _Plan:
+def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | None,
+                     image_column: str | None = None) -> _Plan:
     if root.is_file():
         if root.suffix != ".parquet":
             raise ValueError(f"{root} is not a .parquet file or a folder of them")
@@ -153,10 +154,11 @@ def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | Non
     names = ", ".join(p.name for p in train + test)
     return _parquet_plan(name=name, source=f"Parquet {folder.resolve()} ({names})",
                          train=[(p.name, p) for p in train], test=[(p.name, p) for p in test],
-                         label_column=label_column, image_size=image_size)
+                         label_column=label_column, image_size=image_size, image_column=image_column)
 
 
-def _arrow_plan_at(root: Path, label_column: str | None, image_size: int | None) -> _Plan:
+def _arrow_plan_at(root: Path, label_column: str | None, image_size: int | None,
+                   image_column: str | None = None) -> _Plan:
     """A ``datasets.save_to_disk`` folder: ``dataset_dict.json`` naming the splits, each split a
     folder of Arrow stream files listed in its ``state.json`` (in that order; else sorted)."""
     try:
@@ -181,7 +183,7 @@ def _arrow_plan_at(root: Path, label_column: str | None, image_size: int | None)
     train, test = files("train"), files(test_split)
     return _parquet_plan(name=root.resolve().name, source=f"save_to_disk folder {root.resolve()} "
                          f"({', '.join(n for n, _ in train + test)})", train=train, test=test,
-                         label_column=label_column, image_size=image_size)
+                         label_column=label_column, image_size=image_size, image_column=image_column)
 
 
 def _hf_features(schema: pa.Schema) -> dict:
@@ -222,7 +224,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]],
                   test: list[tuple[str, Traversable]], label_column: str | None,
-                  image_size: int | None) -> _Plan:
+                  image_size: int | None, image_column: str | None = None) -> _Plan:
     schema = _read_schema(train[0][1])
     features = _hf_features(schema)
     where = train[0][0]
@@ -236,10 +238,14 @@ def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]
                              f"--label-column (label_column in a study) from {', '.join(schema.names)}")
 
     declared = [c for c, f in features.items() if isinstance(f, dict) and f.get("_type") == "Image"]
-    image_column = next((c for c in [*declared, "img", "image"] if c in schema.names), None)
+    if image_column is not None and image_column not in schema.names:
+        raise ValueError(f"{where} has no column {image_column!r} (--image-column, image_column in a study); "
+                         f"columns: {', '.join(schema.names)}")
+    image_column = image_column or next((c for c in [*declared, "img", "image"] if c in schema.names), None)
     if image_column is None:
         raise ValueError(f"{where} has no image column (declared Image in its 'huggingface' metadata, or "
-                         f"named img or image); columns: {', '.join(schema.names)}")
+                         f"named img or image): name it with --image-column (image_column in a study) from "
+                         f"{', '.join(schema.names)}")
     for relname, file in train + test:
         names = _read_schema(file).names
         for column in (image_column, label_column):

@@ -171,9 +171,9 @@ def _plan(spec: DatasetSpec, *, cache_dir: Path | None, data_dirs: list[Path], d
     if not root.exists():
         raise DataNotFoundError(f"{spec.kind} data not found: {root} does not exist")
     if spec.kind == "parquet":
-        return _parquet_plan_at(root, spec.label_column, spec.image_size)
+        return _parquet_plan_at(root, spec.label_column, spec.image_size, spec.image_column)
     if spec.kind == "arrow":
-        return _arrow_plan_at(root, spec.label_column, spec.image_size)
+        return _arrow_plan_at(root, spec.label_column, spec.image_size, spec.image_column)
     return _folder_plan(root, spec.image_size)
 
 

@@ -152,6 +152,7 @@ class DatasetSpec:
     label_column: str | None = None
     image_size: int | None = None
     classes: tuple[int, ...] | None = None
+    image_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
@@ -161,8 +162,9 @@ class DatasetSpec:
         if self.kind == "sample" and self.root is not None:
             raise ValueError("data kind 'sample' is bundled with bocb and takes no root; "
                              "use kind 'parquet' for Parquet files elsewhere")
-        if self.label_column is not None and self.kind not in ("parquet", "arrow"):
-            raise ValueError(f"label_column applies to data kinds 'parquet' and 'arrow' only, not {self.kind!r}")
+        for name in ("label_column", "image_column"):
+            if getattr(self, name) is not None and self.kind not in ("parquet", "arrow"):
+                raise ValueError(f"{name} applies to data kinds 'parquet' and 'arrow' only, not {self.kind!r}")
         if self.image_size is not None:
             size = self.image_size
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -184,6 +186,8 @@ class DatasetSpec:
             del out["classes"]
         else:
             out["classes"] = list(self.classes)
+        if self.image_column is None:  # keys added later serialise only when set: trial ids stay
+            del out["image_column"]
         return out
 
     @classmethod

@@ -94,6 +94,7 @@ def probe(
     slots: int = 1,
     device: str = "auto",
     label_column: str | None = None,
+    image_column: str | None = None,
     cache_dir: str | Path | None = None,
     data_dirs: Sequence[str | Path] = (),
     download: bool = False,
@@ -131,12 +132,13 @@ def probe(
     # Written into the study as an absolute KIND:PATH: the study then means the same data from any
     # working directory (a relative ./pets would not), and so does its request key.
     data = f"{data_spec.kind}:{data_spec.root}" if data_spec.root else data_spec.kind
-    if label_column:
-        data_spec = dataclasses.replace(data_spec, label_column=label_column)
+    if label_column or image_column:
+        data_spec = dataclasses.replace(data_spec, label_column=label_column, image_column=image_column)
     dataset = load_dataset(data_spec, cache_dir=None if cache_dir is None else Path(cache_dir),
                            data_dirs=[Path(d) for d in data_dirs], download=download)
     folder.mkdir(parents=True, exist_ok=True)
-    study_path = folder / f"study-{request_key(backbone, data, label_column, names, epochs)}.toml"
+    columns = {k: v for k, v in (("label_column", label_column), ("image_column", image_column)) if v}
+    study_path = folder / f"study-{request_key(backbone, data, columns, names, epochs)}.toml"
     store_path = folder / "probe.sqlite"
     plan = _resume(study_path)
     speed = None
@@ -154,7 +156,7 @@ def probe(
                 progress(Measured(speed, time.time() - begin))
         plan = _size(info, names, dataset, speed, epochs, budget_s - (time.time() - t0) - ANSWER_S
                      if budget_s is not None else None, slots)
-        _write_study(study_path, backbone, data, label_column, names, plan, speed, budget_s, plugins)
+        _write_study(study_path, backbone, data, columns, names, plan, speed, budget_s, plugins)
         resumed = False
     else:
         resumed = True
@@ -230,11 +232,11 @@ def _size(info: Any, names: list[str], dataset: Any, speed: Throughput | None, e
                       total_test=len(dataset.test), slots=slots)
 
 
-def request_key(backbone: str, data: str, label_column: str | None, names: list[str], epochs: int | None) -> str:
-    """What names a probe's study file: the backbone, the data (resolved), the label column, the set
-    of optimizers and ``--epochs`` (None: sized by a budget). The same request finds its study again
-    (and continues it); another one never overwrites it."""
-    text = json.dumps([backbone, data, label_column, sorted(names), epochs])
+def request_key(backbone: str, data: str, columns: dict[str, str], names: list[str], epochs: int | None) -> str:
+    """What names a probe's study file: the backbone, the data (resolved), the label and image
+    columns named, the set of optimizers and ``--epochs`` (None: sized by a budget). The same request
+    finds its study again (and continues it); another one never overwrites it."""
+    text = json.dumps([backbone, data, columns or None, sorted(names), epochs], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -257,7 +259,7 @@ def _resume(study_path: Path) -> Sizing | None:
                   str(meta.get("why", "sized by an earlier probe")))
 
 
-def _write_study(path: Path, backbone: str, data: str, label_column: str | None, names: list[str], plan: Sizing,
+def _write_study(path: Path, backbone: str, data: str, columns: dict[str, str], names: list[str], plan: Sizing,
                  speed: Throughput | None, budget_s: float | None, plugins: Sequence[str]) -> None:
     q = json.dumps  # a JSON string is a valid TOML basic string
     lines = [
@@ -276,8 +278,7 @@ def _write_study(path: Path, backbone: str, data: str, label_column: str | None,
         lines.append(f"train_per_class = {plan.train_per_class}")
     if plan.test_per_class is not None:
         lines.append(f"test_per_class = {plan.test_per_class}")
-    if label_column:
-        lines.append(f"label_column = {q(label_column)}")
+    lines += [f"{key} = {q(value)}" for key, value in columns.items()]
     if plugins:
         lines.append(f"plugins = [{', '.join(q(p) for p in plugins)}]")
     lines += ["", "[[backbones]]", f"name = {q(backbone)}"]
