@@ -35,7 +35,7 @@ DEMO_STORE := bocb-results/store.sqlite
 
 demo: $(STAMP)
 	$(BIN)/bocb run studies/demo.toml --store $(DEMO_STORE) --slots 2
-	$(BIN)/bocb export --store $(DEMO_STORE) --study studies/demo.toml --out bocb-results/demo.csv
+	$(BIN)/bocb export studies/demo.toml --store $(DEMO_STORE) --out bocb-results/demo.csv
 	$(BIN)/bocb report studies/demo.toml --store $(DEMO_STORE) --out bocb-results/report-demo
 	@echo "results: bocb-results/demo.csv, report: bocb-results/report-demo/report.html"
 

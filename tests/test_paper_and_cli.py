@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 
 import pytest
 
@@ -53,6 +54,11 @@ def test_paper_table_prints_every_backbone_and_optimizer():
     text = _bocb("paper", "table")
     for name in paper.backbone_order() + paper.optimizer_order():
         assert name in text
-    rows = list(csv.reader(io.StringIO(_bocb("paper", "table", "--format", "csv"))))
-    assert rows[0][1:] == paper.backbone_order()
-    assert len(rows) == 1 + 20 + 3  # header, optimizers, mean/std/range
+    # CSV and JSON are long: one row per cell with its mark, and no summary rows mixed in.
+    rows = list(csv.DictReader(io.StringIO(_bocb("paper", "table", "--format", "csv"))))
+    assert list(rows[0]) == ["optimizer", "category", "backbone", "top1", "mark"]
+    assert len(rows) == 20 * 20
+    cell = {(r["optimizer"], r["backbone"]): r for r in rows}
+    # The paper's Table 1: AlexNet with SGD-M, 66.76, one of its top-4 optimizers.
+    assert cell["SGD-M", "AlexNet"]["top1"] == "66.76" and cell["SGD-M", "AlexNet"]["mark"] == "top4"
+    assert json.loads(_bocb("paper", "table", "--json")) == json.loads(paper.top1().to_json(orient="records"))

@@ -30,9 +30,10 @@ COMMANDS = {"train": train, "run": run, "transfer": transfer, "diagnose": diagno
             "report": report, "recommend": recommend, "probe": probe}
 
 
-def _add_format(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                   help="output format (default: table)")
+def _add_format(p: argparse.ArgumentParser, formats: tuple[str, ...] = ("table", "csv", "json")) -> None:
+    """--format, and --json as its short form (the one JSON flag every results command takes)."""
+    p.add_argument("--format", choices=formats, default="table", help=f"{', '.join(formats)} (default: table)")
+    p.add_argument("--json", action="store_const", dest="format", const="json", help="same as --format json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,17 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--lr", type=float, help="optimizer: resolve with this learning rate")
     s.add_argument("--wd", type=float, help="optimizer: resolve with this weight decay")
+    s.add_argument("--json", action="store_true", help="accepted for uniformity: the output is JSON already")
 
     paper = sub.add_parser("paper", help="the BOCB paper's published numbers")
     paper_sub = paper.add_subparsers(dest="what", required=True, metavar="WHAT")
     t = paper_sub.add_parser("table", help="Table 1: CIFAR-100 top-1, 20 backbones x 20 optimizers")
-    t.add_argument("--format", choices=("table", "csv"), default="table")
+    _add_format(t)
     h = paper_sub.add_parser("hparams", help="Tables A4/A5: chosen lr and weight decay")
-    h.add_argument("--format", choices=("table", "csv"), default="table")
+    _add_format(h)
     pr = paper_sub.add_parser("protocol", help="fidelity table: the paper's / released configs' value of every "
                                                "recipe setting, backbone override and optimizer knob next to bocb's")
-    pr.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table",
-                    help="output format (default: table)")
+    _add_format(pr, ("table", "csv", "json", "markdown"))
     pr.add_argument("--differences", action="store_true", help="only the settings where bocb differs")
 
     for command in COMMANDS.values():

@@ -154,14 +154,14 @@ _MARK_STYLE = {"best": "bold green", "top4": "green", "fail": "dim", "severe": "
 
 def print_paper_table(console: Console, fmt: str) -> None:
     """Table 1 (optimizers x backbones) with the paper's marks, and its summary rows."""
+    if fmt in ("csv", "json"):
+        # Long format, one row per cell with its mark: what a reader joins or plots. The summary
+        # rows (mean, std, range per backbone) are derived figures, not data: only the table shows them.
+        cells = paper.top1()[["optimizer", "category", "backbone", "top1", "mark"]]
+        print(cells.to_csv(index=False) if fmt == "csv" else cells.to_json(orient="records"), end="" if fmt == "csv" else "\n")
+        return
     top1, marks = paper.table1("top1"), paper.table1("mark")
     summary = paper.summary().set_index("backbone")
-    if fmt == "csv":
-        out = top1.copy()
-        for stat in ("mean", "std", "range"):
-            out.loc[stat] = summary[stat].reindex(out.columns)
-        print(out.to_csv(index_label="optimizer"), end="")
-        return
     table = Table(
         title="BOCB paper, Table 1: CIFAR-100 top-1 (%), 200 epochs, mean of 3 runs",
         caption="bold green: best; green: other top-4; dim: failed (grey in the paper); "

@@ -41,6 +41,10 @@ import pandas as pd
 REQUIRED = ("optimizer", "backbone", "top1")
 OPTIONAL = ("seed", "lr", "weight_decay", "category", "status", "val_top1")
 PAIR = ["optimizer", "backbone"]
+# With a status column (``bocb export``'s rows), only these rows are results; pending, paused,
+# running, failed or skipped trials have no score yet and are left out (counted in
+# ``frame.attrs["left_out"]``).
+RESULT_STATUSES = ("done", "diverged")
 
 
 def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -49,7 +53,8 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     Returns a new frame with every input row and column, ``top1`` as float, and a ``seed`` column
     whenever some pair has replicate rows (numbered in input order if the input had none).
     Raises ``ValueError`` (one line) for missing columns, non-numeric or missing ``top1``, or two
-    rows claiming the same pair, setting and seed.
+    rows claiming the same pair, setting and seed. With a ``status`` column, rows that are not
+    results (see :data:`RESULT_STATUSES`) are left out first, and counted in ``attrs["left_out"]``.
     """
     if isinstance(source, pd.DataFrame):
         frame = source.copy()
@@ -70,6 +75,14 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
             f"results lack column(s) {', '.join(missing)}: required: {', '.join(REQUIRED)}"
             f" (optional: {', '.join(OPTIONAL)})"
         )
+    left_out = 0
+    if "status" in frame.columns:
+        result = frame["status"].isin(RESULT_STATUSES)
+        left_out = int((~result).sum())
+        frame = frame.loc[result].reset_index(drop=True)
+        if left_out and not len(frame):
+            raise ValueError(f"none of the {left_out} rows is a result (status {', '.join(RESULT_STATUSES)}): "
+                             "run the study first")
     if not len(frame):
         raise ValueError("results are empty: need at least one row of optimizer, backbone, top1")
     top1 = pd.to_numeric(frame["top1"], errors="coerce")
@@ -109,7 +122,9 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
                 f"duplicate run {row['optimizer']}/{row['backbone']} seed {row['seed']}: "
                 f"each ({', '.join(setting)}, seed) must appear once"
             )
-    return frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    frame.attrs["left_out"] = left_out
+    return frame
 
 
 class Results:

@@ -23,7 +23,9 @@ from bocb.commands.common import add_rule_args
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="flag failed backbone-optimizer pairs in a results table")
-    p.add_argument("results", type=Path, help="CSV or Parquet with optimizer, backbone, top1 [seed, lr, weight_decay]")
+    p.add_argument("results", type=Path,
+                   help="CSV or Parquet with optimizer, backbone, top1 [seed, lr, weight_decay, status] "
+                        "(bocb export writes one)")
     add_rule_args(p)
     p.add_argument("--flags-out", type=Path, help="write the input rows plus a boolean 'flagged' column here")
     p.add_argument("--json", action="store_true", help="print the counts as one JSON line")
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             out.to_parquet(args.flags_out, index=False)
         else:
             out.to_csv(args.flags_out, index=False)
-    counts = {"rule": chosen.name, "gamma": chosen.floor, "pairs": len(pairs), "flagged": int(pairs["flagged"].sum())}
+    counts = {"rule": chosen.name, "gamma": chosen.floor, "pairs": len(pairs), "flagged": int(pairs["flagged"].sum()),
+              "rows_left_out": frame.attrs.get("left_out", 0)}
     if "mark" in frame.columns:
         counts.update(compare_with_marks(pairs, frame.drop_duplicates(["optimizer", "backbone"])))
     if args.json:
@@ -55,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(f"rule: {chosen.describe()}")
+    if counts["rows_left_out"]:
+        console.print(f"left out {counts['rows_left_out']} row(s) that are not results (status other than done or "
+                      "diverged: pending, paused, failed, ...)")
     table = Table(title=f"{counts['flagged']} of {counts['pairs']} pairs flagged")
     for col in ("backbone", "flagged optimizers"):
         table.add_column(col)

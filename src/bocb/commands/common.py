@@ -45,6 +45,18 @@ def add_data_args(p: argparse.ArgumentParser, data: bool = True) -> None:
                    help="allow downloading CIFAR through torchvision when not found locally")
 
 
+def add_store_arg(p: argparse.ArgumentParser, purpose: str = "SQLite store") -> None:
+    """--store, with the same default and help on every command that reads or writes the store."""
+    from bocb.store import DEFAULT_STORE
+
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"{purpose} (default: {DEFAULT_STORE})")
+
+
+def add_json_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """--json: standard output holds only JSON (``what``); progress and tables go to stderr."""
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout (progress to stderr)")
+
+
 def add_rule_args(p: argparse.ArgumentParser) -> None:
     """--rule and --gamma, defaulting to the one rule every command shares (DEFAULT_RULE)."""
     from bocb.analysis.failure import DEFAULT_RULE, RULES

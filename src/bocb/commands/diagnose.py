@@ -16,13 +16,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from bocb.store import DEFAULT_STORE
+from bocb.commands.common import add_json_arg, add_store_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diagnose", help="per-layer weight metrics (alpha, entropy, L2, PCA energy)")
     p.add_argument("study", nargs="?", type=Path, help="study file whose snapshots to measure")
-    p.add_argument("--store", default=DEFAULT_STORE)
+    add_store_arg(p)
+    add_json_arg(p, "the counts of a study's measured snapshots, or --checkpoint's layer table")
     p.add_argument("--force", action="store_true", help="recompute snapshots already in the store")
     p.add_argument("--workers", type=int, default=None,
                    help="processes, one BLAS thread each (default: the CPU count)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     study = load_any_study(args.study)
     with open_existing_store(args.store, readonly=False) as store:
         measured = diagnose_study(store, study.study_id, workers=args.workers, force=args.force,
-                                  conv=weight_conv(study))
+                                  conv=weight_conv(study), console=Console(stderr=True) if args.json else None)
         errors = [s for s in measured if s.get("error")]
     print(json.dumps({"study": study.name, "study_id": study.study_id, "measured": len(measured),
                       "errors": len(errors)}), flush=True)
@@ -92,7 +93,9 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
     layers, seconds = measure(load_model(path, backbone))
     frame = pd.DataFrame(layers)
-    if args.out:
+    if args.json:
+        print(frame.to_json(orient="records"))
+    elif args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(args.out, index=False)
         Console().print(escape(f"{len(frame)} layers of {backbone.short} in {seconds:.2f} s -> {args.out}"))

@@ -28,8 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bocb.api import MIN_LEASE_S
-from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, plugins_of
-from bocb.store import DEFAULT_STORE
+from bocb.commands.common import add_data_args, add_json_arg, add_store_arg, data_dirs, default_cache_dir, plugins_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,14 +39,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Where results go and how trials run: shared by ``bocb run`` and ``bocb transfer``."""
-    p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite store (default: {DEFAULT_STORE})")
+    add_store_arg(p)
     p.add_argument("--artifacts", type=Path, help="checkpoints/weights (default: beside the store)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: worker processes on this machine (default); ray: Ray tasks (local Ray on "
+                        "127.0.0.1, or --address)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
     p.add_argument("--slots", type=int, default=1, help="trials at once (per GPU with --gpus)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to spread slots over (default: all visible)")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each model (part of the trial's identity; costs 20-50 s per trial on CPU)")
+    add_json_arg(p, "the final counts (one object)")
     p.add_argument("--retry-failed", action="store_true", help="run the study's failed trials again")
     p.add_argument("--lease", type=float, default=300.0,
                    help=f"claim lease in seconds, >= {MIN_LEASE_S:g} (default 300)")
@@ -70,15 +73,18 @@ def run_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from bocb import api
 
-    return show_run(lambda progress: api.run_study(args.study, args.store, progress=progress, **run_options(args)))
+    return show_run(lambda progress: api.run_study(args.study, args.store, progress=progress, **run_options(args)),
+                    as_json=args.json)
 
 
-def show_run(start) -> int:
+def show_run(start, as_json: bool = False) -> int:
     """Run ``start(progress)`` (:func:`bocb.api.run_study` or ``run_transfer``) with the live view, then
-    print the results table, the JSON counts line and the exit status (shared by run and transfer)."""
+    print the results table, the JSON counts line and the exit status (shared by run and transfer).
+    With ``as_json`` the live view and the tables go to stderr, so stdout holds the JSON line alone."""
     from bocb.api import ExecutorUnavailable
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = (Console(stderr=True, width=None if sys.stderr.isatty() else 160) if as_json
+               else Console(width=None if sys.stdout.isatty() else 160))
     display = RunDisplay(console)
     try:
         summary = start(display)

@@ -12,27 +12,32 @@ from rich.markup import escape
 from rich.table import Table
 
 from bocb.api import EFFECTIVE_FLOPS
-from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, open_existing_store
-from bocb.store import DEFAULT_STORE, STATUSES, Store
+from bocb.commands.common import (add_data_args, add_json_arg, add_store_arg, data_dirs, default_cache_dir,
+                                  open_existing_store)
+from bocb.store import STATUSES, Store
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="trial counts by status, for a study or the whole store")
     s.add_argument("study", nargs="?", type=Path, help="study file (default: the whole store)")
-    s.add_argument("--store", default=DEFAULT_STORE)
-    s.add_argument("--json", action="store_true", help="last line: one JSON object of counts")
+    add_store_arg(s)
+    add_json_arg(s, "the counts (and an adaptive study's tuning state)")
     s.set_defaults(func=status)
 
     p = sub.add_parser("plan", help="a study's trial count, compute estimate and what is done")
-    p.add_argument("study", type=Path)
-    p.add_argument("--store", default=DEFAULT_STORE)
+    p.add_argument("study", type=Path, help="study file (TOML)")
+    add_store_arg(p, "SQLite store, to count what is already finished")
+    add_json_arg(p, "the plan")
     add_data_args(p, data=False)
     p.set_defaults(func=plan)
 
     e = sub.add_parser("export", help="one row per trial as CSV or Parquet")
-    e.add_argument("--store", default=DEFAULT_STORE)
-    e.add_argument("--study", type=Path, help="only this study file's trials")
-    e.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    e.add_argument("study", nargs="?", type=Path, help="study file whose trials to export (default: the whole store)")
+    add_store_arg(e)
+    e.add_argument("--study", type=Path, dest="study_option", help=argparse.SUPPRESS)  # the old spelling
+    e.add_argument("--format", choices=("csv", "parquet", "json"), default="csv",
+                   help="csv (default), parquet (needs --out) or json (records)")
+    e.add_argument("--json", action="store_const", dest="format", const="json", help="same as --format json")
     e.add_argument("--out", type=Path, help="output file (CSV default: stdout)")
     e.set_defaults(func=export)
 
@@ -97,9 +102,21 @@ def plan(args: argparse.Namespace) -> int:
                      download=args.download)
     study = found.study
     if study.tuning == "adaptive":
-        from bocb.tuning.plan import print_plan
+        from bocb.tuning.plan import plan_summary, print_plan
 
-        print_plan(found.prepared, EFFECTIVE_FLOPS)
+        if args.json:
+            print(json.dumps(plan_summary(found.prepared, EFFECTIVE_FLOPS)))
+        else:
+            print_plan(found.prepared, EFFECTIVE_FLOPS)
+        return 0
+    if args.json:
+        print(json.dumps({
+            "study": study.name, "study_id": study.study_id, "tuning": study.tuning, "tier": study.tier,
+            "trials": found.trials, "finished": found.finished, "pflop": found.flops / 1e15,
+            "gpu_hours": found.gpu_hours, "effective_tflops": EFFECTIVE_FLOPS / 1e12,
+            "per_backbone": {bb: {"trials": len(fs), "pflop": sum(fs) / 1e15} for bb, fs in found.per_backbone.items()},
+            "skipped": dict(found.skipped),
+        }))
         return 0
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=escape(f"plan: {study.name} ({study.study_id}), {study.tuning} tuning, tier {study.tier}"))
@@ -119,6 +136,20 @@ def plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scores(store: Store, study_id: str | None):
+    """``top1`` and ``val_top1`` of each finished trial as the analysis reads them (the final-epoch
+    score; a diverged trial's last weights), so ``bocb analyze`` takes an export as it is."""
+    import pandas as pd
+
+    from bocb.analysis.from_store import results_frame
+
+    try:
+        return results_frame(store, study_id)[["trial_id", "top1", "val_top1"]]
+    except ValueError:  # nothing finished yet
+        return pd.DataFrame({"trial_id": pd.Series(dtype=str), "top1": pd.Series(dtype=float),
+                             "val_top1": pd.Series(dtype=float)})
+
+
 def export(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -126,11 +157,21 @@ def export(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         output_file(args.out, "--out")
-    study_id, _ = _study_id(args.study)
+    if args.study is not None and args.study_option is not None:
+        raise ValueError("give the study once: bocb export STUDY (--study is its old spelling)")
+    study_id, _ = _study_id(args.study or args.study_option)
     with open_existing_store(args.store) as store:
         rows = store.trials(study_id)
-    frame = pd.DataFrame(rows)
-    if args.format == "parquet":
+        frame = pd.DataFrame(rows)
+        if rows:
+            frame = frame.merge(_scores(store, study_id), on="trial_id", how="left")
+    if args.format == "json":
+        text = frame.to_json(orient="records")
+        if args.out is None:
+            print(text)
+        else:
+            args.out.write_text(text + "\n")
+    elif args.format == "parquet":
         if args.out is None:
             raise ValueError("--format parquet needs --out FILE")
         frame.to_parquet(args.out, index=False)

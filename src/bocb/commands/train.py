@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", help="input policy: cifar or upsample (default: the backbone's)")
     p.add_argument("--scale", help="paper or tiny (default: the tier's)")
     p.add_argument("--drop-path", type=float, help="override the recipe's drop-path rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and data order (default 0)")
     add_data_args(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"],

@@ -24,4 +24,4 @@ def run(args: argparse.Namespace) -> int:
     from bocb import api
 
     return show_run(lambda progress: api.run_transfer(args.study, args.store, progress=progress,
-                                                      **run_options(args)))
+                                                      **run_options(args)), as_json=args.json)

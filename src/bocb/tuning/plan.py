@@ -34,6 +34,20 @@ def plan_rows(prepared: Any) -> list[dict[str, Any]]:
     return out
 
 
+def plan_summary(prepared: Any, effective_flops: float) -> dict[str, Any]:
+    """``bocb plan --json`` of an adaptive study: GPU-hours of the full grid, adaptive expected and
+    worst case, in total and per pair."""
+    hours = lambda f: f / effective_flops / 3600  # noqa: E731
+    rows = plan_rows(prepared)
+    return {
+        "study": prepared.study.name, "study_id": prepared.study.study_id, "tuning": "adaptive",
+        "tier": prepared.study.tier, "effective_tflops": effective_flops / 1e12,
+        **{f"{k}_gpu_hours": hours(sum(r[k] for r in rows)) for k in ("grid", "expected", "worst")},
+        "pairs": [{"pair": r["pair"], "grid_trials": r["grid_trials"],
+                   **{f"{k}_gpu_hours": hours(r[k]) for k in ("grid", "expected", "worst")}} for r in rows],
+    }
+
+
 def print_plan(prepared: Any, effective_flops: float) -> None:
     study = prepared.study
     config = config_of(study)
