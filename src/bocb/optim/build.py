@@ -21,13 +21,13 @@ import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from typing import Any
 
 import torch
 from torch import nn
 
 from bocb.optim.info import OptimizerInfo, get_optimizer_info
+from bocb.provenance import distribution_version
 from bocb.optim.param_groups import DEFAULT_POLICY, build_param_groups, resolve_policy
 
 # Arguments that select an implementation path, not the algorithm; recorded but not user knobs.
@@ -44,11 +44,7 @@ _DISTRIBUTIONS = {
 
 
 def library_version(library: str) -> str:
-    dist = _DISTRIBUTIONS.get(library, library)
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return distribution_version(_DISTRIBUTIONS.get(library, library))
 
 
 def _jsonable(value: Any) -> Any:

@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS study_trials (
     study_id TEXT NOT NULL, trial_id TEXT NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (study_id, trial_id)
 );
+-- claims walk a study in position order (SQLiteStore.claim)
+CREATE INDEX IF NOT EXISTS study_trials_position ON study_trials (study_id, position);
 CREATE TABLE IF NOT EXISTS epochs (
     trial_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_top1 REAL,
     test_top5 REAL, test_loss REAL, lr REAL, seconds_train REAL, seconds_eval REAL, score REAL,
@@ -140,6 +142,9 @@ class SQLiteStore(Store):
         if self.path.exists():
             self._check_header()
         self._db: sqlite3.Connection | None = None
+        # Per study, the position of the trial the last claim found: claims walk on from there
+        # (see claim). Reset whenever this store makes an earlier trial claimable again.
+        self._cursor: dict[str, int] = {}
         try:
             self._open()
         except (sqlite3.DatabaseError, StoreError) as exc:
@@ -291,18 +296,31 @@ class SQLiteStore(Store):
         return new
 
     def claim(self, runner: str, lease_s: float, study_id: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """The first claimable trial in study order, from where this store's last claim of the study
+        left off. Cost: the walk runs along the study's position index from that trial (``_cursor``),
+        so a claim reads a handful of rows whatever the study's size (it sorted every open trial of
+        the study before: 165 ms at 30,000 pending). This store resets the cursor when it makes an
+        earlier trial claimable (release, reclaim, retry, a tuner's promotion); one that becomes
+        claimable through another process (another runner's release, an expired lease) is found
+        when nothing lies ahead, by a look through the store's open trials (the status index: few
+        rows by then), so none is ever left behind."""
         now = time.time()
-        scope, args = ("", ()) if study_id is None else (
-            "AND t.trial_id IN (SELECT trial_id FROM study_trials WHERE study_id=?)", (study_id,))
-        order = "ORDER BY t.rowid" if study_id is None else (
-            "ORDER BY (SELECT position FROM study_trials s WHERE s.study_id=? AND s.trial_id=t.trial_id)")
-        order_args = () if study_id is None else (study_id,)
+        claimable = "(t.status='pending' OR (t.status='running' AND t.lease_expires < ?))"
         with self._tx() as db:
-            row = db.execute(
-                f"SELECT t.trial_id, t.spec FROM trials t WHERE "
-                f"(t.status='pending' OR (t.status='running' AND t.lease_expires < ?)) {scope} {order} LIMIT 1",
-                (now, *args, *order_args),
-            ).fetchone()
+            if study_id is None:
+                row = db.execute(f"SELECT t.trial_id, t.spec FROM trials t WHERE {claimable} ORDER BY t.rowid LIMIT 1",
+                                 (now,)).fetchone()
+            else:
+                walk = (f"SELECT t.trial_id, t.spec, s.position FROM study_trials s JOIN trials t USING (trial_id) "
+                        f"WHERE s.study_id=? AND s.position >= ? AND {claimable} ORDER BY s.position LIMIT 1")
+                row = db.execute(walk, (study_id, self._cursor.get(study_id, 0), now)).fetchone()
+                if row is None:  # none ahead: every open trial of the store, through the status index
+                    row = db.execute(
+                        "SELECT t.trial_id, t.spec, s.position FROM trials t INDEXED BY trials_status JOIN study_trials s "
+                        "ON s.study_id=? AND s.trial_id=t.trial_id WHERE t.status IN ('pending', 'running') "
+                        f"AND {claimable} ORDER BY s.position LIMIT 1", (study_id, now)).fetchone()
+                if row is not None:
+                    self._cursor[study_id] = row["position"]
             if row is None:
                 return None
             db.execute(
@@ -354,6 +372,7 @@ class SQLiteStore(Store):
         return True
 
     def release(self, trial_id: str, runner: str) -> None:
+        self._cursor.clear()  # an earlier trial may be claimable again
         with self._tx() as db:
             db.execute(
                 "UPDATE trials SET status='pending', runner=NULL, lease_expires=NULL "
@@ -368,6 +387,7 @@ class SQLiteStore(Store):
 
     def reclaim(self, held: list[tuple[str, str]]) -> int:
         """Hand ``(trial_id, runner)`` trials back as ``pending`` if that runner still holds them."""
+        self._cursor.clear()  # an earlier trial may be claimable again
         with self._tx() as db:
             return sum(db.execute(
                 "UPDATE trials SET status='pending', runner=NULL, lease_expires=NULL "
@@ -388,6 +408,7 @@ class SQLiteStore(Store):
         for a ``paused`` trial makes it ``pending`` (a promotion: it resumes to ``epochs``).
         A rung row that already exists changes nothing. Returns how many trials became runnable.
         """
+        self._cursor.clear()  # an earlier trial may be claimable again
         now = time.time()
         runnable = 0
         with self._tx() as db:
@@ -495,6 +516,7 @@ class SQLiteStore(Store):
         return out
 
     def retry_failed(self, study_id: str | None = None) -> int:
+        self._cursor.clear()  # an earlier trial may be claimable again
         scope, args = ("", ()) if study_id is None else (
             "AND trial_id IN (SELECT trial_id FROM study_trials WHERE study_id=?)", (study_id,))
         with self._tx() as db:

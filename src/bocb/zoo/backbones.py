@@ -29,7 +29,6 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from importlib import metadata
 from typing import Any, Literal
 
 import torch
@@ -192,11 +191,9 @@ class BackboneSpec:
 
 
 def _source_version(source: str) -> str:
-    dist = {"bocb": "bocb"}.get(source, source)
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    from bocb.provenance import distribution_version
+
+    return distribution_version(source)
 
 
 def resolve_backbone(
