@@ -3,6 +3,8 @@ the runner, the local executor and the analysis into a MemoryStore (no SQLite an
 
 import time
 
+from pathlib import Path
+
 import pytest
 
 from bocb.store import MemoryStore, SQLiteStore
@@ -124,7 +126,10 @@ def test_a_study_runs_through_the_runner_into_a_memory_store(tmp_path):
         assert 0.0 <= epoch["score"] <= 100.0 and row["metric"] == "top1" and row["attempts"] == 1
         assert store.record(trial_id)["spec"] == store.specs(study_id)[trial_id]
         weights = store.artifacts(trial_id)["final_weights"]
-        assert weights.startswith(str(tmp_path / "artifacts" / trial_id))
+        assert weights.startswith(str(tmp_path / "artifacts" / trial_id)) and Path(weights).exists()
+        # A finished trial never resumes: its resume checkpoint is gone, from disk and the store.
+        assert "checkpoint" not in store.artifacts(trial_id) and "checkpoint" not in store.record(trial_id)["artifacts"]
+        assert not list((tmp_path / "artifacts" / trial_id).glob("checkpoint*"))
 
     # Weight diagnostics as `bocb run` ends: the trials' final snapshots came with their records;
     # the random-init one is measured now and linked to the study.

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from bocb.fencing import new_token
@@ -239,6 +240,15 @@ def _store_result(store: Store, me: str, trial_id: str, record: dict[str, Any], 
     if status in ("running", "interrupted"):  # never final: hand it back for another run
         store.release(trial_id, me)
         return
+    resume = None
+    if status in ("done", "diverged") and "checkpoint" in (record.get("artifacts") or {}):
+        # A finished trial never resumes: its resume checkpoint (optimizer state beside the
+        # weights, 2-3x their size; about 9-12 TB over the paper's grid) goes once the store holds
+        # the result. The final weights stay. Deleted only after the finish commits, so a runner
+        # killed in between leaves a trial that resumes rather than restarts.
+        artifacts = dict(record["artifacts"])
+        resume = artifacts.pop("checkpoint")
+        record = {**record, "artifacts": artifacts}
     try:
         stored = store.finish(trial_id, me, record)
     except (ValueError, TypeError) as exc:
@@ -250,6 +260,8 @@ def _store_result(store: Store, me: str, trial_id: str, record: dict[str, Any], 
     if record.get("checkpoint_set_aside"):
         stats.notes.append(f"trial {trial_id}: unreadable checkpoint set aside, restarted from epoch 0: "
                            f"{record['checkpoint_set_aside']}")
+    if stored and resume and status != "failed":
+        Path(resume).unlink(missing_ok=True)
     if stored:
         stats.finished[status] = stats.finished.get(status, 0) + 1
         seconds = record.get("seconds", {})
