@@ -80,3 +80,31 @@ def test_claims_keep_study_order_and_never_leave_a_trial_behind(tmp_path):
         rest = [store.claim("r", 60, "S")[0] for _ in range(4)]
         assert rest == ["t000003", "t000004", "t000005", "t000000"]
         assert store.claim("r", 60, "S") is None
+
+
+def _row(i: int, status: str = "done", error: str | None = None) -> dict:
+    return {"trial_id": f"t{i}", "backbone": ("R-18", "DeiT-S")[i % 2], "pretrained": None, "optimizer": "AdamW",
+            "lr": 10.0 ** -(i % 4), "weight_decay": 0.05, "seed": i, "status": status,
+            "final_score": None if status == "failed" else float(i % 50), "best_score": None, "error": error}
+
+
+def _render(table) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(table)
+    return console.export_text()
+
+
+def test_the_end_of_a_big_run_counts_and_a_small_one_lists_with_errors():
+    from bocb.commands.run import MAX_LISTED, _results_table
+
+    small = _render(_results_table([_row(0), _row(1, "failed", "Traceback ...\nRuntimeError: CUDA out of memory")]))
+    assert "error" in small and "RuntimeError: CUDA out of memory" in small and "Traceback" not in small
+    rows = [_row(i) for i in range(MAX_LISTED * 100)] + [_row(-2, "failed", "boom")]
+    big = _render(_results_table(rows)).splitlines()
+    assert len(big) < 15  # a line per backbone, not per trial
+    header = [c.strip() for c in next(line for line in big if "best final" in line).split("┃")[1:-1]]
+    r18 = dict(zip(header, [c.strip() for c in next(line for line in big if "R-18" in line).split("│")[1:-1]]))
+    # 3,000 done R-18 trials (even i), one failed, the best final score 48 (i % 50 over even i).
+    assert r18 == {"backbone": "R-18", "done": "3000", "failed": "1", "best final": "48.00", "with": "AdamW (lr 1)"}  # i = 48 first: lr 10^-(48 % 4)

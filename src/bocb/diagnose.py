@@ -66,13 +66,15 @@ def plan(store: Store, study_id: str, force: bool = False, conv: str = DEFAULT_C
         if t["status"] not in ("done", "diverged"):
             continue
         spec = specs[t["trial_id"]]
-        path = store.artifacts(t["trial_id"]).get("final_weights")
-        # Weights that cannot be found (moved, or stored as a path relative to another working
-        # directory by an older bocb) never replace a good snapshot: with `force` it is kept.
-        if path and t["trial_id"] in good and not Path(path).exists():
-            continue
-        if path and t["trial_id"] not in done:
-            jobs.append(Job("final", t["trial_id"], spec["backbone"], spec["seed"], t["trial_id"], path, spec, conv))
+        if t["trial_id"] not in done:  # the artifact look-up only where a job may follow (once per trial
+            # here made every `bocb run` end with one query per trial of the study)
+            path = store.artifacts(t["trial_id"]).get("final_weights")
+            # Weights that cannot be found (moved, or stored as a path relative to another working
+            # directory by an older bocb) never replace a good snapshot: with `force` it is kept.
+            if path and t["trial_id"] in good and not Path(path).exists():
+                continue
+            if path:
+                jobs.append(Job("final", t["trial_id"], spec["backbone"], spec["seed"], t["trial_id"], path, spec, conv))
         if spec.get("pretrained"):
             continue  # a fine-tuned model's reference is its pre-trained model, already measured
         init_id = init_snapshot_id(BackboneSpec.from_dict(spec["backbone"]), seed)

@@ -226,15 +226,50 @@ class _LiveView:
         return Group(self.progress, *rows)
 
 
+# Above this many trials the end of a run counts instead of listing (a 30,000-row table took 42 s
+# of CPU to print and is read by nobody); `bocb export` gives every row.
+MAX_LISTED = 60
+
+
 def _results_table(rows: list[dict]) -> Table:
+    if len(rows) > MAX_LISTED:
+        return _counts_table(rows)
     transfer = any(r["pretrained"] for r in rows)
     # A trial's score is its task's headline metric: test top-1, or box / keypoint AP for detection / pose.
     table = Table(title="results (final / best: test top-1 %; box or keypoint AP % for detection or pose)")
-    for col in ("pre-trained" if transfer else "backbone", "optimizer", "lr", "wd", "seed", "status", "final", "best"):
+    errors = any(r["error"] for r in rows)
+    for col in ("pre-trained" if transfer else "backbone", "optimizer", "lr", "wd", "seed", "status", "final", "best",
+                *(("error",) if errors else ())):
         table.add_column(col)
     for r in rows:
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         table.add_row(escape(str(r["pretrained"] if transfer else r["backbone"])), r["optimizer"], f"{r['lr']:g}",
                       f"{r['weight_decay'] or 0:g}", str(r["seed"]), r["status"], fmt(r["final_score"]),
-                      fmt(r["best_score"]))
+                      fmt(r["best_score"]), *((escape(_first_line(r["error"])),) if errors else ()))
+    return table
+
+
+def _first_line(error: str | None, width: int = 80) -> str:
+    line = (error or "").strip().splitlines()[-1:] or [""]  # a traceback's last line says what went wrong
+    return line[0][:width]
+
+
+def _counts_table(rows: list[dict]) -> Table:
+    """Per backbone: trials by status and the best final score so far, with its optimizer."""
+    from bocb.store import STATUSES
+
+    key = "pretrained" if any(r["pretrained"] for r in rows) else "backbone"
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(str(r[key]), []).append(r)
+    present = [s for s in STATUSES if any(r["status"] == s for r in rows)]
+    table = Table(title=f"results: {len(rows)} trials (every row: bocb export STUDY)")
+    for col in (key, *present, "best final", "with"):
+        table.add_column(col, justify="right" if col in present else "left")
+    for name, rs in groups.items():
+        scored = [r for r in rs if r["final_score"] is not None and r["status"] in ("done", "diverged")]
+        best = max(scored, key=lambda r: r["final_score"], default=None)
+        table.add_row(escape(name), *(str(sum(r["status"] == s for r in rs)) for s in present),
+                      "-" if best is None else f"{best['final_score']:.2f}",
+                      "-" if best is None else escape(f"{best['optimizer']} (lr {best['lr']:g})"))
     return table
