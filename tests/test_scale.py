@@ -3,6 +3,7 @@ trial's disk."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from importlib import metadata
 
@@ -108,3 +109,23 @@ def test_the_end_of_a_big_run_counts_and_a_small_one_lists_with_errors():
     r18 = dict(zip(header, [c.strip() for c in next(line for line in big if "R-18" in line).split("│")[1:-1]]))
     # 3,000 done R-18 trials (even i), one failed, the best final score 48 (i % 50 over even i).
     assert r18 == {"backbone": "R-18", "done": "3000", "failed": "1", "best final": "48.00", "with": "AdamW (lr 1)"}  # i = 48 first: lr 10^-(48 % 4)
+
+
+def test_a_record_is_stored_without_its_copies_and_read_back_whole(tmp_path):
+    with _store_with(tmp_path / "s.sqlite", 2) as store:
+        trial_id, spec = store.claim("r", 60, "S")
+        rows = [{"epoch": e, "train_loss": 2.0 - e / 10, "test_top1": 10.0 + e, "test_top5": 50.0 + e,
+                 "test_loss": 1.5, "score": 10.0 + e, "lr": 0.1 / e, "seconds_train": 3.25, "seconds_eval": 0.5,
+                 "images": 5000, "val_top1": 9.5 + e} for e in range(1, 201)]
+        record = {"spec": spec, "status": "done", "epochs": rows, "final_top1": 210.0 - 100, "best_top1": 110.0,
+                  "seconds": {"train": 650.0}, "code_version": "test"}
+        assert store.finish(trial_id, "r", record)
+        back = store.record(trial_id)
+        assert back["spec"] == spec and back["epochs"] == rows  # every field of every row, exactly
+        assert {k: v for k, v in back.items() if k not in ("spec", "epochs")} == \
+            {k: v for k, v in record.items() if k not in ("spec", "epochs")} | \
+            {k: v for k, v in back.items() if k not in record}  # fields finish adds (task, metric, ...)
+        text = store._db.execute("SELECT record FROM trials WHERE trial_id=?", (trial_id,)).fetchone()[0]
+        # The stored text keeps only what no other table holds: per row the epoch, images and val_top1.
+        assert text.count('"test_top1"') == 1 and '"spec": {' not in text and '"images": 5000' in text  # 1: the note
+        assert len(text) < 0.3 * len(json.dumps(record))

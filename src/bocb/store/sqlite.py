@@ -102,6 +102,41 @@ _TUNING_SELECT = tuple(f"{'r' if c in ('pair', 'trial_id', 'rung', 'epochs') els
 _SPEC_FIELDS = ("backbone", "optimizer", "category", "lr", "weight_decay", "seed", "recipe", "tier", "pretrained")
 
 
+# A stored record's note of what it left to other tables (see _slim).
+_MOVED = "_stored_elsewhere"
+
+
+def _slim(result: TrialResult, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The record as the trials table keeps it: without what other tables already hold.
+
+    A record repeated its spec (the trials table's ``spec``) and every epoch row (the ``epochs``
+    table): 2.1 GB of a 30,000-trial store at 200 epochs was such copies. Dropped here, and put back
+    by :meth:`SQLiteStore.record`, only where the copy is exact: the spec when it equals the stored
+    one; an epoch field when every row has it and it equals the table's value (other fields, such
+    as ``images`` or hold-out scores, stay in the record's rows). ``_stored_elsewhere`` names what
+    was dropped; records written before it are read as they are.
+    """
+    record = dict(result.record)
+    moved: dict[str, Any] = {}
+    if spec is not None and record.get("spec") == spec:
+        del record["spec"]
+        moved["spec"] = True
+    rows = record.get("epochs")
+    if isinstance(rows, list) and rows and len(rows) == len(result.epochs):
+        table = {e.epoch: e for e in result.epochs}
+        keys = [k for k in EPOCH_COLUMNS if k not in ("trial_id", "epoch") and all(
+            # floats and nulls only: the table's REAL column gives back a float, so an int would
+            # come back changed in type
+            isinstance(r, dict) and k in r and r.get("epoch") in table and (r[k] is None or type(r[k]) is float)
+            and r[k] == getattr(table[r["epoch"]], k) for r in rows)]
+        if keys:
+            record["epochs"] = [{k: v for k, v in r.items() if k not in keys} for r in rows]
+            moved["epochs"] = keys
+    if moved:
+        record[_MOVED] = moved
+    return record
+
+
 class StoreError(ValueError):
     """A store file bocb cannot use (damaged, not a store, a directory, unreadable); one line that
     says what to do. The file is never modified or re-initialised when this is raised."""
@@ -341,6 +376,8 @@ class SQLiteStore(Store):
     def finish(self, trial_id: str, runner: str, record: dict[str, Any] | TrialResult) -> bool:
         result = result_to_store(trial_id, record)
         with self._tx() as db:
+            spec = db.execute("SELECT spec FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
+            text = json.dumps(_slim(result, json.loads(spec["spec"]) if spec else None), allow_nan=False)
             cur = db.execute(
                 "UPDATE trials SET status=?, metric=?, final_score=?, best_score=?, final_top1=?, best_top1=?, "
                 "best_epoch=?, diverged_epoch=?, error=?, seconds_train=?, seconds_eval=?, seconds_wall=?, "
@@ -352,7 +389,7 @@ class SQLiteStore(Store):
                     result.seconds_train, result.seconds_eval, result.seconds_wall, result.images_per_second,
                     result.peak_memory_mb, result.selection, result.final_val, result.best_val,
                     result.device.get("host"), json.dumps(result.device),
-                    result.code_version, json.dumps(result.libraries), json.dumps(result.record, allow_nan=False),
+                    result.code_version, json.dumps(result.libraries), text,
                     time.time(), trial_id, runner,
                 ),
             )
@@ -549,8 +586,21 @@ class SQLiteStore(Store):
         return {r["trial_id"]: json.loads(r["spec"]) for r in self._scoped("trial_id, spec", study_id)}
 
     def record(self, trial_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT record FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
-        return json.loads(row["record"]) if row and row["record"] else None
+        """The record as finish was given it (see :func:`_slim` for how it is kept)."""
+        row = self._db.execute("SELECT spec, record FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
+        if not row or not row["record"]:
+            return None
+        record = json.loads(row["record"])
+        moved = record.pop(_MOVED, None)
+        if moved is None:  # written whole (before slim records, or nothing to move)
+            return record
+        if moved.get("spec"):
+            record["spec"] = json.loads(row["spec"])
+        keys = moved.get("epochs") or []
+        if keys:
+            table = {r["epoch"]: r for r in self.epochs(trial_id)}
+            record["epochs"] = [{**{k: table[r["epoch"]][k] for k in keys}, **r} for r in record["epochs"]]
+        return record
 
     def epochs(self, trial_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(f"SELECT {', '.join(EPOCH_COLUMNS)} FROM epochs WHERE trial_id=? ORDER BY epoch",
