@@ -58,6 +58,7 @@ class Clock:
         wall, cpu = time.perf_counter(), _cpu()
         yield
         self.rows[name] = (time.perf_counter() - wall, _cpu() - cpu)
+        print(f"  {name}: {self.rows[name][0]:.2f} s", flush=True)  # as it goes: a cut run keeps its figures
 
 
 def _cpu() -> float:
@@ -165,7 +166,9 @@ def main() -> None:
         store.finish(trial_id, "bench", record)
         finishes.append(time.perf_counter() - t0)
         if (i + 1) % max(1, n // 20) == 0:
-            print(f"  {i + 1}/{n} trials stored", flush=True)
+            recent = [t for _, t in claims[-max(1, n // 20):]]
+            print(f"  {i + 1}/{n} trials stored; claims in this stretch: mean {sum(recent) / len(recent) * 1e3:.3f} ms, "
+                  f"worst {max(recent) * 1e3:.3f} ms", flush=True)
     store.close()
 
     def batch(lo: float, hi: float) -> tuple[float, float]:
