@@ -129,3 +129,23 @@ def test_a_record_is_stored_without_its_copies_and_read_back_whole(tmp_path):
         # The stored text keeps only what no other table holds: per row the epoch, images and val_top1.
         assert text.count('"test_top1"') == 1 and '"spec": {' not in text and '"images": 5000' in text  # 1: the note
         assert len(text) < 0.3 * len(json.dumps(record))
+
+
+def test_plan_states_the_disk_a_study_needs(tmp_path):
+    from bocb.compute import store_bytes, weights_bytes
+    from bocb.zoo import resolve_backbone
+    from cli_inproc import bocb
+
+    # CIFAR ResNet-18 with 100 classes has 11,220,132 parameters (the commonly cited count); fp32
+    # weights are 4 bytes each, plus BatchNorm's running statistics (under 0.1 %).
+    assert 4 * 11_220_132 <= weights_bytes(resolve_backbone("R-18", num_classes=100)) <= 4 * 11_220_132 * 1.001
+    study = tmp_path / "s.toml"
+    study.write_text('backbones = ["R-18"]\noptimizers = ["SGD-M", "AdamW"]\n'
+                     '[study]\nname = "s"\ntuning = "grid"\ndata = "cifar100"\ntier = "fast"\n')
+    plan = json.loads(bocb("plan", study, "--store", tmp_path / "none.sqlite", "--json").stdout)
+    one = weights_bytes(resolve_backbone("R-18", num_classes=100))
+    assert plan["disk_gb"]["final_weights"] * 1e9 == plan["trials"] * one
+    assert plan["disk_gb"]["checkpoint_per_running_trial"] * 1e9 == 3 * one
+    assert plan["disk_gb"]["store"] * 1e9 == plan["trials"] * store_bytes(10)  # the fast tier: 10 epochs
+    text = " ".join(bocb("plan", study, "--store", tmp_path / "none.sqlite").stdout.split())
+    assert f"disk: {plan['trials'] * one / 1e9:,.1f} GB of final weights" in text

@@ -73,7 +73,10 @@ class StudyPlan:
     ``per_backbone``: backbone short name -> each trial's FLOPs; ``finished``: trials already done
     or diverged in the store; ``skipped``: reason -> pairs skipped for it. ``prepared`` is the parsed,
     expanded study (:class:`bocb.study_setup.Prepared`; adaptive studies are planned from it
-    by :mod:`bocb.tuning.plan`).
+    by :mod:`bocb.tuning.plan`). Disk: ``weights_bytes``, every trial's final weights
+    (:func:`bocb.compute.weights_bytes`); ``store_bytes``, the store's share
+    (:func:`bocb.compute.store_bytes`); ``checkpoint_bytes``, the largest model's resume
+    checkpoint, held per running trial and deleted when it finishes.
     """
 
     study: Any
@@ -83,6 +86,9 @@ class StudyPlan:
     finished: int
     skipped: dict[str, int]
     prepared: Any
+    weights_bytes: float = 0.0
+    store_bytes: float = 0.0
+    checkpoint_bytes: float = 0.0
 
     @property
     def gpu_hours(self) -> float:
@@ -270,7 +276,7 @@ def plan(study: str | Path, store: str | Path = DEFAULT_STORE, *, cache_dir: str
     pre-trained models in the store)."""
     from bocb.store import open_existing as open_existing_store
     from bocb.study_setup import prepare
-    from bocb.compute import trial_flops
+    from bocb.compute import CHECKPOINT_FACTOR, store_bytes, trial_flops, weights_bytes
     from bocb.transfer.study import is_transfer_file
 
     path = Path(study)
@@ -293,7 +299,11 @@ def plan(study: str | Path, store: str | Path = DEFAULT_STORE, *, cache_dir: str
     reasons: dict[str, int] = {}
     for _, _, reason in prepared.skipped:
         reasons[reason] = reasons.get(reason, 0) + 1
-    return StudyPlan(prepared.study, len(prepared.trials), flops, per_backbone, finished, reasons, prepared)
+    sizes = [weights_bytes(spec.backbone) for spec in prepared.trials]
+    return StudyPlan(prepared.study, len(prepared.trials), flops, per_backbone, finished, reasons, prepared,
+                     weights_bytes=float(sum(sizes)),
+                     store_bytes=float(sum(store_bytes(spec.recipe.epochs) for spec in prepared.trials)),
+                     checkpoint_bytes=CHECKPOINT_FACTOR * max(sizes, default=0))
 
 
 # -- reading the store ----------------------------------------------------------------------------

@@ -33,6 +33,34 @@ def _forward_flops(backbone_json: str) -> float:
     raise RuntimeError(f"cannot count FLOPs of {spec.short}")
 
 
+# The store's bytes per finished trial and per epoch row, all tables and indexes included, as
+# benchmarks/scale.py measured them (30,000 trials x 200 epochs, every trial with a 20-layer
+# weight snapshot).
+STORE_BYTES_PER_TRIAL = 6_000
+STORE_BYTES_PER_EPOCH = 100
+# A resume checkpoint holds the weights, the optimizer state (one or two tensors per weight for
+# the adaptive optimizers) and RNG states: about 3x the weights.
+CHECKPOINT_FACTOR = 3
+
+
+def store_bytes(epochs: int) -> int:
+    """The store's bytes for one finished trial of ``epochs`` epochs."""
+    return STORE_BYTES_PER_TRIAL + STORE_BYTES_PER_EPOCH * epochs
+
+
+@cache
+def _parameters(backbone_json: str) -> int:
+    spec = BackboneSpec.from_dict(json.loads(backbone_json))
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = build_backbone(spec)
+    return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+
+
+def weights_bytes(spec: BackboneSpec) -> int:
+    """Bytes of one trial's final weights (fp32 safetensors; the header is negligible)."""
+    return 4 * _parameters(spec.to_json())
+
+
 def forward_flops(spec: BackboneSpec) -> float:
     """FLOPs of one forward pass on one image at the spec's input size."""
     return _forward_flops(spec.to_json())

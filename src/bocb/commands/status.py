@@ -114,6 +114,8 @@ def plan(args: argparse.Namespace) -> int:
             "study": study.name, "study_id": study.study_id, "tuning": study.tuning, "tier": study.tier,
             "trials": found.trials, "finished": found.finished, "pflop": found.flops / 1e15,
             "gpu_hours": found.gpu_hours, "effective_tflops": EFFECTIVE_FLOPS / 1e12,
+            "disk_gb": {"final_weights": found.weights_bytes / 1e9, "store": found.store_bytes / 1e9,
+                        "checkpoint_per_running_trial": found.checkpoint_bytes / 1e9},
             "per_backbone": {bb: {"trials": len(fs), "pflop": sum(fs) / 1e15} for bb, fs in found.per_backbone.items()},
             "skipped": dict(found.skipped),
         }))
@@ -131,6 +133,10 @@ def plan(args: argparse.Namespace) -> int:
         f"= about {found.gpu_hours:.1f} GPU-hours at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s "
         f"(one H100, bf16, measured on CIFAR ResNet-18; small models pack several per GPU)"
     ))
+    console.print(escape(
+        f"disk: {_gb(found.weights_bytes)} of final weights (every trial's; fp32) and about "
+        f"{_gb(found.store_bytes)} of store; while a trial runs its resume checkpoint adds up to "
+        f"{_gb(found.checkpoint_bytes)} (deleted when it finishes)"))
     for reason, n in found.skipped.items():
         console.print(escape(f"skipped ({n}): {reason}"))
     return 0
@@ -148,6 +154,10 @@ def _scores(store: Store, study_id: str | None):
     except ValueError:  # nothing finished yet
         return pd.DataFrame({"trial_id": pd.Series(dtype=str), "top1": pd.Series(dtype=float),
                              "val_top1": pd.Series(dtype=float)})
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 
 def export(args: argparse.Namespace) -> int:
