@@ -36,8 +36,8 @@ def _forward_flops(backbone_json: str) -> float:
 # The store's bytes per finished trial and per epoch row, all tables and indexes included, as
 # benchmarks/scale.py measured them (30,000 trials x 200 epochs, every trial with a 20-layer
 # weight snapshot).
-STORE_BYTES_PER_TRIAL = 6_000
-STORE_BYTES_PER_EPOCH = 100
+STORE_BYTES_PER_TRIAL = 9_500  # the trial row and record (6.3 KB), its snapshot's 20 layer rows (2.8 KB)
+STORE_BYTES_PER_EPOCH = 95
 # A resume checkpoint holds the weights, the optimizer state (one or two tensors per weight for
 # the adaptive optimizers) and RNG states: about 3x the weights.
 CHECKPOINT_FACTOR = 3
