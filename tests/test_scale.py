@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from importlib import metadata
+from pathlib import Path
+
+import pytest
 
 from bocb.store import SQLiteStore
 from bocb.study import expand, load_study
+
 
 def test_expanding_a_study_looks_each_library_version_up_once(monkeypatch, tmp_path):
     from bocb import provenance
@@ -149,3 +153,20 @@ def test_plan_states_the_disk_a_study_needs(tmp_path):
     assert plan["disk_gb"]["store"] * 1e9 == plan["trials"] * store_bytes(10)  # the fast tier: 10 epochs
     text = " ".join(bocb("plan", study, "--store", tmp_path / "none.sqlite").stdout.split())
     assert f"disk: {plan['trials'] * one / 1e9:,.1f} GB of final weights" in text
+
+
+@pytest.mark.slow  # about 20 s: 300 trials stored, then plan, status, export and a report with diagnostics
+def test_the_scale_benchmark_runs_at_a_small_size(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "scale.py"), "--trials", "300", "--epochs", "5",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["trials"] == 300 and figures["epochs"] == 5 and figures["store_mb"] > 0
+    assert set(figures["seconds"]) >= {"register", "end of run", "plan", "status", "export", "report (diagnostics)"}
+    with SQLiteStore(tmp_path / "store.sqlite") as store:
+        assert store.counts()["done"] == 300
+    assert (tmp_path / "report").is_dir() and (tmp_path / "export.csv").exists()
