@@ -38,6 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--format", choices=("csv", "parquet", "json"), default="csv",
                    help="csv (default), parquet (needs --out) or json (records)")
     e.add_argument("--json", action="store_const", dest="format", const="json", help="same as --format json")
+    e.add_argument("--epochs", action="store_true",
+                   help="one row per epoch of every trial (its settings, then the epoch's scores, loss, lr and "
+                        "seconds) instead of one per trial")
     e.add_argument("--out", type=Path, help="output file (CSV default: stdout)")
     e.set_defaults(func=export)
 
@@ -142,6 +145,20 @@ def plan(args: argparse.Namespace) -> int:
     return 0
 
 
+EPOCH_EXPORT_KEYS = ("trial_id", "backbone", "optimizer", "lr", "weight_decay", "seed", "status")
+
+
+def _epoch_rows(store: Store, trials: list[dict]):
+    """``bocb export --epochs``: every stored epoch row of ``trials``, with the trial's settings."""
+    import pandas as pd
+
+    from bocb.store.base import EPOCH_COLUMNS
+
+    out = [{**{k: t[k] for k in EPOCH_EXPORT_KEYS}, **{k: e[k] for k in EPOCH_COLUMNS if k != "trial_id"}}
+           for t in trials for e in store.epochs(t["trial_id"])]
+    return pd.DataFrame(out, columns=[*EPOCH_EXPORT_KEYS, *(k for k in EPOCH_COLUMNS if k != "trial_id")])
+
+
 def _scores(store: Store, study_id: str | None):
     """``top1`` and ``val_top1`` of each finished trial as the analysis reads them (the final-epoch
     score; a diverged trial's last weights), so ``bocb analyze`` takes an export as it is."""
@@ -172,9 +189,12 @@ def export(args: argparse.Namespace) -> int:
     study_id, _ = _study_id(args.study or args.study_option)
     with open_existing_store(args.store) as store:
         rows = store.trials(study_id)
-        frame = pd.DataFrame(rows)
-        if rows:
-            frame = frame.merge(_scores(store, study_id), on="trial_id", how="left")
+        if args.epochs:
+            frame = _epoch_rows(store, rows)
+        else:
+            frame = pd.DataFrame(rows)
+            if rows:
+                frame = frame.merge(_scores(store, study_id), on="trial_id", how="left")
     if args.format == "json":
         text = frame.to_json(orient="records")
         if args.out is None:

@@ -83,6 +83,9 @@ def store_inputs(study_file: Path | None, store: str, today: str, rule: str | No
             from bocb.tuning.adapter import states
 
             tuned = states(opened, study)
+        from bocb.report.curves import curve_runs
+
+        curves = curve_runs(opened, analysis.results, analysis.flags)
     # Robustness needs tuned settings: with one setting per pair there is nothing to measure.
     hparams = None
     if study is None or study.tuning in ("grid", "adaptive"):
@@ -96,8 +99,10 @@ def store_inputs(study_file: Path | None, store: str, today: str, rule: str | No
         from bocb.report.adaptive import adaptive_section
 
         extra.append(adaptive_section(tuned))
+    from bocb.report.curves import curves_section
     from bocb.report.weights import weights_sections
 
+    extra.append(curves_section(curves))
     extra.extend(weights_sections(analysis, weights, errors=weight_errors, n_resamples=resamples))
     title = f"bocb study '{name}': backbone-optimizer coupling"
     return ReportInputs(analysis, hparams, name, title, provenance, _cost(analysis.frame), extra or None)
