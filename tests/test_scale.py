@@ -170,3 +170,64 @@ def test_the_scale_benchmark_runs_at_a_small_size(tmp_path):
     with SQLiteStore(tmp_path / "store.sqlite") as store:
         assert store.counts()["done"] == 300
     assert (tmp_path / "report").is_dir() and (tmp_path / "export.csv").exists()
+
+
+KEEP_STUDY = """
+[study]
+name = "keep-{keep}"
+data = "sample"
+tier = "smoke"
+tuning = "grid"
+seeds = [0]
+epochs = 1
+train_per_class = 10
+test_per_class = 5
+keep_weights = "{keep}"
+
+[[backbones]]
+name = "R-50"
+policy = "cifar"
+
+[[optimizers]]
+name = "SGD-M"
+lr = [0.001, 0.1, 0.3]
+weight_decay = [0.0005]
+"""
+
+
+@pytest.mark.slow  # three one-epoch trials and a second run: about 30 s
+def test_keep_weights_best_keeps_the_best_setting_and_drops_the_rest(tmp_path):
+    from cli_inproc import bocb
+
+    from bocb.analysis.from_store import results_frame
+
+    study = tmp_path / "keep.toml"
+    study.write_text(KEEP_STUDY.format(keep="best"))
+    store_path = tmp_path / "store.sqlite"
+    done = bocb("run", study, "--store", store_path, cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    assert "keep_weights = \"best\": deleted 2 final weights file(s)" in " ".join(done.stdout.split())
+    with SQLiteStore(store_path) as store:
+        study_id = load_study(study).study_id
+        results = results_frame(store, study_id)
+        best = results.loc[results["top1"].idxmax(), "trial_id"]  # one seed: the best setting is the best run
+        measured = {s["trial_id"] for s in store.snapshots(study_id) if s["source"] == "final"}
+        for trial_id in results["trial_id"]:
+            weights = tmp_path / "artifacts" / trial_id / "final.safetensors"
+            assert trial_id in measured  # every model's diagnostics stay, dropped weights or not
+            if trial_id == best:
+                assert weights.exists() and store.artifacts(trial_id)["final_weights"] == str(weights)
+            else:
+                assert not weights.exists() and "final_weights" not in store.artifacts(trial_id)
+    # A second run with nothing to do keeps what is left; "none" then drops the best one too.
+    study.write_text(KEEP_STUDY.format(keep="none"))
+    done = bocb("run", study, "--store", store_path, cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    assert not list((tmp_path / "artifacts").glob("*/final.safetensors"))
+
+
+def test_keep_weights_is_checked_in_one_line(tmp_path):
+    study = tmp_path / "keep.toml"
+    study.write_text(KEEP_STUDY.format(keep="some"))
+    with pytest.raises(ValueError, match=r"keep_weights.*valid.*all.*best.*none"):
+        load_study(study)

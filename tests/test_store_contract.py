@@ -346,6 +346,10 @@ def test_artifacts_by_kind(store):
                                      "final_weights": "/x/final.safetensors"}
     assert list(store.artifacts("t1")) == ["checkpoint", "final_weights"]
     assert store.artifacts("nope") == {}
+    store.drop_artifact("t1", "checkpoint")
+    store.drop_artifact("t1", "checkpoint")  # twice, and an unknown trial: nothing happens
+    store.drop_artifact("nope", "final_weights")
+    assert store.artifacts("t1") == {"final_weights": "/x/final.safetensors"}
 
 
 # -- weight diagnostics -----------------------------------------------------------------------------

@@ -109,5 +109,15 @@ class Replaced:
     trials: int
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """The study's ``keep_weights`` deleted ``files`` final weights files (``bytes`` in all) after
+    the run (:mod:`bocb.prune`)."""
+
+    keep: str
+    files: int
+    bytes: int
+
+
 RunEvent = (Reclaimed | LeftToOthers | Started | RunUpdate | RunEnded | Measuring | Measured | MeasuringEnded
-            | NotTransferred | Replaced)
+            | NotTransferred | Replaced | Pruned)

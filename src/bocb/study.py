@@ -14,6 +14,9 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     holdout_per_class = 50       # optional, with selection = "holdout" (default 50)
     weight_conv = "slices"       # optional: conv matricisation of the weight diagnostics
                                  # (slices: WeightWatcher's, the default; reshape)
+    keep_weights = "all"         # optional: which final weights stay on disk after a run: all
+                                 # (default), best (the runs of each pair's best setting: what
+                                 # transfer and the report use), none. Dropped only once measured.
     label_column = "labels"      # optional, Parquet data: the label column (default: label, fine_label,
                                  # a declared ClassLabel, labels; bocb train --label-column)
     image_column = "picture"     # optional, Parquet data: the image column (default: one declared an
@@ -107,7 +110,12 @@ _STUDY_KEYS = {
     "wd_policy": str, "epochs": int, "batch_size": int, "train_per_class": int,
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
     "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
-    "plugins": list, "label_column": str, "image_column": str,
+    "plugins": list, "label_column": str, "image_column": str, "keep_weights": str,
+}
+KEEP_WEIGHTS = {
+    "all": "every finished trial's final weights stay (about 45-110 MB per paper-scale model)",
+    "best": "only the runs of each pair's best setting keep theirs (transfer and the report use those)",
+    "none": "no final weights stay once their weight diagnostics are in the store",
 }
 # ``group``: the design family the tuner starts from (a model named by source, whose family bocb
 # infers, may be corrected here); one of the paper backbones' groups.
@@ -153,6 +161,7 @@ class Study:
     holdout_per_class: int | None = None  # set exactly when selection is "holdout"
     weight_conv: str = "slices"
     tuner: Any = None  # bocb.tuning.TuningConfig under adaptive tuning
+    keep_weights: str = "all"  # see KEEP_WEIGHTS
     plugins: tuple[str, ...] = ()  # modules imported before names are resolved (bocb.plugins)
 
     @property
@@ -435,6 +444,7 @@ def load_study(path: str | Path) -> Study:
         raise StudyError(f"{head}.selection: 'holdout' is not available with tuning 'adaptive' yet: "
                          "valid with adaptive: test")
     weight_conv = choice(head, s, "weight_conv", "slices", CONV_MODES)
+    keep_weights = choice(head, s, "keep_weights", "all", KEEP_WEIGHTS)
 
     backbones = _entries(f"{where} backbones", raw["backbones"], _BACKBONE_KEYS)
     for i, b in enumerate(backbones, 1):
@@ -455,7 +465,7 @@ def load_study(path: str | Path) -> Study:
         time_limit_s=time_limit_s, memory_limit_gb=memory_limit_gb,
         description=s.get("description", ""), overrides=parse_overrides(head, s),
         precision=precision, holdout_per_class=holdout, weight_conv=weight_conv,
-        tuner=parse_tuner(where, raw.get("tuning"), tuning), plugins=plugins,
+        tuner=parse_tuner(where, raw.get("tuning"), tuning), plugins=plugins, keep_weights=keep_weights,
     )
 
 

@@ -181,6 +181,13 @@ def run_registered(options: RunOptions, store: Any, study: Any, new: int, tuner:
         # process: a few cheap snapshots cost less than starting a pool (`bocb diagnose` uses one).
         if options.snapshots:
             measure_snapshots(store, study.study_id, workers=1, conv=config.weight_conv, progress=progress)
+        keep = getattr(study, "keep_weights", "all")  # transfer studies keep every fine-tuned model's
+        if keep != "all":
+            from bocb.prune import prune_weights
+
+            files, size = prune_weights(store, study.study_id, keep)
+            if files:
+                emit(progress, ev.Pruned(keep, files, size))
         from bocb.runner import runner_alive
 
         counts = store.counts(study.study_id)

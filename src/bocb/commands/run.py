@@ -139,6 +139,9 @@ class RunDisplay:
         elif isinstance(event, ev.NotTransferred):
             Console(stderr=True).print(
                 f"[yellow]not transferred[/]: {escape(f'{event.backbone} / {event.optimizer}: {event.reason}')}")
+        elif isinstance(event, ev.Pruned):
+            console.print(f"keep_weights = \"{event.keep}\": deleted {event.files} final weights file(s), "
+                          f"{event.bytes / 1e6:,.0f} MB; their weight diagnostics are in the store")
         elif isinstance(event, ev.Replaced):
             Console(stderr=True).print(
                 f"{event.trials} fine-tuning trial(s) planned from other weights files (re-saved or changed) "

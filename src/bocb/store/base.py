@@ -200,6 +200,10 @@ class Store(ABC):
         replacing an earlier path of that kind."""
 
     @abstractmethod
+    def drop_artifact(self, trial_id: str, kind: str) -> None:
+        """Forget a trial's file of ``kind`` (its file was deleted); nothing when there is none."""
+
+    @abstractmethod
     def artifacts(self, trial_id: str) -> dict[str, str]:
         """A trial's file paths by kind (kinds in sorted order; empty when none). Paths are
         stored as given (the runner gives absolute ones); how an implementation resolves a

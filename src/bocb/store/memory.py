@@ -245,6 +245,10 @@ class MemoryStore(Store):
         with self._lock:
             self._artifacts.setdefault(trial_id, {})[kind] = path
 
+    def drop_artifact(self, trial_id: str, kind: str) -> None:
+        with self._lock:
+            self._artifacts.get(trial_id, {}).pop(kind, None)
+
     def artifacts(self, trial_id: str) -> dict[str, str]:
         with self._lock:
             found = self._artifacts.get(trial_id, {})

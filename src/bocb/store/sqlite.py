@@ -623,6 +623,10 @@ class SQLiteStore(Store):
                                (trial_id,))
         return [dict(r) for r in rows]
 
+    def drop_artifact(self, trial_id: str, kind: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM artifacts WHERE trial_id=? AND kind=?", (trial_id, kind))
+
     def artifacts(self, trial_id: str) -> dict[str, str]:
         """A trial's files by kind. Paths are stored absolute; a relative one (written by an
         earlier bocb, relative to the directory that run started in) is resolved against the
