@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -91,7 +93,7 @@ def _study(out: Path, tuning: str, args: argparse.Namespace, backbone: str, opti
     0..``args.repeat_seeds`` (seed 0 is the trial the arm already trained: same spec, same id)."""
     if tag is None:
         tag = f"-{args.tag}" if args.tag and tuning == "adaptive" else ""
-    values = f"lr = [{setting[0]!r}]\nweight_decay = [{setting[1]!r}]\n" if setting else ""
+    values = f"lr = [{setting[0]!r}]\nweight_decay = [{setting[1] or 0.0!r}]\n" if setting else ""
     text = STUDY.format(
         tuning=tuning, tag=tag, seeds=list(range(args.repeat_seeds + 1)) if setting else [0],
         pair=f"{backbone}-{optimizer}", data=args.data, epochs=args.epochs, batch=args.batch_size,
@@ -175,9 +177,13 @@ def main() -> None:
     judged = [r for r in rows if r.get("judged_within_0.5") is not None]
     held = sum(r["judged_within_0.5"] for r in judged)
     if judged:
-        print(f"judged on {rows[0]['judge_images']} held-out test images, mean of {args.repeat_seeds + 1} seed(s): "
+        images = next((r["judge_images"] for r in judged if "judge_images" in r), 0)
+        diffs = [r["judged_diff"] for r in judged if "judged_diff" in r]
+        spread = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+        print(f"judged on {images} held-out test images, mean of {args.repeat_seeds + 1} seed(s): "
               f"adaptive's choice within 0.5 points of the grid's choice in {held}/{len(judged)} pairs "
-              f"({held / len(judged):.0%})")
+              f"({held / len(judged):.0%}); adaptive minus grid over the pairs: mean {statistics.mean(diffs):+.2f}, "
+              f"median {statistics.median(diffs):+.2f} points (standard error of the mean {spread:.2f})")
     print(json.dumps({"pairs": len(rows), "hits": hits, "share": share, "grid_epochs": grid_epochs,
                       "adaptive_epochs": adaptive_epochs, "epoch_ratio": ratio,
                       "judged_hits": held if judged else None, "judged_pairs": len(judged), "rows": rows}))
@@ -221,8 +227,8 @@ def _judge(store: SQLiteStore, rows: list[dict], args: argparse.Namespace) -> No
     use, averaged over seeds (see "Judging on held-out images" above)."""
     data = None
     for r in rows:
-        if r["adaptive_trial"] is None:
-            r["judged_within_0.5"] = None
+        if r["adaptive_lr"] is None:  # the tuner chose nothing (no finished search): a miss, not left out
+            r["judged_within_0.5"] = False
             continue
         scores: dict[str, list[float]] = {}
         for arm in ("grid", "adaptive"):
@@ -232,10 +238,11 @@ def _judge(store: SQLiteStore, rows: list[dict], args: argparse.Namespace) -> No
             study, _ = _run(store, path, args, args.out, False)
             scores[arm] = []
             for trial in sorted(store.trials(study.study_id), key=lambda t: t["seed"]):
-                if trial["status"] != "done":
-                    scores[arm].append(0.0)  # a diverged or failed repeat scores nothing
-                    continue
                 spec = TrialSpec.from_dict(store.record(trial["trial_id"])["spec"])
+                weights = store.artifacts(trial["trial_id"]).get("final_weights")
+                if weights is None:  # failed, no weights: chance, what such a run is worth
+                    scores[arm].append(100.0 / spec.backbone.num_classes)
+                    continue
                 if data is None:
                     dataset = load_dataset(spec.data, cache_dir=args.out / "cache")
                     # split() holds out exactly the subset the trials were tested on (its rule, seed 0's
@@ -244,16 +251,19 @@ def _judge(store: SQLiteStore, rows: list[dict], args: argparse.Namespace) -> No
                     # images).
                     rest, _ = dataset.test.split(spec.recipe.test_per_class, seed=0)
                     data = rest.subset(args.judge_per_class, seed=1) if args.judge_per_class else rest
-                scores[arm].append(_top1(spec, Path(store.artifacts(trial["trial_id"])["final_weights"]), data,
-                                         args.device))
+                scores[arm].append(_top1(spec, Path(weights), data, args.device))
         grid, adaptive = (sum(v) / len(v) for v in (scores["grid"], scores["adaptive"]))
+        # The difference's standard error from the seeds' paired differences (same seed, same data subset).
+        diffs = [a - g for a, g in zip(scores["adaptive"], scores["grid"])]
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
         r.update(grid_judged=grid, adaptive_judged=adaptive, grid_judged_seeds=scores["grid"],
-                 adaptive_judged_seeds=scores["adaptive"], judge_images=len(data),
-                 **{"judged_within_0.5": adaptive >= grid - 0.5})
+                 adaptive_judged_seeds=scores["adaptive"], judge_images=len(data), judged_diff=adaptive - grid,
+                 judged_diff_se=se, **{"judged_within_0.5": adaptive >= grid - 0.5})
         print(f"{r['pair']:<18} held-out top-1, mean of {len(scores['grid'])} seeds: grid's choice {grid:.2f} "
               f"({', '.join(f'{v:.1f}' for v in scores['grid'])}), adaptive's {adaptive:.2f} "
               f"({', '.join(f'{v:.1f}' for v in scores['adaptive'])}): "
-              f"{'within' if r['judged_within_0.5'] else 'not within'} 0.5", flush=True)
+              f"{'within' if r['judged_within_0.5'] else 'not within'} 0.5; difference {adaptive - grid:+.2f} "
+              f"(standard error {se:.2f} over seeds)", flush=True)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ bocb and reads the same numbers: read-only (through an upgraded copy in memory, 
 and by a writing command (upgraded in place)."""
 
 import hashlib
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -72,5 +73,31 @@ def test_a_writing_open_upgrades_a_v2_store_in_place(old_store):
     db = sqlite3.connect(old_store)
     assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     db.close()
-    with SQLiteStore(old_store, readonly=True) as store:  # and reads the same again, now at v3
+    with SQLiteStore(old_store, readonly=True) as store:  # and reads the same again, now at the current version
         _check_reads_the_same(store, trials, epochs)
+
+
+def test_old_whole_records_and_new_slim_ones_read_back_in_one_upgraded_store(old_store):
+    """After the upgrade the store holds v2's whole records and this version's slim ones side by side."""
+    old_records = {}
+    db = sqlite3.connect(old_store)
+    for tid, text in db.execute("SELECT trial_id, record FROM trials WHERE record IS NOT NULL"):
+        old_records[tid] = json.loads(text)
+    db.close()
+    spec = {"backbone": {"short": "R-18", "num_classes": 10}, "recipe": {"name": "pytorch", "tier": "smoke"},
+            "optimizer": {"short": "SGD-M", "category": "a", "args": {"lr": 1, "weight_decay": 0.0}}, "seed": 0}
+    with SQLiteStore(old_store) as store:
+        store.add_study("new", "new", "new.toml", {})
+        store.add_trials("new", [("fresh", spec)])
+        trial_id, claimed = store.claim("r", 60, "new")
+        # The record's spec says lr 1.0 where the stored spec says 1: not the same JSON, so it stays.
+        record = {"spec": {**claimed, "optimizer": {**claimed["optimizer"], "args": {"lr": 1.0, "weight_decay": 0.0}}},
+                  "status": "done", "final_top1": 50.0, "best_top1": 50.0, "code_version": "t",
+                  "epochs": [{"epoch": e, "test_top1": 50.0, "score": 50.0, "train_loss": 1.0, "note": {"k": [1, 2]},
+                              "images": 10} for e in (1, 2)]}
+        assert store.finish(trial_id, "r", record)
+        back = store.record(trial_id)
+        assert json.dumps(back["spec"], sort_keys=True) == json.dumps(record["spec"], sort_keys=True)
+        assert back["epochs"] == record["epochs"] and back["epochs"][0]["note"] is not back["epochs"][1]["note"]
+        for tid, whole in old_records.items():
+            assert store.record(tid) == whole

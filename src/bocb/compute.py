@@ -51,9 +51,14 @@ def store_bytes(epochs: int) -> int:
 @cache
 def _parameters(backbone_json: str) -> int:
     spec = BackboneSpec.from_dict(json.loads(backbone_json))
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        model = build_backbone(spec)
-    return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    for device in ("meta", "cpu"):  # shapes only on meta; a model that cannot be built there, on the CPU
+        try:
+            with torch.device(device):
+                model = build_backbone(spec)
+            return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+        except (NotImplementedError, RuntimeError):
+            continue
+    raise RuntimeError(f"cannot count the parameters of {spec.short}")
 
 
 def weights_bytes(spec: BackboneSpec) -> int:

@@ -261,7 +261,10 @@ def _store_result(store: Store, me: str, trial_id: str, record: dict[str, Any], 
         stats.notes.append(f"trial {trial_id}: unreadable checkpoint set aside, restarted from epoch 0: "
                            f"{record['checkpoint_set_aside']}")
     if stored and resume and status != "failed":
-        Path(resume).unlink(missing_ok=True)
+        try:
+            Path(resume).unlink(missing_ok=True)
+        except OSError as exc:  # the result is stored; a file left behind only costs disk
+            stats.notes.append(f"trial {trial_id}: its resume checkpoint could not be deleted ({exc})")
     if stored:
         stats.finished[status] = stats.finished.get(status, 0) + 1
         seconds = record.get("seconds", {})

@@ -41,10 +41,10 @@ import pandas as pd
 REQUIRED = ("optimizer", "backbone", "top1")
 OPTIONAL = ("seed", "lr", "weight_decay", "category", "status", "val_top1")
 PAIR = ["optimizer", "backbone"]
-# With a status column (``bocb export``'s rows), only these rows are results; pending, paused,
-# running, failed or skipped trials have no score yet and are left out (counted in
-# ``frame.attrs["left_out"]``).
-RESULT_STATUSES = ("done", "diverged")
+# With a status column (``bocb export``'s rows), rows with one of bocb's other statuses (pending,
+# paused, running, failed, skipped) have no score and are left out (counted in
+# ``frame.attrs["left_out"]``); any other word (a user's own "ok") is kept as a result.
+NOT_RESULTS = ("pending", "running", "paused", "failed", "skipped")
 
 
 def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +54,7 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     whenever some pair has replicate rows (numbered in input order if the input had none).
     Raises ``ValueError`` (one line) for missing columns, non-numeric or missing ``top1``, or two
     rows claiming the same pair, setting and seed. With a ``status`` column, rows that are not
-    results (see :data:`RESULT_STATUSES`) are left out first, and counted in ``attrs["left_out"]``.
+    results (see :data:`NOT_RESULTS`) are left out first, and counted in ``attrs["left_out"]``.
     """
     if isinstance(source, pd.DataFrame):
         frame = source.copy()
@@ -77,11 +77,11 @@ def load_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         )
     left_out = 0
     if "status" in frame.columns:
-        result = frame["status"].isin(RESULT_STATUSES)
+        result = ~frame["status"].isin(NOT_RESULTS)
         left_out = int((~result).sum())
         frame = frame.loc[result].reset_index(drop=True)
         if left_out and not len(frame):
-            raise ValueError(f"none of the {left_out} rows is a result (status {', '.join(RESULT_STATUSES)}): "
+            raise ValueError(f"none of the {left_out} rows is a result (they are {', '.join(NOT_RESULTS)}): "
                              "run the study first")
     if not len(frame):
         raise ValueError("results are empty: need at least one row of optimizer, backbone, top1")

@@ -125,7 +125,9 @@ class Store(ABC):
     @abstractmethod
     def claim(self, runner: str, lease_s: float, study_id: str | None = None) -> tuple[str, dict[str, Any]] | None:
         """Take the first runnable trial of the study (of the store when None), in the order the
-        module doc states: a ``pending`` one, or a ``running`` one whose lease has expired.
+        module doc states: a ``pending`` one, or a ``running`` one whose lease has expired. (The
+        SQLite store walks on from its own last claim, so a trial another process makes runnable
+        again behind that point is taken once nothing lies ahead; see its ``claim``.)
         Atomically it becomes ``running`` under ``runner`` with a lease until now + ``lease_s``;
         its ``attempts`` count goes up by one and ``started`` is now. Returns ``(trial_id, spec)``,
         or None when nothing is runnable (``paused``, ``failed``, ``skipped`` and final trials

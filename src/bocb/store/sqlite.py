@@ -21,7 +21,7 @@ from bocb.store.base import (
     result_to_store, summary_fields,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The tuning_rungs table (adaptive tuning) is a new table only, created on open, so it needs no
 # version step: a file without it gains it, and older bocb versions never read it.
 # v2 added the weight-diagnostics tables (snapshots, layer_metrics, study_snapshots) and the trials'
@@ -32,6 +32,10 @@ SCHEMA_VERSION = 3
 # `test_top1` held the task's headline metric (box AP for detection); from v3 they hold top-1 only
 # (NULL for other metrics) and the score columns hold the metric. Both steps are additive, so an
 # older file is upgraded in place when a writing command opens it (see _upgrade).
+# v4 keeps records slim (_slim: without the copies of the spec and epoch rows other tables hold);
+# nothing in an older file changes, so v3 files are read as they are and the step only renumbers
+# them. The number exists so that an older bocb refuses a v4 file instead of reading slim records
+# as if they were whole (no spec, epochs without scores).
 _V3_COLUMNS = (
     "ALTER TABLE trials ADD COLUMN metric TEXT",
     "ALTER TABLE trials ADD COLUMN final_score REAL",
@@ -42,7 +46,8 @@ _V3_COLUMNS = (
     "ALTER TABLE trials ADD COLUMN best_val REAL",
     "ALTER TABLE epochs ADD COLUMN score REAL",
 )
-_UPGRADES = {1: ("ALTER TABLE trials ADD COLUMN pretrained TEXT", *_V3_COLUMNS), 2: _V3_COLUMNS}
+_UPGRADES = {1: ("ALTER TABLE trials ADD COLUMN pretrained TEXT", *_V3_COLUMNS), 2: _V3_COLUMNS, 3: ()}
+_READABLE_AS_IS = (3,)  # versions a reading command opens without an upgraded copy
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,6 +114,10 @@ _SPEC_FIELDS = ("backbone", "optimizer", "category", "lr", "weight_decay", "seed
 _MOVED = "_stored_elsewhere"
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
 def _slim(result: TrialResult, spec: dict[str, Any] | None) -> dict[str, Any]:
     """The record as the trials table keeps it: without what other tables already hold.
 
@@ -121,7 +130,8 @@ def _slim(result: TrialResult, spec: dict[str, Any] | None) -> dict[str, Any]:
     """
     record = dict(result.record)
     moved: dict[str, Any] = {}
-    if spec is not None and record.get("spec") == spec:
+    # Compared as JSON text: Python's == takes 1 == 1.0 == True, which would give back another type.
+    if spec is not None and _json(record.get("spec")) == _json(spec):
         del record["spec"]
         moved["spec"] = True
     rows = record.get("epochs")
@@ -136,8 +146,8 @@ def _slim(result: TrialResult, spec: dict[str, Any] | None) -> dict[str, Any]:
             rows = [{k: v for k, v in r.items() if k not in keys} for r in rows]
             moved["epochs"] = keys
             # A field with one value in every row (the images an epoch saw) is kept once.
-            same = {k: rows[0][k] for k in rows[0] if k != "epoch" and all(k in r and r[k] == rows[0][k]
-                                                                           and type(r[k]) is type(rows[0][k]) for r in rows)}
+            same = {k: rows[0][k] for k in rows[0] if k != "epoch" and all(
+                k in r and _json(r[k]) == _json(rows[0][k]) for r in rows)}
             if same:
                 rows = [{k: v for k, v in r.items() if k not in same} for r in rows]
                 moved["same"] = same
@@ -231,7 +241,7 @@ class SQLiteStore(Store):
             if "meta" not in tables or "trials" not in tables:
                 raise _damaged(self.path, "no bocb tables")
             version = self._check_version()
-            if version is not None and version != SCHEMA_VERSION:
+            if version is not None and version != SCHEMA_VERSION and version not in _READABLE_AS_IS:
                 self._upgraded_copy(version)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +264,7 @@ class SQLiteStore(Store):
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) in _UPGRADES:
-                _upgrade(self._db, _UPGRADES[int(row[0])])
+                _upgrade(self._db, int(row[0]))
                 self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _upgraded_copy(self, version: int) -> None:
@@ -271,7 +281,7 @@ class SQLiteStore(Store):
         with self._tx():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
-            _upgrade(self._db, _UPGRADES[version])
+            _upgrade(self._db, version)
             self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
         self._db.execute("PRAGMA query_only=ON")
 
@@ -420,7 +430,10 @@ class SQLiteStore(Store):
         # (PASSIVE: it waits for nobody). Otherwise SQLite's automatic checkpoint falls on whichever
         # commit crosses 1,000 WAL pages, often a claim, which then took 20-30 ms instead of 0.3
         # (benchmarks/scale.py at 30,000 trials of 200 epochs).
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:  # the result is committed: a checkpoint that cannot run now runs later
+            pass
         return True
 
     def release(self, trial_id: str, runner: str) -> None:
@@ -614,8 +627,9 @@ class SQLiteStore(Store):
         keys = moved.get("epochs") or []
         if keys:
             table = {r["epoch"]: r for r in self.epochs(trial_id)}
-            same = moved.get("same") or {}
-            record["epochs"] = [{**{k: table[r["epoch"]][k] for k in keys}, **same, **r} for r in record["epochs"]]
+            same = json.dumps(moved.get("same") or {})  # a fresh copy per row: rows stay independent
+            record["epochs"] = [{**{k: table[r["epoch"]][k] for k in keys}, **json.loads(same), **r}
+                                for r in record["epochs"]]
         return record
 
     def epochs(self, trial_id: str) -> list[dict[str, Any]]:
@@ -650,7 +664,7 @@ class SQLiteStore(Store):
         self._db.close()
 
 
-def _upgrade(db: sqlite3.Connection, statements: tuple[str, ...]) -> None:
+def _upgrade(db: sqlite3.Connection, version: int) -> None:
     """Bring an older file to this schema inside the open transaction: the new columns, then, for
     every trial with a result, its v3 fields.
 
@@ -659,9 +673,11 @@ def _upgrade(db: sqlite3.Connection, statements: tuple[str, ...]) -> None:
     columns and epoch rows, which held the task's headline metric whatever the task, so an
     upgraded study reads exactly the numbers it read before. Trials without a result keep NULLs
     (as in a store written at v3). A record that cannot be read fails the open as a StoreError,
-    with the file unchanged (the transaction rolls back)."""
-    for statement in statements:
+    with the file unchanged (the transaction rolls back). From v3 on there is nothing to rewrite."""
+    for statement in _UPGRADES[version]:
         db.execute(statement)
+    if version >= 3:
+        return
     rows = db.execute("SELECT trial_id, spec, record, final_top1, best_top1 FROM trials "
                       "WHERE record IS NOT NULL").fetchall()
     for row in rows:
