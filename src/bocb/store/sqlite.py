@@ -122,11 +122,12 @@ def _slim(result: TrialResult, spec: dict[str, Any] | None) -> dict[str, Any]:
     """The record as the trials table keeps it: without what other tables already hold.
 
     A record repeated its spec (the trials table's ``spec``) and every epoch row (the ``epochs``
-    table): 2.1 GB of a 30,000-trial store at 200 epochs was such copies. Dropped here, and put back
-    by :meth:`SQLiteStore.record`, only where the copy is exact: the spec when it equals the stored
-    one; an epoch field when every row has it and it equals the table's value; another field with
-    one value in every row (``images``), kept once. Other fields (hold-out scores) stay in the rows. ``_stored_elsewhere`` names what
-    was dropped; records written before it are read as they are.
+    table): with them a 30,000-trial store at 200 epochs was 2.4 GB, without them 0.9 GB
+    (benchmarks/scale.py). Dropped here, and put back by :meth:`SQLiteStore.record`, only where the
+    copy is exact: the spec when it equals the stored one; an epoch field when every row has it and
+    it equals the table's value; another field with one value in every row (``images``), kept
+    once. Other fields (hold-out scores) stay in the rows. ``_stored_elsewhere`` names what was
+    dropped; records written before it are read as they are.
     """
     record = dict(result.record)
     moved: dict[str, Any] = {}
