@@ -81,7 +81,7 @@ def _study(out: Path, trials: int) -> Path:
     return path
 
 
-def _record(spec: dict, epochs: int, rng: random.Random, pair_effect: float, snapshot: bool) -> dict:
+def _record(trial_id: str, spec: dict, epochs: int, rng: random.Random, pair_effect: float, snapshot: bool) -> dict:
     final = max(1.0, min(99.0, pair_effect + rng.gauss(0, 1.5)))
     rows = [{"epoch": e + 1, "train_loss": 4.6 * (1 - e / epochs) + 0.2, "test_top1": final * (e + 1) / epochs,
              "test_top5": min(100.0, final * 1.2 * (e + 1) / epochs), "test_loss": 4.0 * (1 - e / epochs) + 0.5,
@@ -96,7 +96,7 @@ def _record(spec: dict, epochs: int, rng: random.Random, pair_effect: float, sna
               "artifacts": {}, "selection": "test"}
     if snapshot:
         record["diagnostics"] = {
-            "snapshot_id": spec["_id"], "trial_id": spec["_id"], "source": "final",
+            "snapshot_id": trial_id, "trial_id": trial_id, "source": "final", "path": f"/bench/{trial_id}/final.safetensors",
             "backbone": spec["backbone"]["short"], "seed": spec["seed"], "settings": {"conv": "reshape"},
             "layers": [{"layer": f"layer{i}", "kind": "conv", "shape": (64, 576), "n_eig": 64,
                         "alpha": 2.0 + rng.random() * 4, "alpha_status": "ok", "n_tail": 20, "xmin": 0.1,
@@ -158,10 +158,7 @@ def main() -> None:
         claims.append((i, time.perf_counter() - t0))
         key = (spec["backbone"]["short"], spec["optimizer"]["short"])
         effects.setdefault(key, rng.uniform(20, 80))
-        record = _record({**spec, "_id": trial_id}, args.epochs, rng, effects[key], rng.random() < args.diagnostics)
-        record["spec"] = spec
-        if "diagnostics" in record:
-            record["diagnostics"]["path"] = f"/bench/{trial_id}/final.safetensors"
+        record = _record(trial_id, spec, args.epochs, rng, effects[key], rng.random() < args.diagnostics)
         t0 = time.perf_counter()
         store.finish(trial_id, "bench", record)
         finishes.append(time.perf_counter() - t0)

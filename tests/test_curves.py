@@ -13,7 +13,7 @@ import pytest
 from cli_inproc import bocb
 from bocb.report.curves import time_to_accuracy
 from bocb.store import SQLiteStore
-from bocb.study import load_study
+from stores import study_in_store, trial_spec
 
 # Per (backbone, optimizer): test top-1 at epochs 1..4 (10 s of training each).
 CURVES = {
@@ -38,18 +38,10 @@ def test_time_to_accuracy_by_hand():
 
 
 def _store(tmp_path):
-    study_file = tmp_path / "curves.toml"
-    study_file.write_text('backbones = ["R-50", "DeiT-S"]\noptimizers = ["SGD-M", "AdamW"]\n'
-                          '[study]\nname = "curves"\ntuning = "fixed"\n')
-    study = load_study(study_file)
-    store_path = tmp_path / "store.sqlite"
+    study_file, study, store_path = study_in_store(tmp_path, "curves", ["R-50", "DeiT-S"], ["SGD-M", "AdamW"])
     with SQLiteStore(store_path) as store:
-        store.add_study(study.study_id, "curves", str(study_file), study.settings)
         ids = {f"{b}-{o}": (b, o) for b, o in CURVES}
-        store.add_trials(study.study_id, [(f"{b}-{o}", {
-            "backbone": {"short": b, "num_classes": 10}, "optimizer": {"short": o, "category": "b",
-                                                                      "args": {"lr": 0.1, "weight_decay": 0.0}},
-            "recipe": {"name": "pytorch", "tier": "smoke"}, "seed": 0}) for b, o in CURVES])
+        store.add_trials(study.study_id, [(f"{b}-{o}", trial_spec(b, o, lr=0.1, weight_decay=0.0)) for b, o in CURVES])
         for _ in CURVES:
             tid, _spec = store.claim("r", 60, study.study_id)
             scores = CURVES[ids[tid]]

@@ -186,22 +186,12 @@ def test_seeded_report_without_bootstrap_says_so(tmp_path):
 def test_cli_report_on_a_study_in_the_store(tmp_path):
     """`bocb report STUDY --store` reads the store (never the trainer) and names left-out trials."""
     from bocb.store import SQLiteStore
-    from bocb.study import load_study
+    from stores import study_in_store, trial_spec
 
-    study_file = tmp_path / "s.toml"
-    study_file.write_text('backbones = ["R-50", "CNX-T"]\noptimizers = ["SGD-M", "AdamW", "LAMB"]\n'
-                          '[study]\nname = "s"\ntuning = "fixed"\n')
-    study = load_study(study_file)
-    store_path = tmp_path / "store.sqlite"
+    study_file, study, store_path = study_in_store(tmp_path, "s", ["R-50", "CNX-T"], ["SGD-M", "AdamW", "LAMB"])
     pairs = [(b, o) for b in ("R-50", "CNX-T") for o in ("SGD-M", "AdamW", "LAMB")]
     with SQLiteStore(store_path) as store:
-        store.add_study(study.study_id, "s", str(study_file), study.settings)
-        store.add_trials(study.study_id, [
-            (f"t{i}", {"backbone": {"short": b, "num_classes": 10},
-                       "optimizer": {"short": o, "category": "b", "args": {"lr": 1e-3, "weight_decay": 0.05}},
-                       "recipe": {"name": "pytorch", "tier": "smoke"}, "seed": 0})
-            for i, (b, o) in enumerate(pairs)
-        ])
+        store.add_trials(study.study_id, [(f"t{i}", trial_spec(b, o)) for i, (b, o) in enumerate(pairs)])
         for i in range(len(pairs)):
             tid, _ = store.claim("r", 60, study.study_id)
             failed = i == len(pairs) - 1

@@ -12,6 +12,7 @@ import pytest
 
 from bocb.store import SQLiteStore
 from bocb.study import expand, load_study
+from stores import trial_spec
 
 
 def test_expanding_a_study_looks_each_library_version_up_once(monkeypatch, tmp_path):
@@ -39,9 +40,7 @@ def test_expanding_a_study_looks_each_library_version_up_once(monkeypatch, tmp_p
 def _store_with(path, n: int) -> SQLiteStore:
     store = SQLiteStore(path)
     store.add_study("S", "s", "s.toml", {})
-    spec = {"backbone": {"short": "R-18", "num_classes": 10}, "recipe": {"name": "pytorch", "tier": "smoke"},
-            "optimizer": {"short": "SGD-M", "category": "a", "args": {"lr": 0.1, "weight_decay": 5e-4}}}
-    store.add_trials("S", [(f"t{i:06d}", {**spec, "seed": i}) for i in range(n)])
+    store.add_trials("S", [(f"t{i:06d}", trial_spec("R-18", "SGD-M", 0.1, 5e-4, seed=i)) for i in range(n)])
     return store
 
 

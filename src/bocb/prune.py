@@ -18,8 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bocb.store import Store
-
-KEEP = ("all", "best", "none")
+from bocb.study import KEEP_WEIGHTS
 
 
 def _best_runs(results) -> set[str]:
@@ -36,8 +35,8 @@ def _best_runs(results) -> set[str]:
 
 def prune_weights(store: Store, study_id: str, keep: str) -> tuple[int, int]:
     """Delete the study's final weights that ``keep`` does not keep; returns (files, bytes) deleted."""
-    if keep not in KEEP:
-        raise ValueError(f"unknown keep_weights {keep!r}: valid: {', '.join(KEEP)}")
+    if keep not in KEEP_WEIGHTS:
+        raise ValueError(f"unknown keep_weights {keep!r}: valid: {', '.join(KEEP_WEIGHTS)}")
     if keep == "all":
         return 0, 0
     from bocb.analysis.from_store import results_frame
