@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from bocb.fencing import Fence, temp_path
+from bocb.lazy import lazy_module
+
+# Imported when weights are first read or written (bocb.lazy): hashing a file needs neither.
+torch = lazy_module("torch")
+st_torch = lazy_module("safetensors.torch")
 
 _TENSOR = "__tensor__"
 
@@ -89,7 +92,7 @@ def save(path: Path, state: dict[str, Any], fence: Fence | None = None) -> None:
     skeleton = _flatten(state, "", tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    save_file(tensors, str(tmp), metadata={"bocb": json.dumps(skeleton, allow_nan=False)})
+    st_torch.save_file(tensors, str(tmp), metadata={"bocb": json.dumps(skeleton, allow_nan=False)})
     _publish(tmp, path, fence)
 
 
@@ -101,7 +104,7 @@ def load(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
         meta = f.metadata() or {}
     if "bocb" not in meta:
         raise ValueError(f"{path} is not a bocb checkpoint (no 'bocb' metadata)")
-    tensors = load_file(str(path), device=str(device))
+    tensors = st_torch.load_file(str(path), device=str(device))
     return _unflatten(json.loads(meta["bocb"]), tensors)
 
 
@@ -112,7 +115,7 @@ def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    save_file(state, str(tmp), metadata=metadata)
+    st_torch.save_file(state, str(tmp), metadata=metadata)
     _publish(tmp, path, fence)
 
 
@@ -165,7 +168,7 @@ def load_weights(model: torch.nn.Module, path: Path, *, skip: str | None = None,
     def kept(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return state if skip is None else {k: v for k, v in state.items() if not k.startswith(skip + ".")}
 
-    state, expected = kept(load_file(str(path), device="cpu")), kept(model.state_dict())
+    state, expected = kept(st_torch.load_file(str(path), device="cpu")), kept(model.state_dict())
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     misshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or misshaped:

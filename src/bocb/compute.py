@@ -1,7 +1,9 @@
 """Compute estimates: forward FLOPs of a backbone, and the FLOPs a trial will spend.
 
-FLOPs come from PyTorch's own counter (``torch.utils.flop_counter``) on one image, on the meta
-device when the model allows it (no memory, milliseconds) and on CPU otherwise. A training step is
+The zoo's own backbones are looked up in the counted table :mod:`bocb.sizes` (no model is
+built and torch is not imported); anything else is counted here with PyTorch's own counter
+(``torch.utils.flop_counter``) on one image, on the meta device when the model allows it (no
+memory, milliseconds) and on CPU otherwise. Counts are cached per process. A training step is
 counted as 3x the forward (forward + backward), the usual rule.
 """
 
@@ -9,29 +11,71 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from typing import TYPE_CHECKING
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from bocb import sizes
 
-from bocb.spec import TrialSpec
-from bocb.zoo import BackboneSpec, build_backbone
+if TYPE_CHECKING:
+    from bocb.spec import TrialSpec
+    from bocb.zoo import BackboneSpec
 
 
-@cache
-def _forward_flops(backbone_json: str) -> float:
-    spec = BackboneSpec.from_dict(json.loads(backbone_json))
+def _built(spec_json: str, device: str):
+    import torch
+
+    from bocb.zoo import BackboneSpec, build_backbone
+
+    spec = BackboneSpec.from_dict(json.loads(spec_json))
+    with torch.device(device):
+        return spec, build_backbone(spec).eval()
+
+
+def count_forward_flops(backbone_json: str) -> float:
+    """FLOPs of one forward pass, counted on the built model (no table)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     for device in ("meta", "cpu"):
         try:
+            spec, model = _built(backbone_json, device)
             with torch.device(device):
-                model = build_backbone(spec).eval()
                 x = torch.zeros(1, 3, spec.input_size, spec.input_size)
             with FlopCounterMode(display=False) as counter, torch.no_grad():
                 model(x)
             return float(counter.get_total_flops())
         except (NotImplementedError, RuntimeError):
             continue  # an op without a meta kernel: count on real (CPU) tensors instead
-    raise RuntimeError(f"cannot count FLOPs of {spec.short}")
+    raise RuntimeError(f"cannot count FLOPs of {json.loads(backbone_json)['short']}")
 
+
+def count_state(backbone_json: str) -> tuple[int, int]:
+    """(parameters, parameters + buffers) of the built model (no table)."""
+    for device in ("meta", "cpu"):  # shapes only on meta; a model that cannot be built there, on the CPU
+        try:
+            _, model = _built(backbone_json, device)
+            params = sum(p.numel() for p in model.parameters())
+            return params, params + sum(b.numel() for b in model.buffers())
+        except (NotImplementedError, RuntimeError):
+            continue
+    raise RuntimeError(f"cannot count the parameters of {json.loads(backbone_json)['short']}")
+
+
+@cache
+def _forward_flops(backbone_json: str) -> float:
+    found = sizes.lookup(json.loads(backbone_json), "flops")
+    return found if found is not None else count_forward_flops(backbone_json)
+
+
+@cache
+def _state(backbone_json: str) -> int:
+    found = sizes.lookup(json.loads(backbone_json), "state")
+    return int(found) if found is not None else count_state(backbone_json)[1]
+
+
+# Effective training throughput used for time estimates, from a measurement: a CIFAR ResNet-18
+# (0.56 GFLOPs forward) trains at 18.6k img/s on one H100 with bf16 and data on the GPU, i.e.
+# 0.56e9 * 3 * 18.6e3 = 31 TFLOP/s of forward+backward work.
+EFFECTIVE_FLOPS = 31e12
 
 # The store's bytes per finished trial and per epoch row, all tables and indexes included, as
 # benchmarks/scale.py measured them (30,000 trials x 200 epochs, every trial with a 20-layer
@@ -48,22 +92,9 @@ def store_bytes(epochs: int) -> int:
     return STORE_BYTES_PER_TRIAL + STORE_BYTES_PER_EPOCH * epochs
 
 
-@cache
-def _parameters(backbone_json: str) -> int:
-    spec = BackboneSpec.from_dict(json.loads(backbone_json))
-    for device in ("meta", "cpu"):  # shapes only on meta; a model that cannot be built there, on the CPU
-        try:
-            with torch.device(device):
-                model = build_backbone(spec)
-            return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
-        except (NotImplementedError, RuntimeError):
-            continue
-    raise RuntimeError(f"cannot count the parameters of {spec.short}")
-
-
 def weights_bytes(spec: BackboneSpec) -> int:
     """Bytes of one trial's final weights (fp32 safetensors; the header is negligible)."""
-    return 4 * _parameters(spec.to_json())
+    return 4 * _state(spec.to_json())
 
 
 def forward_flops(spec: BackboneSpec) -> float:

@@ -9,7 +9,9 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-import torch
+from bocb.lazy import lazy_module
+
+torch = lazy_module("torch")  # imported when a device or version is described (bocb.lazy)
 
 # The libraries whose versions can change a result.
 LIBRARIES = (

@@ -84,6 +84,10 @@ class Registry(Generic[T]):
         except (KeyError, ValueError):  # a name of the resolvable form that resolves to nothing
             return False
 
+    def registered(self, name: str) -> bool:
+        """Whether ``name`` is registered (or an alias), without asking ``on_miss``."""
+        return _norm(name) in self._lookup
+
     def _resolve(self, name: str) -> str | None:
         """``on_miss``'s record for ``name``, registered (``name`` becoming an alias of it when it
         differs, e.g. a bare timm name); its canonical name, or None."""

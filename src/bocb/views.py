@@ -85,7 +85,10 @@ def optimizer_frame(category: str | None = None, paper_only: bool = False) -> pd
 
 
 def describe(name: str, lr: float | None = None, wd: float | None = None) -> dict[str, Any]:
-    """Backbone or optimizer metadata; for an optimizer also its fully resolved spec."""
+    """Backbone or optimizer metadata; for an optimizer also its fully resolved spec. A registered
+    optimizer is found before a backbone name is looked up in timm (which imports timm)."""
+    if name in OPTIMIZERS and not BACKBONES.registered(name):
+        return _describe_optimizer(name, lr, wd)
     if name in BACKBONES:
         info = BACKBONES.get(name)
         from bocb.recipes import recipe_for
@@ -96,11 +99,7 @@ def describe(name: str, lr: float | None = None, wd: float | None = None) -> dic
         # The recipe a paper-tier trial of this backbone runs, overrides applied and named.
         return {"backbone": out, "recipe": recipe_for(info).to_dict()}
     if name in OPTIMIZERS:
-        info = get_optimizer_info(name)
-        out = {k: v for k, v in vars(info).items() if k not in ("fixed", "exempt_options")}
-        out["fixed"], out["exempt_options"] = dict(info.fixed), dict(info.exempt_options)
-        out["lr_grid"], out["wd_grid"] = info.lr_grid(), info.wd_grid()
-        return {"optimizer": out, "resolved": resolve_optimizer(name, lr=lr, weight_decay=wd).to_dict()}
+        return _describe_optimizer(name, lr, wd)
     # Neither: report the closest names of both kinds in one line.
     close = []
     for registry in (BACKBONES, OPTIMIZERS):
@@ -110,6 +109,14 @@ def describe(name: str, lr: float | None = None, wd: float | None = None) -> dic
             close += err.close
     valid = BACKBONES.names() + OPTIMIZERS.names()
     raise UnknownNameError("backbone or optimizer", name, close[:3], valid)
+
+
+def _describe_optimizer(name: str, lr: float | None, wd: float | None) -> dict[str, Any]:
+    info = get_optimizer_info(name)
+    out = {k: v for k, v in vars(info).items() if k not in ("fixed", "exempt_options")}
+    out["fixed"], out["exempt_options"] = dict(info.fixed), dict(info.exempt_options)
+    out["lr_grid"], out["wd_grid"] = info.lr_grid(), info.wd_grid()
+    return {"optimizer": out, "resolved": resolve_optimizer(name, lr=lr, weight_decay=wd).to_dict()}
 
 
 def print_protocol(console: Console, fmt: str, differences_only: bool = False) -> None:

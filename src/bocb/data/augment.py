@@ -71,20 +71,26 @@ Choices, stated once here and recorded through :meth:`AugmentConfig.to_dict`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from timm.data import Mixup
-from timm.data.mixup import mixup_target
-from timm.data.random_erasing import RandomErasing
-from torch import Tensor
-from torchvision.transforms import v2
+
+from bocb.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# Imported when a batch is first augmented (bocb.lazy): a recipe's AugmentConfig needs none of them.
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+timm_mixup = lazy_module("timm.data.mixup")
+timm_erasing = lazy_module("timm.data.random_erasing")
+v2 = lazy_module("torchvision.transforms.v2")
 
 # Per-channel mean and std of the training images on a [0, 1] scale (population std over all
 # pixels). CIFAR-10: the values of the original binary release (the JPEG copy in shared/data
@@ -101,6 +107,15 @@ TIMM_MAX_MAGNITUDE = 10
 RANDAUGMENT_BINS = 31
 _BINS_PER_TIMM_STEP = (RANDAUGMENT_BINS - 1) // TIMM_MAX_MAGNITUDE
 PAD_MODES = ("zeros", "reflect")
+
+
+def _no_grad(method: Any) -> Any:
+    """``torch.no_grad()`` as a decorator that does not need torch when the class is defined."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -305,12 +320,12 @@ class BatchAugment:
         self.device = self._mean.device  # with its index filled in, e.g. cuda:0
         self._randaugment = self._build_randaugment(config)
         self._erasing = (
-            RandomErasing(config.random_erasing, mode="pixel", device=self.device)
+            timm_erasing.RandomErasing(config.random_erasing, mode="pixel", device=self.device)
             if config.random_erasing > 0
             else None
         )
         self._mixup = (
-            Mixup(
+            timm_mixup.Mixup(
                 mixup_alpha=config.mixup_alpha,
                 cutmix_alpha=config.cutmix_alpha,
                 prob=config.mix_prob,
@@ -369,13 +384,13 @@ class BatchAugment:
             x = x.clamp_(0.0, 1.0)  # bicubic overshoots past the valid range at edges
         return x.sub_(self._mean).div_(self._std)
 
-    @torch.no_grad()
+    @_no_grad
     def eval(self, images: Tensor) -> Tensor:
         """Normalised float32 images (resized under the upsample policy); no random operation."""
         self._check_images(images)
         return self._to_input(images)
 
-    @torch.no_grad()
+    @_no_grad
     def train(
         self, images: Tensor, labels: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
@@ -398,7 +413,7 @@ class BatchAugment:
         if not self.uses_global_rngs:
             x = self._to_input(images)
             if self.soft_targets:
-                return x, mixup_target(labels, self.num_classes, 1.0, config.label_smoothing)
+                return x, timm_mixup.mixup_target(labels, self.num_classes, 1.0, config.label_smoothing)
             return x, labels
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         with _seeded_global_rngs(seed, self.device):
@@ -411,7 +426,7 @@ class BatchAugment:
             if self._mixup is not None:
                 return self._mix(x, labels)
         if self.soft_targets:
-            return x, mixup_target(labels, self.num_classes, 1.0, config.label_smoothing)
+            return x, timm_mixup.mixup_target(labels, self.num_classes, 1.0, config.label_smoothing)
         return x, labels
 
     def _mix(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

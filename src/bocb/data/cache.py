@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-import torch
-import torchvision
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from bocb.lazy import lazy_module
+
+# Imported when a cache file is first read or written (bocb.lazy).
+torch = lazy_module("torch")
+torchvision = lazy_module("torchvision")
+safetensors = lazy_module("safetensors")
+st_torch = lazy_module("safetensors.torch")
 
 # Bump when the fingerprint recipe or the cache layout changes, so old entries stop matching.
 FORMAT = "bocb-data/1"
@@ -100,7 +103,7 @@ def read_cache(path: Path, fingerprint: str) -> DecodedSplits | None:
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safetensors.safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if (meta.get("format"), meta.get("fingerprint"), meta.get("decoder")) != (
             FORMAT, fingerprint, _decoder()
@@ -108,7 +111,7 @@ def read_cache(path: Path, fingerprint: str) -> DecodedSplits | None:
             return None
         # safetensors maps the file copy-on-write: pages are read on first touch, and writes to
         # the tensors never reach the file.
-        tensors = load_file(str(path))
+        tensors = st_torch.load_file(str(path))
         splits = DecodedSplits(
             *(tensors[key] for key in _TENSORS), classes=tuple(json.loads(meta["classes"]))
         )
@@ -141,9 +144,9 @@ def write_cache(path: Path, splits: DecodedSplits, *, fingerprint: str, name: st
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
         os.close(fd)
-        save_file(tensors, tmp, metadata=metadata)
+        st_torch.save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
-    except (OSError, SafetensorError) as err:
+    except (OSError, safetensors.SafetensorError) as err:
         warnings.warn(f"could not write the dataset cache {path}: {err}", stacklevel=3)
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

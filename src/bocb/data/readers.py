@@ -22,21 +22,32 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import torch
-from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import check_integrity
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2 import functional as TF
 
 from bocb.data.cache import DecodedSplits
 from bocb.data.safe_pickle import load_batch
 from bocb.data.types import DataNotFoundError, _hw
+from bocb.lazy import lazy_module
 
-_CIFAR = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+# Imported when data is first read (bocb.lazy): naming or detecting a dataset needs none of them.
+pa = lazy_module("pyarrow")
+pc = lazy_module("pyarrow.compute")
+pq = lazy_module("pyarrow.parquet")
+torch = lazy_module("torch")
+tv_datasets = lazy_module("torchvision.datasets")
+tv_utils = lazy_module("torchvision.datasets.utils")
+tv_io = lazy_module("torchvision.io")
+TF = lazy_module("torchvision.transforms.v2.functional")
+
+# torchvision's CIFAR class per kind, and the folder each unpacks to (the classes' base_folder,
+# written out so that finding CIFAR on disk imports nothing; tests/test_light_commands.py checks).
+_CIFAR = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def cifar_class(kind: str) -> type:
+    """torchvision's dataset class for ``kind`` (cifar10 or cifar100)."""
+    return getattr(tv_datasets, _CIFAR[kind])
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # The held-out split of a Parquet dataset, by preference (the hub's ImageNet calls it validation).
 _TEST_SPLITS = ("test", "validation", "valid", "val")
@@ -64,18 +75,18 @@ class _Plan:
 
 def _cifar_files(kind: str) -> list[tuple[str, str]]:
     """(file name, official md5) of every file torchvision's reader opens."""
-    cls = _CIFAR[kind]
+    cls = cifar_class(kind)
     return [(n, md5) for n, md5 in cls.train_list + cls.test_list] + [(cls.meta["filename"], cls.meta["md5"])]
 
 
 def _cifar_plan(kind: str, root: Path) -> _Plan:
-    batches = root / _CIFAR[kind].base_folder
-    official = all(check_integrity(str(batches / name), md5) for name, md5 in _cifar_files(kind))
+    batches = root / CIFAR_FOLDERS[kind]
+    official = all(tv_utils.check_integrity(str(batches / name), md5) for name, md5 in _cifar_files(kind))
     source = (f"torchvision {_CIFAR_TITLES[kind]} python batches at {batches.resolve()} "
               f"({'the official release files' if official else 'not the official release: md5 differs'})")
 
     def read() -> DecodedSplits:
-        cls = _CIFAR[kind]
+        cls = cifar_class(kind)
         train_images, train_labels = _read_cifar_split(batches, [n for n, _ in cls.train_list])
         test_images, test_labels = _read_cifar_split(batches, [n for n, _ in cls.test_list])
         meta = load_batch(batches / cls.meta["filename"])
@@ -380,7 +391,7 @@ def _decode_all(blobs: Sequence[torch.Tensor | str], image_size: int | None,
     out: torch.Tensor | None = None
     for i, blob in enumerate(blobs):
         try:
-            img = decode_image(blob, mode=ImageReadMode.RGB)
+            img = tv_io.decode_image(blob, mode=tv_io.ImageReadMode.RGB)
         except RuntimeError as err:
             raise ValueError(f"cannot decode image {_name(names, i)}: {str(err).splitlines()[0]}") from None
         if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):

@@ -32,6 +32,8 @@ from bocb.data.cache import cache_path, fingerprint, read_cache, write_cache
 from bocb.data.readers import (
     _CIFAR,
     _CIFAR_TITLES,
+    CIFAR_FOLDERS,
+    cifar_class,
     _Plan,
     _arrow_plan_at,
     _cifar_files,
@@ -95,10 +97,10 @@ def _detect(path: Path) -> DatasetSpec:
         if path.suffix == ".parquet":
             return DatasetSpec("parquet", root)
         raise ValueError(f"{path} is a file but not .parquet: pass a .parquet file or a data folder")
-    for kind, cls in _CIFAR.items():
-        if path.name == cls.base_folder:
+    for kind, folder in CIFAR_FOLDERS.items():
+        if path.name == folder:
             return DatasetSpec(kind, str(path.parent.absolute()))
-    cifar = [kind for kind, cls in _CIFAR.items() if (path / cls.base_folder).is_dir()]
+    cifar = [kind for kind, folder in CIFAR_FOLDERS.items() if (path / folder).is_dir()]
     if len(cifar) > 1:
         raise ValueError(f"{path} holds both cifar-10-batches-py and cifar-100-python: "
                          f"write cifar10:{path} or cifar100:{path}")
@@ -182,7 +184,7 @@ def _plan(spec: DatasetSpec, *, cache_dir: Path | None, data_dirs: list[Path], d
 
 def _find_cifar(place: Path, kind: str) -> tuple[Path | None, str]:
     """The torchvision root (folder holding the batches folder) at ``place``, or why there is none."""
-    base = _CIFAR[kind].base_folder
+    base = CIFAR_FOLDERS[kind]
     if not place.is_dir():
         return None, "does not exist"
     roots = [place, place / kind] + ([place.parent] if place.name == base else [])
@@ -197,7 +199,7 @@ def _find_cifar(place: Path, kind: str) -> tuple[Path | None, str]:
 
 def _download_cifar(kind: str, root: Path) -> None:
     """torchvision's download: fetch the archive, check its md5, extract it into ``root``."""
-    _CIFAR[kind](str(root), train=True, download=True)
+    cifar_class(kind)(str(root), train=True, download=True)
 
 
 def _locate_cifar(spec: DatasetSpec, data_dirs: list[Path], cache_dir: Path | None, download: bool) -> Path:
@@ -231,8 +233,8 @@ def _locate_cifar(spec: DatasetSpec, data_dirs: list[Path], cache_dir: Path | No
             root, why = None, f"failed ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
         if root is not None:
             return root
-        tried.append(f"download from {_CIFAR[kind].url} into {target}: {why}")
-    base = _CIFAR[kind].base_folder
+        tried.append(f"download from {cifar_class(kind).url} into {target}: {why}")
+    base = CIFAR_FOLDERS[kind]
     raise DataNotFoundError(
         f"{_CIFAR_TITLES[kind]} not found; tried, in order: "
         + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))

@@ -19,7 +19,9 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import torch
+from bocb.lazy import lazy_module
+
+torch = lazy_module("torch")  # imported when images are first checked (bocb.lazy)
 
 DATA_KINDS: dict[str, str] = {
     "sample": "the real CIFAR-10 subset bundled with bocb (5,000 train / 1,000 test images)",

@@ -77,11 +77,17 @@ Pure numpy on CPU; torch is touched only to read the weights. Thread count is th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
+
+from bocb.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+
+nn = lazy_module("torch.nn")  # imported when a model is first measured (bocb.lazy)
 
 MIN_TAIL = 5
 ENTROPY_BINS = 100

@@ -13,10 +13,18 @@ from bocb.optim.info import (
     register_optimizer,
 )
 from bocb.optim.param_groups import DEFAULT_POLICY, POLICIES, POLICY_CHOICES, build_param_groups
-from bocb.optim.stepping import Stepper
 from bocb.plugins import load_entry_points as _load_entry_points
 
 _load_entry_points("bocb.optimizers")  # installed packages' optimizers (bocb.plugins)
+
+
+def __getattr__(name: str):
+    # The stepping protocol imports torch: only a process that trains pays for it (bocb.lazy).
+    if name == "Stepper":
+        from bocb.optim.stepping import Stepper
+
+        return Stepper
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CATEGORIES",

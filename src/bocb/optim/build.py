@@ -17,21 +17,19 @@ drops arguments an optimizer does not take, and pytorch-optimizer classes swallo
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
+from bocb.optim import signatures
 from bocb.optim.info import OptimizerInfo, get_optimizer_info
-from bocb.provenance import distribution_version
 from bocb.optim.param_groups import DEFAULT_POLICY, build_param_groups, resolve_policy
+from bocb.provenance import distribution_version
 
-# Arguments that select an implementation path, not the algorithm; recorded but not user knobs.
-_SKIP = {"self", "params"}
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # Distribution names of the libraries the zoo draws on, for version records.
 _DISTRIBUTIONS = {
@@ -53,18 +51,16 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # 'inf', '-inf', 'nan'
-    if isinstance(value, torch.Tensor):
+    if type(value).__name__ == "Tensor":  # a class default held as a 0-d tensor (torch not imported here)
         return value.item()
     return value
 
 
-def _signature(cls: type) -> dict[str, inspect.Parameter]:
-    params = inspect.signature(cls.__init__).parameters
-    return {
-        k: p
-        for k, p in params.items()
-        if k not in _SKIP and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    }
+def _signature(info: OptimizerInfo) -> dict[str, Any]:
+    """Argument -> default (``signatures.EMPTY`` when required): from the shipped table when it was
+    read from the installed library version, else from the class (importing its library)."""
+    shipped = signatures.from_table(info.name, library_version(info.library))
+    return shipped if shipped is not None else signatures.from_class(info.load_class())
 
 
 @dataclass(frozen=True)
@@ -121,11 +117,10 @@ class OptimizerSpec:
 
     def constructor_args(self) -> dict[str, Any]:
         """``args`` with the types the class expects (tuples, non-finite floats restored)."""
-        info_cls = get_optimizer_info(self.name).load_class()
-        sig = _signature(info_cls)
+        sig = _signature(get_optimizer_info(self.name))
         out = {}
         for key, value in self.args.items():
-            default = sig[key].default if key in sig else None
+            default = sig.get(key)
             if isinstance(value, list):
                 value = tuple(value)
             elif isinstance(value, str) and value in ("inf", "-inf", "nan") and (
@@ -198,8 +193,7 @@ def resolve_optimizer(
     """
     info: OptimizerInfo = get_optimizer_info(name)
     rule, rule_from = resolve_policy(wd_policy, info.paper_wd_policy)
-    cls = info.load_class()
-    sig = _signature(cls)
+    sig = _signature(info)
     bad = sorted(set(knobs) - set(sig))
     if bad:
         raise ValueError(
@@ -207,13 +201,12 @@ def resolve_optimizer(
             f"valid: {', '.join(sorted(sig))}"
         )
     args: dict[str, Any] = {}
-    for key, param in sig.items():
-        if param.default is not inspect.Parameter.empty:
-            args[key] = param.default
+    for key, default in sig.items():
+        if default is not signatures.EMPTY:
+            args[key] = default
     args.update(info.fixed)
     for key, value in knobs.items():
-        default = args.get(key)
-        _check_knob(info.short, key, value, None if default is inspect.Parameter.empty else default)
+        _check_knob(info.short, key, value, args.get(key))
     args.update(knobs)
     for key, value in (("lr", lr), ("weight_decay", weight_decay)):
         if value is not None:

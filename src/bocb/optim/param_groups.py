@@ -27,12 +27,15 @@ and describes the result for the run record.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from timm.optim._param_groups import param_groups_weight_decay
-from torch import nn
-
+from bocb.lazy import lazy_module
 from bocb.zoo.backbones import classifier_name
+
+if TYPE_CHECKING:
+    from torch import nn
+
+timm_groups = lazy_module("timm.optim._param_groups")  # imported when groups are first built (bocb.lazy)
 
 POLICIES: dict[str, str] = {
     "no_decay_1d": "no decay for 1-D params (norms, biases, layer scales) and model.no_weight_decay()",
@@ -106,7 +109,7 @@ def build_param_groups(
     # timm groups by its rule only when decay is non-zero; with options to place, a non-zero
     # stand-in finds the exempt group, and the real decay is set afterwards.
     probe = 1.0 if exempt_options else weight_decay
-    groups = param_groups_weight_decay(
+    groups = timm_groups.param_groups_weight_decay(
         model,
         weight_decay=probe,
         weight_decay_exclude_1d=exclude_1d,

@@ -66,7 +66,6 @@ from typing import Any
 
 from bocb import checkpoint
 from bocb.data import DatasetSpec
-from bocb.diagnostics.snapshot import read_spec
 from bocb.optim import DEFAULT_POLICY as DEFAULT_WD_POLICY
 from bocb.optim import POLICY_CHOICES as WD_POLICIES
 from bocb.optim import get_optimizer_info
@@ -296,6 +295,8 @@ def _from_file(study: TransferStudy, entry: dict[str, Any], place: str) -> Sourc
     path = study.resolve(entry["checkpoint"])
     if not path.exists():
         raise StudyError(f"{place}.checkpoint: no such file {path}")
+    from bocb.diagnostics.snapshot import read_spec  # imports torch: only for a weights file
+
     try:
         spec = read_spec(path)
     except Exception as exc:  # noqa: BLE001 - not a safetensors file: say so in one line

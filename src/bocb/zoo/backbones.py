@@ -29,13 +29,17 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import nn
-
+from bocb.lazy import lazy_module
 from bocb.plugins import paper_flag
 from bocb.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# Imported when a model is first built or inspected (bocb.lazy): the registry itself is metadata.
+torch = lazy_module("torch")
 
 POLICIES = {
     "cifar": "native 32x32 input, stem down-sampling removed",
@@ -47,7 +51,7 @@ SCALES = {
 }
 CIFAR_SIZE = 32
 
-Builder = Callable[[int, str, str, float], nn.Module]
+Builder = Callable[[int, str, str, float], "nn.Module"]
 
 
 @dataclass(frozen=True)
@@ -260,7 +264,7 @@ def classifier_name(model: nn.Module) -> str:
     """
     last = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, torch.nn.Linear):
             last = name
     if last is None:
         raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
@@ -278,7 +282,13 @@ def init_backbone(spec: BackboneSpec, seed: int) -> nn.Module:
 
 
 def count_params(spec: BackboneSpec) -> int:
-    """Parameter count without allocating memory (built on the meta device where possible)."""
+    """Parameter count: from the counted table (:mod:`bocb.sizes`) for the zoo's own backbones,
+    else counted without allocating memory (built on the meta device where possible)."""
+    from bocb import sizes
+
+    counted = sizes.lookup(spec.to_dict(), "params")
+    if counted is not None:
+        return int(counted)
     try:
         with torch.device("meta"):
             model = build_backbone(spec)

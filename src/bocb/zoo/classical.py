@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 
-import timm
-import torchvision
-from timm.models import byobnet, densenet, efficientnet, resnet
-from torch import nn
-
+from bocb.lazy import lazy_module
 from bocb.zoo.backbones import register_backbone
 from bocb.zoo.surgery import first_strided, narrow_plain, replace_conv, unstride
+
+# Imported when a model is first built (bocb.lazy): registering the zoo needs none of them.
+nn = lazy_module("torch.nn")
+timm = lazy_module("timm")
+torchvision = lazy_module("torchvision")
+byobnet = lazy_module("timm.models.byobnet")
+densenet = lazy_module("timm.models.densenet")
+efficientnet = lazy_module("timm.models.efficientnet")
+resnet = lazy_module("timm.models.resnet")
 
 TINY_FACTOR = 8  # plain nets: every width divided by this for the tiny scale
 

@@ -55,12 +55,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import torch
-from torch import nn
-
+from bocb.lazy import lazy_module
 from bocb.registry import UnknownNameError
 from bocb.zoo import surgery
 from bocb.zoo.backbones import CIFAR_SIZE, BackboneInfo, _source_version
+
+# Imported when an external model is first probed (bocb.lazy): a name that is not one needs neither.
+torch = lazy_module("torch")
+nn = lazy_module("torch.nn")
 
 TIMM_PREFIX = "timm:"
 _BUILDER = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")

@@ -17,17 +17,9 @@ CIFAR policy: the 7x7 stride-4 stem conv becomes 3x3 stride 1 (stages at 32, 16,
 
 from __future__ import annotations
 
-from timm.models.metaformer import (
-    Attention,
-    GroupNorm1NoBias,
-    LayerNorm2dNoBias,
-    LayerNormNoBias,
-    MetaFormer,
-    Pooling,
-    SepConv,
-)
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
+from bocb.lazy import lazy_module
 from bocb.zoo.backbones import register_backbone
 from bocb.zoo.surgery import replace_conv
 
@@ -35,24 +27,31 @@ S12 = dict(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512))
 # timm's Attention uses 32-channel heads and breaks below one full head, so tiny widths stay >= 32.
 TINY = dict(depths=(1, 1, 1, 1), dims=(32, 32, 64, 128))
 
-_BASELINE = dict(norm_layers=GroupNorm1NoBias, use_mlp_head=False)
-_CONV_LN, _ATTN_LN = LayerNorm2dNoBias, LayerNormNoBias
+if TYPE_CHECKING:
+    from torch import nn
 
-CONFIGS: dict[str, dict] = {
-    "identityformer_s12": dict(token_mixers=nn.Identity, **_BASELINE),
-    "poolformerv2_s12": dict(token_mixers=Pooling, **_BASELINE),
-    "convformer_s12": dict(token_mixers=SepConv, norm_layers=_CONV_LN),
-    "attentionformer_s12": dict(token_mixers=Attention, norm_layers=_ATTN_LN),
-    "caformer_s12": dict(
-        token_mixers=[SepConv, SepConv, Attention, Attention],
-        norm_layers=[_CONV_LN, _CONV_LN, _ATTN_LN, _ATTN_LN],
-    ),
-}
+mf = lazy_module("timm.models.metaformer")  # imported when a model is first built (bocb.lazy)
+
+
+def configs() -> dict[str, dict[str, Any]]:
+    """Each baseline's token mixers and norms (timm classes, so built on demand)."""
+    baseline = dict(norm_layers=mf.GroupNorm1NoBias, use_mlp_head=False)
+    conv_ln, attn_ln = mf.LayerNorm2dNoBias, mf.LayerNormNoBias
+    return {
+        "identityformer_s12": dict(token_mixers=lazy_module("torch.nn").Identity, **baseline),
+        "poolformerv2_s12": dict(token_mixers=mf.Pooling, **baseline),
+        "convformer_s12": dict(token_mixers=mf.SepConv, norm_layers=conv_ln),
+        "attentionformer_s12": dict(token_mixers=mf.Attention, norm_layers=attn_ln),
+        "caformer_s12": dict(
+            token_mixers=[mf.SepConv, mf.SepConv, mf.Attention, mf.Attention],
+            norm_layers=[conv_ln, conv_ln, attn_ln, attn_ln],
+        ),
+    }
 
 
 def _build(name: str, num_classes: int, policy: str, scale: str, drop_path_rate: float) -> nn.Module:
     size = TINY if scale == "tiny" else S12
-    model = MetaFormer(num_classes=num_classes, drop_path_rate=drop_path_rate, **size, **CONFIGS[name])
+    model = mf.MetaFormer(num_classes=num_classes, drop_path_rate=drop_path_rate, **size, **configs()[name])
     if policy == "cifar":
         replace_conv(model.stem, "conv", kernel=3, stride=1)
     return model

@@ -9,7 +9,9 @@ the library's class with the library's blocks.
 
 from __future__ import annotations
 
-from torch import nn
+from bocb.lazy import lazy_module
+
+nn = lazy_module("torch.nn")  # imported at the first edit (bocb.lazy)
 
 
 def replace_conv(parent: nn.Module, attr: str, kernel: int = 3, stride: int = 1) -> None:

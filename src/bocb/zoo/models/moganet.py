@@ -51,10 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 
-__all__ = ["MogaNet", "VARIANTS", "PUBLISHED_PARAMS_M"]
-
-# MogaNet-S, ImageNet-1k, 224x224 (paper Table 2 and the reference repository's model zoo).
-PUBLISHED_PARAMS_M = 25.3
+__all__ = ["MogaNet", "VARIANTS"]
 
 VARIANTS: dict[str, dict] = {
     # MogaNet-S ("small" in the reference arch_zoo).

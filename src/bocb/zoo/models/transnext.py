@@ -72,10 +72,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, to_2tuple, trunc_normal_
 from torch import Tensor, nn
 
-__all__ = ["PUBLISHED_PARAMS_M", "VARIANTS", "TransNeXt"]
-
-# TransNeXt-Tiny, ImageNet-1k, 224x224, as reported in the paper.
-PUBLISHED_PARAMS_M = 28.2
+__all__ = ["VARIANTS", "TransNeXt"]
 
 VARIANTS: dict[str, dict] = {
     # transnext_tiny of the reference.

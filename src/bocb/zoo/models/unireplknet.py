@@ -53,7 +53,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, LayerNorm2d, SEModule, trunc_normal_
 
-__all__ = ["UniRepLKNet", "DilatedReparamBlock", "VARIANTS", "PUBLISHED_PARAMS_M"]
+__all__ = ["UniRepLKNet", "DilatedReparamBlock", "VARIANTS"]
 
 # Per-block kernel sizes of the reference models, keyed by depths (reference defaults).
 # 0 = no token mixer, 3/5 = plain depth-wise conv, >= 7 = Dilated Reparam Block.
@@ -399,4 +399,3 @@ VARIANTS: dict[str, dict] = {
     },
 }
 
-PUBLISHED_PARAMS_M = 31.0
