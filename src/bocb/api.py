@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bocb import run_events as ev
+from bocb.compute import EFFECTIVE_FLOPS  # the plan's time estimate; re-exported
 from bocb.store import DEFAULT_STORE
 from bocb.study_run import (
     MIN_LEASE_S,
@@ -52,10 +53,6 @@ from bocb.study_run import (
 if TYPE_CHECKING:  # pandas is imported where it is used: the CLI imports this module at start
     import pandas as pd
 
-# Effective training throughput used for the plan's time estimate, from a measurement: a CIFAR
-# ResNet-18 (0.56 GFLOPs forward) trains at 18.6k img/s on one H100 with bf16 and data on the GPU
-# (issue #3's anchor), i.e. 0.56e9 * 3 * 18.6e3 = 31 TFLOP/s of forward+backward work.
-EFFECTIVE_FLOPS = 31e12
 # The paper's CIFAR-100 schedule: store evidence from shorter runs is named as a sketch.
 PAPER_EPOCHS = 200
 
@@ -350,6 +347,7 @@ def report(
     paths = build_report(
         inputs.analysis, folder, title=inputs.title, hparams=inputs.hparams, ranking=ranking or DEFAULT_VARIANT,
         cost=inputs.cost, provenance=inputs.provenance, n_resamples=resamples, extra_sections=inputs.extra,
+        lead_sections=inputs.lead, banner=inputs.banner,
     )
     figures = {k: v for k, v in paths.items() if k not in ("html", "markdown")}
     return ReportFiles(paths["html"], paths["markdown"], figures)

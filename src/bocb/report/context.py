@@ -8,7 +8,7 @@ so a reader sees what is unknown; any other keys follow in the caller's order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -125,10 +125,12 @@ def data_section(analysis: ReportAnalysis, provenance: Mapping[str, object]) -> 
 
 
 def gaps_section(
-    provenance: Mapping[str, object], chosen: FailureRule, has_seeds: bool, has_hparams: bool
+    provenance: Mapping[str, object], chosen: FailureRule, has_seeds: bool, has_hparams: bool,
+    titles: Sequence[str] = (),
 ) -> Section:
     """The paper's known gaps (choices it leaves unstated, checks it does not make), each with where
-    this report stands on it."""
+    this report stands on it; ``titles``: the report's sections that draw something."""
+    curves = next((t for t in titles if t.startswith("Learning curves")), None)
     epoch = _value(provenance["epoch"]) if "epoch" in provenance else "not given: this report cannot say"
     rows = {
         "which epoch is reported": f"stated in 'The data': {epoch}",
@@ -145,7 +147,8 @@ def gaps_section(
         ),
         "weight-metric settings": (
             "stated in the weight sections when weights were measured; otherwise not covered"),
-        "training loss never shown": "not covered by this report (needs per-epoch logs)",
+        "training loss never shown": (f"shown per epoch in '{curves}'" if curves
+                                      else "not covered by this report (needs per-epoch logs)"),
         "official settings as a baseline arm": "not covered by this report",
     }
     table = pd.DataFrame({"in this report": list(rows.values())},

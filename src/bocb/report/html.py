@@ -56,6 +56,8 @@ tbody tr:hover { background: #fafafa; }
   background: repeating-linear-gradient(135deg, #e6e6e6 0 3px, #f7f7f7 3px 7px); }
 .legend { margin: 0.3em 0; font-size: 0.88em; }
 .legend span { display: inline-block; padding: 2px 8px; margin-right: 8px; border: 1px solid var(--rule); }
+.banner { background: #fff4e0; border: 2px solid #d08a00; padding: 0.7em 1em; max-width: 60em;
+  margin: 1em 0; font-weight: 600; }
 footer { margin-top: 3em; color: var(--muted); font-size: 0.85em; }
 """
 
@@ -122,13 +124,17 @@ def _section(number: int, section: Section, images: Mapping[str, bytes]) -> str:
 
 
 def render_html(
-    title: str, sections: Sequence[Section], images: Mapping[str, bytes], subtitle: str = "", footer: str = ""
+    title: str, sections: Sequence[Section], images: Mapping[str, bytes], subtitle: str = "", footer: str = "",
+    banner: str = "",
 ) -> str:
-    """The whole page. ``images`` maps each :class:`Plot`'s name to its PNG bytes."""
+    """The whole page. ``images`` maps each :class:`Plot`'s name to its PNG bytes; ``banner``, when
+    given, stands between the title and the contents."""
     toc = "".join(f'<li><a href="#{s.anchor}">{escape(s.title)}</a></li>' for s in sections)
     body = "\n".join(_section(i, s, images) for i, s in enumerate(sections, start=1))
     sub = f'<p class="subtitle">{escape(subtitle)}</p>' if subtitle else ""
     foot = f"<footer>{escape(footer)}</footer>" if footer else ""
+    if banner:
+        sub += f'\n<p class="banner" role="note">{escape(banner)}</p>'
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'

@@ -32,13 +32,16 @@ def _table(table: Table) -> str:
 
 
 def render_markdown(
-    title: str, sections: Sequence[Section], figures: Mapping[str, str], subtitle: str = "", footer: str = ""
+    title: str, sections: Sequence[Section], figures: Mapping[str, str], subtitle: str = "", footer: str = "",
+    banner: str = "",
 ) -> str:
     """The whole document. ``figures`` maps each :class:`Plot`'s name to its PNG path relative to
     the Markdown file."""
     out = [f"# {title}", ""]
     if subtitle:
         out += [subtitle, ""]
+    if banner:
+        out += [f"> **{banner}**", ""]
     for number, section in enumerate(sections, start=1):
         out += [f"## {number}. {section.title}", ""]
         if section.how_to_read:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bocb.compute import EFFECTIVE_FLOPS
+from bocb.report.budget import budget_of
 from bocb.report.context import ReportAnalysis
 from bocb.report.document import Section
 
@@ -28,6 +30,8 @@ class ReportInputs:
     provenance: dict[str, str]
     cost: pd.DataFrame | None = None
     extra: list[Section] | None = None
+    lead: list[Section] | None = None  # before the data section: the answer
+    banner: str = ""  # above the contents: a toy or reduced budget
 
 
 def paper_inputs(today: str, rule: str | None, gamma: float | None) -> ReportInputs:
@@ -45,8 +49,13 @@ def paper_inputs(today: str, rule: str | None, gamma: float | None) -> ReportInp
                 "time or memory, so the ranking's cost component is missing",
     }
     # The paper publishes no per-optimizer time or memory: no cost.
-    return ReportInputs(ReportAnalysis.of(results, rule, gamma), hparams, "paper",
-                        "BOCB paper, CIFAR-100: backbone-optimizer coupling", provenance)
+    from bocb.report.answer import answer_section
+
+    analysis = ReportAnalysis.of(results, rule, gamma)
+    lead = answer_section(analysis, "grid", None, None,
+                          evidence="the paper's: grid-tuned, each cell the mean of 3 runs whose spread is not published")
+    return ReportInputs(analysis, hparams, "paper", "BOCB paper, CIFAR-100: backbone-optimizer coupling", provenance,
+                        lead=[lead])
 
 
 def _cost(results: pd.DataFrame) -> pd.DataFrame | None:
@@ -86,6 +95,10 @@ def store_inputs(study_file: Path | None, store: str, today: str, rule: str | No
         from bocb.report.curves import curve_runs
 
         curves = curve_runs(opened, analysis.results, analysis.flags)
+        specs = opened.specs(study_id)
+    # One spec per pair (its best-tuned run's) says what budget the results were trained with.
+    budget = budget_of([specs[t] for t in analysis.results.runs.drop_duplicates(["optimizer", "backbone"])["trial_id"]
+                        if t in specs], EFFECTIVE_FLOPS)
     # Robustness needs tuned settings: with one setting per pair there is nothing to measure.
     hparams = None
     if study is None or study.tuning in ("grid", "adaptive"):
@@ -105,7 +118,15 @@ def store_inputs(study_file: Path | None, store: str, today: str, rule: str | No
     extra.append(curves_section(curves))
     extra.extend(weights_sections(analysis, weights, errors=weight_errors, n_resamples=resamples))
     title = f"bocb study '{name}': backbone-optimizer coupling"
-    return ReportInputs(analysis, hparams, name, title, provenance, _cost(analysis.frame), extra or None)
+    from bocb import paper
+    from bocb.report.answer import answer_section, versus_section
+
+    lead = answer_section(analysis, study.tuning if study else None, budget, paper.top1())
+    versus = versus_section(analysis, paper.top1())
+    if versus is not None:
+        extra.insert(0, versus)
+    return ReportInputs(analysis, hparams, name, title, provenance, _cost(analysis.frame), extra or None,
+                        lead=[lead], banner=budget.banner())
 
 
 def transfer_inputs(study_file: Path, store: str, today: str, rule: str | None, gamma: float | None,
@@ -150,7 +171,11 @@ def transfer_inputs(study_file: Path, store: str, today: str, rule: str | None, 
     extra.extend(weights_sections(analysis, relabelled, errors=weight_errors, n_resamples=resamples,
                                   reference="pre-trained"))
     title = f"bocb transfer study '{study.name}': pre-training x fine-tuning optimizers"
-    return ReportInputs(analysis, hparams, study.name, title, provenance, _cost(analysis.frame), extra)
+    from bocb.report.answer import answer_section
+
+    # The paper's CIFAR-100 table is not a transfer result: no comparison column.
+    lead = answer_section(analysis, study.tuning, None, None)
+    return ReportInputs(analysis, hparams, study.name, title, provenance, _cost(analysis.frame), extra, lead=[lead])
 
 
 def _provenance(store: str, metric: str, today: str, study: str, results: pd.DataFrame, left_out: pd.DataFrame,
