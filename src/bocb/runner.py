@@ -181,7 +181,7 @@ def run_study(
             for trial_id, event in executor.events():
                 # An epoch event read after its trial's result (the two travel apart) is not a
                 # running trial: kept, it left finished trials in the live view for good.
-                if trial_id in claims:
+                if trial_id in claims and event["event"] == "epoch":  # the live view shows the last row
                     stats.last_epoch[trial_id] = event
             now = time.time()
             for trial_id, renewed in list(leases.items()):

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             if event["event"] == "step":
                 total = spec.recipe.epochs * event["steps"]
                 bar.update(task, total=total, completed=event["epoch"] * event["steps"] + event["step"])
-            else:
+            elif event["event"] == "epoch":
                 row = event["row"]
                 bar.update(task, info=f"epoch {row['epoch']}: top-1 {row['test_top1']:.2f}%  loss {row['train_loss']:.3f}")
 
