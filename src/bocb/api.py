@@ -157,6 +157,8 @@ def run_study(
     download: bool = False,
     progress: Progress | None = None,
     plugins: Sequence[str] = (),
+    log: Sequence[str] = (),
+    log_dir: str | Path | None = None,
 ) -> RunSummary:
     """Run a study file's trials into ``store`` (created if missing); resumable, as ``bocb run``.
 
@@ -168,11 +170,13 @@ def run_study(
     local Ray on 127.0.0.1, or ``address``); ``gpus``: GPUs to spread slots over (None: all visible);
     ``artifacts``: checkpoints and weights (None: ``artifacts/`` beside the store); ``lease_s``: the
     claim lease, >= :data:`MIN_LEASE_S`; ``plugins``: modules to import first, here and in every
-    worker (:mod:`bocb.plugins`; a study's own ``plugins`` are added). Missing weight snapshots (random inits, final weights) are
+    worker (:mod:`bocb.plugins`; a study's own ``plugins`` are added); ``log``: experiment trackers
+    (``tensorboard``, ``wandb``, ``mlflow``; :mod:`bocb.trackers`), one run per trial, their files
+    under ``log_dir`` (None: the store's folder). Missing weight snapshots (random inits, final weights) are
     measured after the trials. Returns the study's state after the run.
     """
     opts = make_options(store, executor, slots, device, gpus, address, compile, artifacts, retry_failed, reclaim,
-                       lease_s, cache_dir, data_dirs, download, plugins)
+                       lease_s, cache_dir, data_dirs, download, plugins, log, log_dir)
     _start_workers_early(opts)  # before the imports below, which take seconds
     from bocb.store import SQLiteStore
     from bocb.study_setup import prepare, register
@@ -223,6 +227,8 @@ def run_transfer(
     download: bool = False,
     progress: Progress | None = None,
     plugins: Sequence[str] = (),
+    log: Sequence[str] = (),
+    log_dir: str | Path | None = None,
 ) -> RunSummary:
     """Run a transfer study (a study file with ``[[pretrained]]`` entries) into ``store``, as
     ``bocb transfer``: fine-tune the pre-trained models (from a pre-training study in the same store,
@@ -233,7 +239,7 @@ def run_transfer(
     the study (their results stay in the store; :class:`bocb.run_events.Replaced`).
     """
     opts = make_options(store, executor, slots, device, gpus, address, compile, artifacts, retry_failed, reclaim,
-                       lease_s, cache_dir, data_dirs, download, plugins)
+                       lease_s, cache_dir, data_dirs, download, plugins, log, log_dir)
     _start_workers_early(opts)  # before the imports below, which take seconds
     from bocb.store import SQLiteStore
     from bocb.transfer.study import keep_stored_ids, load_transfer, sources, superseded
@@ -447,6 +453,8 @@ def probe(
     plugins: Sequence[str] = (),
     progress: Progress | None = None,
     started: float | None = None,
+    log: Sequence[str] = (),
+    log_dir: str | Path | None = None,
 ) -> Any:
     """Which optimizer for ``backbone`` (any zoo name, ``timm:NAME`` or ``package.module:builder``) on
     ``data``, from a short adaptive search that keeps to ``budget_s`` seconds (or runs ``epochs``), as
@@ -455,10 +463,11 @@ def probe(
     learning curves) and writes ``study-<key>.toml``, ``probe.sqlite``, ``answer.json`` and ``probe.html``
     into ``out`` (None: ``bocb-results/probe-<backbone>``). The same call again continues the probe.
     ``progress`` also receives :class:`bocb.probe.run.Measured` and :class:`bocb.probe.run.Sized`;
-    ``started``: the ``time.time()`` the budget counts from (None: now). See :mod:`bocb.probe.run`."""
+    ``started``: the ``time.time()`` the budget counts from (None: now); ``log``/``log_dir``: experiment
+    trackers as :func:`run_study` (default folder: ``out``). See :mod:`bocb.probe.run`."""
     from bocb.probe.run import probe as run_probe
 
     return run_probe(backbone, data, budget_s=budget_s, epochs=epochs, optimizers=optimizers, out=out, slots=slots,
                      device=device, label_column=label_column, image_column=image_column, cache_dir=cache_dir,
                      data_dirs=data_dirs,
-                     download=download, plugins=plugins, progress=progress, started=started)
+                     download=download, plugins=plugins, progress=progress, started=started, log=log, log_dir=log_dir)

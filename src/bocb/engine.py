@@ -23,6 +23,10 @@ Contract, read top to bottom in :func:`train`:
 
 Each row is the task's evaluation fields plus ``epoch``, ``train_loss``, ``lr``, the seconds and the
 images trained on; the task's ``score`` field is the headline number (top-1 %, box AP %, ...).
+
+Progress events (``progress``, dicts keyed by ``event``): ``step`` after each step; ``epoch`` with
+each finished epoch's row (the row of an epoch that diverged is in the record only); ``resumed``
+once, with the rows restored from a checkpoint, before the first new step.
 """
 
 from __future__ import annotations
@@ -234,6 +238,8 @@ def train(
         record["epochs"] = list(state["rows"])
         seconds = dict(state["seconds"])
         record["resumed_from_epoch"] = start_epoch
+        if progress:  # the restored rows, so that a consumer of the events sees every epoch in order
+            progress({"event": "resumed", "epoch": start_epoch, "rows": list(record["epochs"])})
 
     # --- epochs ----------------------------------------------------------------------------------
     check_every = 25 if cuda else 1

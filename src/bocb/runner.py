@@ -49,6 +49,16 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
+class Observer(Protocol):
+    """Told of each trial this runner submits, its progress events and how its attempt ended
+    (the experiment trackers, :class:`bocb.trackers.Session`). Called on the runner's thread;
+    must not raise (a raise would stop the run as a failing store does)."""
+
+    def started(self, trial_id: str, spec: dict[str, Any]) -> None: ...
+    def event(self, trial_id: str, event: dict[str, Any]) -> None: ...
+    def finished(self, trial_id: str, record: dict[str, Any], status: str) -> None: ...
+
+
 @dataclass
 class RunStats:
     """What one runner did, for its live view and summary."""
@@ -124,12 +134,18 @@ def run_study(
     max_trials: int | None = None,
     propose: Callable[[], int] | None = None,
     deadline: float | None = None,
+    observer: Observer | None = None,
 ) -> RunStats:
     """Run the study's runnable trials until none is left (or ``max_trials`` were started).
 
     ``deadline`` (a ``time.time()`` value): past it the run stops as a Ctrl-C does (workers
     stopped, running trials handed back to resume from their checkpoints on the next run), but
-    returns its stats with ``out_of_time`` set instead of raising: a time budget is an outcome."""
+    returns its stats with ``out_of_time`` set instead of raising: a time budget is an outcome.
+
+    ``observer`` hears of every submitted trial, its events and its end: ``finished`` with the
+    status stored, ``pending`` when handed back unfinished, ``lost`` when the store refused the
+    result (lease lost) and ``stale`` for a superseded claim's record. A trial still running when
+    the run stops is not reported: the observer's owner closes what it holds."""
     me = runner_id()
     stats = RunStats()
     leases: dict[str, float] = {}  # trial_id -> when last renewed
@@ -164,6 +180,8 @@ def run_study(
                     spec = {**spec, "stop_at_epoch": rung_stop}
                 claims[trial_id] = new_token()
                 executor.submit(trial_id, spec, claims[trial_id])
+                if observer is not None:
+                    observer.started(trial_id, spec)
                 leases[trial_id] = time.time()
                 started += 1
             if not executor.running:
@@ -172,17 +190,24 @@ def run_study(
                 current = claims.get(trial_id)
                 if current is None or record.get("claim") != current:
                     stats.stale_results += 1  # not this runner's current attempt: never stored
+                    if observer is not None:
+                        observer.finished(trial_id, record, "stale")
                     continue
                 del claims[trial_id]
                 leases.pop(trial_id, None)
                 stats.last_epoch.pop(trial_id, None)
-                _store_result(store, me, trial_id, record, stats, stops.pop(trial_id, None))
+                status = _store_result(store, me, trial_id, record, stats, stops.pop(trial_id, None))
+                if observer is not None:
+                    observer.finished(trial_id, record, status)
                 fresh_results = True
             for trial_id, event in executor.events():
                 # An epoch event read after its trial's result (the two travel apart) is not a
                 # running trial: kept, it left finished trials in the live view for good.
                 if trial_id in claims:
-                    stats.last_epoch[trial_id] = event
+                    if observer is not None:
+                        observer.event(trial_id, event)
+                    if event["event"] == "epoch":  # the live view shows the last row
+                        stats.last_epoch[trial_id] = event
             now = time.time()
             for trial_id, renewed in list(leases.items()):
                 if now - renewed > lease_s / 3:
@@ -232,14 +257,16 @@ def run_study(
 
 
 def _store_result(store: Store, me: str, trial_id: str, record: dict[str, Any], stats: RunStats,
-                  stop: int | None = None) -> None:
+                  stop: int | None = None) -> str:
+    """Store a worker's record; returns the trial's status after it (``pending`` when handed back,
+    ``lost`` when the store refused it: this runner's lease had gone)."""
     status = record.get("status", "failed")
     rows = record.get("epochs") or []
     if status == "interrupted" and stop is not None and rows and rows[-1]["epoch"] >= stop:
         record, status = {**record, "status": "paused"}, "paused"  # at its rung: the tuner decides
     if status in ("running", "interrupted"):  # never final: hand it back for another run
         store.release(trial_id, me)
-        return
+        return "pending"
     resume = None
     if status in ("done", "diverged") and "checkpoint" in (record.get("artifacts") or {}):
         # A finished trial never resumes: its resume checkpoint (optimizer state beside the
@@ -274,6 +301,7 @@ def _store_result(store: Store, me: str, trial_id: str, record: dict[str, Any], 
             stats.trial_seconds.append(seconds["wall"])
     else:
         stats.lost_leases += 1
+    return status if stored else "lost"
 
 
 def _non_finite(value: Any, where: str = "") -> list[str]:

@@ -80,6 +80,10 @@ class RunOptions:
     # snapshots of finished trials after the run (the probe has no use for them).
     deadline: float | None = None
     snapshots: bool = True
+    # Experiment trackers (:mod:`bocb.trackers`), checked by make_options; their files go under
+    # ``log_dir`` (None: the store's folder).
+    log: tuple[str, ...] = ()
+    log_dir: Path | None = None
 
     def check(self) -> None:
         """Out-of-range options, refused before the store is touched."""
@@ -102,16 +106,22 @@ class RunOptions:
 def make_options(store: str | Path, executor: str, slots: int, device: str, gpus: int | None, address: str | None,
              compile: bool, artifacts: str | Path | None, retry_failed: bool, reclaim: bool, lease_s: float,
              cache_dir: str | Path | None, data_dirs: Sequence[str | Path], download: bool,
-             plugins: Sequence[str] = ()) -> RunOptions:
-    """The options of a run, checked; ``plugins`` are imported here (:mod:`bocb.plugins`)."""
+             plugins: Sequence[str] = (), log: Sequence[str] = (), log_dir: str | Path | None = None) -> RunOptions:
+    """The options of a run, checked; ``plugins`` are imported here (:mod:`bocb.plugins`), and so
+    are the libraries of the trackers in ``log`` (:func:`bocb.trackers.check`)."""
     from bocb.plugins import load_plugins
 
     load_plugins(plugins)
+    if log:
+        from bocb.trackers import check
+
+        log = check(log)
     options = RunOptions(
         store=str(store), executor=executor, slots=slots, device=device, gpus=gpus, address=address,
         compile=compile, artifacts=None if artifacts is None else Path(artifacts), retry_failed=retry_failed,
         reclaim=reclaim, lease_s=float(lease_s), cache_dir=None if cache_dir is None else Path(cache_dir),
         data_dirs=tuple(Path(d) for d in data_dirs), download=download, plugins=tuple(plugins),
+        log=tuple(log), log_dir=None if log_dir is None else Path(log_dir),
     )
     options.check()
     return options
@@ -171,11 +181,17 @@ def run_registered(options: RunOptions, store: Any, study: Any, new: int, tuner:
         def update(stats: Any) -> None:
             emit(progress, _update(stats, tuner, ended=False))
 
+        session = _trackers(options, study.name)
         try:
             stats = run_trials(store, study.study_id, executor, lease_s=options.lease_s, on_update=update,
-                               propose=tuner.propose if tuner else None, deadline=options.deadline)
+                               propose=tuner.propose if tuner else None, deadline=options.deadline,
+                               observer=session)
         finally:
             executor.shutdown()  # whatever stopped the run, no worker outlives it (twice is harmless)
+            if session is not None:
+                session.close()  # runs of trials handed back end `interrupted`
+        if session is not None:
+            stats.notes.extend([*session.notes, *session.where()])
         emit(progress, _update(stats, tuner, ended=True))
         # Random-init snapshots (and any final weights not yet measured), once per study. In this
         # process: a few cheap snapshots cost less than starting a pool (`bocb diagnose` uses one).
@@ -199,6 +215,16 @@ def run_registered(options: RunOptions, store: Any, study: Any, new: int, tuner:
         )
     finally:
         store.close()
+
+
+def _trackers(options: RunOptions, study: str) -> Any:
+    """The run's :class:`bocb.trackers.Session` (None without ``log``): in this process, the
+    runner's, fed by the workers' events (why: :mod:`bocb.trackers`)."""
+    if not options.log:
+        return None
+    from bocb.trackers import Session
+
+    return Session(options.log, options.log_dir or Path(options.store).parent, study)
 
 
 def _update(stats: Any, tuner: Any, ended: bool) -> ev.RunEvent:

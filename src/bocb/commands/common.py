@@ -79,6 +79,22 @@ def add_ranking_arg(p: argparse.ArgumentParser) -> None:
                         "yes/no BOCB; continuous = mean distance and share of pairs flagged")
 
 
+def add_log_args(p: argparse.ArgumentParser, default_dir: str) -> None:
+    """--log TRACKER (repeatable) and --log-dir: each trial as a run in an experiment tracker
+    (:mod:`bocb.trackers`). ``default_dir`` says where the files go without --log-dir."""
+    from bocb.trackers import TRACKERS
+
+    names = ", ".join(TRACKERS.names())
+    # No argparse choices: an unknown name gets bocb's one-line error listing the valid ones.
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help=f"log each trial to an experiment tracker, repeatable: {names} (needs pip install "
+                        "'bocb[TRACKER]'): the resolved spec as config, every epoch's metrics, the final result")
+    p.add_argument("--log-dir", type=Path, metavar="DIR",
+                   help=f"tracker files under DIR (default: {default_dir}): DIR/tensorboard/<study>/<run>, "
+                        "DIR/wandb unless $WANDB_DIR is set (WANDB_MODE=offline: no account needed), DIR/mlruns "
+                        "unless $MLFLOW_TRACKING_URI is set")
+
+
 def parse_kv(items: list[str] | None) -> dict[str, Any]:
     """``["betas=[0.9,0.95]", "nesterov=true"]`` -> ``{"betas": [0.9, 0.95], "nesterov": True}``.
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, plugins_of
+from bocb.commands.common import add_data_args, add_log_args, data_dirs, default_cache_dir, plugins_of
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 
@@ -46,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slots", type=int, default=1, help="trials at once (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     p.add_argument("--json", action="store_true", help="also print the answer as JSON (the last stdout line)")
+    add_log_args(p, "the probe's folder, --out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         answer = api.probe(args.backbone, args.data, budget_s=budget, epochs=args.epochs, optimizers=optimizers,
                        out=args.out, slots=args.slots, device=args.device, label_column=args.label_column, image_column=args.image_column,
                        cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(), download=args.download,
-                       plugins=tuple(plugins_of(args)), progress=progress, started=started)
+                       plugins=tuple(plugins_of(args)), progress=progress, started=started, log=args.log,
+                       log_dir=args.log_dir)
     except KeyboardInterrupt:
         display.stop()
         console.print("[yellow]stopped: running trials were handed back; the same command continues the probe[/]")

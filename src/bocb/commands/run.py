@@ -29,6 +29,7 @@ from rich.table import Table
 
 from bocb.api import MIN_LEASE_S
 from bocb.commands.common import add_data_args, add_json_arg, add_store_arg, data_dirs, default_cache_dir, plugins_of
+from bocb.commands.common import add_log_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +60,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "elsewhere would have its trials run twice); dead runners on this host are "
                         "reclaimed without it")
     add_data_args(p, data=False)
+    add_log_args(p, "the store's folder, e.g. bocb-results/")
 
 
 def run_options(args: argparse.Namespace) -> dict:
@@ -67,7 +69,7 @@ def run_options(args: argparse.Namespace) -> dict:
     return dict(executor=args.executor, slots=args.slots, device=args.device, gpus=args.gpus, address=args.address,
                 compile=args.compile, artifacts=args.artifacts, retry_failed=args.retry_failed, reclaim=args.reclaim,
                 lease_s=args.lease, cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(),
-                download=args.download, plugins=tuple(plugins_of(args)))
+                download=args.download, plugins=tuple(plugins_of(args)), log=tuple(args.log), log_dir=args.log_dir)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.markup import escape
 from rich.table import Table
 
-from bocb.commands.common import add_data_args, data_dirs, default_cache_dir, parse_kv
+from bocb.commands.common import add_data_args, add_log_args, data_dirs, default_cache_dir, parse_kv
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", type=Path, help="checkpoints + final weights here; resumes if a checkpoint exists")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     p.add_argument("--json", action="store_true", help="print the result record as the last stdout line")
+    add_log_args(p, "bocb-results/, runs grouped as 'train'")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if recipe in TIERS:  # `--recipe smoke`: the backbone's own recipe at the smoke tier
         recipe, tier = None, recipe
     _check_numbers(args)
+    trackers = _trackers(args)  # a missing tracker library fails here, before the data loads
     err = Console(stderr=True)
     data_spec = parse_data_arg(args.data)
     if args.label_column or args.image_column:
@@ -100,15 +102,39 @@ def run(args: argparse.Namespace) -> int:
             if event["event"] == "step":
                 total = spec.recipe.epochs * event["steps"]
                 bar.update(task, total=total, completed=event["epoch"] * event["steps"] + event["step"])
-            else:
+            elif event["event"] == "epoch":
                 row = event["row"]
                 bar.update(task, info=f"epoch {row['epoch']}: top-1 {row['test_top1']:.2f}%  loss {row['train_loss']:.3f}")
+            if trackers is not None:
+                trackers.event(spec.trial_id, event)
 
-        record = run_trial(spec, dataset, options, progress)
+        if trackers is not None:
+            trackers.started(spec.trial_id, spec.to_dict())
+        try:
+            record = run_trial(spec, dataset, options, progress)
+            if trackers is not None:
+                trackers.finished(spec.trial_id, record)
+        finally:
+            if trackers is not None:
+                trackers.close()  # after Ctrl-C: the run ends `interrupted`
+    if trackers is not None:
+        for line in [*trackers.notes, *trackers.where()]:
+            err.print(escape(line), highlight=False)
     _summary(err if args.json else Console(), record)
     if args.json:
         sys.stdout.write(json.dumps(record, default=str) + "\n")
     return 0 if record["status"] in ("done", "diverged") else 1
+
+
+def _trackers(args: argparse.Namespace):
+    """The experiment trackers of --log (:mod:`bocb.trackers`; None without it), their libraries
+    imported now. In this process: the trial runs here."""
+    if not args.log:
+        return None
+    from bocb.store import DEFAULT_STORE
+    from bocb.trackers import TRAIN_GROUP, Session, check
+
+    return Session(check(args.log), args.log_dir or Path(DEFAULT_STORE).parent, TRAIN_GROUP)
 
 
 def _fit(spec, dataset, args: argparse.Namespace, err: Console):

@@ -147,7 +147,7 @@ def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: 
         trial_id, spec, claim = task
 
         def progress(event: dict, trial_id: str = trial_id) -> None:
-            if event["event"] == "epoch":
+            if event["event"] in ("epoch", "resumed"):  # per step would flood the queue
                 events.put((trial_id, event))
 
         conn.send((trial_id, execute(spec, config, device, progress, claim=claim)))

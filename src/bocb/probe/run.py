@@ -101,10 +101,14 @@ def probe(
     plugins: Sequence[str] = (),
     progress: Callable[[Any], None] | None = None,
     started: float | None = None,
+    log: Sequence[str] = (),
+    log_dir: str | Path | None = None,
 ) -> ProbeAnswer:
     """Probe ``backbone`` on ``data`` (see the module doc); as ``bocb probe``. ``budget_s`` and
     ``epochs`` exclude each other (neither: a budget of :data:`DEFAULT_BUDGET_S`); ``started``: the
-    ``time.time()`` the budget counts from (default: now; the CLI passes its own start)."""
+    ``time.time()`` the budget counts from (default: now; the CLI passes its own start); ``log``:
+    experiment trackers for the probe's trials (not the throughput measurement), files under
+    ``log_dir`` (default: the probe's folder, beside ``probe.sqlite``)."""
     t0 = started if started is not None else time.time()
     if budget_s is not None and epochs is not None:
         raise ValueError("--budget and --epochs exclude each other: give one")
@@ -118,7 +122,7 @@ def probe(
 
     # Checks the numbers and loads the plug-ins (the store is set below, once the folder is known).
     options = make_options("unused", "local", slots, device, None, None, False, None, False, False, 300.0,
-                           cache_dir, data_dirs, download, plugins)
+                           cache_dir, data_dirs, download, plugins, log, log_dir)
     from bocb.data import load_dataset, parse_data_arg
     from bocb.optim import get_optimizer_info
     from bocb.zoo import get_backbone_info
