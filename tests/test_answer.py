@@ -110,14 +110,14 @@ def test_real_run_line_is_the_counted_flops_at_the_paper_budget():
 
 
 @pytest.mark.slow
-def test_report_of_a_toy_study_leads_with_the_banner_and_the_answer(tmp_path):
+def test_a_toy_study_report_leads_with_the_banner_and_its_plan_uses_the_measured_speed(tmp_path):
     """A real (tiny) study through `bocb run` and `bocb report`: the page's first block is the banner,
     its first section the answer, and the comparison with the paper is there."""
     from cli_inproc import bocb
 
     study = tmp_path / "toy.toml"
     study.write_text('backbones = ["R-18"]\noptimizers = ["SGD-M", "AdamW"]\n[study]\nname = "toy"\n'
-                     'data = "sample"\ntier = "smoke"\nepochs = 1\ntrain_per_class = 10\ntest_per_class = 10\n')
+                     'tuning = "fixed"\ndata = "sample"\ntier = "smoke"\nepochs = 1\ntrain_per_class = 10\ntest_per_class = 10\n')
     store = tmp_path / "store.sqlite"
     assert bocb("run", study, "--store", store, cache=tmp_path / "cache").returncode == 0
     done = bocb("report", study, "--store", store, "--out", tmp_path / "rep")
@@ -129,3 +129,20 @@ def test_report_of_a_toy_study_leads_with_the_banner_and_the_answer(tmp_path):
     assert "## 1. The answer" in md
     assert "| R-18 |" in md  # the answer's row (R-18 is not in the paper: no per-pair comparison)
     assert "not in the paper" in md
+
+    # The same store measured this machine: a second seed of the study is planned from the trials' speed.
+    import json
+    import sqlite3
+
+    more = tmp_path / "more.toml"
+    more.write_text(study.read_text().replace('name = "toy"', 'name = "toy2"\nseeds = [1]'))
+    plan = bocb("plan", more, "--store", store, "--json")
+    assert plan.returncode == 0, plan.stderr
+    wall = json.loads(plan.stdout)["this_machine"]
+    with sqlite3.connect(store) as db:
+        speeds = [r[0] for r in db.execute("SELECT images_per_second FROM trials WHERE status = 'done'")]
+    (speed,) = wall["speeds"].values()
+    assert speed["source"] == "store" and speed["count"] == 2
+    assert speed["images_per_second"] == pytest.approx(sum(speeds) / 2)  # the median of two
+    # 2 trials x 1 epoch x (10 train + 10 test / 3 images per class x 10 classes) at that speed.
+    assert wall["hours"] * 3600 == pytest.approx(2 * (100 + 100 / 3) / speed["images_per_second"])

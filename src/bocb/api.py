@@ -86,6 +86,7 @@ class StudyPlan:
     weights_bytes: float = 0.0
     store_bytes: float = 0.0
     checkpoint_bytes: float = 0.0
+    left: tuple[Any, ...] = ()  # the trial specs not yet done or diverged in the store
 
     @property
     def gpu_hours(self) -> float:
@@ -298,7 +299,8 @@ def plan(study: str | Path, store: str | Path = DEFAULT_STORE, *, cache_dir: str
         f = trial_flops(spec, prepared.train_images, prepared.test_images, prepared.num_classes)
         flops += f
         per_backbone.setdefault(spec.backbone.short, []).append(f)
-    finished = sum(1 for t in prepared.trials if done.get(t.trial_id) in ("done", "diverged"))
+    left = tuple(t for t in prepared.trials if done.get(t.trial_id) not in ("done", "diverged"))
+    finished = len(prepared.trials) - len(left)
     reasons: dict[str, int] = {}
     for _, _, reason in prepared.skipped:
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -306,7 +308,7 @@ def plan(study: str | Path, store: str | Path = DEFAULT_STORE, *, cache_dir: str
     return StudyPlan(prepared.study, len(prepared.trials), flops, per_backbone, finished, reasons, prepared,
                      weights_bytes=float(sum(sizes)),
                      store_bytes=float(sum(store_bytes(spec.recipe.epochs) for spec in prepared.trials)),
-                     checkpoint_bytes=CHECKPOINT_FACTOR * max(sizes, default=0))
+                     checkpoint_bytes=CHECKPOINT_FACTOR * max(sizes, default=0), left=left)
 
 
 # -- reading the store ----------------------------------------------------------------------------

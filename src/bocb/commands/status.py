@@ -26,9 +26,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("plan", help="a study's trial count, compute estimate and what is done")
     p.add_argument("study", type=Path, help="study file (TOML)")
-    add_store_arg(p, "SQLite store, to count what is already finished")
+    add_store_arg(p, "SQLite store, to count what is already finished and read this machine's measured speed")
     add_json_arg(p, "the plan")
     add_data_args(p, data=False)
+    p.add_argument("--measure", action="store_true",
+                   help="time a few training steps of each backbone the store has no speed for on this machine "
+                        "(CUDA when present, else CPU; about a second each) for the wall-time estimate")
     p.set_defaults(func=plan)
 
     e = sub.add_parser("export", help="one row per trial as CSV or Parquet")
@@ -112,8 +115,10 @@ def plan(args: argparse.Namespace) -> int:
         else:
             print_plan(found.prepared, EFFECTIVE_FLOPS)
         return 0
+    wall = _this_machine(found, args)
     if args.json:
         print(json.dumps({
+            "this_machine": wall.to_dict(),
             "study": study.name, "study_id": study.study_id, "tuning": study.tuning, "tier": study.tier,
             "trials": found.trials, "finished": found.finished, "pflop": found.flops / 1e15,
             "gpu_hours": found.gpu_hours, "effective_tflops": EFFECTIVE_FLOPS / 1e12,
@@ -133,16 +138,41 @@ def plan(args: argparse.Namespace) -> int:
     console.print(escape(
         f"{found.trials} trials ({len(found.prepared.skipped)} pairs skipped), "
         f"{found.finished} already finished in {args.store}; compute {found.flops / 1e15:.2f} PFLOP "
-        f"= about {found.gpu_hours:.1f} GPU-hours at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s "
+        f"= about {_gpu_time(found.gpu_hours)} at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s "
         f"(one H100, bf16, measured on CIFAR ResNet-18; small models pack several per GPU)"
     ))
     console.print(escape(
         f"disk: {_gb(found.weights_bytes)} of final weights (every trial's; fp32) and about "
         f"{_gb(found.store_bytes)} of store; while a trial runs its resume checkpoint adds up to "
         f"{_gb(found.checkpoint_bytes)} (deleted when it finishes)"))
+    console.print(escape(wall.sentence()))
     for reason, n in found.skipped.items():
         console.print(escape(f"skipped ({n}): {reason}"))
     return 0
+
+
+def _gpu_time(hours: float) -> str:
+    from bocb.throughput import duration
+
+    return f"{hours:,.1f} GPU-hours" if hours >= 1.5 else f"{duration(hours * 3600)} of one GPU"
+
+
+def _this_machine(found, args: argparse.Namespace):
+    """Hours of the trials left on this machine (bocb.throughput): speeds from the store's finished
+    trials here, and with --measure for the backbones it lacks."""
+    from bocb import throughput
+    from bocb.store import open_existing
+
+    speeds = {}
+    if Path(args.store).exists():
+        with open_existing(str(args.store)) as opened:
+            speeds = throughput.from_store(opened)
+    if args.measure:
+        lacking = [t.backbone for t in found.left if throughput.spec_key(t.backbone.to_dict()) not in speeds]
+        speeds.update(throughput.measure(lacking))
+    prepared = found.prepared
+    return throughput.estimate(found.left, prepared.train_images, prepared.test_images, prepared.num_classes,
+                               speeds)
 
 
 EPOCH_EXPORT_KEYS = ("trial_id", "backbone", "optimizer", "lr", "weight_decay", "seed", "status")

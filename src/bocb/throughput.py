@@ -1,0 +1,176 @@
+"""How long a study's trials take on the machine at hand, from measured training throughput.
+
+``bocb plan`` states GPU-hours on a reference GPU from counted FLOPs; a student on a laptop wants
+hours on *this* machine. Effective FLOP/s differs by an order of magnitude between a tiny and a
+full-size model, so the estimate is made per backbone spec (name, scale, input policy and size),
+from images per second actually measured for that spec, in this order:
+
+1. **the store**: finished trials of the same backbone spec run on this host (the trainer records
+   training images per second, data pipeline and optimizer included); the median over them.
+2. **a measurement** (``bocb plan --measure``): a few training steps of each spec on this
+   machine's device (CUDA when present, else CPU) with random images: one warm-up step, then
+   steps until at least ``seconds`` have passed. Without the data pipeline it reads a little fast.
+
+A backbone with neither is left out of the estimate and named. A trial's time is its training
+images over the training speed plus its test images over three times it (evaluation is a forward
+pass, a third of a training step's work, the rule the FLOP count uses too).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+EVAL_SPEEDUP = 3.0  # a forward pass is a third of a training step's work (bocb.compute's rule)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Training images per second of one backbone spec on this machine, and where it came from."""
+
+    images_per_second: float
+    source: str  # "store" (finished trials) or "measured"
+    count: int = 1  # trials the median is over (1 for a measurement)
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class WallEstimate:
+    """Serial trial-hours of the study on this machine (one trial after another, each at the
+    measured speed); ``missing``: backbone shorts without a speed; ``speeds``: spec key -> Speed."""
+
+    hours: float
+    trials: int
+    missing: tuple[str, ...]
+    speeds: dict[str, Speed] = field(default_factory=dict)
+
+    def sentence(self) -> str:
+        if not self.trials and not self.missing:
+            return "this machine: nothing left to run"
+        if not self.speeds:
+            return ("this machine: no measured speed for these backbones (finish a trial of each here, "
+                    "or run `bocb plan STUDY --measure`)")
+        sources = sorted({s.source for s in self.speeds.values()})
+        devices = sorted({s.device for s in self.speeds.values() if s.device})
+        text = (f"this machine ({', '.join(devices) or 'its device'}): about {duration(self.hours * 3600)} for "
+                f"the {self.trials} trials not yet finished, one after another, at the speed measured "
+                f"({' and '.join('from finished trials here' if s == 'store' else 'by --measure' for s in sources)}); "
+                "(training and evaluation only, start-up not included; slots that each keep that speed divide it)")
+        if self.missing:
+            text += f"; not counted (no speed): {', '.join(self.missing)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hours": self.hours, "trials": self.trials, "missing": list(self.missing),
+                "speeds": {k: {"images_per_second": s.images_per_second, "source": s.source,
+                               "count": s.count, "device": s.device} for k, s in self.speeds.items()}}
+
+
+def spec_key(backbone: dict[str, Any]) -> str:
+    """What makes two backbone specs equally fast: name, scale, policy, input size."""
+    return f"{backbone['name']}|{backbone['scale']}|{backbone['policy']}|{backbone['input_size']}"
+
+
+def from_store(store: Any, host: str | None = None) -> dict[str, Speed]:
+    """Median training images/s per backbone spec over the store's finished trials run on ``host``
+    (None: this host)."""
+    host = host or socket.gethostname()
+    specs = store.specs(None)
+    seen: dict[str, list[float]] = {}
+    devices: dict[str, str] = {}
+    for t in store.trials(None):
+        if t["status"] != "done" or not t.get("images_per_second") or t.get("host") != host:
+            continue
+        spec = specs.get(t["trial_id"], {}).get("backbone")
+        if not spec or "input_size" not in spec:
+            continue
+        key = spec_key(spec)
+        seen.setdefault(key, []).append(float(t["images_per_second"]))
+        devices[key] = _device_words(t.get("device"))
+    return {k: Speed(statistics.median(v), "store", len(v), devices[k]) for k, v in seen.items()}
+
+
+def _device_words(device: Any) -> str:
+    try:
+        info = json.loads(device) if isinstance(device, str) else dict(device or {})
+    except (TypeError, ValueError):
+        return ""
+    kind = info.get("device", "")
+    if kind == "cpu" and info.get("threads"):
+        return f"cpu, {info['threads']} thread(s) per trial"
+    return info.get("name") or kind
+
+
+def measure(backbones: Iterable[Any], seconds: float = 1.0, batch: int = 16,
+            device: str | None = None) -> dict[str, Speed]:
+    """Training images/s of each distinct backbone spec (BackboneSpec) on ``device`` (None: CUDA
+    when present, else CPU): SGD steps on random images after one warm-up step."""
+    import torch
+
+    from bocb.zoo import build_backbone
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    words = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    out: dict[str, Speed] = {}
+    for spec in backbones:
+        key = spec_key(spec.to_dict())
+        if key in out:
+            continue
+        torch.manual_seed(0)
+        model = build_backbone(spec).to(dev).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x = torch.randn(batch, 3, spec.input_size, spec.input_size, device=dev)
+        y = torch.randint(0, spec.num_classes, (batch,), device=dev)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        step()  # warm-up: allocator, kernels, lazy init
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        steps, start = 0, time.perf_counter()
+        while True:
+            step()
+            steps += 1
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if time.perf_counter() - start >= seconds:
+                break
+        out[key] = Speed(steps * batch / (time.perf_counter() - start), "measured", 1, words)
+    return out
+
+
+def estimate(trials: Sequence[Any], train_images: int, test_images: int, num_classes: int,
+             speeds: dict[str, Speed]) -> WallEstimate:
+    """Serial hours of ``trials`` (TrialSpecs) at ``speeds`` (spec key -> Speed)."""
+    seconds, counted, used, missing = 0.0, 0, {}, []
+    for spec in trials:
+        key = spec_key(spec.backbone.to_dict())
+        speed = speeds.get(key)
+        if speed is None:
+            if spec.backbone.short not in missing:
+                missing.append(spec.backbone.short)
+            continue
+        recipe = spec.recipe
+        n_train = min(train_images, recipe.train_per_class * num_classes) if recipe.train_per_class else train_images
+        n_test = min(test_images, recipe.test_per_class * num_classes) if recipe.test_per_class else test_images
+        seconds += recipe.epochs * (n_train + n_test / EVAL_SPEEDUP) / speed.images_per_second
+        counted += 1
+        used[key] = speed
+    return WallEstimate(seconds / 3600, counted, tuple(missing), used)
+
+
+def duration(seconds: float) -> str:
+    """A duration a person reads at a glance: seconds, minutes or hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:,.1f} hours"
