@@ -86,3 +86,21 @@ def test_json_output_is_json_alone(tmp_path):
     assert plan["trials"] % 18 == 0 and set(plan["per_backbone"]) == {"R-50", "CNX-T", "DeiT-S"}
     table = " ".join(bocb("plan", study_file, "--store", store_path).stdout.split())
     assert f"{plan['trials']} trials" in table and f"about {plan['gpu_hours']:.1f} GPU-hours" in table
+
+
+def test_zoo_tables_fit_100_columns_without_wrapping_a_row():
+    from rich.console import Console
+
+    from bocb import views
+
+    for frame, columns in ((views.backbone_frame(), views.BACKBONE_SCREEN),
+                           (views.optimizer_frame(), views.OPTIMIZER_SCREEN)):
+        console = Console(width=100, record=True, file=open("/dev/null", "w"))
+        views.print_frame(console, views.for_screen(frame, columns, "table"), "table", title="t")
+        lines = console.export_text().splitlines()
+        assert max(len(line) for line in lines) <= 100
+        body = [line for line in lines if line.startswith("│")]
+        assert len(body) == len(frame)  # one line per row: nothing folded onto a second line
+    # csv and json keep every column
+    assert list(views.for_screen(views.backbone_frame(), views.BACKBONE_SCREEN, "csv").columns) == \
+        list(views.backbone_frame().columns)

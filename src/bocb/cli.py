@@ -134,13 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.what == "backbones":
                 views.print_frame(
-                    console, views.backbone_frame(group=args.group, paper_only=args.paper_only),
-                    args.format, title="Backbones",
+                    console, views.for_screen(views.backbone_frame(group=args.group, paper_only=args.paper_only),
+                                              views.BACKBONE_SCREEN, args.format),
+                    args.format, title="Backbones (every column: --format csv|json; one: bocb zoo show NAME)",
                 )
             elif args.what == "optimizers":
                 views.print_frame(
-                    console, views.optimizer_frame(category=args.category, paper_only=args.paper_only),
-                    args.format, title="Optimizers",
+                    console, views.for_screen(views.optimizer_frame(category=args.category, paper_only=args.paper_only),
+                                              views.OPTIMIZER_SCREEN, args.format),
+                    args.format, title="Optimizers (grids and every column: --format csv|json or bocb zoo show NAME)",
                 )
             else:
                 console.print_json(json.dumps(views.describe(args.name, lr=args.lr, wd=args.wd)))

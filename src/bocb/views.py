@@ -62,6 +62,23 @@ def _fmt_grid(grid: tuple[float, ...]) -> str:
     return " ".join(f"{v:g}" for v in grid)
 
 
+# What the terminal table of `bocb zoo backbones/optimizers` shows (column -> header), chosen to fit
+# 100 columns; csv and json keep every column.
+BACKBONE_SCREEN = {"short": "short", "group": "group",
+                   "default_policy": "policy", "input_size": "input", "params_m": "M params",
+                   "tiny_params_m": "tiny M", "paper": "paper"}
+OPTIMIZER_SCREEN = {"short": "short", "name": "name", "category": "cat", "library": "library", "lr": "lr",
+                    "weight_decay": "wd", "wd_style": "wd style", "paper": "paper"}
+
+
+def for_screen(frame: pd.DataFrame, columns: dict[str, str], fmt: str) -> pd.DataFrame:
+    """``frame`` cut to ``columns`` (renamed) for the table format; whole for csv and json."""
+    if fmt != "table":
+        return frame
+    out = frame[list(columns)].rename(columns=columns)
+    return out.assign(paper=out["paper"].map({True: "yes", False: ""}))
+
+
 def optimizer_frame(category: str | None = None, paper_only: bool = False) -> pd.DataFrame:
     """One row per optimizer with its source class, grid centres and grids, and step flags."""
     rows = []
@@ -71,6 +88,7 @@ def optimizer_frame(category: str | None = None, paper_only: bool = False) -> pd
             "short": o.short,
             "category": o.category,
             "source": o.source,
+            "library": o.library,
             "lr": o.lr,
             "weight_decay": o.weight_decay,
             "lr_grid": _fmt_grid(o.lr_grid()),
