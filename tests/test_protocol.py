@@ -72,8 +72,11 @@ def test_moganet_and_deit_values():
 
 
 def test_every_recipe_crops_with_reflect_padding_and_sources_are_stated():
-    # The released sz32 pipelines: RandomCrop(32, padding=4, padding_mode="reflect").
-    assert {r.augment.crop_pad_mode for r in RECIPES.values()} == {"reflect"}
+    # The released sz32 pipelines: RandomCrop(32, padding=4, padding_mode="reflect"). The ImageNet
+    # recipes crop while decoding (random-resized crop), with no padding at all.
+    cifar = [r for r in RECIPES.values() if r.imagenet is None]
+    assert {r.augment.crop_pad_mode for r in cifar} == {"reflect"}
+    assert {r.augment.crop_padding for r in RECIPES.values() if r.imagenet is not None} == {None}
     eff = recipe_for(get_backbone_info("Eff-B0"))
     assert "no config released for Eff-B0" in eff.source and eff.overrides == ()
     assert "r50_CE_none_bs100.py" in recipe_for(get_backbone_info("R-50")).source

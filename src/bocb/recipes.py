@@ -42,6 +42,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from bocb.data.augment import AugmentConfig
+from bocb.recipes_in1k import ImageNetInput
+from bocb.recipes_in1k import recipes as _in1k_recipes
 
 PRECISIONS = {
     "fp32": "fp32 everywhere; TF32 switched off",
@@ -82,6 +84,8 @@ class Recipe:
     holdout_per_class: int | None = None  # training images per class held out for selection
     overrides: tuple[str, ...] = ()  # fields set by the backbone's override (BackboneInfo)
     source: str = ""  # where the values come from: a released config, or the paper's tables
+    # ImageNet recipes only (bocb.recipes_in1k): crops, test resize and the lr's reference batch.
+    imagenet: ImageNetInput | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -94,9 +98,15 @@ class Recipe:
             raise ValueError(f"min_lr must be >= 0, got {self.min_lr}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON values; ``imagenet`` only when set, so that the CIFAR recipes keep
+        the serialisation (and trial ids) they had before it existed."""
         out = dataclasses.asdict(self)
         out["augment"] = self.augment.to_dict()
         out["overrides"] = list(self.overrides)
+        if self.imagenet is None:
+            del out["imagenet"]
+        else:
+            out["imagenet"] = self.imagenet.to_dict()
         return out
 
     @classmethod
@@ -104,6 +114,8 @@ class Recipe:
         data = dict(data)
         data["augment"] = AugmentConfig.from_dict(data["augment"])
         data["overrides"] = tuple(data.get("overrides", ()))
+        if data.get("imagenet") is not None:
+            data["imagenet"] = ImageNetInput.from_dict(data["imagenet"])
         return cls(**data)
 
     def lr_factor(self, step: int, steps_per_epoch: int, schedule_free: bool = False,
@@ -204,6 +216,10 @@ RECIPES: dict[str, Recipe] = {
         drop_path_rate=0.05,
     ),
 }
+
+
+# The paper's ImageNet-1K recipes (Table A3), from the released configs: bocb/recipes_in1k.py.
+RECIPES.update(_in1k_recipes())
 
 
 def get_recipe(name: str, tier: str = "full") -> Recipe:

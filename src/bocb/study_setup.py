@@ -50,6 +50,12 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
         sizes = KNOWN_SIZES[study.data.kind]
     num_classes = sizes[0]
     trials, skipped = expand(study, num_classes)
+    imagenet = sorted({t.recipe.name for t in trials if t.recipe.imagenet is not None})
+    if imagenet and require_data:
+        # The recipes are data (bocb.recipes_in1k); their full-size decoding is not in the trainer yet.
+        raise StudyError(f"{study.path}: recipe(s) {', '.join(imagenet)} train on full-size images with "
+                         "random-resized crops, which this version's trainer cannot do yet: such a study "
+                         "can be planned (bocb plan), not run")
     skipped_rows = []
     for s in skipped:
         # A skipped pair has no setting to run; its row carries the pair's default spec so it

@@ -1,0 +1,71 @@
+"""The ImageNet-1K recipes against the authors' released configs (Westlake-AI/openmixup,
+configs/classification/imagenet/; each expected value below is the config's, file named)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bocb.recipes import RECIPES, Recipe, get_recipe
+
+# name: (epochs, global batch = 8 GPUs x per-GPU or 4 x 64, lr, wd, warm-up, min_lr, loss,
+#        RandAugment (ops, m), mixup, cutmix, label smoothing, erasing, drop path,
+#        train size, test resize -> 224, repeated augmentation)
+RELEASED = {
+    # resnet/resnet50_4xb64_cos_ep100.py, data basic_sz224_4xbs64.py: SGD 0.1, wd 1e-4, cosine to 0
+    "in1k-pytorch": (100, 256, 0.1, 1e-4, 0, 0.0, "ce", None, 0.0, 0.0, 0.0, 0.0, 0.0, 224, 256, False),
+    # deit/deit_small_8xb128_ep300.py, data swin_sz224_8xbs128.py, model deit_small_p16_sz224.py
+    "in1k-deit": (300, 1024, 1e-3, 0.05, 5, 1e-6, "ce", (2, 9), 0.8, 1.0, 0.1, 0.25, 0.1, 224, 256, False),
+    # resnet/resnet50_rsb_a1_sz224_8xb256_ep600.py (label smoothing 0.1 CE, mixup 0.2)
+    "in1k-rsb-a1": (600, 2048, 5e-3, 0.01, 5, 1e-6, "ce", (2, 7), 0.2, 1.0, 0.1, 0.0, 0.05, 224, 236, True),
+    # resnet/resnet50_rsb_a2_sz224_8xb256_ep300.py, data rsb_a2_sz224_8xbs256.py, model resnet50_rsb_a3.py (BCE)
+    "in1k-rsb-a2": (300, 2048, 5e-3, 0.02, 5, 1e-6, "bce", (2, 7), 0.1, 1.0, 0.0, 0.0, 0.05, 224, 236, True),
+    # resnet/resnet50_rsb_a3_sz160_8xb256_ep100.py, data rsb_a3_sz160_8xbs256.py
+    "in1k-rsb-a3": (100, 2048, 8e-3, 0.02, 5, 0.0, "bce", (2, 6), 0.1, 1.0, 0.0, 0.0, 0.0, 160, 236, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_values_are_the_released_configs(name):
+    r = RECIPES[name]
+    (epochs, batch, lr, wd, warmup, min_lr, loss, ra, mixup, cutmix, smoothing, erasing, drop_path,
+     train_size, test_resize, repeated) = RELEASED[name]
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay, r.warmup_epochs, r.min_lr, r.loss) == (
+        epochs, batch, lr, wd, warmup, min_lr, loss)
+    a = r.augment
+    assert (a.randaugment, a.mixup_alpha, a.cutmix_alpha, a.label_smoothing, a.random_erasing) == (
+        ra, mixup, cutmix, smoothing, erasing)
+    assert r.drop_path_rate == drop_path
+    i = r.imagenet
+    assert (i.train_size, i.test_size, i.test_resize, i.repeated_augment, i.reference_batch) == (
+        train_size, 224, test_resize, repeated, batch)
+    assert a.mean == (0.485, 0.456, 0.406) and a.std == (0.229, 0.224, 0.225)
+    assert r.source.startswith("released: Westlake-AI/openmixup configs/classification/imagenet/")
+
+
+def test_crop_ratios_and_the_lr_rule():
+    assert RECIPES["in1k-deit"].imagenet.crop_pct == 0.875  # resize 256, crop 224
+    assert RECIPES["in1k-rsb-a2"].imagenet.crop_pct == pytest.approx(0.95, abs=0.001)  # 224 / 236
+    # DeiT's rule, lr = 5e-4 x batch / 512: 1e-3 at 1024, 5e-4 at 512.
+    deit = RECIPES["in1k-deit"]
+    assert deit.imagenet.scaled_lr(deit.lr, 512) == pytest.approx(5e-4)
+
+
+def test_round_trip_and_cifar_recipes_keep_their_serialisation():
+    for name in RELEASED:
+        r = get_recipe(name, "smoke")
+        assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    assert "imagenet" not in RECIPES["pytorch"].to_dict()  # CIFAR trial ids unchanged
+
+
+def test_a_study_with_an_imagenet_recipe_is_planned_but_not_run(tmp_path):
+    from cli_inproc import bocb
+
+    study = tmp_path / "in1k.toml"
+    study.write_text('optimizers = ["SGD-M"]\n[[backbones]]\nname = "R-50"\nrecipe = "in1k-rsb-a3"\n'
+                     '[study]\nname = "in1k-try"\ntuning = "fixed"\ndata = "sample"\n')
+    assert bocb("plan", study, "--store", tmp_path / "s.sqlite").returncode == 0
+    done = bocb("run", study, "--store", tmp_path / "s.sqlite", cache=tmp_path / "cache")
+    assert done.returncode == 2
+    assert "in1k-rsb-a3 train on full-size images" in done.stderr and len(done.stderr.strip().splitlines()) == 1
