@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from bocb import checkpoint
+from bocb.distributed import DistContext, local_share, mean_over_processes
 from bocb.fencing import Fence
 from bocb.optim import OptimizerSpec, Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
@@ -100,6 +101,7 @@ class LoopOptions:
     stop_at_epoch: int | None = None  # pause once the schedule reached this epoch (an adaptive-tuning rung)
     fence: Fence | None = None  # the runner's claim: every checkpoint/weights write refused once it is stale
     weights_metadata: dict[str, str] = field(default_factory=dict)
+    dist: DistContext | None = None  # one trial over several processes (bocb.distributed); None: this one
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -194,7 +196,16 @@ def train(
     if cuda and run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     record["params"] = sum(p.numel() for p in model.parameters())
+    dist = options.dist
     forward_model = torch.compile(model) if options.compile else model
+    if dist is not None:
+        # Gradients are averaged over the processes during backward; the optimizer steps `model`.
+        ids = [device.index] if device.type == "cuda" else None
+        forward_model = nn.parallel.DistributedDataParallel(forward_model, device_ids=ids)
+        record["processes"] = dist.world_size
+        record["batch_per_process"] = len(local_share(range(run.batch_size), dist))
+        if progress is not None and not dist.main:
+            progress = None  # one process reports
     steps_per_epoch = run.examples // run.batch_size  # drop_last: mixup needs full, even batches
     if steps_per_epoch < 1:
         raise ValueError(f"{run.examples} training examples is fewer than one batch of {run.batch_size}")
@@ -263,10 +274,11 @@ def train(
         diverged = False
         for i in range(steps_per_epoch):
             step_t0 = time.perf_counter()
-            index = order[i * run.batch_size:(i + 1) * run.batch_size]
+            index = local_share(order[i * run.batch_size:(i + 1) * run.batch_size], dist)
             forward, loss_fn = run.batch(forward_model, index, generator)
             lr_now = set_lr(epoch * steps_per_epoch + i)
             loss, output = stepper.step(forward, loss_fn, params=params, clip_grad_norm=run.grad_clip)
+            loss = mean_over_processes(loss, dist)  # every process judges (and stops at) the same value
             loss_sum += loss
             if run.after_step:
                 run.after_step(loss, output)
@@ -311,7 +323,8 @@ def train(
         last = epoch + 1 == run.epochs
         stopping = options.stop_after_epochs is not None and epochs_this_run >= options.stop_after_epochs
         pausing = stopping or (options.stop_at_epoch is not None and epoch + 1 == options.stop_at_epoch)
-        if ckpt_path and (last or pausing or (epoch + 1) % options.checkpoint_every == 0):
+        writes = dist is None or dist.main
+        if writes and ckpt_path and (last or pausing or (epoch + 1) % options.checkpoint_every == 0):
             checkpoint.save(ckpt_path, {
                 "trial_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
                 "stepper": stepper.state_dict(), "rng": checkpoint.rng_state(),
@@ -329,7 +342,7 @@ def train(
     record["seconds"] = seconds
     images = sum(r["images"] for r in record["epochs"])
     record["train_images_per_second"] = round(images / seconds["train"], 1) if seconds["train"] else None
-    if work and record["status"] in ("done", "diverged"):
+    if work and record["status"] in ("done", "diverged") and (dist is None or dist.main):
         # The spec travels in the file's metadata, so `bocb diagnose --checkpoint` needs nothing else.
         checkpoint.save_weights(work / FINAL_WEIGHTS, model, metadata={"trial_id": run_id, **options.weights_metadata},
                                 fence=options.fence)

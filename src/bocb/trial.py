@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from bocb import engine
 from bocb.data import Dataset
 from bocb.data.augment import BatchAugment
+from bocb.distributed import DistContext
 from bocb.engine import CHECKPOINT, FINAL_WEIGHTS, Progress, resolve_device
 from bocb.fencing import Fence, fence_for
 from bocb.spec import TrialSpec
@@ -78,6 +79,7 @@ class RunOptions:
     # with a later stop continues the same schedule, so the numbers equal an uninterrupted run's.
     stop_at_epoch: int | None = None
     fence: Fence | None = None  # the runner's claim: checkpoint/weight writes refused once it is stale
+    dist: DistContext | None = None  # this process's share of a multi-process trial (bocb.distributed)
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
@@ -132,7 +134,8 @@ def run_trial(
         options=engine.LoopOptions(
             compile=options.compile, work_dir=options.work_dir, checkpoint_every=options.checkpoint_every,
             resume=options.resume, stop_after_epochs=options.stop_after_epochs,
-            stop_at_epoch=options.stop_at_epoch, fence=options.fence, weights_metadata={"spec": spec.to_json()}),
+            stop_at_epoch=options.stop_at_epoch, fence=options.fence, weights_metadata={"spec": spec.to_json()},
+            dist=options.dist),
         progress=progress, select_on="val_top1" if holdout else "score",
     )
     _summarise(record, holdout)

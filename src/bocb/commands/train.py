@@ -85,10 +85,15 @@ def run(args: argparse.Namespace) -> int:
         train_per_class=args.train_per_class, test_per_class=args.test_per_class,
     )
     spec = _fit(spec, dataset, args, err)
+    context = _distributed(args)
     options = RunOptions(
-        device=args.device, compile=args.compile, work_dir=args.work_dir,
-        checkpoint_every=args.checkpoint_every,
+        device=_process_device(args.device, context), compile=args.compile, work_dir=args.work_dir,
+        checkpoint_every=args.checkpoint_every, dist=context,
     )
+    if context is not None and not context.main:
+        # Under torchrun every process runs this command; rank 0 alone reports and writes.
+        record = run_trial(spec, dataset, options)
+        return 0 if record["status"] in ("done", "diverged") else 1
     title = (f"{spec.backbone.short} ({spec.backbone.scale}, {spec.backbone.policy}) x "
              f"{spec.optimizer.short} lr={spec.optimizer.lr:g} wd={spec.optimizer.weight_decay:g}")
     bar = Progress(
@@ -124,6 +129,26 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(record, default=str) + "\n")
     return 0 if record["status"] in ("done", "diverged") else 1
+
+
+def _distributed(args: argparse.Namespace):
+    """This process's place when started by torchrun (bocb.distributed), the process group joined;
+    None for a plain `bocb train`."""
+    from bocb.distributed import from_env, init
+
+    context = from_env()
+    if context is not None:
+        init(context)
+    return context
+
+
+def _process_device(device: str, context) -> str:
+    """Under torchrun each process takes the GPU of its local rank (``auto``/``cuda``)."""
+    if context is None or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    return f"cuda:{context.local_rank}" if torch.cuda.is_available() else ("cpu" if device == "auto" else device)
 
 
 def _trackers(args: argparse.Namespace):

@@ -1,0 +1,85 @@
+"""One trial on several processes (GPUs, or CPU processes with gloo): PyTorch DistributedDataParallel.
+
+The processes are started by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT``) or by any launcher that sets the same variables, e.g. Ray
+Train's TorchTrainer; :func:`from_env` reads them and :func:`init` joins the process group.
+:func:`bocb.engine.train` then runs the same loop in every process, with these rules:
+
+- **The global batch is the recipe's.** Every process draws the same epoch order (the generator is
+  seeded from (seed, epoch) alone) and trains on its contiguous share of each global batch
+  (``batch_size / world_size`` examples, which must divide evenly); DDP averages the gradients,
+  so a step equals one process's step on the whole batch (the learning rate stays the recipe's:
+  the batch did not change). Random augmentation is drawn per share, so runs with augmentation
+  match a single process in distribution, not draw for draw; without it they match to float
+  rounding (``tests/test_distributed.py``: two gloo processes on CPU against one).
+- BatchNorm statistics are per process unless the model uses SyncBatchNorm (as the RSB configs
+  do on GPUs); a test model without BatchNorm matches exactly.
+- The step's loss is averaged over processes before the divergence check, so every process stops
+  at the same step; the row's ``train_loss`` is that average.
+- Evaluation runs in every process on the whole test set (identical rows everywhere; splitting it
+  across processes is left for later: at ImageNet sizes it costs about a tenth of an epoch).
+- Only rank 0 writes checkpoints, final weights and progress events and returns the record the
+  store keeps; every rank resumes from the same checkpoint file (a shared file system).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a multi-process trial."""
+
+    rank: int
+    world_size: int
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes and reports."""
+        return self.rank == 0
+
+
+def from_env(environ: dict[str, str] | None = None) -> DistContext | None:
+    """The context torchrun's variables describe, or None for a single process."""
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return DistContext(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
+
+
+def init(context: DistContext, backend: str | None = None) -> None:
+    """Join the process group (``nccl`` on CUDA, ``gloo`` on CPU unless ``backend`` says otherwise)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend, rank=context.rank, world_size=context.world_size)
+
+
+def local_share(index: Any, context: DistContext | None) -> Any:
+    """This process's contiguous share of a global batch's indices."""
+    if context is None:
+        return index
+    size = len(index)
+    if size % context.world_size:
+        raise ValueError(f"a global batch of {size} does not split evenly over {context.world_size} processes")
+    per = size // context.world_size
+    return index[context.rank * per:(context.rank + 1) * per]
+
+
+def mean_over_processes(value: Any, context: DistContext | None) -> Any:
+    """A tensor averaged over every process (itself for one process)."""
+    if context is None:
+        return value
+    import torch.distributed as dist
+
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / context.world_size
