@@ -39,7 +39,9 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=12, help="tiny trials to run (a multiple of 6 optimizers)")
     p.add_argument("--slots", type=int, default=2)
     args = p.parse_args()
-    seeds = max(1, args.trials // len(OPTIMIZERS))
+    if args.trials < 1 or args.trials % len(OPTIMIZERS):
+        p.error(f"--trials must be a positive multiple of {len(OPTIMIZERS)} (the optimizers), got {args.trials}")
+    seeds = args.trials // len(OPTIMIZERS)
     with tempfile.TemporaryDirectory(prefix="bocb-slots-") as tmp:
         folder = Path(tmp)
         study = folder / "slots.toml"

@@ -11,13 +11,16 @@ from pathlib import Path
 from bocb.optim import library_version, list_optimizers
 from bocb.optim import signatures
 
+BUILT_IN = ("torch", "timm", "pytorch_optimizer", "sophia_opt", "schedulefree")  # the libraries of bocb's zoo
 OUT = Path(__file__).resolve().parents[1] / "src" / "bocb" / "optim" / signatures.TABLE_NAME
 
 
 def main() -> int:
     table, left = {}, []
     for info in list_optimizers():
-        entry = signatures.table_entry(info.load_class(), library_version(info.library))
+        if info.library not in BUILT_IN:  # an installed plug-in's optimizer is inspected at run time
+            continue
+        entry = signatures.table_entry(info.load_class(), info.target, library_version(info.library))
         if entry is None:
             left.append(info.name)
         else:

@@ -40,9 +40,10 @@ def main() -> int:
     entries, bad = {}, []
     for name, scale, policy in track(combos, description="counting"):
         low, high, check = (counts(name, scale, policy, n) for n in (*sizes.CLASS_COUNTS, CHECK_CLASSES))
-        entry = {"flops": [low[0], high[0]], "params": [low[1], high[1]], "state": [low[2], high[2]]}
+        entry = {"flops": [low[0], high[0]], "params": [low[1], high[1]], "state": [low[2], high[2]],
+                 "builder": sizes.builder_of(name)}
         for i, what in enumerate(("flops", "params", "state")):
-            if abs(sizes._extrapolate(entry[what], CHECK_CLASSES) - check[i]) > 1e-6 * max(1.0, check[i]):
+            if abs(sizes.extrapolate(entry[what], CHECK_CLASSES) - check[i]) > 1e-6 * max(1.0, check[i]):
                 bad.append(f"{name} {scale} {policy}: {what} not linear in the number of classes")
         input_size = resolve_backbone(name, policy=policy, scale=scale).input_size
         entries[sizes.key(name, scale, policy, input_size)] = entry

@@ -146,3 +146,21 @@ def test_a_toy_study_report_leads_with_the_banner_and_its_plan_uses_the_measured
     assert speed["images_per_second"] == pytest.approx(sum(speeds) / 2)  # the median of two
     # 2 trials x 1 epoch x (10 train + 10 test / 3 images per class x 10 classes) at that speed.
     assert wall["hours"] * 3600 == pytest.approx(2 * (100 + 100 / 3) / speed["images_per_second"])
+
+
+def test_edge_cases_say_what_is_true():
+    # Nothing trained on R-50 (10 classes: chance 10 %); DeiT-S tried with one optimizer only.
+    rows = [("R-50", o, "b", 0, v) for o, v in (("SGD-M", 10.0), ("AdamW", 11.2), ("LAMB", 9.8), ("LARS", 10.4))]
+    rows.append(("DeiT-S", "AdamW", "b", 0, 60.0))
+    section = answer_section(ReportAnalysis.of(_frame(rows)), "fixed", None, None, chance={"R-50": 10.0})
+    cells = _cells(section)
+    assert cells.loc["R-50", "verdict"] == "nothing trained: the best (11.2) is near chance (10.0)"
+    assert cells.loc["DeiT-S", "verdict"] == "one optimizer tried: coupling cannot be judged"
+
+
+def test_ties_for_first_agree_with_the_paper_and_mixed_seeds_are_stated():
+    # R-50 in the paper: SGD-M 78.76 first; here SGD-M and AdamW tie for first.
+    rows = [("R-50", "SGD-M", "a", 0, 70.0), ("R-50", "AdamW", "b", 0, 70.0), ("R-50", "AdamW", "b", 1, 70.0)]
+    analysis = ReportAnalysis.of(_frame(rows))
+    assert "the best agrees on 1 of 1 backbones" in yours_vs_paper(analysis, paper.top1()).caption
+    assert "1-2 seeds per pair" in answer_section(analysis, "grid", None, None).blocks[0].text

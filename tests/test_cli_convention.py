@@ -8,6 +8,8 @@ import csv
 import io
 import json
 
+import pandas as pd
+
 from cli_inproc import bocb
 from test_report_analysis import grid_store
 
@@ -96,7 +98,8 @@ def test_zoo_tables_fit_100_columns_without_wrapping_a_row():
     for frame, columns in ((views.backbone_frame(), views.BACKBONE_SCREEN),
                            (views.optimizer_frame(), views.OPTIMIZER_SCREEN)):
         console = Console(width=100, record=True, file=open("/dev/null", "w"))
-        views.print_frame(console, views.for_screen(frame, columns, "table"), "table", title="t")
+        frame = pd.concat([frame, frame.tail(1).assign(short="a-plug-in-name-" * 6)], ignore_index=True)
+        views.print_frame(console, views.for_screen(frame, columns, "table"), "table", title="t", one_line_rows=True)
         lines = console.export_text().splitlines()
         assert max(len(line) for line in lines) <= 100
         body = [line for line in lines if line.startswith("│")]

@@ -45,6 +45,19 @@ def test_the_preloaded_modules_touch_no_cuda_at_import():
     assert result == {"calls": [], "errors": [], "initialized": False}, result
 
 
+def test_the_preload_loads_what_the_lazy_registries_defer():
+    """The registries import torch, timm and torchvision lazily (bocb.lazy); the fork server must
+    load them anyway, or every worker pays for them at its first trial."""
+    probe = ("import importlib, json, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
+             "print(json.dumps(sorted(m for m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe, *PRELOAD], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    needed = {"torch", "timm", "torchvision", "torchvision.transforms.v2", "timm.models.resnet",
+              "timm.data.mixup", "bocb.zoo.models.moganet", "safetensors.torch"}
+    assert needed <= loaded, sorted(needed - loaded)
+
+
 @linux_only
 def test_workers_are_forked_by_the_fork_server_not_the_runner(tmp_path):
     executor = LocalExecutor(WorkerConfig(artifacts_dir=str(tmp_path), device="cpu"), slots=1)

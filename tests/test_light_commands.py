@@ -67,8 +67,21 @@ def test_store_commands_import_no_torch(tmp_path, study_store):
     for argv in (("status", study_file, "--store", store, "--json"),
                  ("export", study_file, "--store", store, "--out", tmp_path / "out.csv")):
         found = _run_light(tmp_path, *map(str, argv))
-        assert found["heavy"] == [], argv
-        assert found["rc"] in (0, 2), argv  # export of a study with no finished trial may refuse; still light
+        assert found == {"rc": 0, "heavy": []}, argv
+
+
+def test_commands_on_a_store_with_results_import_no_torch(tmp_path):
+    """A real store (tests/fixtures: 5 finished trials): status, an export and its analysis."""
+    import shutil
+
+    store = tmp_path / "store.sqlite"
+    shutil.copy(Path(__file__).parent / "fixtures" / "store-v2.sqlite", store)
+    for argv in (("status", "--store", store, "--json"), ("export", "--store", store, "--out", tmp_path / "all.csv")):
+        found = _run_light(tmp_path, *map(str, argv))
+        assert found == {"rc": 0, "heavy": []}, argv
+    # The fixture holds one pair twice (two studies): analyze refuses in one line, still light.
+    assert _run_light(tmp_path, "analyze", str(tmp_path / "all.csv")) == {"rc": 2, "heavy": []}
+    assert len((tmp_path / "all.csv").read_text().splitlines()) == 6  # a header and the 5 trials
 
 
 def test_a_training_command_does_import_torch(tmp_path):
@@ -88,7 +101,7 @@ def test_optimizer_signature_table_matches_the_classes():
     for info in list_optimizers():
         if info.library not in BUILT_IN_LIBRARIES:  # a plug-in another test registered in this process
             continue
-        shipped = signatures.from_table(info.name, library_version(info.library))
+        shipped = signatures.from_table(info.name, info.target, library_version(info.library))
         assert shipped is not None, f"{info.name}: not in signatures.json (run scripts/signatures_table.py)"
         live = {k: list(v) if isinstance(v, tuple) else v for k, v in signatures.from_class(info.load_class()).items()}
         assert list(shipped) == list(live), info.name
@@ -109,10 +122,16 @@ def test_resolving_from_the_table_gives_the_same_specs_and_trial_ids(monkeypatch
     assert with_table == without
 
 
-def test_a_stale_table_entry_is_not_used(monkeypatch):
+def test_a_stale_table_entry_is_not_used():
+    from bocb.optim import get_optimizer_info, library_version
     from bocb.optim import signatures
 
-    assert signatures.from_table("adamw", "0.0.0-not-installed") is None
+    adamw = get_optimizer_info("adamw")
+    version = library_version(adamw.library)
+    assert signatures.from_table("adamw", adamw.target, version) is not None
+    assert signatures.from_table("adamw", adamw.target, "0.0.0-not-installed") is None
+    # Another class registered under the zoo's name (a user's replacement) is inspected, not looked up.
+    assert signatures.from_table("adamw", "torch.optim:SGD", version) is None
 
 
 def test_cifar_folders_are_torchvision_s():

@@ -69,3 +69,25 @@ def test_a_study_with_an_imagenet_recipe_is_planned_but_not_run(tmp_path):
     done = bocb("run", study, "--store", tmp_path / "s.sqlite", cache=tmp_path / "cache")
     assert done.returncode == 2
     assert "in1k-rsb-a3 train on full-size images" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_every_way_in_refuses_an_imagenet_recipe(tmp_path):
+    """bocb train, an adaptive study (which expands no trial up front) and the trainer itself."""
+    from cli_inproc import bocb
+
+    from bocb.data import DatasetSpec, load_dataset
+    from bocb.spec import resolve_trial
+    from bocb.trial import RunOptions, run_trial
+
+    done = bocb("train", "--backbone", "R-18", "--optimizer", "SGD-M", "--data", "sample", "--recipe", "in1k-deit",
+                "--device", "cpu", cache=tmp_path / "cache")
+    assert done.returncode == 2 and "in1k-deit train on full-size images" in done.stderr
+    study = tmp_path / "adaptive.toml"
+    study.write_text('optimizers = ["SGD-M"]\n[[backbones]]\nname = "R-50"\nrecipe = "in1k-rsb-a2"\n'
+                     '[study]\nname = "in1k-adaptive"\ntuning = "adaptive"\ndata = "sample"\n')
+    done = bocb("run", study, "--store", tmp_path / "s.sqlite", cache=tmp_path / "cache")
+    assert done.returncode == 2 and "in1k-rsb-a2 train on full-size images" in done.stderr
+    spec = resolve_trial("R-18", "SGD-M", data=DatasetSpec("sample"), num_classes=10, recipe="in1k-rsb-a3",
+                         tier="smoke")
+    record = run_trial(spec, load_dataset(DatasetSpec("sample")), RunOptions(device="cpu"))
+    assert record["status"] == "failed" and "in1k-rsb-a3 train on full-size images" in record["error"]

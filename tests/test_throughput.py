@@ -12,7 +12,8 @@ from bocb.zoo import resolve_backbone
 
 def _trial(backbone, epochs=3, train_per_class=150, test_per_class=50):
     return SimpleNamespace(backbone=backbone, recipe=SimpleNamespace(
-        epochs=epochs, train_per_class=train_per_class, test_per_class=test_per_class))
+        epochs=epochs, train_per_class=train_per_class, test_per_class=test_per_class, batch_size=16,
+        precision="fp32"))
 
 
 def test_estimate_by_hand():
@@ -36,7 +37,7 @@ def test_nothing_left_and_nothing_measured_say_so():
 
 def test_measure_times_real_training_steps():
     r18 = resolve_backbone("resnet18", num_classes=10, policy="cifar", scale="tiny")
-    speeds = throughput.measure([r18, r18], seconds=0.3, batch=8, device="cpu")
+    speeds = throughput.measure([_trial(r18), _trial(r18)], seconds=0.3, device="cpu")
     assert list(speeds) == [throughput.spec_key(r18.to_dict())]  # one measurement per distinct spec
     speed = speeds[throughput.spec_key(r18.to_dict())]
     assert speed.source == "measured" and speed.device.startswith("cpu")

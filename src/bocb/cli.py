@@ -137,12 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     console, views.for_screen(views.backbone_frame(group=args.group, paper_only=args.paper_only),
                                               views.BACKBONE_SCREEN, args.format),
                     args.format, title="Backbones (every column: --format csv|json; one: bocb zoo show NAME)",
+                    one_line_rows=True,
                 )
             elif args.what == "optimizers":
                 views.print_frame(
                     console, views.for_screen(views.optimizer_frame(category=args.category, paper_only=args.paper_only),
                                               views.OPTIMIZER_SCREEN, args.format),
                     args.format, title="Optimizers (grids and every column: --format csv|json or bocb zoo show NAME)",
+                    one_line_rows=True,
                 )
             else:
                 console.print_json(json.dumps(views.describe(args.name, lr=args.lr, wd=args.wd)))

@@ -80,6 +80,12 @@ class ImageNetInput:
         return cls(**data)
 
 
+def not_trainable(names: list[str]) -> str:
+    """Why these recipes cannot run yet, in one line (a study, ``bocb train`` and the trainer say it)."""
+    return (f"recipe(s) {', '.join(names)} train on full-size images with random-resized crops, which this "
+            "version's trainer cannot do yet: a study naming them can be planned (bocb plan), not run")
+
+
 def _augment(**changes: Any) -> AugmentConfig:
     # No CIFAR pad-crop: the random-resized crop and the flip happen while decoding (ImageNetInput).
     return AugmentConfig(crop_padding=None, flip=False, randaugment_group=1, mean=IMAGENET_MEAN,

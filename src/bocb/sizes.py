@@ -12,11 +12,14 @@ Why two class counts per entry are enough: only the classifier head depends on t
 classes, and a linear head's FLOPs (2 x features x classes) and parameters (features x classes +
 classes) are linear in it. So the counts at 10 and 100 classes give every other count exactly by
 linear extrapolation; the generator checks this against a third count (37 classes) for every
-entry and refuses to write a table where it does not hold, and ``tests/test_sizes.py`` recounts
-entries against the live models.
+entry and refuses to write a table where it does not hold, and ``tests/test_light_commands.py``
+recounts entries against the live models.
 
 The key is everything in a backbone spec that changes its shape: registry name, scale, input
-policy and input size (drop rates and library versions do not).
+policy and input size (drop rates do not). An entry is used only while the name is still built by
+the builder it was counted from (``module:qualname``: a user may register another model under a
+zoo name) and the installed timm and torchvision are the versions it was counted with (a library
+release may change an architecture); otherwise the model is counted.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def table() -> dict[str, Any]:
     return json.loads(text)
 
 
-def _extrapolate(values: list[float], num_classes: int) -> float:
+def extrapolate(values: list[float], num_classes: int) -> float:
+    """The count at ``num_classes`` from the counts at :data:`CLASS_COUNTS` (exact for a linear head)."""
     low, high = values
     n_low, n_high = CLASS_COUNTS
     return low + (high - low) * (num_classes - n_low) / (n_high - n_low)
@@ -58,6 +62,31 @@ def lookup(spec: dict[str, Any], what: str) -> float | None:
     backbone spec ``spec`` (a :class:`~bocb.zoo.BackboneSpec` as a dict), or None when the table
     does not hold its architecture."""
     entry = table()["entries"].get(key(spec["name"], spec["scale"], spec["policy"], spec["input_size"]))
-    if entry is None:
+    if entry is None or entry.get("builder") != builder_of(spec["name"]) or not _same_libraries():
         return None
-    return _extrapolate(entry[what], int(spec["num_classes"]))
+    return extrapolate(entry[what], int(spec["num_classes"]))
+
+
+def builder_of(name: str) -> str | None:
+    """``module:qualname`` of the function that builds registered backbone ``name`` (None: not registered)."""
+    from bocb.registry import UnknownNameError
+    from bocb.zoo import BACKBONES
+
+    if not BACKBONES.registered(name):
+        return None
+    try:
+        builder = BACKBONES.get(name).builder
+    except UnknownNameError:
+        return None
+    return f"{builder.__module__}:{builder.__qualname__}"
+
+
+LIBRARIES = ("timm", "torchvision")  # whose releases could change a zoo architecture
+
+
+@cache
+def _same_libraries() -> bool:
+    from bocb.provenance import distribution_version
+
+    counted = table()["generated_with"]
+    return all(counted.get(lib) == distribution_version(lib) for lib in LIBRARIES)

@@ -12,6 +12,8 @@ from bocb.data.safe_pickle import UnsafeDataError
 from bocb.spec import resolve_trial
 from bocb.store import Store
 from bocb.fit import fit_recipe
+from bocb.recipes import RECIPES
+from bocb.recipes_in1k import not_trainable
 from bocb.study import Study, StudyError, expand, load_study, pair_trial
 
 
@@ -50,12 +52,11 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
         sizes = KNOWN_SIZES[study.data.kind]
     num_classes = sizes[0]
     trials, skipped = expand(study, num_classes)
-    imagenet = sorted({t.recipe.name for t in trials if t.recipe.imagenet is not None})
+    # The ImageNet recipes are data (bocb.recipes_in1k); the trainer cannot decode full-size images yet.
+    # Read from the file's backbones, not the expanded trials: an adaptive study expands none yet.
+    imagenet = sorted({b["recipe"] for b in study.backbones if b.get("recipe") and RECIPES[b["recipe"]].imagenet})
     if imagenet and require_data:
-        # The recipes are data (bocb.recipes_in1k); their full-size decoding is not in the trainer yet.
-        raise StudyError(f"{study.path}: recipe(s) {', '.join(imagenet)} train on full-size images with "
-                         "random-resized crops, which this version's trainer cannot do yet: such a study "
-                         "can be planned (bocb plan), not run")
+        raise StudyError(f"{study.path}: {not_trainable(imagenet)}")
     skipped_rows = []
     for s in skipped:
         # A skipped pair has no setting to run; its row carries the pair's default spec so it

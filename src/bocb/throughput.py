@@ -8,8 +8,8 @@ from images per second actually measured for that spec, in this order:
 1. **the store**: finished trials of the same backbone spec run on this host (the trainer records
    training images per second, data pipeline and optimizer included); the median over them.
 2. **a measurement** (``bocb plan --measure``): a few training steps of each spec on this
-   machine's device (CUDA when present, else CPU) with random images: one warm-up step, then
-   steps until at least ``seconds`` have passed. Without the data pipeline it reads a little fast.
+   machine's device (CUDA when present, else CPU) with random images: two warm-up steps, then
+   steps until at least ``seconds`` (and three steps) have passed. Without the data pipeline it reads a little fast.
 
 A backbone with neither is left out of the estimate and named. A trial's time is its training
 images over the training speed plus its test images over three times it (evaluation is a forward
@@ -26,7 +26,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-EVAL_SPEEDUP = 3.0  # a forward pass is a third of a training step's work (bocb.compute's rule)
+from bocb.sizes import key
+
+EVAL_SPEEDUP = 3.0
+WARMUP_STEPS = 2  # untimed steps before a measurement
+MIN_STEPS = 3  # timed steps at least, however long they take  # a forward pass is a third of a training step's work (bocb.compute's rule)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class WallEstimate:
     trials: int
     missing: tuple[str, ...]
     speeds: dict[str, Speed] = field(default_factory=dict)
+    what: str = ""  # what the hours are for, in words ("the 24 trials not yet finished")
 
     def sentence(self) -> str:
         if not self.trials and not self.missing:
@@ -58,7 +63,7 @@ class WallEstimate:
         sources = sorted({s.source for s in self.speeds.values()})
         devices = sorted({s.device for s in self.speeds.values() if s.device})
         text = (f"this machine ({', '.join(devices) or 'its device'}): about {duration(self.hours * 3600)} for "
-                f"the {self.trials} trials not yet finished, one after another, at the speed measured "
+                f"{self.what or f'the {self.trials} trials not yet finished'}, one after another, at the speed measured "
                 f"({' and '.join('from finished trials here' if s == 'store' else 'by --measure' for s in sources)}); "
                 "(training and evaluation only, start-up not included; slots that each keep that speed divide it)")
         if self.missing:
@@ -72,44 +77,52 @@ class WallEstimate:
 
 
 def spec_key(backbone: dict[str, Any]) -> str:
-    """What makes two backbone specs equally fast: name, scale, policy, input size."""
-    return f"{backbone['name']}|{backbone['scale']}|{backbone['policy']}|{backbone['input_size']}"
+    """What makes two backbone specs equally fast: name, scale, policy, input size (the size
+    table's key, :func:`bocb.sizes.key`)."""
+    return key(backbone["name"], backbone["scale"], backbone["policy"], backbone["input_size"])
 
 
 def from_store(store: Any, host: str | None = None) -> dict[str, Speed]:
     """Median training images/s per backbone spec over the store's finished trials run on ``host``
-    (None: this host)."""
+    (None: this host); where a spec ran on both a GPU and the CPU, the GPU's (what a run here uses)."""
     host = host or socket.gethostname()
     specs = store.specs(None)
-    seen: dict[str, list[float]] = {}
-    devices: dict[str, str] = {}
+    seen: dict[tuple[str, bool], list[float]] = {}
+    devices: dict[tuple[str, bool], str] = {}
     for t in store.trials(None):
         if t["status"] != "done" or not t.get("images_per_second") or t.get("host") != host:
             continue
         spec = specs.get(t["trial_id"], {}).get("backbone")
         if not spec or "input_size" not in spec:
             continue
-        key = spec_key(spec)
-        seen.setdefault(key, []).append(float(t["images_per_second"]))
-        devices[key] = _device_words(t.get("device"))
-    return {k: Speed(statistics.median(v), "store", len(v), devices[k]) for k, v in seen.items()}
+        kind, words = _device(t.get("device"))
+        group = (spec_key(spec), kind == "cuda")
+        seen.setdefault(group, []).append(float(t["images_per_second"]))
+        devices[group] = words
+    out: dict[str, Speed] = {}
+    for (k, gpu), values in sorted(seen.items(), key=lambda item: item[0][1]):  # GPU groups last: they win
+        out[k] = Speed(statistics.median(values), "store", len(values), devices[(k, gpu)])
+    return out
 
 
-def _device_words(device: Any) -> str:
+def _device(device: Any) -> tuple[str, str]:
+    """(kind, words) of a trial's recorded device."""
     try:
         info = json.loads(device) if isinstance(device, str) else dict(device or {})
     except (TypeError, ValueError):
-        return ""
+        return "", ""
     kind = info.get("device", "")
     if kind == "cpu" and info.get("threads"):
-        return f"cpu, {info['threads']} thread(s) per trial"
-    return info.get("name") or kind
+        return kind, f"cpu, {info['threads']} thread(s) per trial"
+    return kind, info.get("name") or kind
 
 
-def measure(backbones: Iterable[Any], seconds: float = 1.0, batch: int = 16,
+def measure(trials: Iterable[Any], seconds: float = 1.0, max_batch: int = 64,
             device: str | None = None) -> dict[str, Speed]:
-    """Training images/s of each distinct backbone spec (BackboneSpec) on ``device`` (None: CUDA
-    when present, else CPU): SGD steps on random images after one warm-up step."""
+    """Training images/s of each distinct backbone spec among ``trials`` (TrialSpecs) on ``device``
+    (None: CUDA when present, else CPU): SGD steps on random images after two warm-up steps, at the
+    trial's batch size (at most ``max_batch`` on a CPU, to stay quick) and, on CUDA, its precision
+    (bf16 autocast when the recipe says bf16)."""
     import torch
 
     from bocb.zoo import build_backbone
@@ -117,10 +130,14 @@ def measure(backbones: Iterable[Any], seconds: float = 1.0, batch: int = 16,
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     words = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     out: dict[str, Speed] = {}
-    for spec in backbones:
-        key = spec_key(spec.to_dict())
-        if key in out:
+    for trial in trials:
+        spec = trial.backbone
+        k = spec_key(spec.to_dict())
+        if k in out:
             continue
+        batch = trial.recipe.batch_size if dev.type == "cuda" else min(trial.recipe.batch_size, max_batch)
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16,
+                                  enabled=dev.type == "cuda" and trial.recipe.precision == "bf16")
         torch.manual_seed(0)
         model = build_backbone(spec).to(dev).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -129,10 +146,13 @@ def measure(backbones: Iterable[Any], seconds: float = 1.0, batch: int = 16,
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
             opt.step()
 
-        step()  # warm-up: allocator, kernels, lazy init
+        for _ in range(WARMUP_STEPS):  # allocator, kernel selection, lazy init: slow first steps
+            step()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         steps, start = 0, time.perf_counter()
@@ -141,10 +161,31 @@ def measure(backbones: Iterable[Any], seconds: float = 1.0, batch: int = 16,
             steps += 1
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            if time.perf_counter() - start >= seconds:
+            if time.perf_counter() - start >= seconds and steps >= MIN_STEPS:
                 break
-        out[key] = Speed(steps * batch / (time.perf_counter() - start), "measured", 1, words)
+        out[k] = Speed(steps * batch / (time.perf_counter() - start), "measured", 1, words)
     return out
+
+
+def estimate_work(work: Iterable[tuple[Any, float]], speeds: dict[str, Speed], what: str = "") -> WallEstimate:
+    """Serial hours of FLOPs of work per backbone spec (``(BackboneSpec, flops)`` pairs, as
+    :func:`bocb.compute.trial_flops` counts them: 3 forward passes per training image, one per test
+    image): at a measured training speed, one image's training costs 3 forward passes, so
+    seconds = flops / (3 x forward FLOPs x images per second). For adaptive tuning, whose trial
+    count is not known in advance."""
+    from bocb.compute import forward_flops
+
+    seconds, used, missing, items = 0.0, {}, [], 0
+    for backbone, flops in work:
+        speed = speeds.get(spec_key(backbone.to_dict()))
+        if speed is None:
+            if backbone.short not in missing:
+                missing.append(backbone.short)
+            continue
+        seconds += flops / (3 * forward_flops(backbone) * speed.images_per_second)
+        used[spec_key(backbone.to_dict())] = speed
+        items += 1
+    return WallEstimate(seconds / 3600, items, tuple(missing), used, what)
 
 
 def estimate(trials: Sequence[Any], train_images: int, test_images: int, num_classes: int,

@@ -160,6 +160,10 @@ def _summarise(record: dict[str, Any], holdout: bool) -> None:
 def _prepare(spec: TrialSpec, dataset: Dataset, device: torch.device) -> engine.Run:
     """The classification task: data on the device, the model, batches, loss and evaluation."""
     recipe = spec.recipe
+    if recipe.imagenet is not None:  # a failed trial saying why, never CIFAR crops under an ImageNet recipe
+        from bocb.recipes_in1k import not_trainable
+
+        raise ValueError(not_trainable([recipe.name]))
     model, head = starting_model(spec)  # first, so its init depends on the seed alone
     if spec.finetune == "linear":
         for name, p in model.named_parameters():

@@ -153,7 +153,9 @@ def print_protocol(console: Console, fmt: str, differences_only: bool = False) -
     print_frame(console, frame, fmt, title="Fidelity to the paper's protocol" + (" (differences)" if differences_only else ""))
 
 
-def print_frame(console: Console, df: pd.DataFrame, fmt: str, title: str = "") -> None:
+def print_frame(console: Console, df: pd.DataFrame, fmt: str, title: str = "", one_line_rows: bool = False) -> None:
+    """``df`` as a table, CSV or JSON; ``one_line_rows``: cells too wide end in an ellipsis rather
+    than folding a row over several lines (the zoo listings: long external or plug-in names)."""
     if fmt == "csv":
         # Plain print: rich would wrap long lines and mark up brackets.
         print(df.to_csv(index=False), end="")
@@ -162,7 +164,7 @@ def print_frame(console: Console, df: pd.DataFrame, fmt: str, title: str = "") -
     else:
         table = Table(title=title or None, show_lines=False)
         for col in df.columns:
-            table.add_column(str(col), overflow="fold")
+            table.add_column(str(col), overflow="ellipsis" if one_line_rows else "fold", no_wrap=one_line_rows)
         for row in df.itertuples(index=False):
             table.add_row(*[_cell(v) for v in row])
         console.print(table)

@@ -110,10 +110,18 @@ def plan(args: argparse.Namespace) -> int:
     if study.tuning == "adaptive":
         from bocb.tuning.plan import plan_summary, print_plan
 
+        expected, worst = _adaptive_this_machine(found, args)
         if args.json:
-            print(json.dumps(plan_summary(found.prepared, EFFECTIVE_FLOPS)))
+            print(json.dumps({**plan_summary(found.prepared, EFFECTIVE_FLOPS),
+                              "this_machine": {"expected": expected.to_dict(), "worst": worst.to_dict()}}))
         else:
             print_plan(found.prepared, EFFECTIVE_FLOPS)
+            sentence = expected.sentence()
+            if expected.speeds:  # the same speeds priced the worst case
+                from bocb.throughput import duration
+
+                sentence += f"; at worst about {duration(worst.hours * 3600)}"
+            Console(width=None if sys.stdout.isatty() else 160).print(escape(sentence))
         return 0
     wall = _this_machine(found, args)
     if args.json:
@@ -157,9 +165,9 @@ def _gpu_time(hours: float) -> str:
     return f"{hours:,.1f} GPU-hours" if hours >= 1.5 else f"{duration(hours * 3600)} of one GPU"
 
 
-def _this_machine(found, args: argparse.Namespace):
-    """Hours of the trials left on this machine (bocb.throughput): speeds from the store's finished
-    trials here, and with --measure for the backbones it lacks."""
+def _speeds(args: argparse.Namespace, trials) -> dict:
+    """This machine's training speed per backbone spec (bocb.throughput): from the store's finished
+    trials here, and with --measure for the backbones of ``trials`` it lacks."""
     from bocb import throughput
     from bocb.store import open_existing
 
@@ -168,11 +176,32 @@ def _this_machine(found, args: argparse.Namespace):
         with open_existing(str(args.store)) as opened:
             speeds = throughput.from_store(opened)
     if args.measure:
-        lacking = [t.backbone for t in found.left if throughput.spec_key(t.backbone.to_dict()) not in speeds]
-        speeds.update(throughput.measure(lacking))
+        speeds.update(throughput.measure([t for t in trials
+                                          if throughput.spec_key(t.backbone.to_dict()) not in speeds]))
+    return speeds
+
+
+def _this_machine(found, args: argparse.Namespace):
+    """Hours of the trials left on this machine, one after another."""
+    from bocb import throughput
+
     prepared = found.prepared
     return throughput.estimate(found.left, prepared.train_images, prepared.test_images, prepared.num_classes,
-                               speeds)
+                               _speeds(args, found.left))
+
+
+def _adaptive_this_machine(found, args: argparse.Namespace):
+    """(expected, worst case) hours of an adaptive study on this machine: its trials are not known
+    in advance, so each pair's planned FLOPs are priced at its backbone's speed."""
+    from bocb import throughput
+    from bocb.tuning.plan import plan_rows
+
+    rows = plan_rows(found.prepared)
+    speeds = _speeds(args, [r["spec"] for r in rows])
+    return tuple(throughput.estimate_work([(r["spec"].backbone, r[k]) for r in rows], speeds,
+                                          f"the expected adaptive tuning of {len(rows)} pairs" if k == "expected"
+                                          else f"the worst-case adaptive tuning of {len(rows)} pairs")
+                 for k in ("expected", "worst"))
 
 
 EPOCH_EXPORT_KEYS = ("trial_id", "backbone", "optimizer", "lr", "weight_decay", "seed", "status")

@@ -45,11 +45,12 @@ from bocb.fencing import raise_fence
 if TYPE_CHECKING:
     from bocb.executors.worker import WorkerConfig
 
-# What the fork server imports once for all workers: the trainer and, through it, torch,
-# torchvision and timm. Nothing here may touch CUDA at import (tests/test_executors.py checks).
-# The guard comes first: it arms the server's parent-death signal before the seconds of imports.
+# What the fork server imports once for all workers: the trainer, and torch, torchvision and timm,
+# which the trainer's modules name lazily (bocb.lazy) and bocb.executors.preload imports outright.
+# Nothing here may touch CUDA at import (tests/test_executors.py checks). The guard comes first: it
+# arms the server's parent-death signal before the seconds of imports.
 PRELOAD = ["bocb.executors.server_guard", "bocb.executors.local", "bocb.executors.worker", "bocb.trial",
-           "bocb.diagnostics.snapshot"]
+           "bocb.diagnostics.snapshot", "bocb.executors.preload"]
 
 
 def worker_context() -> Any:

@@ -51,7 +51,7 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # 'inf', '-inf', 'nan'
-    if type(value).__name__ == "Tensor":  # a class default held as a 0-d tensor (torch not imported here)
+    if hasattr(value, "item") and type(value).__module__.split(".")[0] == "torch":  # a 0-d tensor default
         return value.item()
     return value
 
@@ -59,7 +59,7 @@ def _jsonable(value: Any) -> Any:
 def _signature(info: OptimizerInfo) -> dict[str, Any]:
     """Argument -> default (``signatures.EMPTY`` when required): from the shipped table when it was
     read from the installed library version, else from the class (importing its library)."""
-    shipped = signatures.from_table(info.name, library_version(info.library))
+    shipped = signatures.from_table(info.name, info.target, library_version(info.library))
     return shipped if shipped is not None else signatures.from_class(info.load_class())
 
 

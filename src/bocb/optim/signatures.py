@@ -8,7 +8,8 @@ nothing. ``scripts/signatures_table.py`` writes ``signatures.json`` beside this 
 registered optimizer, its library's version, its arguments in order and their defaults (JSON;
 ``Infinity``/``NaN`` as Python's json module writes them; a required argument has no default).
 
-The table is used only when the installed library has the version it was read from; otherwise
+The table is used only for the class it was read from (its ``module:Class`` target) at the
+library version it was read from; otherwise
 (or for an optimizer it does not list: a plug-in's, or a default JSON cannot hold) the class is
 imported and inspected, as before. ``tests/test_light_commands.py`` checks the table against the
 classes, so a stale table fails the suite.
@@ -43,16 +44,18 @@ def _table() -> dict[str, Any]:
     return json.loads(text)
 
 
-def from_table(name: str, library_version: str) -> dict[str, Any] | None:
-    """The shipped signature of optimizer ``name`` when read from this ``library_version``, else None."""
+def from_table(name: str, target: str, library_version: str) -> dict[str, Any] | None:
+    """The shipped signature of optimizer ``name`` when it was read from the same class (``target``,
+    ``module:Class``: a user may register another class under a zoo name) at the same
+    ``library_version``, else None."""
     entry = _table().get(name)
-    if entry is None or entry["library_version"] != library_version:
+    if entry is None or entry["target"] != target or entry["library_version"] != library_version:
         return None
     defaults = entry["defaults"]
     return {k: defaults.get(k, EMPTY) for k in entry["args"]}
 
 
-def table_entry(cls: type, library_version: str) -> dict[str, Any] | None:
+def table_entry(cls: type, target: str, library_version: str) -> dict[str, Any] | None:
     """What the table holds for ``cls`` (None when a default is not a JSON value)."""
     signature = from_class(cls)
     defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in signature.items() if v is not EMPTY}
@@ -61,4 +64,4 @@ def table_entry(cls: type, library_version: str) -> dict[str, Any] | None:
             return None
     except (TypeError, ValueError):
         return None
-    return {"library_version": library_version, "args": list(signature), "defaults": defaults}
+    return {"target": target, "library_version": library_version, "args": list(signature), "defaults": defaults}

@@ -33,29 +33,32 @@ from bocb.report.context import ReportAnalysis
 from bocb.report.document import Section, Table, Text, fmt
 
 PAPER_FAILS = ("fail", "severe")
+NOTHING_TRAINED = 1.5  # a backbone whose best is under 1.5 x chance trained on nothing
 Z_95 = 1.96
 STRONG_SEEDS = 3
 
 
 def answer_section(analysis: ReportAnalysis, tuning: str | None, budget: Budget | None,
-                   paper: pd.DataFrame | None, evidence: str | None = None) -> Section:
+                   paper: pd.DataFrame | None, evidence: str | None = None,
+                   chance: dict[str, float] | None = None) -> Section:
     """The per-backbone answer. ``tuning``: the study's (fixed, grid, adaptive; None when unknown);
     ``paper``: :func:`bocb.paper.top1` (None: no comparison); ``evidence``: the strength in words
-    when the caller knows better than the results (the paper's published means)."""
+    when the caller knows better than the results (the paper's published means); ``chance``:
+    backbone -> chance-level score (100 / classes), when known, so that a backbone on which nothing
+    trained is called that rather than "no coupling"."""
     rows = {}
     stats = _pair_stats(analysis)
     flags = analysis.flags.set_index(PAIR)["flagged"]
     category = (analysis.frame.drop_duplicates("optimizer").set_index("optimizer")["category"]
                 if "category" in analysis.frame.columns else pd.Series(dtype=str))
-    seeds = int(stats["n"].min())
-    evidence = evidence or _evidence(tuning, seeds, budget)
+    evidence = evidence or _evidence(tuning, (int(stats["n"].min()), int(stats["n"].max())), budget)
     for backbone, group in stats.groupby("backbone", sort=False):
         group = group.sort_values("mean", ascending=False)
         flagged = [o for o in group["optimizer"] if flags.get((o, backbone), False)]
         rows[backbone] = {
             "use": _use(group),
             "avoid": ", ".join(flagged) or "–",
-            "verdict": _verdict(group, flagged, category),
+            "verdict": _verdict(group, flagged, category, (chance or {}).get(backbone)),
             "paper, same optimizers": _paper_view(paper, backbone, list(group["optimizer"])),
         }
     cells = pd.DataFrame.from_dict(rows, orient="index")
@@ -118,7 +121,8 @@ def yours_vs_paper(analysis: ReportAnalysis, paper: pd.DataFrame) -> Table | Non
         "flagged here": [fmt(bool(flags.get((o, b), False))) for o, b in zip(shared["optimizer"], shared["backbone"], strict=True)],
         "paper marks it failed": shared["paper_fails"].map(fmt),
     }).set_index("backbone")
-    agree = int(((shared["rank"] == 1) == (shared["paper_rank"] == 1)).groupby(shared["backbone"]).all().sum())
+    # The best agrees when an optimizer is first in both (ties share first place).
+    agree = int(((shared["rank"] == 1) & (shared["paper_rank"] == 1)).groupby(shared["backbone"]).any().sum())
     return Table(cells, f"Yours vs the paper, for the {len(shared)} pairs it also has. Ranks are within each "
                         f"backbone among these optimizers; the best agrees on {agree} of "
                         f"{shared['backbone'].nunique()} backbones.")
@@ -146,8 +150,13 @@ def _use(group: pd.DataFrame) -> str:
     return text + f"; next {runner['optimizer']} ({fmt(runner['mean'] - best['mean'], 2)})"
 
 
-def _verdict(group: pd.DataFrame, flagged: list[str], category: pd.Series) -> str:
-    worst_gap = float(group["mean"].iloc[0] - group["mean"].iloc[-1])
+def _verdict(group: pd.DataFrame, flagged: list[str], category: pd.Series, chance: float | None) -> str:
+    best = float(group["mean"].iloc[0])
+    if chance is not None and best < NOTHING_TRAINED * chance:
+        return f"nothing trained: the best ({fmt(best, 1)}) is near chance ({fmt(chance, 1)})"
+    if len(group) < 2:
+        return "one optimizer tried: coupling cannot be judged"
+    worst_gap = best - float(group["mean"].iloc[-1])
     if not flagged:
         return f"no coupling seen: every optimizer within {fmt(worst_gap, 1)} points of the best"
     tried = list(group["optimizer"])
@@ -162,11 +171,13 @@ def _verdict(group: pd.DataFrame, flagged: list[str], category: pd.Series) -> st
     return f"coupled: {len(flagged)} of {len(tried)} optimizers fail"
 
 
-def _evidence(tuning: str | None, seeds: int, budget: Budget | None) -> str:
+def _evidence(tuning: str | None, seed_range: tuple[int, int], budget: Budget | None) -> str:
     tuned = tuning in ("grid", "adaptive")
     how = {"grid": "grid-tuned", "adaptive": "adaptively tuned", "fixed": "fixed settings"}.get(tuning or "",
                                                                                                   "settings as given")
-    said = f"{how}, {seeds} seed{'s' if seeds != 1 else ''} per pair"
+    seeds, most = seed_range  # the weakest pair decides the strength; the span is stated
+    span = str(seeds) if seeds == most else f"{seeds}-{most}"
+    said = f"{how}, {span} seed{'s' if most != 1 else ''} per pair"
     if budget is not None and budget.toy:
         return f"weak ({said}, toy budget)"
     if budget is not None and budget.level == "reduced":

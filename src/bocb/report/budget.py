@@ -98,13 +98,14 @@ def real_run(specs: list[dict[str, Any]], effective_flops: float) -> str:
     for name, policy, recipe, optimizer in pairs:
         if not (isinstance(name, str) and isinstance(optimizer, str)):
             continue
-        try:  # a pair bocb cannot size (a plug-in not loaded here, a partial record) is left out
+        try:  # a pair bocb cannot size (a plug-in not loaded here, a partial record, a model it cannot count)
             full = resolve_backbone(name, num_classes=100, policy=policy, scale="paper")
             info = get_optimizer_info(optimizer)
-        except (KeyError, TypeError, ValueError):
+            flops = forward_flops(full)
+        except (KeyError, TypeError, ValueError, RuntimeError):
             continue
         epochs = RECIPES[recipe].epochs if recipe in RECIPES else 200
-        flops = forward_flops(full) * epochs * (3 * CIFAR100_TRAIN + CIFAR100_TEST)
+        flops *= epochs * (3 * CIFAR100_TRAIN + CIFAR100_TEST)
         one += flops
         grid += flops * len(info.lr_grid()) * len(info.wd_grid()) * 3
         sized += 1

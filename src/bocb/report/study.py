@@ -97,8 +97,11 @@ def store_inputs(study_file: Path | None, store: str, today: str, rule: str | No
         curves = curve_runs(opened, analysis.results, analysis.flags)
         specs = opened.specs(study_id)
     # One spec per pair (its best-tuned run's) says what budget the results were trained with.
-    budget = budget_of([specs[t] for t in analysis.results.runs.drop_duplicates(["optimizer", "backbone"])["trial_id"]
-                        if t in specs], EFFECTIVE_FLOPS)
+    chosen = [specs[t] for t in analysis.results.runs.drop_duplicates(["optimizer", "backbone"])["trial_id"]
+              if t in specs]
+    budget = budget_of(chosen, EFFECTIVE_FLOPS)
+    chance = {s["backbone"]["short"]: 100.0 / s["backbone"]["num_classes"] for s in chosen
+              if s.get("backbone", {}).get("num_classes")}
     # Robustness needs tuned settings: with one setting per pair there is nothing to measure.
     hparams = None
     if study is None or study.tuning in ("grid", "adaptive"):
@@ -121,7 +124,7 @@ def store_inputs(study_file: Path | None, store: str, today: str, rule: str | No
     from bocb import paper
     from bocb.report.answer import answer_section, versus_section
 
-    lead = answer_section(analysis, study.tuning if study else None, budget, paper.top1())
+    lead = answer_section(analysis, study.tuning if study else None, budget, paper.top1(), chance=chance)
     versus = versus_section(analysis, paper.top1())
     if versus is not None:
         extra.insert(0, versus)
@@ -148,6 +151,7 @@ def transfer_inputs(study_file: Path, store: str, today: str, rule: str | None, 
         finetuned = weights_frame(opened, study.study_id)
         pre_ids = results.drop_duplicates("backbone").set_index("backbone")["pretrain_trial"].dropna().to_dict()
         pretrained = weights_frame(opened, None, snapshot_ids=set(pre_ids.values()))
+        pre_specs = opened.specs(None)
         weight_errors = snapshot_errors(opened, study.study_id)
         versions = sorted({t["code_version"] for t in opened.trials(study.study_id) if t["code_version"]})
     analysis = ReportAnalysis.of(results, rule, gamma)
@@ -173,9 +177,12 @@ def transfer_inputs(study_file: Path, store: str, today: str, rule: str | None, 
     title = f"bocb transfer study '{study.name}': pre-training x fine-tuning optimizers"
     from bocb.report.answer import answer_section
 
-    # The paper's CIFAR-100 table is not a transfer result: no comparison column.
-    lead = answer_section(analysis, study.tuning, None, None)
-    return ReportInputs(analysis, hparams, study.name, title, provenance, _cost(analysis.frame), extra, lead=[lead])
+    # The paper's CIFAR-100 table is not a transfer result: no comparison column. The budget is the
+    # pre-training's (the fine-tuning specs are another task's), which a toy transfer demo shares.
+    budget = budget_of([pre_specs[t] for t in results["pretrain_trial"].dropna().unique() if t in pre_specs])
+    lead = answer_section(analysis, study.tuning, budget, None)
+    return ReportInputs(analysis, hparams, study.name, title, provenance, _cost(analysis.frame), extra, lead=[lead],
+                        banner=budget.banner())
 
 
 def _provenance(store: str, metric: str, today: str, study: str, results: pd.DataFrame, left_out: pd.DataFrame,

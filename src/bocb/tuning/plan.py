@@ -30,7 +30,7 @@ def plan_rows(prepared: Any) -> list[dict[str, Any]]:
         expected, worst = pair_cost(pair.space, config, pair.epochs, seeds)
         out.append({"pair": pair.key, "backbone": spec.backbone.short, "grid": grid_trials * full,
                     "expected": expected * per_epoch, "worst": worst * per_epoch,
-                    "grid_trials": grid_trials, "full_trial": full})
+                    "grid_trials": grid_trials, "full_trial": full, "spec": spec})
     return out
 
 

@@ -17,7 +17,7 @@ CIFAR policy: the 7x7 stride-4 stem conv becomes 3x3 stride 1 (stages at 32, 16,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bocb.lazy import lazy_module
 from bocb.zoo.backbones import register_backbone
@@ -27,10 +27,9 @@ S12 = dict(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512))
 # timm's Attention uses 32-channel heads and breaks below one full head, so tiny widths stay >= 32.
 TINY = dict(depths=(1, 1, 1, 1), dims=(32, 32, 64, 128))
 
-if TYPE_CHECKING:
-    from torch import nn
-
-mf = lazy_module("timm.models.metaformer")  # imported when a model is first built (bocb.lazy)
+# Imported when a model is first built (bocb.lazy).
+mf = lazy_module("timm.models.metaformer")
+nn = lazy_module("torch.nn")
 
 
 def configs() -> dict[str, dict[str, Any]]:
@@ -38,7 +37,7 @@ def configs() -> dict[str, dict[str, Any]]:
     baseline = dict(norm_layers=mf.GroupNorm1NoBias, use_mlp_head=False)
     conv_ln, attn_ln = mf.LayerNorm2dNoBias, mf.LayerNormNoBias
     return {
-        "identityformer_s12": dict(token_mixers=lazy_module("torch.nn").Identity, **baseline),
+        "identityformer_s12": dict(token_mixers=nn.Identity, **baseline),
         "poolformerv2_s12": dict(token_mixers=mf.Pooling, **baseline),
         "convformer_s12": dict(token_mixers=mf.SepConv, norm_layers=conv_ln),
         "attentionformer_s12": dict(token_mixers=mf.Attention, norm_layers=attn_ln),
