@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from bocb.fencing import new_token
 from bocb.store import Store
+from bocb.trial_progress import ProgressBoard
 
 
 class Executor(Protocol):
@@ -60,7 +61,7 @@ class RunStats:
     trial_seconds: list[float] = field(default_factory=list)
     lost_leases: int = 0
     stale_results: int = 0  # records from a superseded claim, refused
-    last_epoch: dict[str, dict] = field(default_factory=dict)  # trial_id -> last epoch event
+    progress: ProgressBoard = field(default_factory=ProgressBoard)  # the trials running now
     notes: list[str] = field(default_factory=list)  # one line each, for the user after the run
     out_of_time: bool = False  # stopped at its deadline
     handed_back: int = 0  # running trials handed back at the deadline
@@ -164,6 +165,7 @@ def run_study(
                     spec = {**spec, "stop_at_epoch": rung_stop}
                 claims[trial_id] = new_token()
                 executor.submit(trial_id, spec, claims[trial_id])
+                stats.progress.start(trial_id, spec)
                 leases[trial_id] = time.time()
                 started += 1
             if not executor.running:
@@ -175,14 +177,13 @@ def run_study(
                     continue
                 del claims[trial_id]
                 leases.pop(trial_id, None)
-                stats.last_epoch.pop(trial_id, None)
+                stats.progress.end(trial_id)
                 _store_result(store, me, trial_id, record, stats, stops.pop(trial_id, None))
                 fresh_results = True
             for trial_id, event in executor.events():
-                # An epoch event read after its trial's result (the two travel apart) is not a
-                # running trial: kept, it left finished trials in the live view for good.
-                if trial_id in claims:
-                    stats.last_epoch[trial_id] = event
+                # An event read after its trial's result (the two travel apart) is not a running
+                # trial's: the board drops it, as kept it left finished trials in the live view.
+                stats.progress.update(trial_id, event)
             now = time.time()
             for trial_id, renewed in list(leases.items()):
                 if now - renewed > lease_s / 3:
@@ -194,10 +195,12 @@ def run_study(
                         # Its late record is then a stale result, not a second lost lease.
                         claims.pop(trial_id, None)
                         stops.pop(trial_id, None)
+                        stats.progress.end(trial_id)  # no longer this runner's to show
             if on_update:
                 on_update(stats)
     except (KeyboardInterrupt, _Stop, _OutOfTime) as stopped:
         executor.shutdown()
+        stats.progress.clear()
         # Every trial this runner holds, not only those in `leases`: a Ctrl-C can land after a
         # claim was committed and before the loop noted it (seen on a loaded machine).
         try:
@@ -210,7 +213,6 @@ def run_study(
             raise KeyboardInterrupt from None
         stats.out_of_time = True
         stats.handed_back = len(mine | set(leases))
-        stats.last_epoch.clear()
         return stats
     except Exception:
         # The store failed under us (disk full, file damaged): stop the workers, hand back what
