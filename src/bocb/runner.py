@@ -146,6 +146,7 @@ def run_study(
     # (a notebook's background job, a server) stops on the caller's terms instead.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
+    previous_int = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         while True:
             if deadline is not None and time.time() >= deadline:
@@ -199,6 +200,8 @@ def run_study(
             if on_update:
                 on_update(stats)
     except (KeyboardInterrupt, _Stop, _OutOfTime) as stopped:
+        if main_thread:  # a second Ctrl-C must not break off the hand-back: trials would stay `running`
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         executor.shutdown()
         stats.progress.clear()
         # Every trial this runner holds, not only those in `leases`: a Ctrl-C can land after a
@@ -229,6 +232,8 @@ def run_study(
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:  # None: a handler not set from Python, left as it is
+                signal.signal(signal.SIGINT, previous_int)
     executor.shutdown()
     return stats
 

@@ -95,6 +95,7 @@ def show_run(start, as_json: bool = False) -> int:
         console.print(f"[red]error:[/] {err}", markup=True, highlight=False)
         return 1
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         display.stop()
         console.print(f"[yellow]{escape(display.interrupted())}[/]")
         return 130
@@ -107,6 +108,16 @@ def show_run(start, as_json: bool = False) -> int:
         console.print(tuning_table(summary.tuning))
     print(json.dumps({"study": summary.study, "study_id": summary.study_id, **summary.counts}), flush=True)
     return _exit_status(summary)
+
+
+def _ignore_further_interrupts() -> None:
+    """After the first Ctrl-C the command only tidies up and exits: a second one (people press it
+    twice) would break off the last message or the interpreter's exit with a traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _exit_status(summary) -> int:

@@ -32,6 +32,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -157,6 +158,11 @@ def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: 
     # runner. This module and the arguments are kept light (the config travels as a dict) so that
     # a spawned slot's start-up reaches this line at once.
     die_with_parent(runner_pid, watchdog_s)
+    # Ctrl-C in a terminal reaches the whole process group: the runner handles it and stops its
+    # workers itself (shutdown), so a worker's own KeyboardInterrupt would only print a traceback
+    # from the middle of a step. Forked from the guarded fork server a worker inherits this
+    # already; under spawn (macOS) it does not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _release_fork_server()  # a no-op in a spawned worker
     import torch
 
