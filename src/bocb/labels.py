@@ -1,4 +1,4 @@
-"""How a trial is named for people: ``backbone x optimizer (lr 1e-3, wd 0.05)``.
+"""How a trial is named for people: ``backbone x optimizer (lr 1e-3, wd 0.05)``; and durations.
 
 One spelling for every view that lists trials while they run (``bocb run``'s live view,
 ``bocb status --watch``): a 16-hex trial id tells a user nothing, the settings that make the
@@ -34,3 +34,11 @@ def trial_label(fields: Mapping[str, Any], show_seed: bool = False) -> str:
     if show_seed and fields.get("seed") is not None:
         settings.append(f"seed {fields['seed']}")
     return f"{model} x {fields.get('optimizer') or '?'} ({', '.join(settings)})"
+
+
+def clock(seconds: float | None, unknown: str = "—") -> str:
+    """A duration as ``h:mm:ss``; ``unknown`` (a dash) when there is none: a view never makes one up."""
+    if seconds is None:
+        return unknown
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

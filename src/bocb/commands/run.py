@@ -30,7 +30,8 @@ from rich.table import Table
 from rich.text import Text
 
 from bocb.api import MIN_LEASE_S
-from bocb.commands.common import add_data_args, add_json_arg, add_store_arg, data_dirs, default_cache_dir, plugins_of
+from bocb.commands.common import (add_data_args, add_json_arg, add_store_arg, data_dirs, default_cache_dir,
+                                  ignore_further_interrupts, plugins_of)
 from bocb.run_events import RunUpdate
 
 
@@ -95,7 +96,7 @@ def show_run(start, as_json: bool = False) -> int:
         console.print(f"[red]error:[/] {err}", markup=True, highlight=False)
         return 1
     except KeyboardInterrupt:
-        _ignore_further_interrupts()
+        ignore_further_interrupts()
         display.stop()
         console.print(f"[yellow]{escape(display.interrupted())}[/]")
         return 130
@@ -108,16 +109,6 @@ def show_run(start, as_json: bool = False) -> int:
         console.print(tuning_table(summary.tuning))
     print(json.dumps({"study": summary.study, "study_id": summary.study_id, **summary.counts}), flush=True)
     return _exit_status(summary)
-
-
-def _ignore_further_interrupts() -> None:
-    """After the first Ctrl-C the command only tidies up and exits: a second one (people press it
-    twice) would break off the last message or the interpreter's exit with a traceback."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _exit_status(summary) -> int:
@@ -236,13 +227,6 @@ NAME_WIDTH = 50
 DASH = "—"  # a value not measured yet: never a made-up number
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return DASH
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def _of(k: int | None, n: int | None) -> str:
     return DASH if k is None else f"{k}/{n if n is not None else '?'}"
 
@@ -268,7 +252,7 @@ class _LiveView:
         trials (none in a ``final`` frame: the run ended or was stopped)."""
         if update is None:
             return self.progress
-        from bocb.labels import trial_label
+        from bocb.labels import clock, trial_label
 
         stats = update.stats
         board = stats.progress
@@ -284,7 +268,7 @@ class _LiveView:
             pending = max(0, int(total or 0) - stats.done - len(running))
             ips = board.images_per_s()
             line += (f"; {len(running)} running, {_number(ips, ',.0f')} img/s; "
-                     f"ETA {_duration(board.eta(pending))}")
+                     f"ETA {clock(board.eta(pending))}")
         parts = [self.progress, Text(line, overflow="fold")]
         if update.tuning is not None:
             parts.append(Text(update.tuning))
@@ -297,7 +281,7 @@ class _LiveView:
                 name = trial_label(p.settings, self.show_seed) if p.settings else p.trial_id
                 table.add_row(escape(name), _of(p.epoch, p.epochs), _of(p.step, p.steps),
                               _number(p.images_per_s, ",.0f"), _number(p.score, ".2f"),
-                              _number(p.train_loss, ".3f"), _duration(p.seconds_left))
+                              _number(p.train_loss, ".3f"), clock(p.seconds_left))
             parts.append(table)
         return Constrain(Group(*parts), VIEW_WIDTH)
 
