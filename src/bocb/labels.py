@@ -36,9 +36,13 @@ def trial_label(fields: Mapping[str, Any], show_seed: bool = False) -> str:
     return f"{model} x {fields.get('optimizer') or '?'} ({', '.join(settings)})"
 
 
-def clock(seconds: float | None, unknown: str = "—") -> str:
-    """A duration as ``h:mm:ss``; ``unknown`` (a dash) when there is none: a view never makes one up."""
+# What a view shows for a value not measured (yet): never a made-up number.
+DASH = "—"
+
+
+def clock(seconds: float | None) -> str:
+    """A duration as ``h:mm:ss``; :data:`DASH` when there is none."""
     if seconds is None:
-        return unknown
+        return DASH
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -32,6 +32,7 @@ from rich.text import Text
 from bocb.api import MIN_LEASE_S
 from bocb.commands.common import (add_data_args, add_json_arg, add_store_arg, data_dirs, default_cache_dir,
                                   ignore_further_interrupts, plugins_of)
+from bocb.labels import DASH
 from bocb.run_events import RunUpdate
 
 
@@ -224,7 +225,6 @@ class RunDisplay:
 # grow with its longest name); the names' column gives way first, ending in an ellipsis.
 VIEW_WIDTH = 100
 NAME_WIDTH = 50
-DASH = "—"  # a value not measured yet: never a made-up number
 
 
 def _of(k: int | None, n: int | None) -> str:
