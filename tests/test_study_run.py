@@ -25,6 +25,7 @@ from bocb.executors import sockets
 from bocb.store import SQLiteStore
 from bocb.study import StudyError, load_study
 from cli_inproc import bocb as _bocb
+from procs import alive
 
 TINY = """
 [study]
@@ -363,16 +364,20 @@ def _wait_state(pid: int) -> str:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
+def test_ctrl_c_stops_quietly_and_leaves_no_running_trial_nor_process(tmp_path, cache):
+    """Ctrl-C (again and again, as people press it) while a trial trains: exit 130, one line saying what was
+    stopped and to rerun the command, no traceback from the runner or its workers, the running
+    trial handed back, and no process of the run left behind."""
     store = tmp_path / "store.sqlite"
     path = _study(tmp_path, "interrupt", ["R-50"], ["SGD-M", "AdamW", "LAMB"], epochs=3)
     env = dict(os.environ, BOCB_CACHE_DIR=str(cache))
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
     # SIGINT as a terminal leaves it: the test process may run with it ignored (a disposition a
     # child inherits), and then the run never sees the Ctrl-C and finishes with 0.
-    proc = subprocess.Popen([sys.executable, "-m", "bocb", "run", str(path), "--store", str(store)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "bocb", "run", str(path), "--store", str(store)],
+                                stdout=stdout, stderr=stderr, env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)
@@ -380,7 +385,14 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
             with SQLiteStore(store) as s:
                 if s.counts()["running"]:
                     break
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
+    time.sleep(2)  # into the trial's steps, where a worker's own KeyboardInterrupt would print
+    processes = sockets.descendants(proc.pid)  # the fork server and the worker
+    for _ in range(8):  # what Ctrl-C sends to the terminal's process group, pressed again and again
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:  # the run is over
+            break
+        time.sleep(0.1)
     try:
         # Usually 2-4 s. Should it hang, say where each process of the run waits.
         code = proc.wait(timeout=150)
@@ -390,6 +402,15 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_running_trial(tmp_path, cache):
         proc.wait()
         pytest.fail(f"bocb run did not stop within 150 s of Ctrl-C; its processes: {state}")
     assert code == 130
+    assert "Traceback" not in err.read_text(), err.read_text()[-3000:]
+    last = out.read_text().strip().splitlines()[-1]
+    assert re.fullmatch(r"stopped: \d running trial\(s\) handed back, finished ones stored; rerun the same "
+                        r"command to resume", last), last
+    assert processes, "the run had no worker process to check"
+    deadline = time.time() + 10  # the fork server exits once the runner's end of its pipe closes
+    while any(alive(pid) for pid in processes) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in processes if alive(pid)], "a process of the run outlived it"
     with SQLiteStore(store) as s:
         counts = s.counts()
     assert counts["running"] == 0 and counts["pending"] >= 1 and counts["total"] == 3

@@ -50,6 +50,9 @@ from bocb.optim import OptimizerSpec, Stepper, build_optimizer
 from bocb.provenance import code_version, device_info, library_versions
 from bocb.seeding import epoch_seed, seed_all, synchronize
 
+# Called with {"event": "step", "epoch", "step", "steps", "epochs", "batch"} after every training
+# step and {"event": "epoch", "epoch", "row", "epochs"} after every evaluated epoch ("epoch" counts
+# from 0 there, the row's "epoch" from 1).
 Progress = Callable[[dict[str, Any]], None]
 Forward = Callable[[], Any]
 CHECKPOINT = "checkpoint.safetensors"
@@ -289,8 +292,9 @@ def train(
                 if not math.isfinite(loss_sum.item()) or loss.item() > run.loss_limit:
                     diverged = True
                     break
-            if progress:
-                progress({"event": "step", "epoch": epoch, "step": i + 1, "steps": steps_per_epoch})
+            if progress:  # the schedule's length and the batch let a live view show epoch k/N and img/s
+                progress({"event": "step", "epoch": epoch, "step": i + 1, "steps": steps_per_epoch,
+                          "epochs": run.epochs, "batch": run.batch_size})
         synchronize(device)
         train_seconds = time.perf_counter() - t0
         if options.compile and epoch == start_epoch:
@@ -314,7 +318,7 @@ def train(
             record["diverged_epoch"] = epoch + 1
             break
         if progress:
-            progress({"event": "epoch", "epoch": epoch, "row": row})
+            progress({"event": "epoch", "epoch": epoch, "row": row, "epochs": run.epochs})
         if run.collapsed and run.collapsed(record["epochs"]):
             record["status"] = "diverged"
             record["diverged_epoch"] = epoch + 1

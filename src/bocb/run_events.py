@@ -45,7 +45,8 @@ class LeftToOthers:
 @dataclass(frozen=True)
 class Started:
     """The study as registered, before any trial runs: ``counts`` by status plus ``total``;
-    ``new``: trials new to the store; ``runnable``: pending plus running."""
+    ``new``: trials new to the store; ``runnable``: pending plus running; ``seeds``: how many seeds
+    the study has (a view names a trial's seed only when there is more than one)."""
 
     study: str
     study_id: str
@@ -53,12 +54,14 @@ class Started:
     counts: dict[str, int]
     new: int
     runnable: int
+    seeds: int = 1
 
 
 @dataclass(frozen=True)
 class RunUpdate:
-    """The runner's statistics so far (:class:`bocb.runner.RunStats`: finished counts, images,
-    running trials' last epochs). Adaptive studies add how many trials the tuner ``proposed`` and its
+    """The runner's statistics so far (:class:`bocb.runner.RunStats`: finished counts, images, and
+    ``stats.progress``, the trials running now with their epoch, step, throughput and time left,
+    :class:`bocb.trial_progress.ProgressBoard`). Adaptive studies add how many trials the tuner ``proposed`` and its
     one-line ``tuning`` summary; both None otherwise."""
 
     stats: Any

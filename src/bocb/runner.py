@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from bocb.fencing import new_token
 from bocb.store import Store
+from bocb.trial_progress import ProgressBoard
 
 
 class Executor(Protocol):
@@ -70,7 +71,7 @@ class RunStats:
     trial_seconds: list[float] = field(default_factory=list)
     lost_leases: int = 0
     stale_results: int = 0  # records from a superseded claim, refused
-    last_epoch: dict[str, dict] = field(default_factory=dict)  # trial_id -> last epoch event
+    progress: ProgressBoard = field(default_factory=ProgressBoard)  # the trials running now
     notes: list[str] = field(default_factory=list)  # one line each, for the user after the run
     out_of_time: bool = False  # stopped at its deadline
     handed_back: int = 0  # running trials handed back at the deadline
@@ -161,6 +162,7 @@ def run_study(
     # (a notebook's background job, a server) stops on the caller's terms instead.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
+    previous_int = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         while True:
             if deadline is not None and time.time() >= deadline:
@@ -180,6 +182,7 @@ def run_study(
                     spec = {**spec, "stop_at_epoch": rung_stop}
                 claims[trial_id] = new_token()
                 executor.submit(trial_id, spec, claims[trial_id])
+                stats.progress.start(trial_id, spec)
                 if observer is not None:
                     observer.started(trial_id, spec)
                 leases[trial_id] = time.time()
@@ -195,19 +198,17 @@ def run_study(
                     continue
                 del claims[trial_id]
                 leases.pop(trial_id, None)
-                stats.last_epoch.pop(trial_id, None)
+                stats.progress.end(trial_id)
                 status = _store_result(store, me, trial_id, record, stats, stops.pop(trial_id, None))
                 if observer is not None:
                     observer.finished(trial_id, record, status)
                 fresh_results = True
             for trial_id, event in executor.events():
-                # An epoch event read after its trial's result (the two travel apart) is not a
-                # running trial: kept, it left finished trials in the live view for good.
-                if trial_id in claims:
-                    if observer is not None:
-                        observer.event(trial_id, event)
-                    if event["event"] == "epoch":  # the live view shows the last row
-                        stats.last_epoch[trial_id] = event
+                # An event read after its trial's result (the two travel apart) is not a running
+                # trial's: the board drops it, as kept it left finished trials in the live view.
+                stats.progress.update(trial_id, event)
+                if observer is not None and trial_id in claims:
+                    observer.event(trial_id, event)
             now = time.time()
             for trial_id, renewed in list(leases.items()):
                 if now - renewed > lease_s / 3:
@@ -219,10 +220,14 @@ def run_study(
                         # Its late record is then a stale result, not a second lost lease.
                         claims.pop(trial_id, None)
                         stops.pop(trial_id, None)
+                        stats.progress.end(trial_id)  # no longer this runner's to show
             if on_update:
                 on_update(stats)
     except (KeyboardInterrupt, _Stop, _OutOfTime) as stopped:
+        if main_thread:  # a second Ctrl-C must not break off the hand-back: trials would stay `running`
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         executor.shutdown()
+        stats.progress.clear()
         # Every trial this runner holds, not only those in `leases`: a Ctrl-C can land after a
         # claim was committed and before the loop noted it (seen on a loaded machine).
         try:
@@ -235,7 +240,6 @@ def run_study(
             raise KeyboardInterrupt from None
         stats.out_of_time = True
         stats.handed_back = len(mine | set(leases))
-        stats.last_epoch.clear()
         return stats
     except Exception:
         # The store failed under us (disk full, file damaged): stop the workers, hand back what
@@ -252,6 +256,8 @@ def run_study(
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:  # None: a handler not set from Python, left as it is
+                signal.signal(signal.SIGINT, previous_int)
     executor.shutdown()
     return stats
 

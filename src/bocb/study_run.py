@@ -163,7 +163,8 @@ def run_registered(options: RunOptions, store: Any, study: Any, new: int, tuner:
         _take_back(store, study.study_id, options.reclaim, progress)
         counts = store.counts(study.study_id)
         runnable = counts["pending"] + counts["running"]
-        emit(progress, ev.Started(study.name, study.study_id, options.store, dict(counts), new, runnable))
+        emit(progress, ev.Started(study.name, study.study_id, options.store, dict(counts), new, runnable,
+                                  seeds=len(getattr(study, "seeds", ())) or 1))
         # Absolute, so the paths stored with each trial's results mean the same from any working
         # directory (diagnose, transfer and reruns read them back).
         artifacts = (options.artifacts or Path(options.store).parent / "artifacts").resolve()

@@ -149,3 +149,14 @@ def load_any_study(path: Path):
 def plugins_of(args: argparse.Namespace) -> list[str]:
     """The ``--plugin`` modules given before and after the command's name."""
     return [*getattr(args, "plugins_top", []), *getattr(args, "plugins_command", [])]
+
+
+def ignore_further_interrupts() -> None:
+    """Call on the first Ctrl-C of a command that then only tidies up and exits: a second one
+    (people press it twice) would break off the last message or the interpreter's exit with a
+    traceback. Main thread only (the only one that may set signal handlers)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -22,14 +22,18 @@ import sys
 from pathlib import Path
 
 from rich.console import Console, Group
+from rich.constrain import Constrain
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from bocb.api import MIN_LEASE_S
-from bocb.commands.common import add_data_args, add_json_arg, add_store_arg, data_dirs, default_cache_dir, plugins_of
-from bocb.commands.common import add_log_args
+from bocb.commands.common import (add_data_args, add_json_arg, add_log_args, add_store_arg, data_dirs,
+                                  default_cache_dir, ignore_further_interrupts, plugins_of)
+from bocb.labels import DASH
+from bocb.run_events import RunUpdate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -94,8 +98,9 @@ def show_run(start, as_json: bool = False) -> int:
         console.print(f"[red]error:[/] {err}", markup=True, highlight=False)
         return 1
     except KeyboardInterrupt:
+        ignore_further_interrupts()
         display.stop()
-        console.print("[yellow]stopped: running trials were handed back and resume on the next run[/]")
+        console.print(f"[yellow]{escape(display.interrupted())}[/]")
         return 130
     finally:
         display.stop()
@@ -122,7 +127,8 @@ def _exit_status(summary) -> int:
 
 class RunDisplay:
     """Draws :mod:`bocb.run_events` as ``bocb run`` always has: messages, a live view of the trials,
-    then a progress bar while snapshots are measured."""
+    then a progress bar while snapshots are measured; and says what a Ctrl-C stopped
+    (:meth:`interrupted`)."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -130,6 +136,9 @@ class RunDisplay:
         self.view: _LiveView | None = None
         self.bar: Progress | None = None
         self.bar_task = None
+        self.phase = "starting"  # then "trials", "after" (the trials ended), "measuring"
+        self.last: RunUpdate | None = None
+        self.running = 0  # trials running at the last update (the runner empties its board on a stop)
 
     def __call__(self, event) -> None:
         from bocb import run_events as ev
@@ -159,16 +168,21 @@ class RunDisplay:
             console.print(f"study [bold]{escape(event.study)}[/] ({event.study_id}): {c['total']} trials, {event.new} new, "
                           f"{c['done'] + c['diverged']} finished, {event.runnable} to run, "
                           f"{c['failed']} failed, {c['skipped']} skipped; store {escape(str(event.store))}")
-            self.view = _LiveView(event.runnable)
+            self.phase = "trials"
+            self.view = _LiveView(event.runnable, event.seeds)
             self.live = Live(self.view.render(None), console=console, refresh_per_second=2)
             self.live.start(refresh=True)
         elif isinstance(event, ev.RunUpdate) and self.live is not None:
-            self.live.update(self.view.render(event))
-            if isinstance(event, ev.RunEnded):
+            ended = isinstance(event, ev.RunEnded)
+            self.last, self.running = event, 0 if ended else len(event.stats.progress)
+            self.live.update(self.view.render(event, final=ended))
+            if ended:
+                self.phase = "after"
                 self._stop_live()
                 for note in event.stats.notes:
                     console.print(escape(note))
         elif isinstance(event, ev.Measuring):
+            self.phase = "measuring"
             self.bar = Progress(TextColumn("[bold]weight diagnostics"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console)
             self.bar_task = self.bar.add_task("snapshots", total=event.total)
@@ -186,49 +200,91 @@ class RunDisplay:
             self.console.line()
 
     def stop(self) -> None:
-        """Close whatever is still drawing (after an interrupt or an error)."""
+        """Close whatever is still drawing (after an interrupt or an error). The live view's last
+        frame keeps the counts and drops the running trials: they are not running any more."""
         if self.live is not None:
+            if self.last is not None:
+                self.live.update(self.view.render(self.last, final=True))
             self._stop_live()
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
 
+    def interrupted(self) -> str:
+        """The one line a Ctrl-C ends with: what was stopped and how to go on (the same command
+        again; the runner has handed its running trials back as pending by then)."""
+        if self.phase == "starting":
+            return "stopped before any trial started; rerun the same command to run the study"
+        if self.phase == "trials":
+            return (f"stopped: {self.running} running trial(s) handed back, finished ones stored; rerun the same "
+                    f"command to resume")
+        return ("stopped after the trials ran (their results are stored), while measuring weight snapshots; rerun "
+                "the same command to measure the rest")
+
+
+# The live view is drawn at most this wide whatever the terminal (a wide one otherwise lets a table
+# grow with its longest name); the names' column gives way first, ending in an ellipsis.
+VIEW_WIDTH = 100
+NAME_WIDTH = 50
+
+
+def _of(k: int | None, n: int | None) -> str:
+    return DASH if k is None else f"{k}/{n if n is not None else '?'}"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return DASH if value is None else format(value, fmt)
+
 
 class _LiveView:
-    def __init__(self, total: int):
-        self.progress = Progress(
-            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-        )
-        self.task = self.progress.add_task("trials", total=total, info="")
+    """The trials bar; one line of finished counts, running trials, their throughput and the ETA;
+    then a row per running trial: its name, epoch k/N, step within the epoch, training img/s, the
+    last evaluated epoch's score and train loss, and its time left (:mod:`bocb.trial_progress`
+    says how each is measured)."""
 
-    def render(self, update):
-        """The progress bar alone before the first update; then bar, tuning line and running trials."""
+    def __init__(self, total: int, seeds: int = 1):
+        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(bar_width=40), MofNCompleteColumn(),
+                                 TimeElapsedColumn())
+        self.task = self.progress.add_task("trials", total=total)
+        self.show_seed = seeds > 1
+
+    def render(self, update, final: bool = False):
+        """The bar alone before the first update; then bar, summary line, tuning line and the running
+        trials (none in a ``final`` frame: the run ended or was stopped)."""
         if update is None:
             return self.progress
+        from bocb.labels import clock, trial_label
+
         stats = update.stats
-        ips = stats.images / stats.train_seconds if stats.train_seconds else 0.0
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.finished.items())) or "none finished yet"
-        total = None
+        board = stats.progress
+        running = [] if final else board.running()
+        task = self.progress.tasks[0]
+        total = task.total
         if update.proposed is not None:  # adaptive: the total grows as the tuner proposes
-            total = max(stats.done + len(stats.last_epoch), update.proposed)
-        self.progress.update(self.task, completed=stats.done, **({"total": total} if total else {}),
-                             info=f"{counts}; {len(stats.last_epoch)} reporting; {ips:.0f} img/s per slot")
-        table = Table(show_header=True, box=None)
-        for col in ("running trial", "epoch", "test top-1 / AP", "train loss"):
-            table.add_column(col)
-        for trial_id, event in stats.last_epoch.items():
-            row = event["row"]
-            # A number an epoch does not have (no evaluation yet) shows as "-", never a crash.
-            score = row.get("score")
-            loss = row.get("train_loss")
-            table.add_row(trial_id, str(row.get("epoch", "-")), "-" if score is None else f"{score:.2f}",
-                          "-" if loss is None else f"{loss:.3f}")
-        # No running trial, no table (an empty one draws a bare header).
-        rows = (table,) if stats.last_epoch else ()
+            total = max(stats.done + len(running), update.proposed)
+        self.progress.update(self.task, completed=stats.done, total=total)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.finished.items())) or "none finished yet"
+        line = f"finished: {counts}"
+        if not final:
+            pending = max(0, int(total or 0) - stats.done - len(running))
+            ips = board.images_per_s()
+            line += (f"; {len(running)} running, {_number(ips, ',.0f')} img/s; "
+                     f"ETA {clock(board.eta(pending))}")
+        parts = [self.progress, Text(line, overflow="fold")]
         if update.tuning is not None:
-            return Group(self.progress, update.tuning, *rows)
-        return Group(self.progress, *rows)
+            parts.append(Text(update.tuning))
+        if running:  # no running trial, no table (an empty one draws a bare header)
+            table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+            table.add_column("running trial", max_width=NAME_WIDTH, no_wrap=True, overflow="ellipsis")
+            for col in ("epoch", "step", "img/s", "top-1/AP", "loss", "left"):
+                table.add_column(col, justify="right", no_wrap=True)
+            for p in running:
+                name = trial_label(p.settings, self.show_seed) if p.settings else p.trial_id
+                table.add_row(escape(name), _of(p.epoch, p.epochs), _of(p.step, p.steps),
+                              _number(p.images_per_s, ",.0f"), _number(p.score, ".2f"),
+                              _number(p.train_loss, ".3f"), clock(p.seconds_left))
+            parts.append(table)
+        return Constrain(Group(*parts), VIEW_WIDTH)
 
 
 # Above this many trials the end of a run counts instead of listing (a 30,000-row table took 42 s

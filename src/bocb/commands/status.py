@@ -7,21 +7,34 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bocb.api import EFFECTIVE_FLOPS
 from bocb.commands.common import (add_data_args, add_json_arg, add_store_arg, data_dirs, default_cache_dir,
                                   open_existing_store)
 from bocb.store import STATUSES, Store
 
+# `bocb status --watch` without a number: often enough to follow trials of minutes, rarely enough
+# that reading the store (a few queries on a read-only connection) costs nothing noticeable.
+WATCH_EVERY_S = 2.0
+# Running trials listed by `bocb status`; past this many a line counts the rest.
+MAX_RUNNING_ROWS = 20
+
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("status", help="trial counts by status, for a study or the whole store")
+    s = sub.add_parser("status", help="trial counts by status and the running trials, for a study or the whole store")
     s.add_argument("study", nargs="?", type=Path, help="study file (default: the whole store)")
     add_store_arg(s)
     add_json_arg(s, "the counts (and an adaptive study's tuning state)")
+    # Read as text and checked in _watch: `--watch study.toml` would otherwise end in argparse's
+    # "invalid float value" with a usage block, not a line that says to give the study first.
+    s.add_argument("--watch", nargs="?", const=str(WATCH_EVERY_S), default=None, metavar="SECONDS",
+                   help=f"redraw every SECONDS (default {WATCH_EVERY_S:g}) until no trial is pending or running "
+                        "(exit 0) or Ctrl-C (exit 130); give it after the study file")
     s.set_defaults(func=status)
 
     p = sub.add_parser("plan", help="a study's trial count, compute estimate and what is done")
@@ -58,6 +71,8 @@ def _study_id(path: Path | None) -> tuple[str | None, str | None]:
 
 
 def status(args: argparse.Namespace) -> int:
+    if args.watch is not None:
+        return _watch(args)
     study_id, name = _study_id(args.study)
     with open_existing_store(args.store) as store:
         counts = store.counts(study_id)
@@ -66,17 +81,110 @@ def status(args: argparse.Namespace) -> int:
         extra = {"tuning": tuning} if tuning is not None else {}
         print(json.dumps({"study": name, "study_id": study_id, **counts, **extra}))
         return 0
-    table = Table(title=escape(f"{name or 'all studies'} in {args.store}"))
+    Console().print(*_status_view(args.store, args.study, study_id, name, tuning is not None)[0])
+    return 0
+
+
+def _status_view(store_path: str, study_path: Path | None, study_id: str | None, name: str | None,
+                 adaptive: bool) -> tuple[list, int]:
+    """What ``bocb status`` draws (the counts, the running trials, an adaptive study's tuning
+    state) and how many trials are pending or running."""
+    with open_existing_store(store_path) as store:
+        counts = store.counts(study_id)
+        running = _running_table(store, study_id)
+        tuning = None
+        if adaptive:
+            from bocb.tuning.adapter import states
+            from bocb.tuning.views import tuning_table
+
+            tuning = tuning_table(states(store, _load(study_path)))
+    table = Table(title=escape(f"{name or 'all studies'} in {store_path}"))
     for s in (*STATUSES, "total"):
         table.add_column(s, justify="right")
     table.add_row(*[str(counts[s]) for s in (*STATUSES, "total")])
-    Console().print(table)
-    if tuning is not None:
-        from bocb.tuning.adapter import states
-        from bocb.tuning.views import tuning_table
+    parts = [p for p in (table, running, tuning) if p is not None]
+    return parts, counts["pending"] + counts["running"]
 
-        with open_existing_store(args.store) as store:
-            Console().print(tuning_table(states(store, _load(args.study))))
+
+def _running_table(store: Store, study_id: str | None) -> Group | None:
+    """The running trials by name, with their runner, how long since they were claimed and the
+    lease left. Epoch progress is not there: the store gets a trial's epochs when it finishes
+    (the runner's live view shows it while it runs)."""
+    import time
+
+    from bocb.labels import clock, trial_label
+
+    held = {r["trial_id"]: r for r in store.held(study_id)}
+    if not held:
+        return None
+    trials = store.trials(study_id)
+    rows = [r for r in trials if r["trial_id"] in held]
+    seeds = len({r["seed"] for r in trials}) > 1
+    now = time.time()
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("running trial", max_width=50, no_wrap=True, overflow="ellipsis")
+    for col in ("runner", "for", "lease left"):
+        table.add_column(col, justify="right" if col != "runner" else "left", no_wrap=True)
+    for r in rows[:MAX_RUNNING_ROWS]:
+        lease = held[r["trial_id"]]["lease_expires"]
+        table.add_row(escape(trial_label(r, seeds)), escape(str(held[r["trial_id"]]["runner"])),
+                      clock(now - r["started"] if r["started"] else None),
+                      clock(lease - now if lease else None))
+    if len(rows) > MAX_RUNNING_ROWS:
+        table.add_row(f"... and {len(rows) - MAX_RUNNING_ROWS} more", "", "", "")
+    return Group(table, Text("epoch progress: in the runner's live view (the store gets a trial's epochs when it "
+                             "ends)", style="dim"))
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """``bocb status --watch``: the status redrawn every ``args.watch`` seconds, in place on a
+    terminal (one frame after another when piped), until no trial is pending or running (0) or
+    Ctrl-C (130: stopped from outside, as every bocb command; the runs it watches go on)."""
+    import math
+    import time
+
+    from rich.live import Live
+
+    from bocb.commands.common import ignore_further_interrupts
+
+    try:
+        every = float(args.watch)
+    except ValueError:
+        raise ValueError(f"--watch takes a number of seconds, got {args.watch!r}; a study file goes first: "
+                         f"bocb status {args.watch} --watch") from None
+    if not (math.isfinite(every) and every > 0):
+        raise ValueError(f"--watch takes a positive number of seconds, got {args.watch}")
+    if args.json:
+        raise ValueError("--watch redraws tables; --json prints the counts once: give one of them")
+    study_id, name = _study_id(args.study)
+    adaptive = _tuning_rows_wanted(args.study)
+    console = Console()
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    footer = Text(f"every {every:g} s until no trial is pending or running; Ctrl-C stops watching (not the run)",
+                  style="dim")
+    try:
+        if live is not None:
+            live.start()
+        while True:
+            parts, open_trials = _status_view(args.store, args.study, study_id, name, adaptive)
+            frame = Group(*parts, footer) if open_trials else Group(*parts)
+            if live is not None:
+                live.update(frame, refresh=True)
+            else:
+                console.print(frame)
+            if not open_trials:
+                break
+            time.sleep(every)
+    except KeyboardInterrupt:
+        ignore_further_interrupts()
+        if live is not None:
+            live.stop()
+        console.print("stopped watching; runs go on")
+        return 130
+    finally:
+        if live is not None:
+            live.stop()
+    console.print("no trial pending or running")
     return 0
 
 
@@ -86,15 +194,18 @@ def _load(path: Path):
     return load_study(path)
 
 
-def _tuning_rows(store: Store, path: Path | None) -> list[dict] | None:
-    """Per-pair tuning state of an adaptive study (None for any other study or the whole store)."""
+def _tuning_rows_wanted(path: Path | None) -> bool:
+    """Whether the study has a tuning state to show: an adaptive study (not a transfer one)."""
     from bocb.transfer.study import is_transfer_file
 
-    if path is None or is_transfer_file(path):
+    return path is not None and not is_transfer_file(path) and _load(path).tuning == "adaptive"
+
+
+def _tuning_rows(store: Store, path: Path | None) -> list[dict] | None:
+    """Per-pair tuning state of an adaptive study (None for any other study or the whole store)."""
+    if not _tuning_rows_wanted(path):
         return None
     study = _load(path)
-    if study.tuning != "adaptive":
-        return None
     from bocb.tuning.adapter import states
     from bocb.tuning.views import state_rows
 

@@ -32,6 +32,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -123,12 +124,46 @@ def _release_fork_server() -> None:
         server._forkserver_alive_fd = None
 
 
+# A running trial's step events reach the runner at most this often (an epoch's first and last
+# step and every evaluated epoch always do): a live view redraws about once a second, and a small
+# model on a GPU takes hundreds of steps a second, each of which would otherwise be pickled
+# through the queue.
+STEP_EVENT_EVERY_S = 0.5
+
+
+class _Forward:
+    """A trial's progress callback in the worker: puts its events on the runner's queue as
+    ``(trial_id, event)``, each stamped with this host's clock (``"t"``, seconds), step events
+    thinned to one per :data:`STEP_EVENT_EVERY_S`.
+
+    The queue already carried epoch events to the runner; step events take the same way, so a
+    running trial's epoch, step and throughput are known while it runs (the store gets its epoch
+    rows only when it finishes, and a runner reading them back would add a write per epoch to
+    every trial of every study). Timed here, where the steps happen: the runner reads the queue
+    about once a second, so arrival times would measure its polling, not the trial."""
+
+    def __init__(self, events: Any, trial_id: str):
+        self.events, self.trial_id, self.sent = events, trial_id, 0.0
+
+    def __call__(self, event: dict) -> None:
+        now = time.time()
+        if event["event"] == "step" and 1 < event["step"] < event["steps"] and now - self.sent < STEP_EVENT_EVERY_S:
+            return
+        self.sent = now
+        self.events.put((self.trial_id, {**event, "t": now}))
+
+
 def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: str, threads: int,
                  runner_pid: int, watchdog_s: float = 1.0) -> None:
     # First, before torch is imported (seconds under spawn): from here on this worker dies with the
     # runner. This module and the arguments are kept light (the config travels as a dict) so that
     # a spawned slot's start-up reaches this line at once.
     die_with_parent(runner_pid, watchdog_s)
+    # Ctrl-C in a terminal reaches the whole process group: the runner handles it and stops its
+    # workers itself (shutdown), so a worker's own KeyboardInterrupt would only print a traceback
+    # from the middle of a step. Forked from the guarded fork server a worker inherits this
+    # already; under spawn (macOS) it does not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _release_fork_server()  # a no-op in a spawned worker
     import torch
 
@@ -146,12 +181,7 @@ def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: 
         if task is None:
             return
         trial_id, spec, claim = task
-
-        def progress(event: dict, trial_id: str = trial_id) -> None:
-            if event["event"] in ("epoch", "resumed"):  # per step would flood the queue
-                events.put((trial_id, event))
-
-        conn.send((trial_id, execute(spec, config, device, progress, claim=claim)))
+        conn.send((trial_id, execute(spec, config, device, _Forward(events, trial_id), claim=claim)))
 
 
 @dataclass
