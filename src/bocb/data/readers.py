@@ -13,10 +13,11 @@ libpng give the same pixels on every machine (:func:`decode_images`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 
 from bocb.data.cache import DecodedSplits
 from bocb.data.safe_pickle import load_batch
+from bocb.data.transforms import resize_centre_crop
 from bocb.data.types import DataNotFoundError, _hw
 from bocb.lazy import lazy_module
 
@@ -36,7 +38,6 @@ torch = lazy_module("torch")
 tv_datasets = lazy_module("torchvision.datasets")
 tv_utils = lazy_module("torchvision.datasets.utils")
 tv_io = lazy_module("torchvision.io")
-TF = lazy_module("torchvision.transforms.v2.functional")
 
 # torchvision's CIFAR class per kind, and the folder each unpacks to (the classes' base_folder,
 # written out so that finding CIFAR on disk imports nothing; tests/test_light_commands.py checks).
@@ -378,12 +379,18 @@ def decode_images(blobs: Sequence[torch.Tensor | str], *, image_size: int | None
     one ``uint8`` ``(N, 3, H, W)`` tensor, converting grey and RGBA to RGB. With ``image_size``,
     each image's shorter side is resized to it (bilinear, antialiased) and the centre cropped to
     square; without, all images must be the same size. ``names`` label images in errors."""
+    with quiet_codecs():
+        return _decode_all(blobs, image_size, names)
+
+
+@contextlib.contextmanager
+def quiet_codecs() -> Iterator[None]:
+    """torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every
+    call (60,000 warnings for CIFAR-10); they remain the pinned, tested decoder here."""
     with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every
-        # call (60,000 warnings for CIFAR-10); they remain the pinned, tested decoder here.
         warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
                                 "TorchVision are deprecated", category=DeprecationWarning)
-        return _decode_all(blobs, image_size, names)
+        yield
 
 
 def _decode_all(blobs: Sequence[torch.Tensor | str], image_size: int | None,
@@ -394,8 +401,8 @@ def _decode_all(blobs: Sequence[torch.Tensor | str], image_size: int | None,
             img = tv_io.decode_image(blob, mode=tv_io.ImageReadMode.RGB)
         except RuntimeError as err:
             raise ValueError(f"cannot decode image {_name(names, i)}: {str(err).splitlines()[0]}") from None
-        if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
-            img = TF.center_crop(TF.resize(img, [image_size], antialias=True), [image_size, image_size])
+        if image_size is not None:
+            img = resize_centre_crop(img, image_size)
         if out is None:
             out = torch.empty((len(blobs), *img.shape), dtype=torch.uint8)
         elif img.shape != out.shape[1:]:
