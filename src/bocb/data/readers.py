@@ -144,8 +144,9 @@ def _parquet_dirs(root: Path) -> list[Path]:
     return [d for d in sorted(root.iterdir()) if d.is_dir() and _split_files(d, ("train",))]
 
 
-def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | None,
-                     image_column: str | None = None) -> _Plan:
+def parquet_splits(root: Path) -> tuple[Path, list[Path], list[Path]]:
+    """``(folder, train files, held-out files)`` of a Parquet dataset at ``root`` (a folder, a
+    configuration subfolder, or one of its files); one-line errors name what was looked for."""
     if root.is_file():
         if root.suffix != ".parquet":
             raise ValueError(f"{root} is not a .parquet file or a folder of them")
@@ -162,6 +163,12 @@ def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | Non
     if not train or not test:
         raise DataNotFoundError(f"{folder} needs train*.parquet and test*.parquet (or validation*, val*), "
                                 f"found: {', '.join(p.name for p in folder.glob('*.parquet')) or 'none'}")
+    return folder, train, test
+
+
+def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | None,
+                     image_column: str | None = None) -> _Plan:
+    folder, train, test = parquet_splits(root)
     name = (root if root.is_dir() else root.parent).resolve().name
     names = ", ".join(p.name for p in train + test)
     return _parquet_plan(name=name, source=f"Parquet {folder.resolve()} ({names})",
@@ -234,9 +241,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]],
-                  test: list[tuple[str, Traversable]], label_column: str | None,
-                  image_size: int | None, image_column: str | None = None) -> _Plan:
+def pick_columns(train: list[tuple[str, Traversable]], test: list[tuple[str, Traversable]],
+                 label_column: str | None, image_column: str | None
+                 ) -> tuple[str, str, list[str] | None]:
+    """``(image_column, label_column, class names the metadata declares or None)`` of a Parquet or
+    Arrow dataset, every file checked to hold both columns."""
     schema = _read_schema(train[0][1])
     features = _hf_features(schema)
     where = train[0][0]
@@ -265,6 +274,13 @@ def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]
                 raise ValueError(f"{relname} has no column {column!r}; columns: {', '.join(names)}")
     label_feature = features.get(label_column, {})
     declared_names = label_feature.get("names") if isinstance(label_feature, dict) else None
+    return image_column, label_column, declared_names
+
+
+def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]],
+                  test: list[tuple[str, Traversable]], label_column: str | None,
+                  image_size: int | None, image_column: str | None = None) -> _Plan:
+    image_column, label_column, declared_names = pick_columns(train, test, label_column, image_column)
 
     def read() -> DecodedSplits:
         train_images, train_labels = _read_parquet_split(train, image_column, label_column, image_size)
@@ -335,7 +351,10 @@ def _image_files(class_dir: Path) -> list[Path]:
                   and p.is_file() and not p.name.startswith("."))
 
 
-def _folder_plan(root: Path, image_size: int | None) -> _Plan:
+def folder_layout(root: Path) -> tuple[Path, list[str]]:
+    """The held-out split's folder (``test/``, else ``val/``) and the class names of an image
+    folder: the sorted names of ``train/``'s subfolders (ImageNet's wnids), label = position.
+    Raises a one-line error naming what was looked for."""
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise DataNotFoundError(f"{root} is not an image folder: expected train/<class>/ and test/<class>/ "
@@ -346,13 +365,26 @@ def _folder_plan(root: Path, image_size: int | None) -> _Plan:
     extra = sorted(set(_class_dirs(test_dir)) - set(classes))
     if extra:
         raise ValueError(f"{test_dir} has classes that train/ lacks: {', '.join(extra)}")
+    return test_dir, classes
+
+
+def folder_images(split_dir: Path, classes: Sequence[str]) -> Iterator[tuple[int, list[Path]]]:
+    """Per class, in label order: the label and the class's image files (sorted, recursive). One
+    class at a time, so indexing ImageNet never holds all 1.28M paths as objects; a class folder
+    of train/ without images is an error (a held-out split may lack a class)."""
+    for label, cls in enumerate(classes):
+        files = _image_files(split_dir / cls) if (split_dir / cls).is_dir() else []
+        if not files and split_dir.name == "train":
+            raise ValueError(f"{split_dir / cls} holds no {', '.join(IMAGE_EXTENSIONS)} files")
+        yield label, files
+
+
+def _folder_plan(root: Path, image_size: int | None) -> _Plan:
+    test_dir, classes = folder_layout(root)
     splits: dict[str, list[tuple[str, Path, int]]] = {}
     for split_dir in (root / "train", test_dir):
         rows = splits.setdefault(split_dir.name, [])
-        for label, cls in enumerate(classes):
-            files = _image_files(split_dir / cls) if (split_dir / cls).is_dir() else []
-            if not files and split_dir.name == "train":
-                raise ValueError(f"{split_dir / cls} holds no {', '.join(IMAGE_EXTENSIONS)} files")
+        for label, files in folder_images(split_dir, classes):
             rows += [(p.relative_to(root).as_posix(), p, label) for p in files]
     train, test = splits["train"], splits[test_dir.name]
 
