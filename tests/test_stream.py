@@ -24,6 +24,7 @@ from bocb.data import DataNotFoundError, DatasetSpec, load_dataset, parse_data_a
 from bocb.data.stream import EpochSampler, epoch_loader
 from bocb.data.stream_sources import open_stream
 from bocb.data.transforms import EvalTransform, TrainTransform, sample_seed
+from bocb.spec import TrialSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from imagenet_like import WNIDS, wnid_order, write_folder, write_parquet_shards, write_tar_shards  # noqa: E402
@@ -77,6 +78,13 @@ def test_streamed_eval_images_equal_the_in_memory_ones_exactly(sources, in_memor
         assert torch.equal(images, loaded.images)
         assert torch.equal(labels, loaded.labels)
     assert data.classes == in_memory.classes == tuple(sorted(WNIDS))
+
+
+def test_a_streamed_folder_subset_holds_the_in_memory_subset_images(sources, in_memory):
+    split = _stream(sources, "folder").train.subset(4, seed=7)
+    images, labels = _epoch(split, EvalTransform(SIZE), shuffle=False)
+    expected = in_memory.train.subset(4, seed=7)
+    assert torch.equal(images, expected.images) and torch.equal(labels, expected.labels)
 
 
 def test_class_index_is_the_position_of_the_sorted_folder_name(sources):
@@ -271,3 +279,50 @@ def test_peak_memory_of_a_streamed_epoch_does_not_grow_with_the_dataset(tmp_path
     assert mb["main_kib"] - ms["main_kib"] > 50 * mib, (ms, mb)
     print(f"peak KiB (main, largest worker): stream N {s['main_kib']}, {s['worker_kib']}; "
           f"10N {b['main_kib']}, {b['worker_kib']}; in-memory N {ms['main_kib']}, 10N {mb['main_kib']}")
+
+
+# -- the classification trainer ---------------------------------------------------------------------
+
+
+def _streamed_trial(sources, epochs, kind="folder", **kw):
+    from bocb.spec import resolve_trial
+
+    data_spec = parse_data_arg(f"stream:{sources[kind]}")
+    data = open_stream(data_spec)
+    spec = resolve_trial("R-18", "AdamW", data=data_spec, num_classes=data.num_classes, tier="smoke",
+                         epochs=epochs, batch_size=20, **kw)
+    return spec, data
+
+
+@pytest.mark.parametrize("kind", ["folder", "wds"])
+def test_a_trial_trains_from_streamed_jpegs(sources, kind):
+    from bocb.trial import RunOptions, run_trial
+
+    subsets = {"train_per_class": 6, "test_per_class": 3} if kind == "folder" else {}
+    spec, data = _streamed_trial(sources, 1, kind, **subsets)
+    if kind == "wds":  # shards are read whole: the smoke tier's per-class subsets are refused
+        spec = TrialSpec(spec.backbone, spec.optimizer,
+                         spec.recipe.with_changes(train_per_class=None, test_per_class=None), spec.data, spec.seed)
+    record = run_trial(spec, data, RunOptions(device="cpu", data_workers=0))
+    assert record["status"] == "done", record.get("traceback")
+    assert record["epochs"][0]["images"] == 60 and record["dataset"]["test_images"] == 30
+    assert record["spec"]["data"]["stream"] is True
+
+
+@pytest.mark.slow
+def test_a_streamed_trial_is_the_same_for_any_worker_count_and_resumes_exactly(sources, tmp_path):
+    from bocb.trial import RunOptions, run_trial
+
+    spec, data = _streamed_trial(sources, 2, train_per_class=6, test_per_class=3)
+    first = run_trial(spec, data, RunOptions(device="cpu", data_workers=0))
+    assert first["status"] == "done", first.get("traceback")
+    assert [r["images"] for r in first["epochs"]] == [60, 60]
+    streamed = first["dataset"]["streamed"]
+    assert streamed["train"]["size"] == spec.backbone.input_size and streamed["eval"]["crop_ratio"] == 0.875
+    two = run_trial(spec, data, RunOptions(device="cpu", data_workers=2, work_dir=tmp_path / "cut",
+                                           stop_after_epochs=1))
+    resumed = run_trial(spec, data, RunOptions(device="cpu", data_workers=1, work_dir=tmp_path / "cut"))
+    numbers = [(r["train_loss"], r["test_top1"], r["test_loss"]) for r in first["epochs"]]
+    assert [(r["train_loss"], r["test_top1"], r["test_loss"]) for r in two["epochs"]] == numbers[:1]
+    assert resumed["resumed_from_epoch"] == 1
+    assert [(r["train_loss"], r["test_top1"], r["test_loss"]) for r in resumed["epochs"]] == numbers

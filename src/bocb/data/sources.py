@@ -48,7 +48,7 @@ from bocb.data.readers import (
     _parquet_plan,
     _parquet_plan_at,
 )
-from bocb.data.stream_sources import tar_shards
+from bocb.data.stream_sources import StreamData, open_stream, tar_shards
 from bocb.data.types import (
     DATA_KINDS,
     STREAM_KINDS,
@@ -59,7 +59,7 @@ from bocb.data.types import (
     UnknownDataKindError,
 )
 
-__all__ = ["load_dataset", "parse_data_arg"]
+__all__ = ["load_dataset", "open_data", "parse_data_arg"]
 
 
 # -- the CLI's --data argument -------------------------------------------------------------------
@@ -178,6 +178,16 @@ def load_dataset(spec: DatasetSpec, *, cache_dir: Path | None = None, data_dirs:
         fingerprint=fp,
     )
     return dataset.select_classes(spec.classes) if spec.classes is not None else dataset
+
+
+def open_data(spec: DatasetSpec, *, cache_dir: Path | None = None, data_dirs: Sequence[Path] = (),
+              download: bool = False) -> Dataset | StreamData:
+    """What a trainer needs for ``spec``: the in-memory :class:`Dataset` (:func:`load_dataset`), or
+    for a streamed spec its index (:func:`bocb.data.stream_sources.open_stream`; nothing decoded,
+    the cache and download do not apply)."""
+    if spec.stream:
+        return open_stream(spec)
+    return load_dataset(spec, cache_dir=cache_dir, data_dirs=data_dirs, download=download)
 
 
 def _plan(spec: DatasetSpec, *, cache_dir: Path | None, data_dirs: list[Path], download: bool) -> _Plan:

@@ -50,12 +50,13 @@ from bocb.data.readers import (
     parquet_splits,
     pick_columns,
 )
-from bocb.data.types import DataNotFoundError, DatasetSpec
+from bocb.data.types import DataNotFoundError, DatasetSpec, per_class_rows
 from bocb.lazy import lazy_module
 
 pa = lazy_module("pyarrow")
 pc = lazy_module("pyarrow.compute")
 pq = lazy_module("pyarrow.parquet")
+torch = lazy_module("torch")  # only to pick per-class subsets, as the in-memory sets do
 
 __all__ = ["FolderSplit", "Shard", "ShardSplit", "StreamData", "open_stream", "tar_shards"]
 
@@ -112,6 +113,19 @@ class FolderSplit:
 
     def path(self, i: int) -> str:
         return os.path.join(self.root, self.paths[i])
+
+    def subset(self, per_class: int | None, seed: int) -> FolderSplit:
+        """``per_class`` images of each class, the very images :meth:`bocb.data.ImageSet.subset`
+        keeps from the in-memory load of the same folder (:func:`bocb.data.types.per_class_rows`);
+        None returns this split."""
+        if per_class is None:
+            return self
+        rows = per_class_rows(torch.from_numpy(self.labels), per_class, seed)
+        if rows is None:
+            return self
+        keep = rows.numpy()
+        return FolderSplit(self.root, self.where, PackedStrings.pack([self.paths[i] for i in keep]),
+                           self.labels[keep])
 
 
 @dataclass(frozen=True)

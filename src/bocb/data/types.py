@@ -103,20 +103,9 @@ class ImageSet:
         their original order. ``None`` returns this set. Raises if a class has too few images."""
         if per_class is None:
             return self
-        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-            raise ValueError(f"per_class must be a positive int or None, got {per_class!r}")
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        picked = []
-        for cls in self.classes_present():
-            rows = order[self.labels[order] == cls][:per_class]
-            if len(rows) < per_class:
-                fewest = int(self.class_counts()[list(self.classes_present())].min())
-                raise ValueError(f"class {cls} has {len(rows)} images, fewer than per_class={per_class}; "
-                                 f"per_class can be at most {fewest} here")
-            picked.append(rows)
-        if not picked:
+        index = per_class_rows(self.labels, per_class, seed)
+        if index is None:
             return self
-        index = torch.cat(picked).sort().values
         return ImageSet(self.images[index].contiguous(), self.labels[index])
 
     def split(self, per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -138,6 +127,25 @@ class ImageSet:
                 mapping[old] = new
         keep = mapping[self.labels] >= 0
         return ImageSet(self.images[keep].contiguous(), mapping[self.labels[keep]])
+
+
+def per_class_rows(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor | None:
+    """The rows :meth:`ImageSet.subset` keeps, ascending (None for no rows): ``per_class`` of each
+    label present, by a ``seed``-ed ``torch.randperm`` on the CPU generator. Shared with streamed
+    folders (:meth:`bocb.data.stream_sources.FolderSplit.subset`), so both pick the same images."""
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive int or None, got {per_class!r}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    present = torch.unique(labels).tolist()
+    picked = []
+    for cls in present:
+        rows = order[labels[order] == cls][:per_class]
+        if len(rows) < per_class:
+            fewest = int(torch.bincount(labels)[present].min())
+            raise ValueError(f"class {cls} has {len(rows)} images, fewer than per_class={per_class}; "
+                             f"per_class can be at most {fewest} here")
+        picked.append(rows)
+    return torch.cat(picked).sort().values if picked else None
 
 
 @dataclass(frozen=True)
