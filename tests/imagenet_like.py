@@ -36,9 +36,11 @@ def wnid_order() -> list[int]:
 
 
 def write_folder(root: Path, per_class: dict[str, int], *, sides: tuple[int, int] = (96, 256),
-                 seed: int = 0, classes: int = 10) -> Path:
+                 seed: int = 0, classes: int = 10, noise: float = 0.0) -> Path:
     """``root/<split>/<wnid>/*.JPEG`` with ``per_class[split]`` images per class, each a distinct
-    sample image upscaled to a random (height, width) in ``sides``."""
+    sample image upscaled to a random (height, width) in ``sides``. ``noise``: the std of Gaussian
+    noise (0-255 scale) added before encoding; upscaled images are smooth and compress to small
+    files, and JPEG decoding costs grow with the file size (25 gives ImageNet's ~110 kB at 400 px)."""
     table = pq.read_table(SAMPLE, columns=["img", "label"])
     labels = table.column("label").to_numpy()
     blobs = table.column("img").combine_chunks().field("bytes").to_pylist()
@@ -55,6 +57,9 @@ def write_folder(root: Path, per_class: dict[str, int], *, sides: tuple[int, int
                                          mode=ImageReadMode.RGB)
                     h, w = (int(v) for v in rng.integers(sides[0], sides[1] + 1, size=2))
                     big = TF.resize(image, [h, w], antialias=True)
+                    if noise:
+                        jitter = torch.randn(big.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+                        big = (big.float() + noise * jitter).round().clamp(0, 255).to(torch.uint8)
                     (folder / f"{WNIDS[c]}_{n}.JPEG").write_bytes(encode_jpeg(big, quality=90).numpy().tobytes())
     return root
 
