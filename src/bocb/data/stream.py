@@ -25,7 +25,7 @@ What is guaranteed, and how:
   shard sizes differ; :class:`EpochSampler` splits folders exactly.
 - **Memory bounded**: a worker holds its batch, ``prefetch_factor`` batches in flight, and for
   shards one shuffle buffer of encoded samples and one Parquet row group; none of it grows with
-  the number of images. The index itself is ~40 bytes per image (folder) or per shard.
+  the number of images. The index itself is ~55 bytes per image (folder) or per shard.
 - **Evaluation** (:class:`bocb.data.transforms.EvalTransform` with ``crop_ratio=1``) equals the
   in-memory readers' ``image_size`` images bit for bit when decoding on the CPU: same decoder, same
   resize + centre-crop function.

@@ -15,9 +15,10 @@ Choices, stated once:
   next to the shards (one name per line, in label order) or are the label values. Parquet shards
   use the declared ClassLabel names, else the label values (as the in-memory reader).
 - **Index memory.** A folder's paths are kept relative to its root in one numpy byte buffer with
-  offsets, not a list of str: ~40 bytes per ImageNet image (~50 MB for 1.28M), and no Python
-  objects per path, whose reference counts would make forked DataLoader workers copy the pages
-  they read (the "copy-on-read" growth of a list of paths). Shards are indexed by sample count only.
+  offsets, not a list of str: ~55 bytes per ImageNet image with its offset and label (~70 MB
+  for 1.28M), and no Python object per path, whose reference counts would make forked DataLoader
+  workers copy the pages they read (the "copy-on-read" growth of a list of paths). Shards are
+  indexed by sample count only.
 - **Tar shards** are read with the standard library's ``tarfile`` rather than the ``webdataset``
   package: the format needs ~40 lines here (members grouped by key = the path up to the first dot
   of the file name, as WebDataset groups them), the sharding and shuffling must follow bocb's own
