@@ -31,6 +31,11 @@ autocast. The record's ``precision_effective`` says what the device actually did
 The record also holds ``peak_memory_mb`` (:func:`bocb.engine.peak_memory_mb`), which the ranking's
 cost component reads next to the measured seconds. Each row's ``score`` is its test top-1.
 
+Streamed data (``--data stream:PATH``, tar shards; :mod:`bocb.data.stream`) is read per batch by
+DataLoader workers that decode and RandomResizedCrop + flip, and evaluated with resize + centre
+crop (ratio :data:`STREAM_EVAL_CROP_RATIO`); the rest of the recipe's augmentation runs on the device
+as below (see :func:`_streamed`).
+
 Speed choices (the GPU path; CPU runs the same code): the whole dataset sits on the device as
 uint8 and is augmented there in batches (no DataLoader, no host-device copies per step); bf16
 autocast and channels_last on CUDA; ``torch.compile`` as an option, its warm-up timed apart;
@@ -42,6 +47,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,8 +57,11 @@ import torch
 import torch.nn.functional as F
 
 from bocb import engine
-from bocb.data import Dataset
-from bocb.data.augment import BatchAugment
+from bocb.data import Dataset, StreamData
+from bocb.data.augment import AugmentConfig, BatchAugment
+from bocb.data.stream import epoch_loader
+from bocb.data.stream_sources import FolderSplit
+from bocb.data.transforms import EvalTransform, TrainTransform
 from bocb.distributed import DistContext
 from bocb.engine import CHECKPOINT, FINAL_WEIGHTS, Progress, resolve_device
 from bocb.fencing import Fence, fence_for
@@ -80,6 +90,9 @@ class RunOptions:
     stop_at_epoch: int | None = None
     fence: Fence | None = None  # the runner's claim: checkpoint/weight writes refused once it is stale
     dist: DistContext | None = None  # this process's share of a multi-process trial (bocb.distributed)
+    # DataLoader workers for streamed data (None: one per core but one, at most 8). Not part of
+    # the identity: a folder's epochs are the same for any count (bocb.data.stream).
+    data_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
@@ -90,14 +103,14 @@ class RunOptions:
             raise ValueError(f"stop_at_epoch must be >= 1, got {self.stop_at_epoch}")
 
 
-_DATASETS: dict[str, Dataset] = {}
+_DATASETS: dict[str, Dataset | StreamData] = {}
 
 
 def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
             progress: Progress | None = None, claim: str | None = None) -> dict[str, Any]:
     """The classification task's entry in :mod:`bocb.tasks`: load the data (once per worker process),
     run the trial in ``config.artifacts_dir/<trial_id>`` and measure its final weights."""
-    from bocb.data import load_dataset
+    from bocb.data import open_data
     from bocb.diagnostics.snapshot import final_snapshot
 
     spec = TrialSpec.from_dict(spec_dict)
@@ -109,7 +122,7 @@ def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
     key = json.dumps(spec.data.to_dict(), sort_keys=True)
     try:
         if key not in _DATASETS:
-            _DATASETS[key] = load_dataset(
+            _DATASETS[key] = open_data(
                 spec.data, cache_dir=Path(config.cache_dir) if config.cache_dir else None,
                 data_dirs=[Path(d) for d in config.data_dirs], download=config.download)
     except Exception as exc:  # noqa: BLE001 - a trial that cannot load its data is a failed trial
@@ -123,13 +136,15 @@ def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
 
 
 def run_trial(
-    spec: TrialSpec, dataset: Dataset, options: RunOptions = RunOptions(), progress: Progress | None = None
+    spec: TrialSpec, dataset: Dataset | StreamData, options: RunOptions = RunOptions(),
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``spec`` on ``dataset``; always returns a result record (see module doc)."""
     record = engine.new_record(trial_id=spec.trial_id, spec=spec.to_dict(), task="classification", metric="top1")
     holdout = spec.recipe.holdout_per_class is not None
     engine.run(
-        record, lambda device, precision: _prepare(spec, dataset, device), spec.optimizer, seed=spec.seed,
+        record, lambda device, precision: _prepare(spec, dataset, device, options.data_workers, options.dist),
+        spec.optimizer, seed=spec.seed,
         run_id=spec.trial_id, device=options.device, precision=spec.recipe.precision,
         options=engine.LoopOptions(
             compile=options.compile, work_dir=options.work_dir, checkpoint_every=options.checkpoint_every,
@@ -157,8 +172,9 @@ def _summarise(record: dict[str, Any], holdout: bool) -> None:
         record["best_val_top1"] = best["val_top1"] if best else None
 
 
-def _prepare(spec: TrialSpec, dataset: Dataset, device: torch.device) -> engine.Run:
-    """The classification task: data on the device, the model, batches, loss and evaluation."""
+def _prepare(spec: TrialSpec, dataset: Dataset | StreamData, device: torch.device,
+             data_workers: int | None = None, dist: DistContext | None = None) -> engine.Run:
+    """The classification task: the model, the data (in memory or streamed), batches, loss and evaluation."""
     recipe = spec.recipe
     if recipe.imagenet is not None:  # a failed trial saying why, never CIFAR crops under an ImageNet recipe
         from bocb.recipes_in1k import not_trainable
@@ -169,24 +185,13 @@ def _prepare(spec: TrialSpec, dataset: Dataset, device: torch.device) -> engine.
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(head + "."))
 
-    # --- data: class-balanced subsets for reduced tiers, then the whole set on the device -----
-    train, val = dataset.train, None
-    if recipe.holdout_per_class is not None:
-        train, val = train.split(recipe.holdout_per_class, seed=HOLDOUT_SEED)
-    train = train.subset(recipe.train_per_class, seed=spec.seed)
-    test = dataset.test.subset(recipe.test_per_class, seed=spec.seed)
-    info = {"dataset": {
-        "name": dataset.name, "source": dataset.source, "fingerprint": dataset.fingerprint,
-        "train_images": len(train), "test_images": len(test), "num_classes": dataset.num_classes,
-        "val_images": len(val) if val is not None else 0,
-    }}
-    train_x, train_y = train.images.to(device), train.labels.to(device)
-    test_x, test_y = test.images.to(device), test.labels.to(device)
-    val_xy = (val.images.to(device), val.labels.to(device)) if val is not None else None
-    aug_cfg = recipe.augment
-    if train_x.shape[-1] != spec.backbone.input_size:  # the upsample policy, or data at another size
-        aug_cfg = replace(aug_cfg, resize_to=spec.backbone.input_size)
-    augment = BatchAugment(aug_cfg, dataset.num_classes, device)
+    if isinstance(dataset, StreamData):
+        if dist is not None:  # the loader can split by rank, but the engine's batch shares are indices
+            raise ValueError("streamed data on several processes is not supported yet: run it on one process")
+        data = _streamed(spec, dataset, device, _workers(data_workers))
+    else:
+        data = _in_memory(spec, dataset, device)
+    augment = BatchAugment(data.augment, dataset.num_classes, device)
     model = model.to(device)
     cuda = device.type == "cuda"
     classes = dataset.num_classes
@@ -203,7 +208,7 @@ def _prepare(spec: TrialSpec, dataset: Dataset, device: torch.device) -> engine.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
 
     def batch(forward_model: torch.nn.Module, index: torch.Tensor, generator: torch.Generator):
-        images, targets = augment.train(train_x[index], train_y[index], generator)
+        images, targets = augment.train(*data.train(index), generator)
         if cuda:
             images = images.contiguous(memory_format=torch.channels_last)
 
@@ -214,30 +219,145 @@ def _prepare(spec: TrialSpec, dataset: Dataset, device: torch.device) -> engine.
         return forward, lambda logits: loss_fn(logits, targets)
 
     def evaluate(forward_model: torch.nn.Module, autocast: torch.autocast) -> dict[str, Any]:
-        scores = {"test": _evaluate(forward_model, augment, test_x, test_y, recipe.eval_batch_size, autocast)}
-        if val_xy is not None:
-            scores["val"] = _evaluate(forward_model, augment, *val_xy, recipe.eval_batch_size, autocast)
-        return _score_fields(scores)
+        return _score_fields({split: _evaluate(forward_model, augment, batches(recipe.eval_batch_size), device, autocast)
+                              for split, batches in data.eval_sets.items()})
 
     chance = 100.0 / classes
     unscorable = _score_fields({split: (round(chance, 4), round(100.0 * min(5, classes) / classes, 4), float("nan"))
-                                for split in (("test", "val") if val_xy is not None else ("test",))})
+                                for split in data.eval_sets})
     # Collapse back to chance is judged on the numbers selection uses (validation when held out).
-    watched = "val_top1" if val_xy is not None else "test_top1"
+    watched = "val_top1" if "val" in data.eval_sets else "test_top1"
 
     def collapsed(rows: list[dict[str, Any]]) -> bool:
         best = max(r[watched] for r in rows if r.get(watched) is not None)
         return best >= 2 * chance and rows[-1][watched] <= 1.1 * chance
 
     return engine.Run(
-        model=model, examples=len(train), batch_size=recipe.batch_size, epochs=recipe.epochs,
+        model=model, examples=data.examples, batch_size=recipe.batch_size, epochs=recipe.epochs,
         lr_factor=lambda step, steps, sf: recipe.lr_factor(step, steps, sf, base_lr=spec.optimizer.lr),
-        order=lambda generator: torch.randperm(len(train), generator=generator, device=device),
-        batch=batch, evaluate=evaluate, unscorable=unscorable,
+        order=data.order, batch=batch, evaluate=evaluate, unscorable=unscorable,
         loss_limit=100.0 * math.log(max(classes, 2)), grad_clip=recipe.grad_clip, generator_device=device,
         train_mode=lambda: _train_mode(model, head if spec.finetune == "linear" else None),
-        collapsed=collapsed, info=info,
+        collapsed=collapsed, info=data.info,
     )
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Data:
+    """Where a trial's images come from. ``order(generator)``: an epoch's positions (the engine
+    slices them into batches); ``train(positions)``: the uint8 images and labels of one batch on
+    the device; ``eval_sets``: per split (``test``, then ``val`` when held out), batches of a
+    given size; ``augment``: what :class:`BatchAugment` still does on the device."""
+
+    examples: int
+    order: Callable[[torch.Generator], torch.Tensor]
+    train: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    eval_sets: dict[str, Callable[[int], Batches]]
+    augment: AugmentConfig
+    info: dict[str, Any]
+
+
+def _in_memory(spec: TrialSpec, dataset: Dataset, device: torch.device) -> _Data:
+    """Class-balanced subsets for reduced tiers, then the whole set on the device as uint8."""
+    recipe = spec.recipe
+    train, val = dataset.train, None
+    if recipe.holdout_per_class is not None:
+        train, val = train.split(recipe.holdout_per_class, seed=HOLDOUT_SEED)
+    train = train.subset(recipe.train_per_class, seed=spec.seed)
+    test = dataset.test.subset(recipe.test_per_class, seed=spec.seed)
+    info = {"dataset": {
+        "name": dataset.name, "source": dataset.source, "fingerprint": dataset.fingerprint,
+        "train_images": len(train), "test_images": len(test), "num_classes": dataset.num_classes,
+        "val_images": len(val) if val is not None else 0,
+    }}
+    train_x, train_y = train.images.to(device), train.labels.to(device)
+    eval_sets = {"test": _slices(test.images.to(device), test.labels.to(device))}
+    if val is not None:
+        eval_sets["val"] = _slices(val.images.to(device), val.labels.to(device))
+    aug_cfg = recipe.augment
+    if train_x.shape[-1] != spec.backbone.input_size:  # the upsample policy, or data at another size
+        aug_cfg = replace(aug_cfg, resize_to=spec.backbone.input_size)
+    return _Data(examples=len(train),
+                 order=lambda generator: torch.randperm(len(train), generator=generator, device=device),
+                 train=lambda index: (train_x[index], train_y[index]), eval_sets=eval_sets, augment=aug_cfg, info=info)
+
+
+def _slices(x: torch.Tensor, y: torch.Tensor) -> Callable[[int], Batches]:
+    return lambda size: ((x[i:i + size], y[i:i + size]) for i in range(0, len(x), size))
+
+
+# The evaluation crop of streamed data: resize to size / 0.875, centre crop (torchvision's and
+# DeiT's ImageNet evaluation). The ImageNet recipes will carry their own (0.875 or 0.95).
+STREAM_EVAL_CROP_RATIO = 0.875
+
+
+def _workers(requested: int | None) -> int:
+    """DataLoader workers for streamed data: as asked, else one per core but one (the trainer's),
+    at most 8."""
+    return requested if requested is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: int) -> _Data:
+    """Images read from disk per batch (:mod:`bocb.data.stream`): RandomResizedCrop + flip in the
+    loader's workers, the rest of the recipe's augmentation (RandAugment, mixup/cutmix, erasing,
+    normalisation) by BatchAugment on the device, as for data in memory.
+
+    The loader's seed for an epoch is drawn from the engine's (seed, epoch) generator, so a resumed
+    trial replays the same crops; an epoch that needs more batches than a sharded split yields
+    (shards read by several workers each drop a partial batch) continues with the loader's next
+    pass. Per-class subsets are the in-memory path's images (folders only); hold-outs are not
+    supported yet."""
+    recipe = spec.recipe
+    if recipe.holdout_per_class is not None:
+        raise ValueError("holdout_per_class is not supported for streamed data yet")
+    train, test = data.train, data.test
+    if recipe.train_per_class is not None or recipe.test_per_class is not None:
+        if not isinstance(train, FolderSplit):
+            raise ValueError(f"per-class subsets (train_per_class={recipe.train_per_class}, test_per_class="
+                             f"{recipe.test_per_class}) need an image folder; {data.kind} shards are read whole")
+        train = train.subset(recipe.train_per_class, seed=spec.seed)
+        test = test.subset(recipe.test_per_class, seed=spec.seed)
+    size = spec.data.image_size or spec.backbone.input_size
+    train_tf, eval_tf = TrainTransform(size), EvalTransform(size, STREAM_EVAL_CROP_RATIO)
+    aug_cfg = replace(recipe.augment, crop_padding=None, flip=False)  # the loader crops and flips
+    if size != spec.backbone.input_size:
+        aug_cfg = replace(aug_cfg, resize_to=spec.backbone.input_size)
+    loader = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    state: dict[str, Any] = {}
+
+    def start(pass_: int) -> None:
+        state["pass"] = pass_
+        state["batches"] = iter(epoch_loader(train, train_tf, batch_size=recipe.batch_size, seed=state["seed"],
+                                             epoch=pass_, shuffle=True, drop_last=True, **loader))
+
+    def order(generator: torch.Generator) -> torch.Tensor:
+        # Below 2^32, the range of trial seeds, which the loader mixes with the epoch (seeding.epoch_seed).
+        state["seed"] = int(torch.randint(2**32, (1,), generator=generator, device=generator.device).item())
+        start(0)
+        return torch.arange(len(train))  # positions only count the steps: the loader orders the images
+
+    def next_batch(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            images, labels = next(state["batches"])
+        except StopIteration:
+            start(state["pass"] + 1)
+            images, labels = next(state["batches"])
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def test_batches(size_: int) -> Batches:
+        for images, labels in epoch_loader(test, eval_tf, batch_size=size_, seed=0, epoch=0, shuffle=False, **loader):
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    info = {"dataset": {
+        "name": data.name, "source": data.source, "fingerprint": data.fingerprint, "train_images": len(train),
+        "test_images": len(test), "num_classes": data.num_classes, "val_images": 0,
+        "streamed": {"workers": workers, "train": train_tf.to_dict(), "eval": eval_tf.to_dict()},
+    }}
+    return _Data(examples=len(train), order=order, train=next_batch, eval_sets={"test": test_batches},
+                 augment=aug_cfg, info=info)
 
 
 def _score_fields(scores: dict[str, tuple[float, float, float]]) -> dict[str, Any]:
@@ -260,32 +380,32 @@ def _train_mode(model: torch.nn.Module, only: str | None) -> None:
 
 
 @torch.no_grad()
-def _evaluate(model: torch.nn.Module, augment: BatchAugment, x: torch.Tensor, y: torch.Tensor,
-              batch_size: int, autocast: torch.autocast) -> tuple[float, float, float]:
-    """Top-1 and top-5 accuracy (%) and mean cross-entropy on the whole set.
+def _evaluate(model: torch.nn.Module, augment: BatchAugment, batches: Batches, device: torch.device,
+              autocast: torch.autocast) -> tuple[float, float, float]:
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy on the whole set (uint8 image batches).
 
     Weights that produce a non-finite logit anywhere cannot be evaluated: the set scores chance
     (100 / classes, 500 / classes top-5) with a NaN loss (see the module doc)."""
     model.eval()
-    correct1 = torch.zeros((), device=x.device)
-    correct5 = torch.zeros((), device=x.device)
-    loss = torch.zeros((), device=x.device)
-    finite = torch.ones((), dtype=torch.bool, device=x.device)
+    correct1 = torch.zeros((), device=device)
+    correct5 = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
     classes = None
-    for i in range(0, len(x), batch_size):
-        images = augment.eval(x[i:i + batch_size])
-        if x.device.type == "cuda":
+    n = 0
+    for x, labels in batches:
+        images = augment.eval(x)
+        if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(images).float()
         classes = logits.shape[1]
         finite &= torch.isfinite(logits).all()
-        labels = y[i:i + batch_size]
         loss += F.cross_entropy(logits, labels, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == labels).sum()
         correct5 += (top == labels[:, None]).any(dim=1).sum()
-    n = len(x)
+        n += len(labels)
     if classes is not None and not bool(finite):
         return round(100.0 / classes, 4), round(100.0 * min(5, classes) / classes, 4), float("nan")
     loss_value = loss.item() / n

@@ -32,7 +32,9 @@ def add_data_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     if data:
         p.add_argument("--data", default="sample",
                        help="sample (bundled real CIFAR-10 subset), cifar10, cifar100, or a path "
-                            "(Parquet dir, datasets save_to_disk folder, image folder, torchvision root); default: sample")
+                            "(Parquet dir, datasets save_to_disk folder, image folder, torchvision root, folder of tar "
+                            "shards); stream:PATH reads an image folder or Parquet from disk batch by batch instead of "
+                            "into memory (ImageNet-size data; tar shards always stream); default: sample")
         p.add_argument("--image-column", metavar="NAME",
                        help="Parquet or save_to_disk data: the image column (default: one declared an Image, "
                             "else img, image)")

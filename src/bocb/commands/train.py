@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-per-class", type=int, metavar="N",
                    help="test on N images per class (default: the tier's; full: all)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--data-workers", type=int, metavar="N",
+                   help="streamed data (--data stream:PATH): DataLoader worker processes that decode and crop "
+                        "(default: one per CPU core but one, at most 8; 0 decodes in the training process)")
     p.add_argument("--work-dir", type=Path, help="checkpoints + final weights here; resumes if a checkpoint exists")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     p.add_argument("--json", action="store_true", help="print the result record as the last stdout line")
@@ -54,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bocb.data import load_dataset, parse_data_arg
+    from bocb.data import open_data, parse_data_arg
     from bocb.spec import resolve_trial
     from bocb.trial import RunOptions, run_trial
 
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
         data_spec = dataclasses.replace(data_spec, label_column=args.label_column, image_column=args.image_column)
     with err.status(f"loading {args.data} ..."):
-        dataset = load_dataset(
+        dataset = open_data(
             data_spec, cache_dir=args.cache_dir or default_cache_dir(), data_dirs=data_dirs(),
             download=args.download,
         )
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     context = _distributed(args)
     options = RunOptions(
         device=_process_device(args.device, context), compile=args.compile, work_dir=args.work_dir,
-        checkpoint_every=args.checkpoint_every, dist=context,
+        checkpoint_every=args.checkpoint_every, dist=context, data_workers=args.data_workers,
     )
     if context is not None and not context.main:
         # Under torchrun every process runs this command; rank 0 alone reports and writes.
@@ -172,6 +175,9 @@ def _fit(spec, dataset, args: argparse.Namespace, err: Console):
     from bocb.fit import fit_recipe
     from bocb.spec import TrialSpec
 
+    if not hasattr(dataset.train, "labels"):  # shards: labels are known only by reading them
+        err.print("[yellow]streamed shards[/]: the tier's per-class counts are not fitted; they train on whole splits")
+        return spec
     explicit = {name for name in ("train_per_class", "test_per_class", "batch_size") if getattr(args, name) is not None}
     changes, notes = fit_recipe(spec.recipe, dataset.train.labels, dataset.test.labels, explicit)
     for note in notes:
@@ -195,6 +201,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"{option} must be >= 1, got {value}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.data_workers is not None and args.data_workers < 0:
+        raise ValueError(f"--data-workers must be >= 0, got {args.data_workers}")
     if args.optimizer:  # names, types and ranges of --opt-arg, without loading anything
         from bocb.optim import resolve_optimizer
 

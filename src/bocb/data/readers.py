@@ -13,10 +13,11 @@ libpng give the same pixels on every machine (:func:`decode_images`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 
 from bocb.data.cache import DecodedSplits
 from bocb.data.safe_pickle import load_batch
+from bocb.data.transforms import resize_centre_crop
 from bocb.data.types import DataNotFoundError, _hw
 from bocb.lazy import lazy_module
 
@@ -36,7 +38,6 @@ torch = lazy_module("torch")
 tv_datasets = lazy_module("torchvision.datasets")
 tv_utils = lazy_module("torchvision.datasets.utils")
 tv_io = lazy_module("torchvision.io")
-TF = lazy_module("torchvision.transforms.v2.functional")
 
 # torchvision's CIFAR class per kind, and the folder each unpacks to (the classes' base_folder,
 # written out so that finding CIFAR on disk imports nothing; tests/test_light_commands.py checks).
@@ -143,8 +144,9 @@ def _parquet_dirs(root: Path) -> list[Path]:
     return [d for d in sorted(root.iterdir()) if d.is_dir() and _split_files(d, ("train",))]
 
 
-def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | None,
-                     image_column: str | None = None) -> _Plan:
+def parquet_splits(root: Path) -> tuple[Path, list[Path], list[Path]]:
+    """``(folder, train files, held-out files)`` of a Parquet dataset at ``root`` (a folder, a
+    configuration subfolder, or one of its files); one-line errors name what was looked for."""
     if root.is_file():
         if root.suffix != ".parquet":
             raise ValueError(f"{root} is not a .parquet file or a folder of them")
@@ -161,6 +163,12 @@ def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | Non
     if not train or not test:
         raise DataNotFoundError(f"{folder} needs train*.parquet and test*.parquet (or validation*, val*), "
                                 f"found: {', '.join(p.name for p in folder.glob('*.parquet')) or 'none'}")
+    return folder, train, test
+
+
+def _parquet_plan_at(root: Path, label_column: str | None, image_size: int | None,
+                     image_column: str | None = None) -> _Plan:
+    folder, train, test = parquet_splits(root)
     name = (root if root.is_dir() else root.parent).resolve().name
     names = ", ".join(p.name for p in train + test)
     return _parquet_plan(name=name, source=f"Parquet {folder.resolve()} ({names})",
@@ -233,9 +241,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]],
-                  test: list[tuple[str, Traversable]], label_column: str | None,
-                  image_size: int | None, image_column: str | None = None) -> _Plan:
+def pick_columns(train: list[tuple[str, Traversable]], test: list[tuple[str, Traversable]],
+                 label_column: str | None, image_column: str | None
+                 ) -> tuple[str, str, list[str] | None]:
+    """``(image_column, label_column, class names the metadata declares or None)`` of a Parquet or
+    Arrow dataset, every file checked to hold both columns."""
     schema = _read_schema(train[0][1])
     features = _hf_features(schema)
     where = train[0][0]
@@ -264,6 +274,13 @@ def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]
                 raise ValueError(f"{relname} has no column {column!r}; columns: {', '.join(names)}")
     label_feature = features.get(label_column, {})
     declared_names = label_feature.get("names") if isinstance(label_feature, dict) else None
+    return image_column, label_column, declared_names
+
+
+def _parquet_plan(*, name: str, source: str, train: list[tuple[str, Traversable]],
+                  test: list[tuple[str, Traversable]], label_column: str | None,
+                  image_size: int | None, image_column: str | None = None) -> _Plan:
+    image_column, label_column, declared_names = pick_columns(train, test, label_column, image_column)
 
     def read() -> DecodedSplits:
         train_images, train_labels = _read_parquet_split(train, image_column, label_column, image_size)
@@ -334,7 +351,10 @@ def _image_files(class_dir: Path) -> list[Path]:
                   and p.is_file() and not p.name.startswith("."))
 
 
-def _folder_plan(root: Path, image_size: int | None) -> _Plan:
+def folder_layout(root: Path) -> tuple[Path, list[str]]:
+    """The held-out split's folder (``test/``, else ``val/``) and the class names of an image
+    folder: the sorted names of ``train/``'s subfolders (ImageNet's wnids), label = position.
+    Raises a one-line error naming what was looked for."""
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise DataNotFoundError(f"{root} is not an image folder: expected train/<class>/ and test/<class>/ "
@@ -345,13 +365,26 @@ def _folder_plan(root: Path, image_size: int | None) -> _Plan:
     extra = sorted(set(_class_dirs(test_dir)) - set(classes))
     if extra:
         raise ValueError(f"{test_dir} has classes that train/ lacks: {', '.join(extra)}")
+    return test_dir, classes
+
+
+def folder_images(split_dir: Path, classes: Sequence[str]) -> Iterator[tuple[int, list[Path]]]:
+    """Per class, in label order: the label and the class's image files (sorted, recursive). One
+    class at a time, so indexing ImageNet never holds all 1.28M paths as objects; a class folder
+    of train/ without images is an error (a held-out split may lack a class)."""
+    for label, cls in enumerate(classes):
+        files = _image_files(split_dir / cls) if (split_dir / cls).is_dir() else []
+        if not files and split_dir.name == "train":
+            raise ValueError(f"{split_dir / cls} holds no {', '.join(IMAGE_EXTENSIONS)} files")
+        yield label, files
+
+
+def _folder_plan(root: Path, image_size: int | None) -> _Plan:
+    test_dir, classes = folder_layout(root)
     splits: dict[str, list[tuple[str, Path, int]]] = {}
     for split_dir in (root / "train", test_dir):
         rows = splits.setdefault(split_dir.name, [])
-        for label, cls in enumerate(classes):
-            files = _image_files(split_dir / cls) if (split_dir / cls).is_dir() else []
-            if not files and split_dir.name == "train":
-                raise ValueError(f"{split_dir / cls} holds no {', '.join(IMAGE_EXTENSIONS)} files")
+        for label, files in folder_images(split_dir, classes):
             rows += [(p.relative_to(root).as_posix(), p, label) for p in files]
     train, test = splits["train"], splits[test_dir.name]
 
@@ -378,12 +411,18 @@ def decode_images(blobs: Sequence[torch.Tensor | str], *, image_size: int | None
     one ``uint8`` ``(N, 3, H, W)`` tensor, converting grey and RGBA to RGB. With ``image_size``,
     each image's shorter side is resized to it (bilinear, antialiased) and the centre cropped to
     square; without, all images must be the same size. ``names`` label images in errors."""
+    with quiet_codecs():
+        return _decode_all(blobs, image_size, names)
+
+
+@contextlib.contextmanager
+def quiet_codecs() -> Iterator[None]:
+    """torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every
+    call (60,000 warnings for CIFAR-10); they remain the pinned, tested decoder here."""
     with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every
-        # call (60,000 warnings for CIFAR-10); they remain the pinned, tested decoder here.
         warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
                                 "TorchVision are deprecated", category=DeprecationWarning)
-        return _decode_all(blobs, image_size, names)
+        yield
 
 
 def _decode_all(blobs: Sequence[torch.Tensor | str], image_size: int | None,
@@ -394,8 +433,8 @@ def _decode_all(blobs: Sequence[torch.Tensor | str], image_size: int | None,
             img = tv_io.decode_image(blob, mode=tv_io.ImageReadMode.RGB)
         except RuntimeError as err:
             raise ValueError(f"cannot decode image {_name(names, i)}: {str(err).splitlines()[0]}") from None
-        if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
-            img = TF.center_crop(TF.resize(img, [image_size], antialias=True), [image_size, image_size])
+        if image_size is not None:
+            img = resize_centre_crop(img, image_size)
         if out is None:
             out = torch.empty((len(blobs), *img.shape), dtype=torch.uint8)
         elif img.shape != out.shape[1:]:

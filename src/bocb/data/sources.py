@@ -1,4 +1,5 @@
-"""Where datasets come from: six kinds of source, one in-memory form.
+"""Where datasets come from: six kinds of source loaded into one in-memory form, and the spec of
+streamed data (read from disk batch by batch: :mod:`bocb.data.stream`).
 
 Every source loads into a :class:`Dataset`: train and test :class:`ImageSet` s of ``uint8``
 ``(N, 3, H, W)`` images with ``int64`` labels, the class names, where the data came from and a
@@ -13,6 +14,8 @@ content fingerprint. The kinds (:data:`DATA_KINDS`):
 - ``arrow``: a Hugging Face ``datasets`` ``save_to_disk`` folder (``dataset_dict.json``, ``train/``
   and ``test/`` Arrow files), read like Parquet.
 - ``folder``: ImageNet-style ``train/<class>/*.jpg`` and ``test/<class>/`` (or ``val/``).
+- ``wds``: WebDataset-style tar shards; streamed only (:mod:`bocb.data.stream_sources`), as are
+  folder and parquet specs with ``stream=True``; :func:`load_dataset` refuses streamed specs.
 
 This module holds :func:`parse_data_arg` (the CLI's ``--data`` text to a spec, detecting the kind
 from a path), the locating of data (CIFAR in data dirs, the cache dir, or by download) and
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -44,8 +48,10 @@ from bocb.data.readers import (
     _parquet_plan,
     _parquet_plan_at,
 )
+from bocb.data.stream_sources import StreamData, open_stream, tar_shards
 from bocb.data.types import (
     DATA_KINDS,
+    STREAM_KINDS,
     DataNotFoundError,
     Dataset,
     DatasetSpec,
@@ -53,7 +59,7 @@ from bocb.data.types import (
     UnknownDataKindError,
 )
 
-__all__ = ["load_dataset", "parse_data_arg"]
+__all__ = ["load_dataset", "open_data", "parse_data_arg"]
 
 
 # -- the CLI's --data argument -------------------------------------------------------------------
@@ -67,10 +73,22 @@ def parse_data_arg(text: str) -> DatasetSpec:
     PATH, whose kind is detected: a ``.parquet`` file, or a folder holding ``train*.parquet`` (in
     it or a subfolder) -> parquet; a folder holding ``dataset_dict.json`` (Hugging Face
     ``save_to_disk``) -> arrow; a folder holding ``cifar-10-batches-py/`` or
-    ``cifar-100-python/`` (or that folder itself) -> cifar10 / cifar100; a folder with
+    ``cifar-100-python/`` (or that folder itself) -> cifar10 / cifar100; a folder holding tar
+    shards (``train/*.tar`` or ``*train*.tar``) -> wds (streamed); a folder with
     ``train/<class>/`` -> folder.
+
+    ``stream:`` before any of these (``stream:/data/imagenet``, ``stream:parquet:PATH``) streams the
+    data from disk instead of loading it into memory (:mod:`bocb.data.stream`; kinds
+    :data:`STREAM_KINDS`); ``wds`` is always streamed.
     """
     text = text.strip()
+    head, sep, rest = text.partition(":")
+    if sep and head.lower() == "stream":
+        spec = parse_data_arg(rest)
+        if spec.kind not in STREAM_KINDS:
+            raise ValueError(f"data argument {text!r}: kind {spec.kind!r} is loaded into memory and cannot be "
+                             f"streamed; streamed kinds: {', '.join(STREAM_KINDS)}")
+        return replace(spec, stream=True)
     if text.lower() in ("sample", *_CIFAR):
         return DatasetSpec(text.lower())
     if text.lower() in DATA_KINDS:
@@ -110,10 +128,13 @@ def _detect(path: Path) -> DatasetSpec:
         return DatasetSpec("arrow", root)
     if _parquet_dirs(path):
         return DatasetSpec("parquet", root)
+    if tar_shards(path, ("train",))[1]:
+        return DatasetSpec("wds", root)
     if (path / "train").is_dir() and _class_dirs(path / "train"):
         return DatasetSpec("folder", root)
     raise DataNotFoundError(f"cannot tell what data {path} holds: looked for train*.parquet (in it or a "
-                            f"subfolder), dataset_dict.json, cifar-10-batches-py/, cifar-100-python/ and train/<class>/; "
+                            f"subfolder), dataset_dict.json, cifar-10-batches-py/, cifar-100-python/, tar shards "
+                            f"train/*.tar or *train*.tar, and train/<class>/; "
                             f"write KIND:{path} with KIND one of {', '.join(DATA_KINDS)}")
 
 
@@ -136,6 +157,9 @@ def load_dataset(spec: DatasetSpec, *, cache_dir: Path | None = None, data_dirs:
     and a later load with the same files and options reads that instead of decoding; a damaged
     cache file is rewritten. With ``cache_dir=None`` nothing is written.
     """
+    if spec.stream:
+        raise ValueError(f"{spec.kind} data at {spec.root} is streamed (stream=True): it is read batch by batch "
+                         f"by bocb.data.stream (open_stream, epoch_loader), not loaded into memory")
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     plan = _plan(spec, cache_dir=cache_dir, data_dirs=[Path(d) for d in data_dirs], download=download)
     fp = fingerprint(plan.files, plan.options)
@@ -154,6 +178,16 @@ def load_dataset(spec: DatasetSpec, *, cache_dir: Path | None = None, data_dirs:
         fingerprint=fp,
     )
     return dataset.select_classes(spec.classes) if spec.classes is not None else dataset
+
+
+def open_data(spec: DatasetSpec, *, cache_dir: Path | None = None, data_dirs: Sequence[Path] = (),
+              download: bool = False) -> Dataset | StreamData:
+    """What a trainer needs for ``spec``: the in-memory :class:`Dataset` (:func:`load_dataset`), or
+    for a streamed spec its index (:func:`bocb.data.stream_sources.open_stream`; nothing decoded,
+    the cache and download do not apply)."""
+    if spec.stream:
+        return open_stream(spec)
+    return load_dataset(spec, cache_dir=cache_dir, data_dirs=data_dirs, download=download)
 
 
 def _plan(spec: DatasetSpec, *, cache_dir: Path | None, data_dirs: list[Path], download: bool) -> _Plan:

@@ -6,6 +6,7 @@
 - :class:`Dataset`: a loaded dataset: train and test :class:`ImageSet` s, the class names, where
   the data came from and a content fingerprint.
 - :class:`DataNotFoundError`, :class:`UnknownDataKindError`.
+- :data:`STREAM_KINDS`: the kinds that :mod:`bocb.data.stream` can read batch by batch from disk.
 
 This module knows only tensors and plain values; :mod:`bocb.data.sources` locates and loads
 datasets into these types, with the readers of :mod:`bocb.data.readers`.
@@ -30,10 +31,14 @@ DATA_KINDS: dict[str, str] = {
     "parquet": "Hugging Face-layout Parquet files train-*.parquet and test-*.parquet",
     "arrow": "a Hugging Face datasets.save_to_disk folder (dataset_dict.json; train/ and test/ Arrow files)",
     "folder": "an image folder train/<class>/*.jpg with test/<class>/ or val/<class>/",
+    "wds": "WebDataset-style tar shards (train*.tar and val*.tar or test*.tar, each sample an image "
+           "and a .cls label), always streamed",
 }
 
 # Kinds whose images are encoded files, so decoding (and resizing to image_size) applies.
-_DECODED_KINDS = ("sample", "parquet", "arrow", "folder")
+_DECODED_KINDS = ("sample", "parquet", "arrow", "folder", "wds")
+# Kinds that can be streamed from disk by bocb.data.stream instead of loaded into memory.
+STREAM_KINDS = ("folder", "parquet", "wds")
 
 
 class DataNotFoundError(ValueError):
@@ -98,20 +103,9 @@ class ImageSet:
         their original order. ``None`` returns this set. Raises if a class has too few images."""
         if per_class is None:
             return self
-        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-            raise ValueError(f"per_class must be a positive int or None, got {per_class!r}")
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        picked = []
-        for cls in self.classes_present():
-            rows = order[self.labels[order] == cls][:per_class]
-            if len(rows) < per_class:
-                fewest = int(self.class_counts()[list(self.classes_present())].min())
-                raise ValueError(f"class {cls} has {len(rows)} images, fewer than per_class={per_class}; "
-                                 f"per_class can be at most {fewest} here")
-            picked.append(rows)
-        if not picked:
+        index = per_class_rows(self.labels, per_class, seed)
+        if index is None:
             return self
-        index = torch.cat(picked).sort().values
         return ImageSet(self.images[index].contiguous(), self.labels[index])
 
     def split(self, per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -135,6 +129,25 @@ class ImageSet:
         return ImageSet(self.images[keep].contiguous(), mapping[self.labels[keep]])
 
 
+def per_class_rows(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor | None:
+    """The rows :meth:`ImageSet.subset` keeps, ascending (None for no rows): ``per_class`` of each
+    label present, by a ``seed``-ed ``torch.randperm`` on the CPU generator. Shared with streamed
+    folders (:meth:`bocb.data.stream_sources.FolderSplit.subset`), so both pick the same images."""
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive int or None, got {per_class!r}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    present = torch.unique(labels).tolist()
+    picked = []
+    for cls in present:
+        rows = order[labels[order] == cls][:per_class]
+        if len(rows) < per_class:
+            fewest = int(torch.bincount(labels)[present].min())
+            raise ValueError(f"class {cls} has {len(rows)} images, fewer than per_class={per_class}; "
+                             f"per_class can be at most {fewest} here")
+        picked.append(rows)
+    return torch.cat(picked).sort().values if picked else None
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What to load; JSON-serialisable (:meth:`to_dict`), so it can sit in a run record.
@@ -147,6 +160,12 @@ class DatasetSpec:
     only these class indices, relabelled ``0..k-1`` in the order given (the transfer demo
     pre-trains on CIFAR-10 classes 0-4 and fine-tunes on 5-9); None keeps all. A spec without
     ``classes`` serialises without the key, so trial ids from before it existed stay the same.
+
+    ``stream`` (kinds in :data:`STREAM_KINDS`): read the images from disk batch by batch in
+    DataLoader workers (:mod:`bocb.data.stream`) instead of decoding the whole set into memory:
+    for data that does not fit, such as ImageNet. Kind ``wds`` is always streamed (its specs say
+    ``stream=True``). A streamed spec's ``image_size`` is the side of the crops it yields (None:
+    the model's input size). Like ``classes``, it serialises only when set.
     """
 
     kind: str
@@ -155,10 +174,18 @@ class DatasetSpec:
     image_size: int | None = None
     classes: tuple[int, ...] | None = None
     image_column: str | None = None
+    stream: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
             raise UnknownDataKindError(self.kind)
+        if not isinstance(self.stream, bool):
+            raise ValueError(f"stream must be true or false, got {self.stream!r}")
+        if self.kind == "wds":
+            object.__setattr__(self, "stream", True)
+        if self.stream and self.kind not in STREAM_KINDS:
+            raise ValueError(f"data kind {self.kind!r} is loaded into memory and cannot be streamed; "
+                             f"streamed kinds: {', '.join(STREAM_KINDS)}")
         if isinstance(self.root, os.PathLike):
             object.__setattr__(self, "root", os.fspath(self.root))
         if self.kind == "sample" and self.root is not None:
@@ -188,8 +215,9 @@ class DatasetSpec:
             del out["classes"]
         else:
             out["classes"] = list(self.classes)
-        if self.image_column is None:  # keys added later serialise only when set: trial ids stay
-            del out["image_column"]
+        for key in ("image_column", "stream"):  # keys added later serialise only when set: trial ids stay
+            if not out[key]:
+                del out[key]
         return out
 
     @classmethod
