@@ -107,3 +107,46 @@ def test_zoo_tables_fit_100_columns_without_wrapping_a_row():
     # csv and json keep every column
     assert list(views.for_screen(views.backbone_frame(), views.BACKBONE_SCREEN, "csv").columns) == \
         list(views.backbone_frame().columns)
+
+
+def test_ctrl_c_in_a_command_without_its_own_handling_is_one_line_and_130(monkeypatch):
+    """bocb train (and any command but run/transfer, which hand trials back): no traceback."""
+    import contextlib
+    import io
+
+    from bocb import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.COMMANDS["train"], "run", interrupted)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = cli.main(["train", "--backbone", "R-18", "--device", "cpu"])
+    assert rc == 130 and err.getvalue().startswith("bocb: stopped (Ctrl-C)") and len(err.getvalue().splitlines()) == 1
+
+
+def test_train_refuses_a_misspelled_recipe_and_a_missing_gpu_in_one_line():
+    done = bocb("train", "--backbone", "R-18", "--recipe", "smok", "--device", "cpu")
+    assert done.returncode == 2 and "did you mean smoke?" in done.stderr and len(done.stderr.splitlines()) == 1
+    import torch
+
+    if not torch.cuda.is_available():
+        done = bocb("train", "--backbone", "R-18", "--recipe", "smoke", "--device", "cuda")
+        assert done.returncode == 2 and "CUDA is not available" in done.stderr
+
+
+def test_paper_table_too_wide_for_the_terminal_is_listed_per_backbone():
+    from rich.console import Console
+
+    from bocb import views
+
+    console = Console(width=100, record=True, file=open("/dev/null", "w"))
+    views.print_paper_table(console, "table")
+    text = console.export_text()
+    assert text.startswith("Table 1 needs") and "…" not in text
+    # The paper's R-50 column (Table 1): AdaBelief 80.53 best, then NovoGrad, SGDP, SGD-M; AdaGrad grey.
+    assert "R-50: best AdaBelief 80.53; top 4 also NovoGrad, SGDP, SGD-M; failed (1): AdaGrad" in text
+    wide = Console(width=300, record=True, file=open("/dev/null", "w"))
+    views.print_paper_table(wide, "table")
+    assert "┃ optimizer ┃" in wide.export_text()

@@ -51,7 +51,10 @@ def test_zoo_optimizers_csv_contract():
 
 
 def test_paper_table_prints_every_backbone_and_optimizer():
-    text = _bocb("paper", "table")
+    # A reader 300 columns wide gets the whole table (narrower ones: tests/test_cli_convention.py).
+    proc = bocb("paper", "table", env={"COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
     for name in paper.backbone_order() + paper.optimizer_order():
         assert name in text
     # CSV and JSON are long: one row per cell with its mark, and no summary rows mixed in.

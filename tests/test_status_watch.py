@@ -86,3 +86,27 @@ def test_bad_watch_intervals_are_one_line_and_exit_2(tmp_path):
     # The study after --watch: taken as the interval, so the line says to put the study first.
     out = bocb("status", "--watch", study_file, "--store", store_path)
     assert out.returncode == 2 and f"bocb status {study_file} --watch" in out.stderr
+
+
+def test_watch_started_before_the_run_waits_for_the_store(tmp_path):
+    """Started beside `bocb run`, the store is not there yet: the watch waits for it, then ends
+    when nothing is pending or running (here: a store of finished trials appears)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    store = tmp_path / "store.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "bocb", "status", "--store", str(store), "--watch", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None  # still waiting, not an error
+        shutil.copy(Path(__file__).parent / "fixtures" / "store-v2.sqlite", store)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "waiting for the store" in out and "no trial pending or running" in out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -118,8 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     args = build_parser().parse_args(argv)
     args.started = started  # when the command began (bocb probe's budget counts from it)
-    # Wide tables stay readable when piped (rich would otherwise fold them to 80 columns).
-    console = Console(width=None if sys.stdout.isatty() else 240)
+    # Wide tables stay readable when piped (rich would otherwise fold them to 80 columns), unless
+    # COLUMNS says how wide the reader is.
+    piped_width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 240
+    console = Console(width=None if sys.stdout.isatty() else piped_width)
     try:
         if plugins_of(args):
             from bocb.plugins import load_plugins
@@ -162,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   title="Paper Tables A4/A5: chosen lr and weight decay")
     except (UnknownNameError, ValueError) as err:
         return _fail(err)
+    except KeyboardInterrupt:
+        # bocb run/transfer handle Ctrl-C themselves (trials handed back); anything else stops here,
+        # in one line: a trial with --work-dir resumes from its last checkpoint when run again.
+        print("bocb: stopped (Ctrl-C); run the same command again to resume what keeps checkpoints",
+              file=sys.stderr)
+        return 130
     except sqlite3.DatabaseError as err:
         # Raised after the store opened (a page damaged deep in the file, a disk that filled up).
         store = getattr(args, "store", None)

@@ -9,7 +9,8 @@ from images per second actually measured for that spec, in this order:
    training images per second, data pipeline and optimizer included); the median over them.
 2. **a measurement** (``bocb plan --measure``): a few training steps of each spec on this
    machine's device (CUDA when present, else CPU) with random images: two warm-up steps, then
-   steps until at least ``seconds`` (and three steps) have passed. Without the data pipeline it reads a little fast.
+   steps until at least ``seconds`` (and five steps) have passed; the median step decides, so
+   a step slowed by another process on a shared machine does not. Without the data pipeline it reads a little fast.
 
 A backbone with neither is left out of the estimate and named. A trial's time is its training
 images over the training speed plus its test images over three times it (evaluation is a forward
@@ -30,7 +31,7 @@ from bocb.sizes import key
 
 EVAL_SPEEDUP = 3.0
 WARMUP_STEPS = 2  # untimed steps before a measurement
-MIN_STEPS = 3  # timed steps at least, however long they take  # a forward pass is a third of a training step's work (bocb.compute's rule)
+MIN_STEPS = 5  # timed steps at least, however long they take; their median decides  # a forward pass is a third of a training step's work (bocb.compute's rule)
 
 
 @dataclass(frozen=True)
@@ -122,13 +123,28 @@ def measure(trials: Iterable[Any], seconds: float = 1.0, max_batch: int = 64,
     """Training images/s of each distinct backbone spec among ``trials`` (TrialSpecs) on ``device``
     (None: CUDA when present, else CPU): SGD steps on random images after two warm-up steps, at the
     trial's batch size (at most ``max_batch`` on a CPU, to stay quick) and, on CUDA, its precision
-    (bf16 autocast when the recipe says bf16)."""
+    (bf16 autocast when the recipe says bf16); on a CPU with one torch thread, as each slot of a run
+    over all cores trains."""
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    words = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu, 1 thread per trial"
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        # One thread, as a slot of `bocb run --slots <cores>` trains: on a shared machine a second
+        # thread waits for a busy core at every step (measured 3-20x swings with two).
+        torch.set_num_threads(1)
+    try:
+        return _measure(trials, dev, words, seconds, max_batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(trials: Iterable[Any], dev: Any, words: str, seconds: float, max_batch: int) -> dict[str, Speed]:
     import torch
 
     from bocb.zoo import build_backbone
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    words = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     out: dict[str, Speed] = {}
     for trial in trials:
         spec = trial.backbone
@@ -155,15 +171,16 @@ def measure(trials: Iterable[Any], seconds: float = 1.0, max_batch: int = 64,
             step()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        steps, start = 0, time.perf_counter()
-        while True:
+        times: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds or len(times) < MIN_STEPS:
+            t0 = time.perf_counter()
             step()
-            steps += 1
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            if time.perf_counter() - start >= seconds and steps >= MIN_STEPS:
-                break
-        out[k] = Speed(steps * batch / (time.perf_counter() - start), "measured", 1, words)
+            times.append(time.perf_counter() - t0)
+        # The median step: a step slowed by another process on a shared machine does not count.
+        out[k] = Speed(batch / statistics.median(times), "measured", 1, words)
     return out
 
 

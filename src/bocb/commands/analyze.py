@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(bocb export writes one)")
     add_rule_args(p)
     p.add_argument("--flags-out", type=Path, help="write the input rows plus a boolean 'flagged' column here")
-    p.add_argument("--json", action="store_true", help="print the counts as one JSON line")
+    p.add_argument("--json", action="store_true",
+                   help="print the counts and the flagged pairs (with their cut-offs) as one JSON document")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if "mark" in frame.columns:
         counts.update(compare_with_marks(pairs, frame.drop_duplicates(["optimizer", "backbone"])))
     if args.json:
+        flagged = pairs[pairs["flagged"]]
+        counts["flagged_pairs"] = [
+            {"optimizer": r.optimizer, "backbone": r.backbone, "top1": round(float(r.top1), 4),
+             "threshold": round(float(r.threshold), 4)} for r in flagged.itertuples()]
         print(json.dumps(counts))
         return 0
     console = Console(width=None if sys.stdout.isatty() else 160)

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", help="a study file: only its trials from the store")
     add_rule_args(p)
     p.add_argument("--top", type=int, default=10, help="how many optimizers to show (default 10)")
-    p.add_argument("--json", action="store_true", help="also print the answer as JSON (the last stdout line)")
+    p.add_argument("--json", action="store_true",
+                   help="print the answer as one JSON document on stdout (the table goes to stderr)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     found = api.recommend(args.backbone, evidence=args.evidence, store=args.store, rule=args.rule, gamma=args.gamma,
                           study=args.study)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    # With --json, stdout holds the JSON alone (the CLI's convention): the table goes to stderr.
+    console = Console(stderr=True) if args.json else Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"optimizers to try first for {args.backbone!r}")
     for col in ("#", "optimizer", "expected gap to best (points)", "failure risk", "usual lr", "usual wd"):
         table.add_column(col, justify="right" if col != "optimizer" else "left")
@@ -42,16 +44,17 @@ def run(args: argparse.Namespace) -> int:
                       f"{r.lr:g}", f"{r.weight_decay:g}")
     console.print(table)
     # What to avoid is shown whatever --top cuts: the paper's failures are half of its answer.
-    avoid = [r for r in found.optimizers if r.failure_risk >= 0.5]
+    avoid = sorted((r for r in found.optimizers if r.failure_risk >= 0.5),
+                   key=lambda r: (-r.failure_risk, -r.expected_gap))  # the surest failure first
     if avoid:
         console.print("avoid: " + "; ".join(
             f"{r.optimizer} (flagged by the failure rule in {r.failure_risk * r.backbones:.0f} of {r.backbones} "
             f"evidence column{'s' if r.backbones != 1 else ''}, {r.expected_gap:.1f} points below the best)"
-            for r in avoid))
+            for r in avoid), highlight=False)
     console.print(f"evidence: {found.evidence}; ranked by failure risk, then gap.")
     if args.json:
         answer = dataclasses.asdict(found)
         for o in answer["optimizers"]:  # an optimizer without a known setting: null, not NaN (strict JSON)
-            o.update({k: None for k, v in o.items() if isinstance(v, float) and v != v})
+            o.update({k: None if v != v else round(v, 6) for k, v in o.items() if isinstance(v, float)})
         sys.stdout.write(json.dumps(answer, allow_nan=False) + "\n")
     return 0

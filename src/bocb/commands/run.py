@@ -297,7 +297,9 @@ def _results_table(rows: list[dict]) -> Table:
         return _counts_table(rows)
     transfer = any(r["pretrained"] for r in rows)
     # A trial's score is its task's headline metric: test top-1, or box / keypoint AP for detection / pose.
-    table = Table(title="results (final / best: test top-1 %; box or keypoint AP % for detection or pose)")
+    metrics = sorted({r.get("metric") or "top1" for r in rows})
+    words = {"top1": "test top-1 %", "box_ap": "box AP %", "keypoint_ap": "keypoint AP %"}
+    table = Table(title=f"results (final / best: {'; '.join(words.get(m, m) for m in metrics)})")
     errors = any(r["error"] for r in rows)
     for col in ("pre-trained" if transfer else "backbone", "optimizer", "lr", "wd", "seed", "status", "final", "best",
                 *(("error",) if errors else ())):

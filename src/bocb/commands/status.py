@@ -86,9 +86,9 @@ def status(args: argparse.Namespace) -> int:
 
 
 def _status_view(store_path: str, study_path: Path | None, study_id: str | None, name: str | None,
-                 adaptive: bool) -> tuple[list, int]:
+                 adaptive: bool) -> tuple[list, int, int]:
     """What ``bocb status`` draws (the counts, the running trials, an adaptive study's tuning
-    state) and how many trials are pending or running."""
+    state), how many trials are pending or running, and how many the store holds."""
     with open_existing_store(store_path) as store:
         counts = store.counts(study_id)
         running = _running_table(store, study_id)
@@ -103,7 +103,7 @@ def _status_view(store_path: str, study_path: Path | None, study_id: str | None,
         table.add_column(s, justify="right")
     table.add_row(*[str(counts[s]) for s in (*STATUSES, "total")])
     parts = [p for p in (table, running, tuning) if p is not None]
-    return parts, counts["pending"] + counts["running"]
+    return parts, counts["pending"] + counts["running"], counts["total"]
 
 
 def _running_table(store: Store, study_id: str | None) -> Group | None:
@@ -166,7 +166,13 @@ def _watch(args: argparse.Namespace) -> int:
         if live is not None:
             live.start()
         while True:
-            parts, open_trials = _status_view(args.store, args.study, study_id, name, adaptive)
+            # Started beside `bocb run`, the store or the study's trials may not be there yet: wait.
+            if not Path(args.store).exists():
+                parts, open_trials, total = [Text(f"waiting for the store {args.store} (bocb run creates it)")], 1, 0
+            else:
+                parts, open_trials, total = _status_view(args.store, args.study, study_id, name, adaptive)
+                if not total:
+                    parts, open_trials = [*parts, Text("waiting for the study's trials (bocb run registers them)")], 1
             frame = Group(*parts, footer) if open_trials else Group(*parts)
             if live is not None:
                 live.update(frame, refresh=True)
@@ -379,4 +385,7 @@ def export(args: argparse.Namespace) -> int:
         frame.to_csv(sys.stdout, index=False)
     else:
         frame.to_csv(args.out, index=False)
+    if args.out is not None:  # stdout stays empty (the data went to the file); say where it went
+        Console(stderr=True).print(escape(f"wrote {len(frame)} {'epoch' if args.epochs else 'trial'} rows to "
+                                          f"{args.out} ({args.format})"), highlight=False)
     return 0

@@ -63,9 +63,20 @@ def run(args: argparse.Namespace) -> int:
 
     from bocb.recipes import TIERS
 
+    from bocb.engine import resolve_device
+    from bocb.recipes import RECIPES
+
     recipe, tier = args.recipe, args.tier
     if recipe in TIERS:  # `--recipe smoke`: the backbone's own recipe at the smoke tier
         recipe, tier = None, recipe
+    elif recipe is not None and recipe not in RECIPES:
+        import difflib
+
+        valid = [*RECIPES, *TIERS]
+        close = difflib.get_close_matches(recipe, valid, n=3)
+        raise ValueError(f"unknown recipe {recipe!r}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                         + f": valid: {', '.join(valid)} (a tier name is the backbone's own recipe at that tier)")
+    resolve_device(args.device)  # `--device cuda` without CUDA: one line now, not a failed trial later
     _check_numbers(args)
     trackers = _trackers(args)  # a missing tracker library fails here, before the data loads
     err = Console(stderr=True)

@@ -10,7 +10,8 @@ below it; choices:
   two pair means is within 1.96 standard errors of that difference (each mean's standard error is
   its seeds' standard deviation / sqrt(seeds)). With one seed per pair no spread is measured, so
   only the best and the runner-up are named and the evidence says so.
-- **Verdict:** "no coupling seen" when nothing is flagged; otherwise "coupled", naming every
+- **Verdict:** "no optimizer fails" when nothing is flagged; otherwise "coupled" ("possibly
+  coupled" when the evidence is weak), naming every
   optimizer category whose tried optimizers all fail (the paper's categories: (a) fixed learning
   rate with momentum, (b) adaptive with momentum, (c) estimated learning rate, (d) adaptive
   without momentum), else the share that fails.
@@ -52,33 +53,43 @@ def answer_section(analysis: ReportAnalysis, tuning: str | None, budget: Budget 
     category = (analysis.frame.drop_duplicates("optimizer").set_index("optimizer")["category"]
                 if "category" in analysis.frame.columns else pd.Series(dtype=str))
     evidence = evidence or _evidence(tuning, (int(stats["n"].min()), int(stats["n"].max())), budget)
+    weak = evidence.startswith("weak")
     for backbone, group in stats.groupby("backbone", sort=False):
         group = group.sort_values("mean", ascending=False)
         flagged = [o for o in group["optimizer"] if flags.get((o, backbone), False)]
+        verdict = _verdict(group, flagged, category, (chance or {}).get(backbone))
+        if weak and flagged and verdict.startswith("coupled"):
+            verdict = "possibly " + verdict + " (weak evidence: may be noise)"
         rows[backbone] = {
             "use": _use(group),
-            "avoid": ", ".join(flagged) or "–",
-            "verdict": _verdict(group, flagged, category, (chance or {}).get(backbone)),
-            "paper, same optimizers": _paper_view(paper, backbone, list(group["optimizer"])),
+            "avoid" if not weak else "flagged": ", ".join(flagged) or "–",
+            "verdict": verdict,
+            **({"paper, same optimizers": _paper_view(paper, backbone, list(group["optimizer"]))} if paper is not None
+               else {}),
         }
     cells = pd.DataFrame.from_dict(rows, orient="index")
     cells.index.name = "backbone"
-    coupled = [b for b, r in rows.items() if r["avoid"] != "–"]
-    headline = (f"{len(coupled)} of {len(rows)} backbones have optimizers that fail with them"
+    coupled = [b for b, r in rows.items() if r.get("avoid", r.get("flagged")) != "–"]
+    headline = (f"{len(coupled)} of {len(rows)} backbones have optimizers that "
+                + ("the failure rule flags" if weak else "fail with them")
                 + (f" ({', '.join(coupled)})." if coupled else ".")
-                + f" Evidence: {evidence}.")
-    blocks: list = [Text(headline), Table(cells, "Per backbone: what to use, what to avoid (flagged by rule "
-                                                 f"'{analysis.chosen.label}'), the verdict, and the paper's "
-                                                 "view of the same optimizers.")]
+                + f" Evidence: {evidence}."
+                + (" At this strength a flag is a lead to test (tune, add seeds, train longer), not a finding."
+                   if weak and coupled else ""))
+    caption = ("Per backbone: what to use, what the failure rule flags (rule "
+               f"'{analysis.chosen.label}'), the verdict" + (", and the paper's view of the same optimizers."
+                                                             if paper is not None else "."))
+    blocks: list = [Text(headline), Table(cells, caption)]
     return Section(
         title="The answer",
         blocks=tuple(blocks),
         how_to_read=(
             "'use' names the best optimizer; with several seeds it also names every optimizer whose mean "
             "is not separable from the best (within 1.96 standard errors of the difference). 'avoid' lists "
-            "the pairs the failure rule flags. The paper's column names its best and its failures among "
-            "the optimizers tried here, from its CIFAR-100 table: compare orders, not numbers, when the "
-            "data, model size or budget differ."),
+            "the pairs the failure rule flags ('flagged' when the evidence is weak: then a flag may be "
+            "noise). The paper's column, when there is one, names its best and its failures among the "
+            "optimizers tried here, from its CIFAR-100 table: compare orders, not numbers, when the data, "
+            "model size or budget differ."),
     )
 
 
@@ -158,7 +169,7 @@ def _verdict(group: pd.DataFrame, flagged: list[str], category: pd.Series, chanc
         return "one optimizer tried: coupling cannot be judged"
     worst_gap = best - float(group["mean"].iloc[-1])
     if not flagged:
-        return f"no coupling seen: every optimizer within {fmt(worst_gap, 1)} points of the best"
+        return f"no optimizer fails: the worst is {fmt(worst_gap, 1)} points below the best"
     tried = list(group["optimizer"])
     whole = []
     for cat in sorted({category.get(o, "") for o in tried} - {""}):

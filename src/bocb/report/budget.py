@@ -69,7 +69,7 @@ def budget_of(specs: Iterable[dict[str, Any]], effective_flops: float | None = N
     if any(r.get("tier") == "smoke" for r in recipes):
         toy.append("the smoke tier")
     if any(s.get("data", {}).get("kind") == "sample" for s in specs):
-        toy.append("the bundled CIFAR-10 sample of a few hundred images")
+        toy.append("the bundled CIFAR-10 sample (5,000 training and 1,000 test images)")
     short_runs = sorted({(r["epochs"], RECIPES[r["name"]].epochs) for r in recipes
                          if r.get("name") in RECIPES and r.get("epochs", math.inf) < RECIPES[r["name"]].epochs})
     if short_runs:

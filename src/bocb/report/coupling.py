@@ -97,7 +97,9 @@ def coupling_section(analysis: ReportAnalysis, bootstrap: bool = True, n_resampl
     tau_text = f"Mean Kendall tau-b between two backbones' orderings of the optimizers: {fmt(mean_tau, 2)}"
     if with_ci:
         tau_text += f", 95 % CI {_ci(boot, 'order_tau', 'mean')}"
-    if len(upper):
+    if len(upper) == 1:
+        tau_text += f" (one pair of backbones: {' and '.join(upper.index[0])})."
+    elif len(upper):
         (a, b), (c, d) = upper.idxmin(), upper.idxmax()
         tau_text += (f". Least alike: {a} and {b} (tau {fmt(upper.min(), 2)}); most alike: {c} and {d} "
                      f"(tau {fmt(upper.max(), 2)}).")
