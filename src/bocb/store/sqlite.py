@@ -40,8 +40,8 @@ SCHEMA_VERSION = 5
 # v5 packs what a store holds millions of (bocb.store.compact): epoch rows move from `epochs`
 # (keyed by the 16-character trial id) to `epoch_rows`, keyed by a small integer per trial
 # (`trial_keys`), with seconds in milliseconds and the score NULL where it is the top-1; new specs
-# and records are compressed. A 30,000-trial store at 200 epochs went from 856 to about 576 MB
-# (benchmarks/scale.py at 1,500 trials, scaled). The step moves every epoch row (_pack_epochs) and
+# and records are compressed. A 30,000-trial store at 200 epochs went from 856 to 575 MB
+# (benchmarks/scale.py; epoch rows 95 -> 70 bytes each). The step moves every epoch row (_pack_epochs) and
 # drops the old table; older specs and records stay as they are. v3 and v4 files are still read as
 # they are (the `epochs_read` view reads either table), so reading commands need no upgraded copy.
 _V3_COLUMNS = (
@@ -83,10 +83,9 @@ CREATE TABLE IF NOT EXISTS study_trials (
 );
 -- claims walk a study in position order (SQLiteStore.claim)
 CREATE INDEX IF NOT EXISTS study_trials_position ON study_trials (study_id, position);
--- A small integer per trial with epoch rows, given at its first finish: keys grow as trials
--- finish, so new epoch rows go at the end of their b-tree and fill its pages (a text trial id
--- hashed them all over it, half-filling pages, and took 17 bytes a row). An INTEGER PRIMARY KEY,
--- so VACUUM keeps the numbers.
+-- A small integer per trial with epoch rows, given at its first finish: 2 bytes a row where the
+-- text trial id took 17, and keys grow as trials finish, so new rows go at the end of the b-tree.
+-- An INTEGER PRIMARY KEY, so VACUUM keeps the numbers.
 CREATE TABLE IF NOT EXISTS trial_keys (key INTEGER PRIMARY KEY, trial_id TEXT NOT NULL UNIQUE);
 -- WITHOUT ROWID: the rows live in their key's b-tree, so the key is not stored twice (row and key
 -- index). Cells are packed (bocb.store.compact): seconds_train and seconds_eval have no type
