@@ -111,7 +111,12 @@ def test_store_upgrades_a_v1_file_and_keeps_nan_as_null(tmp_path):
     db.execute("ALTER TABLE trials DROP COLUMN pretrained")
     for column in ("metric", "final_score", "best_score", "peak_memory_mb", "selection", "final_val", "best_val"):
         db.execute(f"ALTER TABLE trials DROP COLUMN {column}")  # added at v3
-    db.execute("ALTER TABLE epochs DROP COLUMN score")
+    # v1's epoch table (before schema v5 packed the rows into epoch_rows), without v3's score
+    db.execute("DROP TABLE epoch_rows")
+    db.execute("DROP TABLE trial_keys")
+    db.execute("CREATE TABLE epochs (trial_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_top1 REAL, "
+               "test_top5 REAL, test_loss REAL, lr REAL, seconds_train REAL, seconds_eval REAL, "
+               "PRIMARY KEY (trial_id, epoch))")
     db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     db.commit()
     db.close()

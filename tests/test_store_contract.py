@@ -389,6 +389,22 @@ def test_snapshots_belong_to_their_trials_studies_or_the_study_they_were_linked_
     assert [s["snapshot_id"] for s in store.snapshots()] == ["t1", "t2", "init:r50"]  # now the newest
 
 
+def test_layer_metrics_of_many_snapshots_come_in_the_given_order(store):
+    # More snapshots than one SQLite query reads (bocb.store.sqlite._LAYER_BATCH), a repeat, an unknown id.
+    ids = [f"s{i:04d}" for i in range(1200)]
+    for sid in ids:
+        store.put_snapshot({"snapshot_id": sid, "source": "init", "backbone": "R-50",
+                            "layers": [_layer("conv1", 3.0, 3), _layer("fc", 4.0, 2)]}, "s")
+    asked = [*ids[::-1][:700], "nope", ids[5], *ids[::-1][700:], ids[5]]
+    rows = store.layer_metrics(asked)
+    assert [(r["snapshot_id"], r["layer"]) for r in rows] == [(sid, name) for sid in asked if sid != "nope"
+                                                             for name in ("conv1", "fc")]
+    rows[0]["alpha"] = -1.0  # fresh dicts, even for a snapshot asked twice
+    assert store.layer_metrics([asked[0]])[0]["alpha"] == 3.0
+    twice = [r for r in rows if r["snapshot_id"] == ids[5]]
+    assert twice[0] is not twice[2]
+
+
 # -- adaptive tuning ----------------------------------------------------------------------------------
 
 

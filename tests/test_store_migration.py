@@ -101,3 +101,89 @@ def test_old_whole_records_and_new_slim_ones_read_back_in_one_upgraded_store(old
         assert back["epochs"] == record["epochs"] and back["epochs"][0]["note"] is not back["epochs"][1]["note"]
         for tid, whole in old_records.items():
             assert store.record(tid) == whole
+
+
+# -- schema v4 to v5: packed epoch rows, compressed specs and records --------------------------------
+
+FIXTURE_V4 = Path(__file__).parent / "fixtures" / "store-v4.sqlite"
+
+
+def _exact(value) -> str:
+    """JSON text, which tells 1 from 1.0 and 0.0 from -0.0 where == does not."""
+    return json.dumps(value, sort_keys=True)
+
+
+def _everything(store: SQLiteStore) -> str:
+    """All a caller can read of the fixture's study, as exact text."""
+    trials = store.trials("fixture-v4")
+    return _exact({"trials": trials, "specs": store.specs("fixture-v4"),
+                   "records": {t["trial_id"]: store.record(t["trial_id"]) for t in trials},
+                   "epochs": {t["trial_id"]: store.epochs(t["trial_id"]) for t in trials},
+                   "trained": store.trained_epochs("fixture-v4"),
+                   "snapshots": [s for s in store.snapshots("fixture-v4") if s.pop("created")],
+                   "layers": store.layer_metrics(["t-cls", "init:R-18"])})
+
+
+@pytest.fixture
+def v4_store(tmp_path):
+    path = tmp_path / "store.sqlite"
+    shutil.copy(FIXTURE_V4, path)
+    return path
+
+
+def test_a_v4_store_is_read_as_it_is_and_stays_untouched(v4_store):
+    db = sqlite3.connect(v4_store)
+    raw = {(r[0], r[1]): r[2:] for r in db.execute(
+        "SELECT trial_id, epoch, train_loss, test_top1, test_top5, test_loss, lr, seconds_train, seconds_eval, score "
+        "FROM epochs")}
+    db.close()
+    digest = hashlib.sha256(v4_store.read_bytes()).hexdigest()
+    with SQLiteStore(v4_store, readonly=True) as store:
+        assert store._db.execute("SELECT name FROM sqlite_master WHERE name='epoch_rows'").fetchone() is None  # no copy
+        read = {(r["trial_id"], r["epoch"]): tuple(r.values())[2:] for t in ("t-cls", "t-odd", "t-det", "t-div")
+                for r in store.epochs(t)}
+        assert _exact(sorted(read.items())) == _exact(sorted(raw.items())) and len(raw) == 9
+        assert store.record("t-cls")["epochs"][0]["seconds_train"] == 13.345
+    assert hashlib.sha256(v4_store.read_bytes()).hexdigest() == digest
+
+
+def test_a_writing_open_packs_a_v4_store_and_reads_exactly_the_same(v4_store):
+    with SQLiteStore(v4_store, readonly=True) as store:
+        before = _everything(store)
+    with SQLiteStore(v4_store) as store:  # upgraded in place
+        assert _everything(store) == before
+    db = sqlite3.connect(v4_store)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name='epochs'").fetchone() is None  # moved, not kept twice
+    cells = {(r[0], r[1]): r[2:] for r in db.execute(
+        "SELECT k.trial_id, e.epoch, typeof(e.seconds_train), typeof(e.seconds_eval), typeof(e.score) "
+        "FROM epoch_rows e JOIN trial_keys k USING (key)")}
+    db.close()
+    assert cells[("t-cls", 1)] == ("integer", "integer", "null")  # milliseconds, score = top-1
+    assert cells[("t-odd", 1)] == ("real", "integer", "null")  # 1/3 + 1 s is no whole millisecond
+    assert cells[("t-det", 1)] == ("integer", "integer", "real")  # box AP, no top-1
+    assert cells[("t-div", 2)] == ("integer", "integer", "blob")  # no score beside a top-1
+    with SQLiteStore(v4_store, readonly=True) as store:  # and again, now at v5
+        assert _everything(store) == before
+
+
+def test_specs_and_records_written_at_v4_and_v5_read_back_side_by_side(v4_store):
+    with SQLiteStore(v4_store) as store:
+        old = _everything(store)
+        spec = {"backbone": {"short": "R-18", "num_classes": 10}, "recipe": {"name": "pytorch", "tier": "smoke"},
+                "optimizer": {"short": "SGD-M", "category": "a", "args": {"lr": 0.5, "weight_decay": 0.0}}, "seed": 3}
+        store.add_trials("fixture-v4", [("t-new", spec)])
+        store.retry_failed("fixture-v4")
+        while (claimed := store.claim("r", 60, "fixture-v4")) is not None:
+            trial_id, got = claimed
+            rows = [{"epoch": e, "test_top1": 50.0 + e, "score": 50.0 + e, "seconds_train": 2.5} for e in (1, 2)]
+            assert store.finish(trial_id, "r", {"spec": got, "status": "done", "epochs": rows, "final_top1": 52.0})
+            assert store.record(trial_id)["epochs"] == rows and store.specs()[trial_id] == got
+        kinds = dict(store._db.execute("SELECT trial_id, typeof(record) FROM trials WHERE record IS NOT NULL"))
+        assert kinds == {"t-cls": "text", "t-odd": "text", "t-det": "text", "t-div": "text", "t-fail": "blob",
+                         "t-pending": "blob", "t-new": "blob"}
+        again = json.loads(_everything(store))
+    old = json.loads(old)
+    for part in ("records", "epochs"):
+        for tid in ("t-cls", "t-odd", "t-det", "t-div"):
+            assert _exact(again[part][tid]) == _exact(old[part][tid])

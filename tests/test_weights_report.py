@@ -121,6 +121,43 @@ def test_representative_is_best_setting_seed_closest_to_its_mean():
     assert reps.loc["Y", "n_candidates"] == 0 and pd.isna(reps.loc["Y", "trial_id"])
 
 
+def _representatives_pair_by_pair(results: pd.DataFrame, weights: pd.DataFrame) -> pd.DataFrame:
+    """The rule as stated, one pair at a time (how representatives computed it before one sort of
+    all runs replaced a sort per pair)."""
+    from bocb.analysis import Results
+    from bocb.analysis.results import PAIR
+    from bocb.analysis.weights import REP_COLUMNS
+
+    runs = Results.of(results).runs
+    runs = runs.assign(pair_top1=runs.groupby(PAIR, sort=False)["top1"].transform("mean"),
+                       _measured=runs["trial_id"].isin(weights["trial_id"]))
+    rows = []
+    for (optimizer, backbone), group in runs.groupby(PAIR, sort=False):
+        pool = group[group["_measured"]]
+        row = {"optimizer": optimizer, "backbone": backbone, "trial_id": None, "seed": np.nan, "top1": np.nan,
+               "pair_top1": float(group["pair_top1"].iloc[0]), "n_candidates": len(pool), "status": None}
+        if len(pool):
+            gap = (pool["top1"] - row["pair_top1"]).abs().round(9)
+            pick = pool.assign(_gap=gap).sort_values(["_gap", "seed"], kind="stable").iloc[0]
+            row.update(trial_id=pick["trial_id"], seed=pick["seed"], top1=float(pick["top1"]), status=pick["status"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=REP_COLUMNS)
+
+
+def test_representatives_of_every_pair_at_once_are_those_chosen_pair_by_pair():
+    rng = np.random.default_rng(3)
+    rows = [{"optimizer": f"o{o}", "backbone": f"b{b}", "lr": lr, "weight_decay": 0.0, "seed": seed,
+             # values on a coarse grid: ties in the gap to the mean, broken by seed, then by order
+             "top1": float(rng.integers(50, 56)), "status": "done", "trial_id": f"{o}-{b}-{lr}-{seed}"}
+            for b in range(6) for o in range(5) for lr in (0.1, 0.01) for seed in rng.permutation(4)]
+    results = pd.DataFrame(rows).sample(frac=1, random_state=1)  # pairs interleaved
+    measured = results[rng.random(len(results)) < 0.6][["trial_id"]].assign(source="final")
+    for weights in (measured, results[["trial_id"]].assign(source="final")):
+        pd.testing.assert_frame_equal(representatives(results, weights),
+                                      _representatives_pair_by_pair(results, weights))
+    assert (representatives(results, measured.iloc[:0])["n_candidates"] == 0).all()
+
+
 def test_model_summaries_by_hand_and_all_nan_alpha():
     _, weights = _synthetic(layers=4)
     one = weights[weights["snapshot_id"] == "A-SGD"].copy()
@@ -164,6 +201,20 @@ def test_ridge_plot_has_one_ridge_per_optimizer_plus_init_and_marks_flagged():
     hatched = {c.get_gid() for c in axes[0].collections if isinstance(c, PolyCollection) and c.get_hatch()}
     assert hatched == {f"ridge:{o}" for o in flagged_b}
     fig.canvas.draw()
+
+
+def test_ridge_plot_draws_the_same_from_the_callers_representatives():
+    results, weights = _synthetic(seed=4)
+    flags = flag(results, "fitted")
+
+    def drawn(fig) -> list:
+        return [(ax.get_title(), [(line.get_gid(), line.get_xydata().tolist()) for line in ax.get_lines()],
+                 [t.get_text() for t in ax.get_yticklabels()]) for ax in fig.axes]
+
+    models = model_table(results, weights, flags)
+    for backbone in ("A", "C"):
+        assert drawn(ridge_plot(weights, results, flags, backbone, reps=models)) == \
+            drawn(ridge_plot(weights, results, flags, backbone))
 
 
 def test_ridge_plot_with_a_missing_snapshot_keeps_the_row():

@@ -78,10 +78,10 @@ def _state(backbone_json: str) -> int:
 EFFECTIVE_FLOPS = 31e12
 
 # The store's bytes per finished trial and per epoch row, all tables and indexes included, as
-# benchmarks/scale.py measured them (30,000 trials x 200 epochs, every trial with a 20-layer
-# weight snapshot).
-STORE_BYTES_PER_TRIAL = 9_500  # the trial row and record (6.3 KB), its snapshot's 20 layer rows (2.8 KB)
-STORE_BYTES_PER_EPOCH = 95
+# benchmarks/scale.py measured them at store schema v5 (30,000 trials x 200 epochs, every trial
+# with a 20-layer weight snapshot: 575 MB, of which the epoch rows 417 MB).
+STORE_BYTES_PER_TRIAL = 5_300  # the trial row with its compressed spec and record (2.1 KB), its snapshot's 20 layer rows (2.8 KB)
+STORE_BYTES_PER_EPOCH = 70
 # A resume checkpoint holds the weights, the optimizer state (one or two tensors per weight for
 # the adaptive optimizers) and RNG states: about 3x the weights.
 CHECKPOINT_FACTOR = 3

@@ -90,15 +90,20 @@ def median_polish(x: np.ndarray, tol: float = 1e-6, max_iter: int = 100):
     """Tukey's median polish of a 2-d array (NaN skipped) -> (mu, row, col, residuals, converged, iters)."""
     z = np.array(x, dtype=float)
     row, col, mu = np.zeros(z.shape[0]), np.zeros(z.shape[1]), 0.0
+    # Without NaN, np.median gives the same medians (the mean of the two middle values, or the
+    # middle one) as np.nanmedian, which on a table this small goes through masked arrays and took
+    # 10 of the 12 ms a bootstrap resample of a 20 x 20 table costs. A finite table stays finite:
+    # only finite medians are subtracted.
+    median = np.median if np.isfinite(z).all() else np.nanmedian
     old = 0.0
     for it in range(1, max_iter + 1):
-        delta = np.nanmedian(z, axis=1)
+        delta = median(z, axis=1)
         z -= delta[:, None]
         row += delta
         shift = np.median(col)
         col -= shift
         mu += shift
-        delta = np.nanmedian(z, axis=0)
+        delta = median(z, axis=0)
         z -= delta[None, :]
         col += delta
         shift = np.median(row)

@@ -116,15 +116,19 @@ def representatives(results: pd.DataFrame | Results, weights: pd.DataFrame | Non
         runs = runs.assign(_measured=runs["trial_id"].isin(final["trial_id"].dropna().unique()))
     else:
         runs = runs.assign(_measured=True)
+    # Every pair's pick in one stable sort of all measured runs (a sort per pair was 1.3 s at 30,000
+    # trials): restricted to one pair, the order is the one sorting that pair alone gives.
+    pool = runs[runs["_measured"]]
+    pool = pool.assign(_gap=(pool["top1"] - pool["pair_top1"]).abs().round(9))
+    picks = pool.sort_values(["_gap", "seed"], kind="stable").drop_duplicates(PAIR).set_index(PAIR)
+    counts = pool.groupby(PAIR, sort=False).size()
     rows = []
-    for (optimizer, backbone), group in runs.groupby(PAIR, sort=False):
-        pool = group[group["_measured"]]
+    for (optimizer, backbone), pair_top1 in runs.groupby(PAIR, sort=False)["pair_top1"].first().items():
         row = {"optimizer": optimizer, "backbone": backbone, "trial_id": None, "seed": np.nan,
-               "top1": np.nan, "pair_top1": float(group["pair_top1"].iloc[0]), "n_candidates": len(pool),
+               "top1": np.nan, "pair_top1": float(pair_top1), "n_candidates": int(counts.get((optimizer, backbone), 0)),
                "status": None}
-        if len(pool):
-            gap = (pool["top1"] - row["pair_top1"]).abs()
-            pick = pool.assign(_gap=gap.round(9)).sort_values(["_gap", "seed"], kind="stable").iloc[0]
+        if (optimizer, backbone) in picks.index:
+            pick = picks.loc[(optimizer, backbone)]
             row.update(trial_id=pick["trial_id"], seed=pick["seed"], top1=float(pick["top1"]),
                        status=pick["status"])
         rows.append(row)

@@ -79,6 +79,7 @@ def ridge_plot(
     *,
     rule_name: str | None = None,
     reference: str = "random init",
+    reps: pd.DataFrame | None = None,
 ) -> Figure:
     """Ridge plot of one backbone's per-layer ``metrics`` (layout in the module doc).
 
@@ -86,7 +87,10 @@ def ridge_plot(
     pre-trained model there: the weights fine-tuning started from).
 
     ``weights``: :func:`~bocb.analysis.from_store.weights_frame`; ``results``: the study's results
-    (with ``trial_id``); ``flags``: :func:`bocb.analysis.flag`'s output. Every ridge line and fill
+    (with ``trial_id``); ``flags``: :func:`bocb.analysis.flag`'s output; ``reps``:
+    ``representatives(results, weights)`` (or :func:`~bocb.analysis.weights.model_table`'s rows)
+    when the caller has them, so a plot per backbone does not choose every pair's model again (at
+    30,000 trials that was 1.3 s a plot). Every ridge line and fill
     carries a ``gid`` ``"ridge:<optimizer>"`` (``"ridge:init"`` for the initialisation). A pair
     without a measured model keeps its row, labelled ``[no snapshot]``, with no ridge.
     """
@@ -96,11 +100,13 @@ def ridge_plot(
     if unknown:
         raise ValueError(f"unknown weight metric(s) {unknown}: valid: {', '.join(METRIC_LABELS)}")
     marks = _flag_lookup(flags)
-    reps = representatives(results, weights)
+    if reps is None:
+        reps = representatives(results, weights)
     reps = reps[reps["backbone"] == backbone].sort_values("pair_top1", ascending=False, kind="stable")
     if reps.empty:
         raise ValueError(f"no results for backbone {backbone!r}")
-    init = weights[(weights["source"] == "init") & (weights["backbone"] == backbone)]
+    mine = weights[weights["backbone"] == backbone]
+    init = mine[mine["source"] == "init"]
     init_id = init["snapshot_id"].iloc[0] if len(init) else None
     # Rows bottom-up: init at 0, the worst optimizer at 1, ..., the best at the top.
     rows = [("init", init_id, None, False, "")]
@@ -109,14 +115,16 @@ def ridge_plot(
         rows.append((rep.optimizer, rep.trial_id if isinstance(rep.trial_id, str) else None,
                      rep.pair_top1, marks.get((rep.optimizer, backbone), False), status))
     n_rows, n_opt = len(rows), len(rows) - 1
-    n_layers = int(weights.loc[weights["backbone"] == backbone, "layer_index"].max() + 1) \
-        if (weights["backbone"] == backbone).any() else 1
+    n_layers = int(mine["layer_index"].max() + 1) if len(mine) else 1
     font = _font(n_rows)
     panel_w = 2.5 + 0.02 * max(0, n_layers - 30)
     fig = new_figure(1.9 + panel_w * len(metrics), 1.7 + 0.36 * n_rows)
     axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
+    # The drawn snapshots' rows, found once: each ridge and panel below looks its snapshot up in
+    # these, not in every snapshot of the study.
+    drawn = weights[weights["snapshot_id"].isin([sid for _, sid, *_rest in rows if sid])]
     for ax, metric in zip(axes, metrics, strict=True):
-        series = {i: _layers(weights, sid, metric) for i, (_, sid, *_rest) in enumerate(rows) if sid}
+        series = {i: _layers(drawn, sid, metric) for i, (_, sid, *_rest) in enumerate(rows) if sid}
         finite = np.concatenate([v[np.isfinite(v)] for _, v in series.values()]) if series else np.array([])
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
         clipped = metric == "alpha" and hi > ALPHA_CLIP

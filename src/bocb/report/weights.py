@@ -217,7 +217,8 @@ def weights_sections(
             name += "_"
         used.add(name)
         blocks.append(Plot(
-            ridge_plot(weights, results, flags, backbone, rule_name=rule_name, reference=reference), name,
+            ridge_plot(weights, results, flags, backbone, rule_name=rule_name, reference=reference, reps=models),
+            name,
             f"{backbone}: per-layer entropy, L2, PCA energy and alpha (x = layer index from the input). One "
             "ridge per optimizer, sorted by the pair's top-1 (label, %), best on top; the random "
             "initialisation at the bottom (black, dashed); flagged pairs red and hatched. Each panel has "

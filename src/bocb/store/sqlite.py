@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from bocb.records import TrialResult
+from bocb.store.compact import EPOCH_READ, pack_json, pack_score, pack_seconds, unpack_json
 from bocb.store.base import (
     EPOCH_COLUMNS, FINAL, LAYER_COLUMNS, STATUSES, SUMMARY_COLUMNS, TUNING_COLUMNS, Store, layer_rows,
     result_to_store, summary_fields,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The tuning_rungs table (adaptive tuning) is a new table only, created on open, so it needs no
 # version step: a file without it gains it, and older bocb versions never read it.
 # v2 added the weight-diagnostics tables (snapshots, layer_metrics, study_snapshots) and the trials'
@@ -36,6 +37,13 @@ SCHEMA_VERSION = 4
 # nothing in an older file changes, so v3 files are read as they are and the step only renumbers
 # them. The number exists so that an older bocb refuses a v4 file instead of reading slim records
 # as if they were whole (no spec, epochs without scores).
+# v5 packs what a store holds millions of (bocb.store.compact): epoch rows move from `epochs`
+# (keyed by the 16-character trial id) to `epoch_rows`, keyed by a small integer per trial
+# (`trial_keys`), with seconds in milliseconds and the score NULL where it is the top-1; new specs
+# and records are compressed. A 30,000-trial store at 200 epochs went from 856 to 575 MB
+# (benchmarks/scale.py; epoch rows 95 -> 70 bytes each). The step moves every epoch row (_pack_epochs) and
+# drops the old table; older specs and records stay as they are. v3 and v4 files are still read as
+# they are (the `epochs_read` view reads either table), so reading commands need no upgraded copy.
 _V3_COLUMNS = (
     "ALTER TABLE trials ADD COLUMN metric TEXT",
     "ALTER TABLE trials ADD COLUMN final_score REAL",
@@ -46,14 +54,15 @@ _V3_COLUMNS = (
     "ALTER TABLE trials ADD COLUMN best_val REAL",
     "ALTER TABLE epochs ADD COLUMN score REAL",
 )
-_UPGRADES = {1: ("ALTER TABLE trials ADD COLUMN pretrained TEXT", *_V3_COLUMNS), 2: _V3_COLUMNS, 3: ()}
-_READABLE_AS_IS = (3,)  # versions a reading command opens without an upgraded copy
+_UPGRADES = {1: ("ALTER TABLE trials ADD COLUMN pretrained TEXT", *_V3_COLUMNS), 2: _V3_COLUMNS, 3: (), 4: ()}
+_READABLE_AS_IS = (3, 4)  # versions a reading command opens without an upgraded copy
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS studies (
     study_id TEXT PRIMARY KEY, name TEXT NOT NULL, path TEXT, settings TEXT NOT NULL, created REAL
 );
+-- spec and record: JSON, compressed into a BLOB from v5 on (bocb.store.compact), TEXT before.
 CREATE TABLE IF NOT EXISTS trials (
     trial_id TEXT PRIMARY KEY, spec TEXT NOT NULL, status TEXT NOT NULL,
     backbone TEXT, optimizer TEXT, category TEXT, lr REAL, weight_decay REAL, seed INTEGER,
@@ -74,13 +83,18 @@ CREATE TABLE IF NOT EXISTS study_trials (
 );
 -- claims walk a study in position order (SQLiteStore.claim)
 CREATE INDEX IF NOT EXISTS study_trials_position ON study_trials (study_id, position);
--- WITHOUT ROWID: the rows live in their key's b-tree, so the trial id is not stored twice (row and
--- key index): 28 % of the table's space at 200 epochs a trial. Stores made before keep their
--- rowid table: the same statements read and write both.
-CREATE TABLE IF NOT EXISTS epochs (
-    trial_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_top1 REAL,
-    test_top5 REAL, test_loss REAL, lr REAL, seconds_train REAL, seconds_eval REAL, score REAL,
-    PRIMARY KEY (trial_id, epoch)
+-- A small integer per trial with epoch rows, given at its first finish: 2 bytes a row where the
+-- text trial id took 17, and keys grow as trials finish, so new rows go at the end of the b-tree.
+-- An INTEGER PRIMARY KEY, so VACUUM keeps the numbers.
+CREATE TABLE IF NOT EXISTS trial_keys (key INTEGER PRIMARY KEY, trial_id TEXT NOT NULL UNIQUE);
+-- WITHOUT ROWID: the rows live in their key's b-tree, so the key is not stored twice (row and key
+-- index). Cells are packed (bocb.store.compact): seconds_train and seconds_eval have no type
+-- affinity (an INTEGER is milliseconds, a REAL seconds), score is NULL where it equals test_top1.
+-- Read them through the epochs_read view, which unpacks them.
+CREATE TABLE IF NOT EXISTS epoch_rows (
+    key INTEGER NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_top1 REAL, test_top5 REAL,
+    test_loss REAL, lr REAL, seconds_train, seconds_eval, score REAL,
+    PRIMARY KEY (key, epoch)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS artifacts (
     trial_id TEXT NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (trial_id, kind)
@@ -106,6 +120,16 @@ CREATE TABLE IF NOT EXISTS tuning_rungs (
 """
 
 _SUMMARY = ", ".join(SUMMARY_COLUMNS)
+_LAYER_BATCH = 500  # snapshots per layer_metrics query: well under SQLite's 999 bound parameters
+_EPOCHS = ", ".join(EPOCH_COLUMNS)
+# Every read of epoch rows goes through this per-connection view, which gives EPOCH_COLUMNS from
+# either table: v5's packed epoch_rows, or the epochs table of a v3/v4 file read as it is.
+_EPOCHS_VIEW = {
+    "epoch_rows": "CREATE TEMP VIEW epochs_read AS SELECT k.trial_id AS trial_id, e.epoch AS epoch, " + ", ".join(
+        f"{EPOCH_READ.get(c, 'e.' + c)} AS {c}" for c in EPOCH_COLUMNS[2:])
+        + " FROM main.epoch_rows e JOIN main.trial_keys k ON k.key = e.key",
+    "epochs": f"CREATE TEMP VIEW epochs_read AS SELECT {_EPOCHS} FROM main.epochs",
+}
 _TUNING_SELECT = tuple(f"{'r' if c in ('pair', 'trial_id', 'rung', 'epochs') else 't'}.{c}" for c in TUNING_COLUMNS)
 _SPEC_FIELDS = ("backbone", "optimizer", "category", "lr", "weight_decay", "seed", "recipe", "tier", "pretrained")
 
@@ -126,8 +150,9 @@ def _slim(result: TrialResult, spec: dict[str, Any] | None) -> dict[str, Any]:
     (benchmarks/scale.py). Dropped here, and put back by :meth:`SQLiteStore.record`, only where the
     copy is exact: the spec when it equals the stored one; an epoch field when every row has it and
     it equals the table's value; another field with one value in every row (``images``), kept
-    once. Other fields (hold-out scores) stay in the rows. ``_stored_elsewhere`` names what was
-    dropped; records written before it are read as they are.
+    once. Other fields (hold-out scores) stay in the rows; rows left with nothing but their epoch
+    number are dropped whole. ``_stored_elsewhere`` names what was dropped; records written before
+    it are read as they are.
     """
     record = dict(result.record)
     moved: dict[str, Any] = {}
@@ -152,7 +177,14 @@ def _slim(result: TrialResult, spec: dict[str, Any] | None) -> dict[str, Any]:
             if same:
                 rows = [{k: v for k, v in r.items() if k not in same} for r in rows]
                 moved["same"] = same
-            record["epochs"] = rows
+            # Rows left with their epoch number only, in the table's order, are the table's epochs:
+            # not kept at all (a list of 200 numbers was 60 % of a compressed record).
+            if all(r.keys() == {"epoch"} and type(r["epoch"]) is int for r in rows) and \
+                    [r["epoch"] for r in rows] == sorted(table):
+                del record["epochs"]
+                moved["numbers"] = True
+            else:
+                record["epochs"] = rows
     if moved:
         record[_MOVED] = moved
     return record
@@ -244,6 +276,8 @@ class SQLiteStore(Store):
             version = self._check_version()
             if version is not None and version != SCHEMA_VERSION and version not in _READABLE_AS_IS:
                 self._upgraded_copy(version)
+            else:
+                self._epochs_view()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode; transactions are explicit. A generous timeout rides out another
@@ -267,6 +301,15 @@ class SQLiteStore(Store):
             elif int(row[0]) in _UPGRADES:
                 _upgrade(self._db, int(row[0]))
                 self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self._epochs_view()
+
+    def _epochs_view(self) -> None:
+        """The connection's ``epochs_read`` view over the file's epoch table (see _EPOCHS_VIEW)."""
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        table = next((t for t in _EPOCHS_VIEW if t in tables), None)
+        if table is None:
+            raise _damaged(self.path, "no epoch table")
+        self._db.execute(_EPOCHS_VIEW[table])
 
     def _upgraded_copy(self, version: int) -> None:
         """Read an older file through an upgraded copy in memory: reading commands never write the
@@ -284,6 +327,7 @@ class SQLiteStore(Store):
                 self._db.execute(statement)
             _upgrade(self._db, version)
             self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self._epochs_view()
         self._db.execute("PRAGMA query_only=ON")
 
     def _check_version(self) -> int | None:
@@ -342,7 +386,7 @@ class SQLiteStore(Store):
                     "INSERT OR IGNORE INTO trials (trial_id, spec, status, backbone, optimizer, category, "
                     "lr, weight_decay, seed, recipe, tier, pretrained, skip_reason, created) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (trial_id, json.dumps(spec, sort_keys=True), status, *_spec_values(spec), reason, now),
+                    (trial_id, _spec_json(spec), status, *_spec_values(spec), reason, now),
                 )
                 new += cur.rowcount
                 linked = db.execute(
@@ -384,7 +428,7 @@ class SQLiteStore(Store):
                 "started=? WHERE trial_id=?",
                 (runner, now + lease_s, now, row["trial_id"]),
             )
-        return row["trial_id"], json.loads(row["spec"])
+        return row["trial_id"], unpack_json(row["spec"])
 
     def renew(self, trial_id: str, runner: str, lease_s: float) -> bool:
         with self._tx() as db:
@@ -398,7 +442,7 @@ class SQLiteStore(Store):
         result = result_to_store(trial_id, record)
         with self._tx() as db:
             spec = db.execute("SELECT spec FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
-            text = json.dumps(_slim(result, json.loads(spec["spec"]) if spec else None), allow_nan=False)
+            packed = pack_json(json.dumps(_slim(result, unpack_json(spec["spec"]) if spec else None), allow_nan=False))
             cur = db.execute(
                 "UPDATE trials SET status=?, metric=?, final_score=?, best_score=?, final_top1=?, best_top1=?, "
                 "best_epoch=?, diverged_epoch=?, error=?, seconds_train=?, seconds_eval=?, seconds_wall=?, "
@@ -410,18 +454,21 @@ class SQLiteStore(Store):
                     result.seconds_train, result.seconds_eval, result.seconds_wall, result.images_per_second,
                     result.peak_memory_mb, result.selection, result.final_val, result.best_val,
                     result.device.get("host"), json.dumps(result.device),
-                    result.code_version, json.dumps(result.libraries), text,
+                    result.code_version, json.dumps(result.libraries), packed,
                     time.time(), trial_id, runner,
                 ),
             )
             if cur.rowcount != 1:
                 return False
-            db.execute("DELETE FROM epochs WHERE trial_id=?", (trial_id,))
+            db.execute("INSERT OR IGNORE INTO trial_keys (trial_id) VALUES (?)", (trial_id,))
+            key = db.execute("SELECT key FROM trial_keys WHERE trial_id=?", (trial_id,)).fetchone()[0]
+            db.execute("DELETE FROM epoch_rows WHERE key=?", (key,))
             db.executemany(
-                "INSERT INTO epochs (trial_id, epoch, train_loss, test_top1, test_top5, test_loss, lr, "
+                "INSERT INTO epoch_rows (key, epoch, train_loss, test_top1, test_top5, test_loss, lr, "
                 "seconds_train, seconds_eval, score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(trial_id, r.epoch, r.train_loss, r.test_top1, r.test_top5, r.test_loss, r.lr,
-                  r.seconds_train, r.seconds_eval, r.score) for r in result.epochs],
+                [(key, r.epoch, r.train_loss, r.test_top1, r.test_top5, r.test_loss, r.lr,
+                  pack_seconds(r.seconds_train), pack_seconds(r.seconds_eval), pack_score(r.score, r.test_top1))
+                 for r in result.epochs],
             )
             for kind, path in result.artifacts.items():
                 db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (trial_id, kind, path))
@@ -486,7 +533,7 @@ class SQLiteStore(Store):
                     "INSERT OR IGNORE INTO trials (trial_id, spec, status, backbone, optimizer, category, "
                     "lr, weight_decay, seed, recipe, tier, pretrained, skip_reason, created) "
                     "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-                    (trial_id, json.dumps(spec, sort_keys=True), *_spec_values(spec), now),
+                    (trial_id, _spec_json(spec), *_spec_values(spec), now),
                 ).rowcount
                 position += db.execute(
                     "INSERT OR IGNORE INTO study_trials VALUES (?, ?, ?)", (study_id, trial_id, position)
@@ -517,14 +564,14 @@ class SQLiteStore(Store):
             "ORDER BY r.pair, r.trial_id, r.rung", (study_id,))]
         marks = ", ".join("?" * len(epochs))
         scores = {(r["trial_id"], r["epoch"]): r["score"] for r in self._db.execute(
-            f"SELECT trial_id, epoch, score FROM epochs WHERE epoch IN ({marks}) AND trial_id IN "
+            f"SELECT trial_id, epoch, score FROM epochs_read WHERE epoch IN ({marks}) AND trial_id IN "
             f"(SELECT trial_id FROM tuning_rungs WHERE study_id=?)", (*epochs, study_id))} if epochs else {}
         return rows, scores
 
     def trained_epochs(self, study_id: str) -> dict[str, int]:
         """Epoch rows stored per trial of the study (what a trial has trained so far)."""
         rows = self._db.execute(
-            "SELECT e.trial_id, COUNT(*) AS n FROM epochs e JOIN study_trials s USING (trial_id) "
+            "SELECT e.trial_id, COUNT(*) AS n FROM epochs_read e JOIN study_trials s USING (trial_id) "
             "WHERE s.study_id=? GROUP BY e.trial_id", (study_id,))
         return {r["trial_id"]: r["n"] for r in rows}
 
@@ -573,12 +620,24 @@ class SQLiteStore(Store):
         return [{**dict(r), "settings": json.loads(r["settings"])} for r in rows]
 
     def layer_metrics(self, snapshot_ids: list[str]) -> list[dict[str, Any]]:
-        """Per-layer rows of the given snapshots, in snapshot then layer order."""
+        """Per-layer rows of the given snapshots, in snapshot then layer order.
+
+        Read _LAYER_BATCH snapshots a query (a query a snapshot was 30,000 queries for a report
+        at 30,000 trials), as plain tuples, each made a fresh dict as it is given out."""
         out: list[dict[str, Any]] = []
-        for sid in snapshot_ids:
-            rows = self._db.execute(
-                "SELECT * FROM layer_metrics WHERE snapshot_id=? ORDER BY layer_index", (sid,))
-            out.extend(dict(r) for r in rows)
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        for start in range(0, len(snapshot_ids), _LAYER_BATCH):
+            batch = snapshot_ids[start:start + _LAYER_BATCH]
+            wanted = list(dict.fromkeys(batch))
+            rows = cursor.execute(f"SELECT * FROM layer_metrics WHERE snapshot_id IN ({', '.join('?' * len(wanted))}) "
+                                  "ORDER BY snapshot_id, layer_index", wanted).fetchall()
+            names = [d[0] for d in cursor.description]
+            key = names.index("snapshot_id")
+            by_snapshot: dict[str, list[tuple[Any, ...]]] = {}
+            for row in rows:
+                by_snapshot.setdefault(row[key], []).append(row)
+            out.extend(dict(zip(names, row)) for sid in batch for row in by_snapshot.get(sid, ()))
         return out
 
     def retry_failed(self, study_id: str | None = None) -> int:
@@ -612,30 +671,30 @@ class SQLiteStore(Store):
 
     def specs(self, study_id: str | None = None) -> dict[str, dict[str, Any]]:
         """Every trial's spec by trial id, in one query (cheaper than a record per trial)."""
-        return {r["trial_id"]: json.loads(r["spec"]) for r in self._scoped("trial_id, spec", study_id)}
+        return {r["trial_id"]: unpack_json(r["spec"]) for r in self._scoped("trial_id, spec", study_id)}
 
     def record(self, trial_id: str) -> dict[str, Any] | None:
         """The record as finish was given it (see :func:`_slim` for how it is kept)."""
         row = self._db.execute("SELECT spec, record FROM trials WHERE trial_id=?", (trial_id,)).fetchone()
         if not row or not row["record"]:
             return None
-        record = json.loads(row["record"])
+        record = unpack_json(row["record"])
         moved = record.pop(_MOVED, None)
         if moved is None:  # written whole (before slim records, or nothing to move)
             return record
         if moved.get("spec"):
-            record["spec"] = json.loads(row["spec"])
+            record["spec"] = unpack_json(row["spec"])
         keys = moved.get("epochs") or []
         if keys:
             table = {r["epoch"]: r for r in self.epochs(trial_id)}
             same = json.dumps(moved.get("same") or {})  # a fresh copy per row: rows stay independent
+            rows = [{"epoch": e} for e in table] if moved.get("numbers") else record["epochs"]
             record["epochs"] = [{**{k: table[r["epoch"]][k] for k in keys}, **json.loads(same), **r}
-                                for r in record["epochs"]]
+                                for r in rows]
         return record
 
     def epochs(self, trial_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(f"SELECT {', '.join(EPOCH_COLUMNS)} FROM epochs WHERE trial_id=? ORDER BY epoch",
-                               (trial_id,))
+        rows = self._db.execute(f"SELECT {_EPOCHS} FROM epochs_read WHERE trial_id=? ORDER BY epoch", (trial_id,))
         return [dict(r) for r in rows]
 
     def drop_artifact(self, trial_id: str, kind: str) -> None:
@@ -674,16 +733,22 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
     columns and epoch rows, which held the task's headline metric whatever the task, so an
     upgraded study reads exactly the numbers it read before. Trials without a result keep NULLs
     (as in a store written at v3). A record that cannot be read fails the open as a StoreError,
-    with the file unchanged (the transaction rolls back). From v3 on there is nothing to rewrite."""
+    with the file unchanged (the transaction rolls back). From v3 on there is nothing to rewrite
+    but the epoch rows, which every version before v5 moves into the packed table (_pack_epochs)."""
     for statement in _UPGRADES[version]:
         db.execute(statement)
-    if version >= 3:
-        return
+    if version < 3:
+        _v3_scores(db)
+    _pack_epochs(db)
+
+
+def _v3_scores(db: sqlite3.Connection) -> None:
+    """The v3 fields of every trial with a result (see _upgrade)."""
     rows = db.execute("SELECT trial_id, spec, record, final_top1, best_top1 FROM trials "
                       "WHERE record IS NOT NULL").fetchall()
     for row in rows:
         try:
-            result = TrialResult.from_record(json.loads(row["record"]), json.loads(row["spec"]))
+            result = TrialResult.from_record(unpack_json(row["record"]), unpack_json(row["spec"]))
         except Exception as exc:  # noqa: BLE001 - any unreadable record stops the upgrade the same way
             raise StoreError(f"trial {row['trial_id']} cannot be upgraded to schema v{SCHEMA_VERSION}: "
                              f"{type(exc).__name__}: {exc}; bocb left the store as it was") from None
@@ -697,6 +762,33 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
         )
         db.execute("UPDATE epochs SET score=test_top1, test_top1=CASE WHEN ? THEN test_top1 END "
                    "WHERE trial_id=?", (top1, row["trial_id"]))
+
+
+def _pack_epochs(db: sqlite3.Connection) -> None:
+    """Move every row of the old ``epochs`` table into ``epoch_rows``, packed as finish packs them
+    (the same Python functions, called from SQL), then drop the old table. Keys are given in the
+    order the trials were added, so the new table is written from first key to last. A row count
+    that does not match stops the upgrade (the transaction rolls back, the file stays as it was).
+    The old table's pages become free pages of the file, reused by later writes; ``VACUUM`` gives
+    them back to the disk."""
+    db.create_function("bocb_pack_seconds", 1, pack_seconds, deterministic=True)
+    db.create_function("bocb_pack_score", 2, pack_score, deterministic=True)
+    db.execute("INSERT OR IGNORE INTO trial_keys (trial_id) SELECT e.trial_id FROM "
+               "(SELECT DISTINCT trial_id FROM epochs) e LEFT JOIN trials t USING (trial_id) ORDER BY t.rowid")
+    moved = db.execute(
+        "INSERT INTO epoch_rows (key, epoch, train_loss, test_top1, test_top5, test_loss, lr, seconds_train, "
+        "seconds_eval, score) SELECT k.key, e.epoch, e.train_loss, e.test_top1, e.test_top5, e.test_loss, e.lr, "
+        "bocb_pack_seconds(e.seconds_train), bocb_pack_seconds(e.seconds_eval), bocb_pack_score(e.score, e.test_top1) "
+        "FROM epochs e JOIN trial_keys k USING (trial_id) ORDER BY k.key, e.epoch").rowcount
+    held = db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
+    if moved != held:
+        raise StoreError(f"the store's {held} epoch rows could not all be moved to schema v{SCHEMA_VERSION} "
+                         f"({moved} were); bocb left the store as it was")
+    db.execute("DROP TABLE epochs")
+
+
+def _spec_json(spec: dict[str, Any]) -> bytes:
+    return pack_json(json.dumps(spec, sort_keys=True))
 
 
 def _spec_values(spec: dict[str, Any]) -> tuple[Any, ...]:
