@@ -179,3 +179,26 @@ def test_a_model_outside_the_table_is_counted():
     spec["input_size"] = 48  # no entry: counted on the model instead
     assert sizes.lookup(spec, "flops") is None
     assert compute._forward_flops(json.dumps(spec, sort_keys=True)) > 0
+
+
+def test_plain_dict_equals_asdict_on_every_spec_kind():
+    """bocb.plain replaces dataclasses.asdict in the specs' to_dict: the same values, so the same ids."""
+    import dataclasses
+
+    from bocb.data import DatasetSpec
+    from bocb.optim import list_optimizers, resolve_optimizer
+    from bocb.plain import plain_dict
+    from bocb.recipes import RECIPES
+    from bocb.zoo import list_backbones, resolve_backbone
+
+    objects = [*RECIPES.values(), *(r.augment for r in RECIPES.values()),
+               *(r.imagenet for r in RECIPES.values() if r.imagenet is not None),
+               *(resolve_optimizer(o.name) for o in list_optimizers() if o.library in BUILT_IN_LIBRARIES),
+               *(resolve_backbone(b.name) for b in list_backbones() if b.builder.__module__ in ZOO_MODULES),
+               DatasetSpec("sample"), DatasetSpec("folder", "/x", image_size=64, classes=(1, 2))]
+    for obj in objects:
+        assert plain_dict(obj) == dataclasses.asdict(obj), type(obj).__name__
+    spec = resolve_optimizer("adamw")
+    copied = plain_dict(spec)
+    copied["args"]["betas"][0] = 0.5  # containers are copies: the spec's own args are untouched
+    assert spec.args["betas"][0] == 0.9

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from bocb.data.augment import AugmentConfig
+from bocb.plain import plain_dict
 from bocb.recipes_in1k import ImageNetInput
 from bocb.recipes_in1k import recipes as _in1k_recipes
 
@@ -100,12 +101,10 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON values; ``imagenet`` only when set, so that the CIFAR recipes keep
         the serialisation (and trial ids) they had before it existed."""
-        out = dataclasses.asdict(self)
+        out = plain_dict(self, skip=("augment", "imagenet"))
         out["augment"] = self.augment.to_dict()
         out["overrides"] = list(self.overrides)
-        if self.imagenet is None:
-            del out["imagenet"]
-        else:
+        if self.imagenet is not None:
             out["imagenet"] = self.imagenet.to_dict()
         return out
 

@@ -26,11 +26,11 @@ RandAugment's magnitude noise (``magnitude_std`` 0.5, timm's ``mstd0.5``) is rec
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from bocb.data.augment import AugmentConfig
+from bocb.plain import plain_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,7 +67,7 @@ class ImageNetInput:
         return lr * global_batch / self.reference_batch
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = plain_dict(self)
         out["crop_scale"], out["crop_ratio"] = list(self.crop_scale), list(self.crop_ratio)
         return out
 

@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bocb.lazy import lazy_module
+from bocb.plain import plain_dict
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -210,7 +211,7 @@ class AugmentConfig:
         their serialisation (and trial ids)."""
         out = {
             key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items()
+            for key, value in plain_dict(self).items()
         }
         if out["crop_pad_mode"] == "zeros":
             del out["crop_pad_mode"]

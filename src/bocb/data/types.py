@@ -17,10 +17,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from bocb.lazy import lazy_module
+from bocb.plain import plain_dict
 
 torch = lazy_module("torch")  # imported when images are first checked (bocb.lazy)
 
@@ -210,7 +211,7 @@ class DatasetSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a JSON-serialisable dict; :meth:`from_dict` inverts it."""
-        out = asdict(self)
+        out = plain_dict(self)
         if self.classes is None:
             del out["classes"]
         else:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bocb.optim import signatures
+from bocb.plain import plain_dict
 from bocb.optim.info import OptimizerInfo, get_optimizer_info
 from bocb.optim.param_groups import DEFAULT_POLICY, build_param_groups, resolve_policy
 from bocb.provenance import distribution_version
@@ -101,7 +102,7 @@ class OptimizerSpec:
         return float(self.args.get("weight_decay", 0.0))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain_dict(self)
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): equal specs give equal strings."""

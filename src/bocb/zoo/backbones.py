@@ -27,11 +27,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from bocb.lazy import lazy_module
+from bocb.plain import plain_dict
 from bocb.plugins import paper_flag
 from bocb.registry import Registry
 
@@ -181,7 +182,7 @@ class BackboneSpec:
     drop_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = plain_dict(self)
         if not self.drop_rate:  # specs without dropout keep the identity they had before it existed
             del out["drop_rate"]
         return out
