@@ -95,7 +95,12 @@ def test_a_fork_server_still_importing_dies_with_its_sigkilled_runner():
     try:
         assert proc.stdout.readline().strip() == "started"
         # Its siblings: multiprocessing's resource tracker, which imports nothing and reads its pipe.
-        servers = [p for p in children(proc.pid) if "multiprocessing.forkserver" in cmdline(p)]
+        # start_fork_server does not wait: on a loaded machine the server may not have exec'd yet.
+        deadline = time.time() + 30
+        servers = []
+        while not servers and time.time() < deadline:
+            servers = [p for p in children(proc.pid) if "multiprocessing.forkserver" in cmdline(p)]
+            time.sleep(0.01)
         assert len(servers) == 1, {p: cmdline(p) for p in children(proc.pid)}
         # Past its guard and inside its imports: torch's library is mapped (the rest takes seconds).
         deadline = time.time() + 60
