@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.started = started  # when the command began (bocb probe's budget counts from it)
     # Wide tables stay readable when piped (rich would otherwise fold them to 80 columns), unless
     # COLUMNS says how wide the reader is.
-    piped_width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 240
+    columns = os.environ.get("COLUMNS", "")
+    piped_width = int(columns) if columns.isdigit() and int(columns) >= 40 else 240
     console = Console(width=None if sys.stdout.isatty() else piped_width)
     try:
         if plugins_of(args):
