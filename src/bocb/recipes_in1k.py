@@ -81,9 +81,10 @@ class ImageNetInput:
 
 
 def not_trainable(names: list[str]) -> str:
-    """Why these recipes cannot run yet, in one line (a study, ``bocb train`` and the trainer say it)."""
-    return (f"recipe(s) {', '.join(names)} train on full-size images with random-resized crops, which this "
-            "version's trainer cannot do yet: a study naming them can be planned (bocb plan), not run")
+    """Why these recipes cannot run here, in one line (a study, ``bocb train`` and the trainer say it)."""
+    return (f"recipe(s) {', '.join(names)} train on full-size images with random-resized crops, streamed "
+            "from disk (bocb train --data stream:PATH): data held in memory cannot take them, and a study "
+            "naming them can be planned (bocb plan) but not run until studies stream")
 
 
 def _augment(**changes: Any) -> AugmentConfig:

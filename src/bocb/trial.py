@@ -176,7 +176,9 @@ def _prepare(spec: TrialSpec, dataset: Dataset | StreamData, device: torch.devic
              data_workers: int | None = None, dist: DistContext | None = None) -> engine.Run:
     """The classification task: the model, the data (in memory or streamed), batches, loss and evaluation."""
     recipe = spec.recipe
-    if recipe.imagenet is not None:  # a failed trial saying why, never CIFAR crops under an ImageNet recipe
+    if recipe.imagenet is not None and not isinstance(dataset, StreamData):
+        # A failed trial saying why, never CIFAR crops under an ImageNet recipe: these crop full-size
+        # images while streaming them (bocb.data.stream).
         from bocb.recipes_in1k import not_trainable
 
         raise ValueError(not_trainable([recipe.name]))
@@ -323,7 +325,12 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
     size = spec.data.image_size or spec.backbone.input_size
     train_tf, eval_tf = TrainTransform(size), EvalTransform(size, STREAM_EVAL_CROP_RATIO)
     aug_cfg = replace(recipe.augment, crop_padding=None, flip=False)  # the loader crops and flips
-    if size != spec.backbone.input_size:
+    departures: list[str] = []
+    if recipe.imagenet is not None:
+        train_tf, eval_tf, departures = imagenet_transforms(recipe)
+        # No resize on the device: the network sees the recipe's train and test sizes (RSB A3
+        # trains at 160 and tests at 224, which its convolutions take as they are).
+    elif size != spec.backbone.input_size:
         aug_cfg = replace(aug_cfg, resize_to=spec.backbone.input_size)
     loader = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     state: dict[str, Any] = {}
@@ -354,10 +361,30 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
     info = {"dataset": {
         "name": data.name, "source": data.source, "fingerprint": data.fingerprint, "train_images": len(train),
         "test_images": len(test), "num_classes": data.num_classes, "val_images": 0,
-        "streamed": {"workers": workers, "train": train_tf.to_dict(), "eval": eval_tf.to_dict()},
+        "streamed": {"workers": workers, "train": train_tf.to_dict(), "eval": eval_tf.to_dict(),
+                     **({"departures": departures} if departures else {})},
     }}
     return _Data(examples=len(train), order=order, train=next_batch, eval_sets={"test": test_batches},
                  augment=aug_cfg, info=info)
+
+
+def imagenet_transforms(recipe: Any) -> tuple[TrainTransform, EvalTransform, list[str]]:
+    """An ImageNet recipe's crops (bocb.recipes_in1k.ImageNetInput) and what bocb does differently,
+    recorded with the trial. Repeated augmentation is refused rather than silently left out: it
+    changes what an epoch is."""
+    inet = recipe.imagenet
+    if inet.repeated_augment:
+        raise ValueError(f"recipe {recipe.name} samples each image several times per epoch (repeated "
+                         "augmentation), which the streaming loader does not do yet: use in1k-pytorch, "
+                         "in1k-deit or in1k-rsb-a3")
+    train_tf = TrainTransform(inet.train_size, scale=inet.crop_scale, ratio=inet.crop_ratio,
+                              interpolation=inet.interpolation)
+    eval_tf = EvalTransform(inet.test_size, inet.crop_pct, interpolation=inet.interpolation)
+    departures = []
+    if inet.randaugment_mstd:
+        departures.append(f"RandAugment at a fixed magnitude; the recipe's magnitude noise (std "
+                          f"{inet.randaugment_mstd}) is not drawn")
+    return train_tf, eval_tf, departures
 
 
 def _score_fields(scores: dict[str, tuple[float, float, float]]) -> dict[str, Any]:

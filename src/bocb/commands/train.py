@@ -98,10 +98,14 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision, holdout_per_class=args.holdout_per_class,
         train_per_class=args.train_per_class, test_per_class=args.test_per_class,
     )
-    if spec.recipe.imagenet is not None:
-        from bocb.recipes_in1k import not_trainable
+    if spec.recipe.imagenet is not None:  # the CLI's one line, exit 2, before any data is read
+        if not data_spec.stream:
+            from bocb.recipes_in1k import not_trainable
 
-        raise ValueError(not_trainable([spec.recipe.name]))  # the CLI's one line, exit 2
+            raise ValueError(not_trainable([spec.recipe.name]))
+        from bocb.trial import imagenet_transforms
+
+        imagenet_transforms(spec.recipe)  # refuses what the streaming loader cannot do yet
     spec = _fit(spec, dataset, args, err)
     context = _distributed(args)
     options = RunOptions(
