@@ -118,3 +118,42 @@ def test_an_imagenet_recipe_trains_on_streamed_full_size_images(tmp_path):
                 "--recipe", "in1k-rsb-a2", "--data", f"stream:{folder}", "--epochs", "1", "--device", "cpu",
                 cache=tmp_path / "cache")
     assert done.returncode == 2 and "repeated augmentation" in done.stderr
+
+
+def test_the_in1k_studies_are_planned_with_their_stated_sizes(tmp_path):
+    """Table 2 (studies/paper-in1k.toml) and its reduced tier, planned without ImageNet on this
+    machine from their data_sizes; R-50's reduced cost checked by hand from the counted FLOPs."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from cli_inproc import bocb
+
+    from bocb.compute import forward_flops
+    from bocb.zoo import resolve_backbone
+
+    studies = Path(__file__).resolve().parents[1] / "studies"
+    plans = {}
+    for name in ("paper-in1k", "paper-in1k-reduced"):
+        done = bocb("plan", studies / f"{name}.toml", "--store", tmp_path / "none.sqlite", "--json")
+        assert done.returncode == 0, done.stderr
+        plans[name] = json.loads(done.stdout)
+    full, reduced = plans["paper-in1k"], plans["paper-in1k-reduced"]
+    assert full["trials"] == reduced["trials"] == 40
+    assert reduced["gpu_hours"] < full["gpu_hours"] / 20
+    # R-50 with RSB A3 on ImageNet-100: 100 epochs of (128,116 // 2,048) x 2,048 crops of 160 px
+    # trained (3 forward passes each) and 5,000 test images at 224, for each of 20 optimizers.
+    r50 = resolve_backbone("R-50", num_classes=100, policy="upsample", scale="paper")
+    per_trial = 100 * (3 * forward_flops(dataclasses.replace(r50, input_size=160)) * 62 * 2048
+                       + forward_flops(r50) * 5000)
+    assert reduced["per_backbone"]["R-50"]["pflop"] == pytest.approx(20 * per_trial / 1e15, rel=1e-9)
+
+
+def test_data_sizes_are_checked(tmp_path):
+    from cli_inproc import bocb
+
+    study = tmp_path / "bad.toml"
+    study.write_text('backbones = ["R-18"]\noptimizers = ["SGD-M"]\n[study]\nname = "bad"\n'
+                     'data_sizes = {classes = 1000, train = 10}\n')
+    done = bocb("plan", study, "--store", tmp_path / "s.sqlite")
+    assert done.returncode == 2 and "data_sizes: expected exactly the keys classes, train, test" in done.stderr

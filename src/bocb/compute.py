@@ -103,9 +103,16 @@ def forward_flops(spec: BackboneSpec) -> float:
 
 
 def trial_flops(spec: TrialSpec, train_images: int, test_images: int, num_classes: int) -> float:
-    """Training (3x forward) plus per-epoch evaluation FLOPs of a whole trial."""
+    """Training (3x forward) plus per-epoch evaluation FLOPs of a whole trial; an ImageNet recipe's
+    at its train and test crop sizes."""
     recipe = spec.recipe
     n_train = min(train_images, recipe.train_per_class * num_classes) if recipe.train_per_class else train_images
     n_test = min(test_images, recipe.test_per_class * num_classes) if recipe.test_per_class else test_images
     steps_images = (n_train // recipe.batch_size) * recipe.batch_size
-    return forward_flops(spec.backbone) * recipe.epochs * (3 * steps_images + n_test)
+    train_f = test_f = forward_flops(spec.backbone)
+    if recipe.imagenet is not None:  # crops at the recipe's train and test sizes (RSB A3: 160 and 224)
+        import dataclasses
+
+        train_f = forward_flops(dataclasses.replace(spec.backbone, input_size=recipe.imagenet.train_size))
+        test_f = forward_flops(dataclasses.replace(spec.backbone, input_size=recipe.imagenet.test_size))
+    return recipe.epochs * (3 * train_f * steps_images + test_f * n_test)

@@ -23,6 +23,9 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
                                  # Image, else img, image; bocb train --image-column)
     plugins = ["my_pkg.models"]  # optional: modules that register backbones/optimizers, imported
                                  # before the names below are checked, and by every worker
+    data_sizes = {classes = 1000, train = 1281167, test = 50000}
+                                 # optional: what `bocb plan` assumes when the data is not on this
+                                 # machine (or is streamed); never used to train
     # optional budget overrides for every trial: epochs, batch_size, train_per_class,
     # test_per_class; run limits: time_limit_s, memory_limit_gb; and classes = [0, 1, 2, 3, 4]
     # to keep only those classes of the data (relabelled in that order)
@@ -110,8 +113,11 @@ _STUDY_KEYS = {
     "wd_policy": str, "epochs": int, "batch_size": int, "train_per_class": int,
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
     "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
-    "plugins": list, "label_column": str, "image_column": str, "keep_weights": str,
+    "plugins": list, "label_column": str, "image_column": str, "keep_weights": str, "data_sizes": dict,
 }
+# What `bocb plan` assumes when the study's data is not on this machine (ImageNet's folder on a
+# cluster, say): classes, training and test images. Never used to train.
+DATA_SIZE_KEYS = ("classes", "train", "test")
 KEEP_WEIGHTS = {
     "all": "every finished trial's final weights stay (about 45-110 MB per paper-scale model)",
     "best": "only the runs of each pair's best setting keep theirs (transfer and the report use those)",
@@ -162,6 +168,7 @@ class Study:
     weight_conv: str = "slices"
     tuner: Any = None  # bocb.tuning.TuningConfig under adaptive tuning
     keep_weights: str = "all"  # see KEEP_WEIGHTS
+    data_sizes: tuple[int, int, int] | None = None  # (classes, train, test) for planning without the data
     plugins: tuple[str, ...] = ()  # modules imported before names are resolved (bocb.plugins)
 
     @property
@@ -261,6 +268,20 @@ def parse_name(where: str, table: dict[str, Any]) -> str:
         raise StudyError(f"{where}.name: {name!r} is not a safe file name: use 1-100 letters, digits, "
                          f"spaces and _ . + = , @ - (not first: . - or space)")
     return name
+
+
+def parse_data_sizes(where: str, table: dict[str, Any]) -> tuple[int, int, int] | None:
+    """``data_sizes = {classes = C, train = N, test = M}``: whole numbers, at least 2 classes."""
+    sizes = table.get("data_sizes")
+    if sizes is None:
+        return None
+    if set(sizes) != set(DATA_SIZE_KEYS):
+        raise StudyError(f"{where}.data_sizes: expected exactly the keys {', '.join(DATA_SIZE_KEYS)}, got "
+                         f"{', '.join(sorted(sizes)) or 'none'}")
+    values = tuple(sizes[k] for k in DATA_SIZE_KEYS)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values) or values[0] < 2:
+        raise StudyError(f"{where}.data_sizes: expected whole numbers (classes >= 2, images >= 1), got {sizes}")
+    return values  # type: ignore[return-value]
 
 
 def parse_limits(where: str, table: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -445,6 +466,7 @@ def load_study(path: str | Path) -> Study:
                          "valid with adaptive: test")
     weight_conv = choice(head, s, "weight_conv", "slices", CONV_MODES)
     keep_weights = choice(head, s, "keep_weights", "all", KEEP_WEIGHTS)
+    data_sizes = parse_data_sizes(head, s)
 
     backbones = _entries(f"{where} backbones", raw["backbones"], _BACKBONE_KEYS)
     for i, b in enumerate(backbones, 1):
@@ -466,6 +488,7 @@ def load_study(path: str | Path) -> Study:
         description=s.get("description", ""), overrides=parse_overrides(head, s),
         precision=precision, holdout_per_class=holdout, weight_conv=weight_conv,
         tuner=parse_tuner(where, raw.get("tuning"), tuning), plugins=plugins, keep_weights=keep_weights,
+        data_sizes=data_sizes,
     )
 
 

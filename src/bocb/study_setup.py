@@ -36,8 +36,9 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
             require_data: bool = True) -> Prepared:
     """Parse the study, load its dataset (so missing data fails before any trial) and expand it.
 
-    With ``require_data=False`` (planning), a standard dataset that is not present is sized from
-    :data:`KNOWN_SIZES` instead.
+    With ``require_data=False`` (planning), data that is not present (or is streamed, which a study
+    cannot load yet) is sized from the study's ``data_sizes``, else for a standard dataset from
+    :data:`KNOWN_SIZES`.
     """
     study = load_study(path)
     notes: list[str] = []
@@ -47,9 +48,14 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
         study, notes = fit_study(study, dataset)
     except ValueError as err:
         # A data file that tried to run code is never papered over, not even when planning.
-        if require_data or study.data.kind not in KNOWN_SIZES or isinstance(err, (UnsafeDataError, StudyError)):
+        if require_data or isinstance(err, (UnsafeDataError, StudyError)):
             raise
-        sizes = KNOWN_SIZES[study.data.kind]
+        if study.data_sizes is not None:  # the file says what to assume (data on another machine)
+            sizes = study.data_sizes
+        elif study.data.kind in KNOWN_SIZES and not study.data.stream:
+            sizes = KNOWN_SIZES[study.data.kind]
+        else:
+            raise
     num_classes = sizes[0]
     trials, skipped = expand(study, num_classes)
     # The ImageNet recipes are data (bocb.recipes_in1k); the trainer cannot decode full-size images yet.
