@@ -24,8 +24,8 @@ setup: $(STAMP)
 # slow tests spend much of it waiting (workers starting, leases expiring; 38 % of the cores idle in
 # one run), and the probe, deadline and fault tests added about 2 minutes. Being cut down.
 # 2026-12-01 (last): 10:45 (645.9 s) for 807 tests on a clean clone, idle machine; whole .ci/run 13:53.
-# 2026-12-01 (next session): 8:16 (496.6 s) for 914 tests on a clean clone, nothing else running;
-# whole .ci/run 10:44 (the fork server preloads what the lazy registries defer; plan and report faster).
+# 2026-12-01 (next session): 7:59 (480.0 s) for 917 tests on a clean clone, nothing else running;
+# whole .ci/run 10:08 (the fork server preloads what the lazy registries defer; plan and report faster).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
