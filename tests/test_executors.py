@@ -49,13 +49,14 @@ def test_the_preload_loads_what_the_lazy_registries_defer():
     """The registries import torch, timm and torchvision lazily (bocb.lazy); the fork server must
     load them anyway, or every worker pays for them at its first trial."""
     probe = ("import importlib, json, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
-             "print(json.dumps(sorted(m for m in sys.modules)))")
+             "from bocb import lazy\nprint(json.dumps([sorted(sys.modules), sorted(lazy.NAMES)]))")
     out = subprocess.run([sys.executable, "-c", probe, *PRELOAD], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    loaded, named = map(set, json.loads(out.stdout.strip().splitlines()[-1]))
     needed = {"torch", "timm", "torchvision", "torchvision.transforms.v2", "timm.models.resnet",
               "timm.data.mixup", "bocb.zoo.models.moganet", "safetensors.torch"}
-    assert needed <= loaded, sorted(needed - loaded)
+    assert needed <= named  # the trainer's modules name them lazily...
+    assert named <= loaded, sorted(named - loaded)  # ...and the server has imported every one
 
 
 @linux_only
@@ -190,3 +191,17 @@ def test_the_guards_variable_is_the_servers_alone_and_ctrl_c_is_the_runners(tmp_
     env["BOCB_FORK_SERVER_PARENT"] = "1"
     out = subprocess.run([sys.executable, "-c", server], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1 and out.stdout == ""
+
+
+def test_streamed_loader_workers_follow_the_slots_share_of_the_cores(monkeypatch):
+    """Each slot sets its share of the cores; a streamed trial's default loader workers are that
+    share but one (not the whole machine's per slot)."""
+    from bocb.executors.local import SLOT_CORES_ENV
+    from bocb.trial import _workers
+
+    monkeypatch.setenv(SLOT_CORES_ENV, "3")
+    assert _workers(None) == 2 and _workers(5) == 5
+    monkeypatch.setenv(SLOT_CORES_ENV, "1")
+    assert _workers(None) == 1
+    monkeypatch.delenv(SLOT_CORES_ENV)
+    assert _workers(None) == min(8, max(1, (os.cpu_count() or 2) - 1))

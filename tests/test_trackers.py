@@ -338,9 +338,19 @@ def test_runs_still_open_at_the_end_finish_interrupted(recording, tmp_path):
     session = trackers.Session(["recording"], tmp_path, "study")
     session.started("t1", {})
     session.started("t2", {})
-    session.finished("t2", {"status": "interrupted", "epochs": []}, "pending")  # handed back by the runner
+    session.finished("t2", {"status": "running", "epochs": []}, "pending")  # handed back by the runner
     session.close()
     assert [r.final[1] for r in recording.runs] == ["interrupted", "interrupted"]
+
+
+def test_a_second_attempt_of_the_same_trial_closes_the_first(recording, tmp_path):
+    """A lost lease closes the attempt's run; a run never closed is closed, not leaked, when the
+    same trial starts again in this command."""
+    session = trackers.Session(["recording"], tmp_path, "study")
+    session.started("t1", {})
+    session.started("t1", {})
+    session.finished("t1", {"status": "done", "epochs": []})
+    assert [r.final[1] for r in recording.runs] == ["lost", "done"]
 
 
 def test_a_resumed_trial_sends_its_restored_rows_before_its_new_epochs(tmp_path):

@@ -14,8 +14,9 @@ Train's TorchTrainer; :func:`from_env` reads them and :func:`init` joins the pro
   rounding (``tests/test_distributed.py``: two gloo processes on CPU against one).
 - BatchNorm statistics are per process unless the model uses SyncBatchNorm (as the RSB configs
   do on GPUs); a test model without BatchNorm matches exactly.
-- The step's loss is averaged over processes before the divergence check, so every process stops
-  at the same step; the row's ``train_loss`` is that average.
+- The losses are averaged over processes at each divergence check (one collective per check,
+  every 25 steps on CUDA, not per step), so every process stops at the same step; the row's
+  ``train_loss`` is the processes' mean.
 - Evaluation runs in every process on the whole test set (identical rows everywhere; splitting it
   across processes is left for later: at ImageNet sizes it costs about a tenth of an epoch).
 - Only rank 0 writes checkpoints, final weights and progress events and returns the record the

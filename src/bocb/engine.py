@@ -200,6 +200,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     record["params"] = sum(p.numel() for p in model.parameters())
     dist = options.dist
+    main = dist is None or dist.main  # the process that writes checkpoints and weights, and reports
     forward_model = torch.compile(model) if options.compile else model
     if dist is not None:
         # Gradients are averaged over the processes during backward; the optimizer steps `model`.
@@ -207,7 +208,7 @@ def train(
         forward_model = nn.parallel.DistributedDataParallel(forward_model, device_ids=ids)
         record["processes"] = dist.world_size
         record["batch_per_process"] = len(local_share(range(run.batch_size), dist))
-        if progress is not None and not dist.main:
+        if not main:
             progress = None  # one process reports
     steps_per_epoch = run.examples // run.batch_size  # drop_last: mixup needs full, even batches
     if steps_per_epoch < 1:
@@ -281,7 +282,6 @@ def train(
             forward, loss_fn = run.batch(forward_model, index, generator)
             lr_now = set_lr(epoch * steps_per_epoch + i)
             loss, output = stepper.step(forward, loss_fn, params=params, clip_grad_norm=run.grad_clip)
-            loss = mean_over_processes(loss, dist)  # every process judges (and stops at) the same value
             loss_sum += loss
             if run.after_step:
                 run.after_step(loss, output)
@@ -289,7 +289,11 @@ def train(
                 synchronize(device)
                 seconds["compile"] += time.perf_counter() - step_t0  # the first call compiles
             if (i + 1) % check_every == 0 or i + 1 == steps_per_epoch:
-                if not math.isfinite(loss_sum.item()) or loss.item() > run.loss_limit:
+                # Over several processes, one collective at each check (not each step): every
+                # process judges the same averaged values and so stops at the same step.
+                total, latest = (mean_over_processes(torch.stack([loss_sum, loss.detach()]), dist)
+                                 if dist is not None else (loss_sum, loss))
+                if not math.isfinite(total.item()) or latest.item() > run.loss_limit:
                     diverged = True
                     break
             if progress:  # the schedule's length and the batch let a live view show epoch k/N and img/s
@@ -297,6 +301,7 @@ def train(
                           "epochs": run.epochs, "batch": run.batch_size})
         synchronize(device)
         train_seconds = time.perf_counter() - t0
+        loss_sum = mean_over_processes(loss_sum, dist)  # the row's train loss: the processes' mean
         if options.compile and epoch == start_epoch:
             train_seconds -= seconds["compile"]
         seconds["train"] += train_seconds
@@ -327,8 +332,7 @@ def train(
         last = epoch + 1 == run.epochs
         stopping = options.stop_after_epochs is not None and epochs_this_run >= options.stop_after_epochs
         pausing = stopping or (options.stop_at_epoch is not None and epoch + 1 == options.stop_at_epoch)
-        writes = dist is None or dist.main
-        if writes and ckpt_path and (last or pausing or (epoch + 1) % options.checkpoint_every == 0):
+        if main and ckpt_path and (last or pausing or (epoch + 1) % options.checkpoint_every == 0):
             checkpoint.save(ckpt_path, {
                 "trial_id": run_id, "epoch": epoch + 1, "model": model.state_dict(),
                 "stepper": stepper.state_dict(), "rng": checkpoint.rng_state(),
@@ -346,7 +350,7 @@ def train(
     record["seconds"] = seconds
     images = sum(r["images"] for r in record["epochs"])
     record["train_images_per_second"] = round(images / seconds["train"], 1) if seconds["train"] else None
-    if work and record["status"] in ("done", "diverged") and (dist is None or dist.main):
+    if work and record["status"] in ("done", "diverged") and main:
         # The spec travels in the file's metadata, so `bocb diagnose --checkpoint` needs nothing else.
         checkpoint.save_weights(work / FINAL_WEIGHTS, model, metadata={"trial_id": run_id, **options.weights_metadata},
                                 fence=options.fence)

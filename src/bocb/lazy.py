@@ -32,6 +32,10 @@ class _LazyModule(types.ModuleType):
         return getattr(module, attr)
 
 
+NAMES: set[str] = set()  # every module named lazily so far (the workers' fork server imports them)
+
+
 def lazy_module(name: str) -> Any:
     """A stand-in for module ``name`` (dotted) that imports it when an attribute is first read."""
+    NAMES.add(name)
     return _LazyModule(name)

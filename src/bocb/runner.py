@@ -193,9 +193,7 @@ def run_study(
                 current = claims.get(trial_id)
                 if current is None or record.get("claim") != current:
                     stats.stale_results += 1  # not this runner's current attempt: never stored
-                    if observer is not None:
-                        observer.finished(trial_id, record, "stale")
-                    continue
+                    continue  # its tracker run was closed when the lease was lost
                 del claims[trial_id]
                 leases.pop(trial_id, None)
                 stats.progress.end(trial_id)
@@ -221,6 +219,8 @@ def run_study(
                         claims.pop(trial_id, None)
                         stops.pop(trial_id, None)
                         stats.progress.end(trial_id)  # no longer this runner's to show
+                        if observer is not None:  # closed now: a later claim of it opens a new run
+                            observer.finished(trial_id, {}, "lost")
             if on_update:
                 on_update(stats)
     except (KeyboardInterrupt, _Stop, _OutOfTime) as stopped:

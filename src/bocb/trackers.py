@@ -329,6 +329,8 @@ class Session:
         return [info.where(self.root, self.group) for info in self.infos]
 
     def started(self, trial_id: str, spec: dict[str, Any]) -> None:
+        if trial_id in self.open:  # an attempt never closed (a missed end): close it, do not leak it
+            self.finished(trial_id, {}, "lost")
         run = run_info(trial_id, spec, self.group)
         trackers: dict[str, Tracker] = {}
         for info in self.infos:

@@ -291,15 +291,21 @@ def _slices(x: torch.Tensor, y: torch.Tensor) -> Callable[[int], Batches]:
     return lambda size: ((x[i:i + size], y[i:i + size]) for i in range(0, len(x), size))
 
 
-# The evaluation crop of streamed data: resize to size / 0.875, centre crop (torchvision's and
-# DeiT's ImageNet evaluation). The ImageNet recipes will carry their own (0.875 or 0.95).
+# The evaluation crop of streamed data under a CIFAR-style recipe: resize to size / 0.875, centre
+# crop (torchvision's and DeiT's ImageNet evaluation); the ImageNet recipes carry their own
+# (imagenet_transforms). The in-memory path crops at ratio 1.0, so the two differ here.
 STREAM_EVAL_CROP_RATIO = 0.875
 
 
 def _workers(requested: int | None) -> int:
-    """DataLoader workers for streamed data: as asked, else one per core but one (the trainer's),
-    at most 8."""
-    return requested if requested is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
+    """DataLoader workers for streamed data: as asked, else one per core of this process's share but
+    one (the trainer's), at most 8. Under ``bocb run`` the share is the slot's (the local executor
+    sets ``BOCB_SLOT_CORES``), so N slots do not each start a whole machine's worth."""
+    if requested is not None:
+        return requested
+    share = os.environ.get("BOCB_SLOT_CORES", "")
+    cores = int(share) if share.isdigit() else (os.cpu_count() or 2)
+    return min(8, max(1, cores - 1))
 
 
 def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: int) -> _Data:

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 # which the trainer's modules name lazily (bocb.lazy) and bocb.executors.preload imports outright.
 # Nothing here may touch CUDA at import (tests/test_executors.py checks). The guard comes first: it
 # arms the server's parent-death signal before the seconds of imports.
+SLOT_CORES_ENV = "BOCB_SLOT_CORES"  # set in each worker: its slot's share of the cores (bocb.trial)
+
 PRELOAD = ["bocb.executors.server_guard", "bocb.executors.local", "bocb.executors.worker", "bocb.trial",
            "bocb.diagnostics.snapshot", "bocb.executors.preload"]
 
@@ -154,7 +156,7 @@ class _Forward:
 
 
 def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: str, threads: int,
-                 runner_pid: int, watchdog_s: float = 1.0) -> None:
+                 cores: int, runner_pid: int, watchdog_s: float = 1.0) -> None:
     # First, before torch is imported (seconds under spawn): from here on this worker dies with the
     # runner. This module and the arguments are kept light (the config travels as a dict) so that
     # a spawned slot's start-up reaches this line at once.
@@ -173,6 +175,9 @@ def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: 
 
     if threads > 0:
         torch.set_num_threads(threads)
+    # This slot's share of the cores, for the streamed data's loader workers (bocb.trial): every
+    # slot defaulting to the whole machine's would start slots x cores processes.
+    os.environ[SLOT_CORES_ENV] = str(cores)
     while True:
         try:
             task = conn.recv()
@@ -226,7 +231,8 @@ class LocalExecutor:
         self._events = self._ctx.Queue()
         devices = devices or [config.device]
         cpu_only = all(d == "cpu" or (d == "auto" and not _cuda_available()) for d in devices)
-        self._threads = max(1, (os.cpu_count() or 1) // slots) if cpu_only else 0
+        self._cores = max(1, (os.cpu_count() or 1) // slots)  # each slot's share of the machine
+        self._threads = self._cores if cpu_only else 0
         self._slots = [_Slot(i, devices[i % len(devices)]) for i in range(slots)]
         for slot in self._slots:
             self._start(slot)
@@ -235,8 +241,8 @@ class LocalExecutor:
         parent, child = self._ctx.Pipe()
         slot.process = self._ctx.Process(
             target=_worker_main,
-            args=(child, self._events, dataclasses.asdict(self.config), slot.device, self._threads, os.getpid(),
-                  self.watchdog_s),
+            args=(child, self._events, dataclasses.asdict(self.config), slot.device, self._threads, self._cores,
+                  os.getpid(), self.watchdog_s),
             daemon=True, name=f"bocb-slot-{slot.index}",
         )
         slot.process.start()
