@@ -160,6 +160,7 @@ def run_study(
     plugins: Sequence[str] = (),
     log: Sequence[str] = (),
     log_dir: str | Path | None = None,
+    processes_per_trial: int | None = None,
 ) -> RunSummary:
     """Run a study file's trials into ``store`` (created if missing); resumable, as ``bocb run``.
 
@@ -173,11 +174,14 @@ def run_study(
     claim lease, >= :data:`MIN_LEASE_S`; ``plugins``: modules to import first, here and in every
     worker (:mod:`bocb.plugins`; a study's own ``plugins`` are added); ``log``: experiment trackers
     (``tensorboard``, ``wandb``, ``mlflow``; :mod:`bocb.trackers`), one run per trial, their files
-    under ``log_dir`` (None: the store's folder). Missing weight snapshots (random inits, final weights) are
+    under ``log_dir`` (None: the store's folder); ``processes_per_trial``: every trial on that many
+    processes (one GPU each; :mod:`bocb.executors.group`), over the study file's
+    ``processes_per_trial`` (None: the file's). Missing weight snapshots (random inits, final weights) are
     measured after the trials. Returns the study's state after the run.
     """
     opts = make_options(store, executor, slots, device, gpus, address, compile, artifacts, retry_failed, reclaim,
-                       lease_s, cache_dir, data_dirs, download, plugins, log, log_dir)
+                       lease_s, cache_dir, data_dirs, download, plugins, log, log_dir,
+                       processes_per_trial=processes_per_trial)
     _start_workers_early(opts)  # before the imports below, which take seconds
     from bocb.store import SQLiteStore
     from bocb.study_setup import prepare, register

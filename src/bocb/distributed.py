@@ -54,7 +54,8 @@ def from_env(environ: dict[str, str] | None = None) -> DistContext | None:
 
 
 def init(context: DistContext, backend: str | None = None) -> None:
-    """Join the process group (``nccl`` on CUDA, ``gloo`` on CPU unless ``backend`` says otherwise)."""
+    """Join the process group (``nccl`` on CUDA, ``gloo`` on CPU unless ``backend`` says otherwise).
+    A group the launcher already joined (Ray Train's TorchTrainer does) is kept as it is."""
     import torch
     import torch.distributed as dist
 
@@ -62,6 +63,31 @@ def init(context: DistContext, backend: str | None = None) -> None:
         return
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend, rank=context.rank, world_size=context.world_size)
+
+
+def process_device(device: str, context: DistContext | None) -> str:
+    """The device of this process: under a launcher each process takes the GPU of its local rank
+    when ``device`` is ``auto`` or ``cuda`` (``auto`` without CUDA is the CPU); anything more
+    specific is kept."""
+    if context is None or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{context.local_rank}"
+    return "cpu" if device == "auto" else device
+
+
+def join_from_env(device: str) -> tuple[DistContext | None, str]:
+    """This process's place in a multi-process trial when a launcher started it (torchrun, the
+    local executor's process groups, Ray Train), with the process group joined (``nccl`` when the
+    process trains on a GPU, else ``gloo``) and its device; ``(None, device)`` for one process."""
+    context = from_env()
+    if context is None:
+        return None, device
+    device = process_device(device, context)
+    init(context, "nccl" if device.startswith("cuda") else "gloo")
+    return context, device
 
 
 def local_share(index: Any, context: DistContext | None) -> Any:

@@ -26,6 +26,10 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     data_sizes = {classes = 1000, train = 1281167, test = 50000}
                                  # optional: what `bocb plan` assumes when the data is not on this
                                  # machine (or is streamed); never used to train
+    processes_per_trial = 8      # optional (default 1): each trial runs on this many processes
+                                 # (one GPU each; gloo processes on a CPU) with the recipe's global
+                                 # batch split between them (bocb.distributed). A way to run, not
+                                 # part of a trial's identity; a backbone may set its own.
     # optional budget overrides for every trial: epochs, batch_size, train_per_class,
     # test_per_class; run limits: time_limit_s, memory_limit_gb; and classes = [0, 1, 2, 3, 4]
     # to keep only those classes of the data (relabelled in that order)
@@ -38,6 +42,7 @@ A study names a dataset, backbones, optimizers, a tuning mode, seeds and a budge
     drop_path = 0.1              # optional
     group = "modern CNN"         # optional: the design family the adaptive tuner starts from (default:
                                  # the backbone's; corrects one inferred for a timm:/builder model)
+    processes_per_trial = 4      # optional: this backbone's trials on this many processes
 
     [[optimizers]]               # or: optimizers = ["SGD-M", "AdamW"]
     name = "SGD-M"
@@ -114,6 +119,7 @@ _STUDY_KEYS = {
     "test_per_class": int, "time_limit_s": (int, float), "memory_limit_gb": (int, float),
     "classes": list, "precision": str, "selection": str, "holdout_per_class": int, "weight_conv": str,
     "plugins": list, "label_column": str, "image_column": str, "keep_weights": str, "data_sizes": dict,
+    "processes_per_trial": int,
 }
 # What `bocb plan` assumes when the study's data is not on this machine (ImageNet's folder on a
 # cluster, say): classes, training and test images. Never used to train.
@@ -125,7 +131,8 @@ KEEP_WEIGHTS = {
 }
 # ``group``: the design family the tuner starts from (a model named by source, whose family bocb
 # infers, may be corrected here); one of the paper backbones' groups.
-_BACKBONE_KEYS = {"name": str, "policy": str, "scale": str, "recipe": str, "drop_path": (int, float), "group": str}
+_BACKBONE_KEYS = {"name": str, "policy": str, "scale": str, "recipe": str, "drop_path": (int, float), "group": str,
+                  "processes_per_trial": int}
 _OPTIMIZER_KEYS = {"name": str, "lr": (list, int, float), "weight_decay": (list, int, float), "args": dict,
                    "center": dict}
 _TOP_KEYS = {"study": dict, "backbones": list, "optimizers": list, "tuning": dict}
@@ -170,6 +177,16 @@ class Study:
     keep_weights: str = "all"  # see KEEP_WEIGHTS
     data_sizes: tuple[int, int, int] | None = None  # (classes, train, test) for planning without the data
     plugins: tuple[str, ...] = ()  # modules imported before names are resolved (bocb.plugins)
+    processes_per_trial: int = 1  # each trial's processes, unless its backbone entry says otherwise
+
+    def processes_for(self, spec: dict[str, Any]) -> int:
+        """How many processes the trial ``spec`` runs on: its backbone entry's
+        ``processes_per_trial``, else the study's."""
+        name = spec["backbone"]["name"]
+        for b in self.backbones:
+            if "processes_per_trial" in b and get_backbone_info(b["name"]).name == name:
+                return b["processes_per_trial"]
+        return self.processes_per_trial
 
     @property
     def selection(self) -> str:
@@ -480,6 +497,7 @@ def load_study(path: str | Path) -> Study:
             _choice(f"{place}.recipe", b["recipe"], RECIPES)
         if "group" in b:
             _choice(f"{place}.group", b["group"], sorted({i.group for i in list_backbones(paper=True)}))
+        _processes(place, b)
     return Study(
         name=name, path=str(path), data=data, tier=tier, seeds=seeds, tuning=tuning,
         wd_policy=wd_policy, settings=raw, backbones=tuple(backbones),
@@ -488,8 +506,16 @@ def load_study(path: str | Path) -> Study:
         description=s.get("description", ""), overrides=parse_overrides(head, s),
         precision=precision, holdout_per_class=holdout, weight_conv=weight_conv,
         tuner=parse_tuner(where, raw.get("tuning"), tuning), plugins=plugins, keep_weights=keep_weights,
-        data_sizes=data_sizes,
+        data_sizes=data_sizes, processes_per_trial=_processes(head, s),
     )
+
+
+def _processes(where: str, table: dict[str, Any]) -> int:
+    """``processes_per_trial``: a whole number from 1 to 1024 (default 1)."""
+    value = table.get("processes_per_trial", 1)
+    if not 1 <= value <= 1024:
+        raise StudyError(f"{where}.processes_per_trial: expected a whole number from 1 to 1024, got {value!r}")
+    return value
 
 
 def _settings(study: Study, backbone: dict[str, Any], optimizer: dict[str, Any]) -> list[tuple[float | None, float | None]] | str:

@@ -84,6 +84,9 @@ class RunOptions:
     # ``log_dir`` (None: the store's folder).
     log: tuple[str, ...] = ()
     log_dir: Path | None = None
+    # Processes per trial for every trial of the run (``bocb run --processes-per-trial``), over
+    # the study's ``processes_per_trial``; None: the study's.
+    processes_per_trial: int | None = None
 
     def check(self) -> None:
         """Out-of-range options, refused before the store is touched."""
@@ -95,6 +98,8 @@ class RunOptions:
             raise ValueError(f"--slots must be >= 1, got {self.slots}")
         if self.gpus is not None and self.gpus < 1:
             raise ValueError(f"--gpus must be >= 1, got {self.gpus}")
+        if self.processes_per_trial is not None and not 1 <= self.processes_per_trial <= 1024:
+            raise ValueError(f"--processes-per-trial must be from 1 to 1024, got {self.processes_per_trial}")
 
     def check_study(self, study: Any) -> None:
         """What the chosen executor cannot honour, refused before the store is opened."""
@@ -106,7 +111,8 @@ class RunOptions:
 def make_options(store: str | Path, executor: str, slots: int, device: str, gpus: int | None, address: str | None,
              compile: bool, artifacts: str | Path | None, retry_failed: bool, reclaim: bool, lease_s: float,
              cache_dir: str | Path | None, data_dirs: Sequence[str | Path], download: bool,
-             plugins: Sequence[str] = (), log: Sequence[str] = (), log_dir: str | Path | None = None) -> RunOptions:
+             plugins: Sequence[str] = (), log: Sequence[str] = (), log_dir: str | Path | None = None,
+             processes_per_trial: int | None = None) -> RunOptions:
     """The options of a run, checked; ``plugins`` are imported here (:mod:`bocb.plugins`), and so
     are the libraries of the trackers in ``log`` (:func:`bocb.trackers.check`)."""
     from bocb.plugins import load_plugins
@@ -122,6 +128,7 @@ def make_options(store: str | Path, executor: str, slots: int, device: str, gpus
         reclaim=reclaim, lease_s=float(lease_s), cache_dir=None if cache_dir is None else Path(cache_dir),
         data_dirs=tuple(Path(d) for d in data_dirs), download=download, plugins=tuple(plugins),
         log=tuple(log), log_dir=None if log_dir is None else Path(log_dir),
+        processes_per_trial=processes_per_trial,
     )
     options.check()
     return options
@@ -129,12 +136,12 @@ def make_options(store: str | Path, executor: str, slots: int, device: str, gpus
 
 def expand_transfer(study: Any, found: Any, options: RunOptions) -> list:
     if study.task == "classification":
-        from bocb.data import load_dataset
+        from bocb.data import open_data
         from bocb.transfer.study import expand_classification
 
-        # Loading the data up front makes missing data fail before any trial, as bocb.api.run_study does.
-        dataset = load_dataset(study.data, cache_dir=options.cache_dir, data_dirs=options.data_dirs,
-                               download=options.download)
+        # Opening the data up front makes missing data fail before any trial, as bocb.api.run_study does.
+        dataset = open_data(study.data, cache_dir=options.cache_dir, data_dirs=options.data_dirs,
+                            download=options.download)
         return expand_classification(study, found, dataset.num_classes)
     from bocb.transfer.study import expand_coco
 
@@ -266,7 +273,15 @@ def _executor(options: RunOptions, config: Any, study: Any) -> Any:
             devices = [f"cuda:{i}" for i in range(n)]
     slots = options.slots * (len(devices) if devices[0].startswith("cuda") else 1)
     return LocalExecutor(config, slots=slots, devices=devices, time_limit_s=study.time_limit_s,
-                         memory_limit_gb=study.memory_limit_gb)
+                         memory_limit_gb=study.memory_limit_gb, processes=processes_of(options, study))
+
+
+def processes_of(options: RunOptions, study: Any) -> Any:
+    """``spec -> processes`` for the executor: the run's ``--processes-per-trial``, else the study's
+    (a backbone's own first); 1 for a study without the key (transfer studies)."""
+    if options.processes_per_trial is not None:
+        return lambda spec: options.processes_per_trial
+    return getattr(study, "processes_for", lambda spec: 1)
 
 
 def measure_snapshots(store: Any, study_id: str, workers: int | None = None, force: bool = False,

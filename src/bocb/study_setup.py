@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bocb.data import load_dataset
+from bocb.data import open_data
 from bocb.data.safe_pickle import UnsafeDataError
 from bocb.spec import resolve_trial
 from bocb.store import Store
@@ -36,14 +36,15 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
             require_data: bool = True) -> Prepared:
     """Parse the study, load its dataset (so missing data fails before any trial) and expand it.
 
-    With ``require_data=False`` (planning), data that is not present (or is streamed, which a study
-    cannot load yet) is sized from the study's ``data_sizes``, else for a standard dataset from
-    :data:`KNOWN_SIZES`.
+    Streamed data (``data = "stream:..."``) is indexed, not loaded (:func:`bocb.data.open_data`):
+    its file list and labels are read here, its pixels by each trial's loader. With
+    ``require_data=False`` (planning), data that is not present is sized from the study's
+    ``data_sizes``, else for a standard dataset from :data:`KNOWN_SIZES`.
     """
     study = load_study(path)
     notes: list[str] = []
     try:
-        dataset = load_dataset(study.data, cache_dir=cache_dir, data_dirs=data_dirs, download=download)
+        dataset = open_data(study.data, cache_dir=cache_dir, data_dirs=data_dirs, download=download)
         sizes = (dataset.num_classes, len(dataset.train), len(dataset.test))
         study, notes = fit_study(study, dataset)
     except ValueError as err:
@@ -58,10 +59,11 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
             raise
     num_classes = sizes[0]
     trials, skipped = expand(study, num_classes)
-    # The ImageNet recipes are data (bocb.recipes_in1k); the trainer cannot decode full-size images yet.
-    # Read from the file's backbones, not the expanded trials: an adaptive study expands none yet.
+    # The ImageNet recipes crop full-size images as they are read: streamed data only
+    # (bocb.recipes_in1k). Read from the file's backbones, not the expanded trials: an adaptive
+    # study expands none yet.
     imagenet = sorted({b["recipe"] for b in study.backbones if b.get("recipe") and RECIPES[b["recipe"]].imagenet})
-    if imagenet and require_data:
+    if imagenet and require_data and not study.data.stream:
         raise StudyError(f"{study.path}: {not_trainable(imagenet)}")
     skipped_rows = []
     for s in skipped:
@@ -80,6 +82,8 @@ def fit_study(study: Study, dataset: Any) -> tuple[Study, list[str]]:
     a note per change. Values the file sets are checked, never changed (a :class:`StudyError`)."""
     overrides: dict[str, int] = {}
     notes: list[str] = []
+    if not hasattr(dataset.train, "labels"):  # streamed shards: labels are known only by reading them all
+        return study, ["streamed shards: the tier's per-class counts and batch are not fitted to the data"]
     for b in study.backbones:
         spec = pair_trial(study, b, study.optimizers[0], None, None, study.seeds[0], dataset.num_classes)
         try:

@@ -112,10 +112,14 @@ def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
     run the trial in ``config.artifacts_dir/<trial_id>`` and measure its final weights."""
     from bocb.data import open_data
     from bocb.diagnostics.snapshot import final_snapshot
+    from bocb.distributed import join_from_env
 
     spec = TrialSpec.from_dict(spec_dict)
+    # One process of several when a launcher started this one (bocb.executors.group, torchrun,
+    # Ray Train): the process group is joined here, and this rank's GPU chosen.
+    dist, device = join_from_env(device or config.device)
     # ``stop_at_epoch`` rides beside the spec for an adaptive-tuning rung (not part of the identity).
-    options = RunOptions(device=device or config.device, compile=config.compile,
+    options = RunOptions(device=device, compile=config.compile, dist=dist,
                          work_dir=Path(config.artifacts_dir) / spec.trial_id, checkpoint_every=config.checkpoint_every,
                          stop_at_epoch=spec_dict.get("stop_at_epoch"),
                          fence=fence_for(config.artifacts_dir, spec.trial_id, claim))
@@ -130,7 +134,7 @@ def execute(spec_dict: dict[str, Any], config: Any, device: str | None = None,
                 "error": f"{type(exc).__name__}: {exc}", "epochs": []}
     record = run_trial(spec, _DATASETS[key], options, progress)
     weights = (record.get("artifacts") or {}).get("final_weights")
-    if weights:
+    if weights and (dist is None or dist.main):
         record["diagnostics"] = final_snapshot(spec.trial_id, weights, spec_dict, conv=config.weight_conv)
     return record
 
@@ -188,9 +192,7 @@ def _prepare(spec: TrialSpec, dataset: Dataset | StreamData, device: torch.devic
             p.requires_grad_(name.startswith(head + "."))
 
     if isinstance(dataset, StreamData):
-        if dist is not None:  # the loader can split by rank, but the engine's batch shares are indices
-            raise ValueError("streamed data on several processes is not supported yet: run it on one process")
-        data = _streamed(spec, dataset, device, _workers(data_workers))
+        data = _streamed(spec, dataset, device, _workers(data_workers), dist)
     else:
         data = _in_memory(spec, dataset, device)
     augment = BatchAugment(data.augment, dataset.num_classes, device)
@@ -220,8 +222,13 @@ def _prepare(spec: TrialSpec, dataset: Dataset | StreamData, device: torch.devic
 
         return forward, lambda logits: loss_fn(logits, targets)
 
+    # Streamed evaluation sets are split between the processes of a multi-process trial (each reads
+    # its share); in-memory ones are small and every process scores them whole.
+    shared = dist if data.eval_split else None
+
     def evaluate(forward_model: torch.nn.Module, autocast: torch.autocast) -> dict[str, Any]:
-        return _score_fields({split: _evaluate(forward_model, augment, batches(recipe.eval_batch_size), device, autocast)
+        return _score_fields({split: _evaluate(forward_model, augment, batches(recipe.eval_batch_size), device,
+                                               autocast, classes, shared)
                               for split, batches in data.eval_sets.items()})
 
     chance = 100.0 / classes
@@ -260,6 +267,7 @@ class _Data:
     eval_sets: dict[str, Callable[[int], Batches]]
     augment: AugmentConfig
     info: dict[str, Any]
+    eval_split: bool = False  # each process of a multi-process trial evaluates its share only
 
 
 def _in_memory(spec: TrialSpec, dataset: Dataset, device: torch.device) -> _Data:
@@ -308,7 +316,8 @@ def _workers(requested: int | None) -> int:
     return min(8, max(1, cores - 1))
 
 
-def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: int) -> _Data:
+def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: int,
+              dist: DistContext | None = None) -> _Data:
     """Images read from disk per batch (:mod:`bocb.data.stream`): RandomResizedCrop + flip in the
     loader's workers, the rest of the recipe's augmentation (RandAugment, mixup/cutmix, erasing,
     normalisation) by BatchAugment on the device, as for data in memory.
@@ -317,7 +326,12 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
     trial replays the same crops; an epoch that needs more batches than a sharded split yields
     (shards read by several workers each drop a partial batch) continues with the loader's next
     pass. Per-class subsets are the in-memory path's images (folders only); hold-outs are not
-    supported yet."""
+    supported yet.
+
+    Over several processes (``dist``) each reads its own share of every epoch (the loader's rank
+    split, :class:`bocb.data.stream.EpochSampler`) in batches of ``batch_size / world size``: the
+    engine's global step is then the recipe's batch, as for data in memory; the positions the
+    engine hands out only count the steps."""
     recipe = spec.recipe
     if recipe.holdout_per_class is not None:
         raise ValueError("holdout_per_class is not supported for streamed data yet")
@@ -339,12 +353,17 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
     elif size != spec.backbone.input_size:
         aug_cfg = replace(aug_cfg, resize_to=spec.backbone.input_size)
     loader = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    ranks = {"rank": dist.rank, "world_size": dist.world_size} if dist is not None else {}
+    world = dist.world_size if dist is not None else 1
+    if recipe.batch_size % world:
+        raise ValueError(f"a global batch of {recipe.batch_size} does not split evenly over {world} processes")
     state: dict[str, Any] = {}
 
     def start(pass_: int) -> None:
         state["pass"] = pass_
-        state["batches"] = iter(epoch_loader(train, train_tf, batch_size=recipe.batch_size, seed=state["seed"],
-                                             epoch=pass_, shuffle=True, drop_last=True, **loader))
+        state["batches"] = iter(epoch_loader(train, train_tf, batch_size=recipe.batch_size // world,
+                                             seed=state["seed"], epoch=pass_, shuffle=True, drop_last=True,
+                                             **ranks, **loader))
 
     def order(generator: torch.Generator) -> torch.Tensor:
         # Below 2^32, the range of trial seeds, which the loader mixes with the epoch (seeding.epoch_seed).
@@ -361,7 +380,8 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def test_batches(size_: int) -> Batches:
-        for images, labels in epoch_loader(test, eval_tf, batch_size=size_, seed=0, epoch=0, shuffle=False, **loader):
+        for images, labels in epoch_loader(test, eval_tf, batch_size=size_, seed=0, epoch=0, shuffle=False,
+                                           **ranks, **loader):
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     info = {"dataset": {
@@ -371,7 +391,7 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
                      **({"departures": departures} if departures else {})},
     }}
     return _Data(examples=len(train), order=order, train=next_batch, eval_sets={"test": test_batches},
-                 augment=aug_cfg, info=info)
+                 augment=aug_cfg, info=info, eval_split=dist is not None)
 
 
 def imagenet_transforms(recipe: Any) -> tuple[TrainTransform, EvalTransform, list[str]]:
@@ -414,35 +434,37 @@ def _train_mode(model: torch.nn.Module, only: str | None) -> None:
 
 @torch.no_grad()
 def _evaluate(model: torch.nn.Module, augment: BatchAugment, batches: Batches, device: torch.device,
-              autocast: torch.autocast) -> tuple[float, float, float]:
+              autocast: torch.autocast, classes: int, dist: DistContext | None = None) -> tuple[float, float, float]:
     """Top-1 and top-5 accuracy (%) and mean cross-entropy on the whole set (uint8 image batches).
+    With ``dist`` the batches are this process's share and the counts are summed over processes
+    (one collective), so every process returns the whole set's numbers.
 
     Weights that produce a non-finite logit anywhere cannot be evaluated: the set scores chance
     (100 / classes, 500 / classes top-5) with a NaN loss (see the module doc)."""
     model.eval()
-    correct1 = torch.zeros((), device=device)
-    correct5 = torch.zeros((), device=device)
-    loss = torch.zeros((), device=device)
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    classes = None
-    n = 0
+    # correct top-1, correct top-5, summed loss, images, non-finite batches
+    totals = torch.zeros(5, device=device, dtype=torch.float64)
     for x, labels in batches:
         images = augment.eval(x)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(images).float()
-        classes = logits.shape[1]
-        finite &= torch.isfinite(logits).all()
-        loss += F.cross_entropy(logits, labels, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum()
-        correct5 += (top == labels[:, None]).any(dim=1).sum()
-        n += len(labels)
-    if classes is not None and not bool(finite):
+        totals[0] += (top[:, 0] == labels).sum()
+        totals[1] += (top == labels[:, None]).any(dim=1).sum()
+        totals[2] += F.cross_entropy(logits, labels, reduction="sum")
+        totals[3] += len(labels)
+        totals[4] += (~torch.isfinite(logits)).any()
+    if dist is not None:
+        from torch import distributed
+
+        distributed.all_reduce(totals)
+    correct1, correct5, loss, n, bad = totals.tolist()
+    if bad:
         return round(100.0 / classes, 4), round(100.0 * min(5, classes) / classes, 4), float("nan")
-    loss_value = loss.item() / n
-    return (round(100.0 * correct1.item() / n, 4), round(100.0 * correct5.item() / n, 4),
+    loss_value = loss / n
+    return (round(100.0 * correct1 / n, 4), round(100.0 * correct5 / n, 4),
             loss_value if math.isfinite(loss_value) else float("nan"))
 
 

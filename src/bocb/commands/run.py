@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a study file's trials into the store (resumable)")
     p.add_argument("study", type=Path, help="study file (TOML)")
     add_run_args(p)
+    p.add_argument("--processes-per-trial", type=int, default=None, metavar="N",
+                   help="run every trial on N processes, one GPU each (default: the study's "
+                        "processes_per_trial, else 1); the recipe's batch is split between them")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +82,8 @@ def run_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from bocb import api
 
-    return show_run(lambda progress: api.run_study(args.study, args.store, progress=progress, **run_options(args)),
+    return show_run(lambda progress: api.run_study(args.study, args.store, progress=progress,
+                                                   processes_per_trial=args.processes_per_trial, **run_options(args)),
                     as_json=args.json)
 
 

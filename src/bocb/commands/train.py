@@ -107,9 +107,11 @@ def run(args: argparse.Namespace) -> int:
 
         imagenet_transforms(spec.recipe)  # refuses what the streaming loader cannot do yet
     spec = _fit(spec, dataset, args, err)
-    context = _distributed(args)
+    from bocb.distributed import join_from_env
+
+    context, device = join_from_env(args.device)  # under torchrun: this process's rank and GPU
     options = RunOptions(
-        device=_process_device(args.device, context), compile=args.compile, work_dir=args.work_dir,
+        device=device, compile=args.compile, work_dir=args.work_dir,
         checkpoint_every=args.checkpoint_every, dist=context, data_workers=args.data_workers,
     )
     if context is not None and not context.main:
@@ -151,26 +153,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(record, default=str) + "\n")
     return 0 if record["status"] in ("done", "diverged") else 1
-
-
-def _distributed(args: argparse.Namespace):
-    """This process's place when started by torchrun (bocb.distributed), the process group joined;
-    None for a plain `bocb train`."""
-    from bocb.distributed import from_env, init
-
-    context = from_env()
-    if context is not None:
-        init(context)
-    return context
-
-
-def _process_device(device: str, context) -> str:
-    """Under torchrun each process takes the GPU of its local rank (``auto``/``cuda``)."""
-    if context is None or device not in ("auto", "cuda"):
-        return device
-    import torch
-
-    return f"cuda:{context.local_rank}" if torch.cuda.is_available() else ("cpu" if device == "auto" else device)
 
 
 def _trackers(args: argparse.Namespace):

@@ -214,10 +214,32 @@ def open_stream(spec: DatasetSpec) -> StreamData:
     else:
         data = _open_parquet(root, spec.label_column, spec.image_column)
     if spec.classes is not None:
-        # Selecting classes would mean filtering shards sample by sample; it is not needed for
-        # the ImageNet step and is refused rather than done slowly.
-        raise ValueError("classes= subsets are not supported for streamed data yet")
+        if data.kind != "folder":
+            # Selecting classes in shards would mean reading and dropping samples one by one.
+            raise ValueError(f"classes= subsets of streamed {data.kind} shards are not supported: "
+                             "write the subset's shards, or stream an image folder")
+        data = _select_classes(data, tuple(spec.classes))
     return data
+
+
+def _select_classes(data: StreamData, classes: tuple[int, ...]) -> StreamData:
+    """A folder's images of ``classes`` only, relabelled in that order (ImageNet-100 from
+    ImageNet's folder, say), as :meth:`bocb.data.Dataset.select_classes` does for data in memory."""
+    bad = [c for c in classes if c >= data.num_classes]
+    if bad:
+        raise ValueError(f"dataset {data.name!r} has classes 0..{data.num_classes - 1}; asked for {bad}")
+    mapping = np.full(data.num_classes, -1, dtype=np.int64)
+    mapping[list(classes)] = np.arange(len(classes))
+
+    def select(split: FolderSplit) -> FolderSplit:  # type: ignore[valid-type]
+        keep = np.flatnonzero(mapping[split.labels] >= 0)
+        return FolderSplit(split.root, split.where, PackedStrings.pack([split.paths[i] for i in keep]),
+                           mapping[split.labels[keep]])
+
+    label = ",".join(map(str, classes)) if len(classes) <= 10 else f"{len(classes)} classes"
+    return StreamData(name=f"{data.name}[{label}]", kind=data.kind, train=select(data.train), test=select(data.test),
+                      classes=tuple(data.classes[c] for c in classes), source=data.source,
+                      fingerprint=hashlib.sha256(f"{data.fingerprint}:classes={list(classes)}".encode()).hexdigest())
 
 
 def _open_folder(root: Path) -> StreamData:

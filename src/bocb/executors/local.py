@@ -37,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +168,11 @@ def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: 
     # already; under spawn (macOS) it does not.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _release_fork_server()  # a no-op in a spawned worker
+    # Started daemonic (so that multiprocessing ends the slots of a runner that exits without
+    # shutdown), a worker may still start children of its own: streamed data's DataLoader workers
+    # and a multi-process trial's ranks, which multiprocessing refuses a daemonic process. Those
+    # children die with this worker as it dies with the runner (parent-death signal, watchdog).
+    mp.current_process().daemon = False
     import torch
 
     from bocb.executors.worker import WorkerConfig, execute
@@ -185,8 +191,14 @@ def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: 
             return
         if task is None:
             return
-        trial_id, spec, claim = task
-        conn.send((trial_id, execute(spec, config, device, _Forward(events, trial_id), claim=claim)))
+        trial_id, spec, claim, devices = task
+        if len(devices) > 1:  # this slot leads a multi-process trial (bocb.executors.group)
+            from bocb.executors.group import run_group
+
+            record = run_group(trial_id, spec, dataclasses.asdict(config), claim, devices, threads, events)
+        else:
+            record = execute(spec, config, device, _Forward(events, trial_id), claim=claim)
+        conn.send((trial_id, record))
 
 
 @dataclass
@@ -199,6 +211,9 @@ class _Slot:
     spec: dict | None = None
     claim: str | None = None
     started: float = 0.0
+    # A slot lent to another slot's multi-process trial: it holds that trial's id (so it is not
+    # free) but its own worker idles; the leader's slot runs the group.
+    lent_to: int | None = None
 
 
 def _rss_gb(pid: int) -> float:
@@ -217,9 +232,10 @@ class LocalExecutor:
 
     def __init__(self, config: WorkerConfig, slots: int = 1, devices: list[str] | None = None,
                  time_limit_s: float | None = None, memory_limit_gb: float | None = None,
-                 watchdog_s: float = 1.0):
+                 watchdog_s: float = 1.0, processes: Callable[[dict[str, Any]], int] | None = None):
         """``watchdog_s``: how often a worker checks that the runner lives, the fallback to the
-        kernel's parent-death signal (:mod:`bocb.executors.orphans`)."""
+        kernel's parent-death signal (:mod:`bocb.executors.orphans`). ``processes(spec)``: how
+        many processes a trial runs on (default 1); see :meth:`submit`."""
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.config = config
@@ -234,6 +250,10 @@ class LocalExecutor:
         self._cores = max(1, (os.cpu_count() or 1) // slots)  # each slot's share of the machine
         self._threads = self._cores if cpu_only else 0
         self._slots = [_Slot(i, devices[i % len(devices)]) for i in range(slots)]
+        self._cpu_only = cpu_only
+        self._processes = processes or (lambda spec: 1)
+        self._waiting: list[tuple[str, dict[str, Any], str, int]] = []  # multi-process trials, in order
+        self._refused: list[tuple[str, dict[str, Any]]] = []  # records to hand back at the next poll
         for slot in self._slots:
             self._start(slot)
 
@@ -252,35 +272,91 @@ class LocalExecutor:
 
     @property
     def free_slots(self) -> int:
-        return sum(1 for s in self._slots if s.trial_id is None)
+        # A multi-process trial waiting for its slots takes the next free ones: nothing else may.
+        return 0 if self._waiting else sum(1 for s in self._slots if s.trial_id is None)
 
     @property
     def running(self) -> list[str]:
-        return [s.trial_id for s in self._slots if s.trial_id is not None]
+        return ([s.trial_id for s in self._slots if s.trial_id is not None and s.lent_to is None]
+                + [w[0] for w in self._waiting] + [r[0] for r in self._refused])
 
     def submit(self, trial_id: str, spec: dict[str, Any], claim: str) -> None:
-        """Run ``spec`` under the runner's ``claim`` token (fenced in before the worker starts)."""
+        """Run ``spec`` under the runner's ``claim`` token (fenced in before the worker starts).
+
+        A trial that runs on ``n > 1`` processes (``processes(spec)``) takes ``n`` slots: on GPUs
+        one free slot on each of ``n`` different GPUs (other slots of those GPUs may still run
+        small trials beside it), on a CPU any ``n`` slots (gloo processes, each with its slot's
+        cores). Until that many are free it waits, and no other trial starts (:attr:`free_slots`
+        is 0), so it cannot be starved by single-slot trials. One that can never fit (more
+        processes than this run has GPUs or slots) comes back ``failed`` at the next poll, saying
+        what to change."""
+        n = max(1, int(self._processes(spec)))
+        if n > 1:
+            capacity = self._group_capacity()
+            if n > capacity:
+                what = "slots (--slots)" if self._cpu_only else "GPUs (--gpus)"
+                error = (f"the trial runs on {n} processes but this run has {capacity} {what}: give the run "
+                         f"{n} or lower the study's processes_per_trial")
+                self._refused.append((trial_id, {"trial_id": trial_id, "spec": spec, "status": "failed",
+                                                 "error": error, "epochs": [], "claim": claim}))
+                return
+            raise_fence(Path(self.config.artifacts_dir) / trial_id, claim)
+            self._waiting.append((trial_id, spec, claim, n))
+            self._start_waiting()
+            return
         slot = next((s for s in self._slots if s.trial_id is None), None)
         if slot is None:
             raise RuntimeError("no free slot")
         raise_fence(Path(self.config.artifacts_dir) / trial_id, claim)
-        slot.conn.send((trial_id, spec, claim))
+        slot.conn.send((trial_id, spec, claim, [slot.device]))
         slot.trial_id, slot.spec, slot.claim, slot.started = trial_id, spec, claim, time.time()
 
+    def _group_capacity(self) -> int:
+        return len(self._slots) if self._cpu_only else len({s.device for s in self._slots})
+
+    def _group_slots(self, n: int) -> list[_Slot] | None:
+        """``n`` free slots for one multi-process trial (distinct GPUs unless on a CPU), or None."""
+        chosen: list[_Slot] = []
+        for slot in self._slots:
+            if slot.trial_id is None and (self._cpu_only or slot.device not in {c.device for c in chosen}):
+                chosen.append(slot)
+                if len(chosen) == n:
+                    return chosen
+        return None
+
+    def _start_waiting(self) -> None:
+        while self._waiting:
+            trial_id, spec, claim, n = self._waiting[0]
+            chosen = self._group_slots(n)
+            if chosen is None:
+                return
+            self._waiting.pop(0)
+            leader, *lent = chosen
+            leader.conn.send((trial_id, spec, claim, [s.device for s in chosen]))
+            leader.trial_id, leader.spec, leader.claim, leader.started = trial_id, spec, claim, time.time()
+            for slot in lent:
+                slot.trial_id, slot.lent_to = trial_id, leader.index
+
+    def _release_lent(self, leader: _Slot) -> None:
+        for slot in self._slots:
+            if slot.lent_to == leader.index:
+                slot.trial_id = slot.lent_to = None
+
     def poll(self, timeout: float = 1.0) -> list[tuple[str, dict[str, Any]]]:
-        busy = {s.conn: s for s in self._slots if s.trial_id is not None}
-        finished = []
-        for conn in wait(list(busy), timeout=timeout) if busy else []:
+        finished, self._refused = self._refused, []
+        busy = {s.conn: s for s in self._slots if s.trial_id is not None and s.lent_to is None}
+        for conn in wait(list(busy), timeout=0 if finished else timeout) if busy else []:
             slot = busy[conn]
             try:
                 trial_id, record = conn.recv()
                 finished.append((trial_id, record))
                 slot.trial_id = slot.spec = None
+                self._release_lent(slot)
             except (EOFError, OSError):
                 finished.append(self._lost(slot, _death_cause(slot.process)))
         now = time.time()
         for slot in self._slots:
-            if slot.trial_id is None:
+            if slot.trial_id is None or slot.lent_to is not None:
                 continue
             if self.time_limit_s and now - slot.started > self.time_limit_s:
                 finished.append(self._lost(slot, f"exceeded the time limit of {self.time_limit_s:g} s"))
@@ -288,14 +364,16 @@ class LocalExecutor:
                 finished.append(self._lost(slot, f"exceeded the memory limit of {self.memory_limit_gb:g} GB"))
             elif not slot.process.is_alive():
                 finished.append(self._lost(slot, _death_cause(slot.process)))
+        self._start_waiting()
         return finished
 
     def _lost(self, slot: _Slot, cause: str) -> tuple[str, dict[str, Any]]:
         """Kill the slot's worker, make a failed record for its trial, start a new worker."""
         trial_id, spec, claim = slot.trial_id, slot.spec, slot.claim
         if slot.process.is_alive():
-            slot.process.kill()
+            slot.process.kill()  # a group's ranks die with their leader (bocb.executors.group)
         slot.process.join(timeout=10)
+        self._release_lent(slot)
         self._start(slot)
         record = {"trial_id": trial_id, "spec": spec, "status": "failed",
                   "error": f"worker process lost: {cause}", "epochs": [], "claim": claim}
@@ -311,14 +389,15 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         """Stop every worker now (running trials are abandoned; their checkpoints remain)."""
+        self._waiting.clear()
         for slot in self._slots:
             if slot.process is not None and slot.process.is_alive():
-                if slot.trial_id is None:
+                if slot.trial_id is None or slot.lent_to is not None:  # idle (a lent slot's worker is)
                     try:
                         slot.conn.send(None)
                     except OSError:
                         pass
-                slot.process.join(timeout=0 if slot.trial_id else 5)
+                slot.process.join(timeout=0 if slot.trial_id and slot.lent_to is None else 5)
                 if slot.process.is_alive():
                     slot.process.kill()
                     slot.process.join(timeout=10)
