@@ -5,7 +5,8 @@ ImageNet's layout (tests/imagenet_like.py), and the same JPEG files packed as ta
 shards. What is checked: the streamed evaluation images equal the in-memory readers' bit for bit
 on every source; labels follow the sorted class-folder names; a training epoch is a function of
 (seed, epoch, rank, world size) only (folders: also of nothing else, workers included); ranks split
-an epoch; peak memory does not grow with the number of images; bad data is one clear error line.
+an epoch; repeated augmentation deals draws as timm's RepeatAugSampler, each copy its own crop;
+peak memory does not grow with the number of images; bad data is one clear error line.
 """
 
 import hashlib
@@ -24,6 +25,7 @@ from bocb.data import DataNotFoundError, DatasetSpec, load_dataset, parse_data_a
 from bocb.data.stream import EpochSampler, epoch_loader
 from bocb.data.stream_sources import open_stream
 from bocb.data.transforms import EvalTransform, TrainTransform, sample_seed
+from bocb.seeding import epoch_seed
 from bocb.spec import TrialSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -176,6 +178,99 @@ def test_two_ranks_evaluate_every_image_once_between_them(sources, in_memory, ki
     parts = [_epoch(split, EvalTransform(SIZE), shuffle=False, rank=r, world_size=2)[0] for r in range(2)]
     assert all(len(p) for p in parts)
     assert _digests(torch.cat(parts)) == _digests(in_memory.test.images)
+
+
+# -- repeated augmentation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, world", [(10, 1), (100, 2), (300, 1), (300, 2), (1000, 3), (5, 8), (0, 2)])
+def test_repeated_epochs_deal_as_timms_repeat_aug_sampler(n, world):
+    """The outside reference: timm's RepeatAugSampler (DeiT's RASampler) given bocb's permutation
+    (timm seeds its generator with the epoch, so its epoch is set to bocb's epoch seed) hands
+    every rank the same indices in the same order, shuffled or not; 300 is not a multiple of 256,
+    10 and 100 are under it (timm then keeps ceil(n / W) a rank, not 0); 5 images on 8 ranks wrap."""
+    from timm.data.distributed_sampler import RepeatAugSampler
+
+    seed, epoch = 4, 7
+    for shuffle in (True, False):
+        for repeats in (3, 2):
+            for rank in range(world):
+                timm = RepeatAugSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, num_repeats=repeats)
+                timm.set_epoch(epoch_seed(seed, epoch))
+                ours = EpochSampler(n, seed=seed, epoch=epoch, rank=rank, world_size=world, shuffle=shuffle,
+                                    drop_last=True, repeats=repeats)
+                keys = list(ours)
+                assert [k[0] for k in keys] == list(timm)
+                assert len(ours) == len(timm) == len(keys)
+    # The counts, by hand: about one dataset per epoch, not three.
+    expected = {10: 10, 100: 50, 300: 256 // world, 1000: 768 // 3, 5: 1, 0: 0}[n]
+    assert len(EpochSampler(n, seed=0, epoch=0, world_size=world, repeats=3)) == expected
+
+
+def test_every_draw_of_a_repeated_epoch_is_another_copy_on_another_rank():
+    n, world = 300, 2
+    ranks = [list(EpochSampler(n, seed=1, epoch=0, rank=r, world_size=world, repeats=3)) for r in range(world)]
+    draws = [(k[0], k[3]) for keys in ranks for k in keys]
+    assert len(set(draws)) == len(draws) == 256  # no (image, copy) twice: no crop twice
+    assert all(k[1:3] == (1, 0) and 0 <= k[3] < 3 for keys in ranks for k in keys)
+    on = {}
+    for r, keys in enumerate(ranks):
+        for k in keys:
+            on.setdefault(k[0], set()).add(r)
+    assert max(len(r) for r in on.values()) == 2  # an image's copies are split between the ranks
+    # repeats=1 keeps its keys (and so its crops): (index, seed, epoch), DistributedSampler's rule.
+    plain = EpochSampler(n, seed=1, epoch=0, drop_last=True)
+    generator = torch.Generator().manual_seed(epoch_seed(1, 0))
+    assert list(plain) == [(i, 1, 0) for i in torch.randperm(n, generator=generator).tolist()]
+    with pytest.raises(ValueError, match="repeats"):
+        EpochSampler(n, seed=0, epoch=0, repeats=0)
+
+
+def test_copies_of_an_image_get_other_crops_and_workers_change_nothing(sources):
+    from bocb.data.stream import FolderDataset
+
+    split, train = _stream(sources, "folder").train, TrainTransform(SIZE)
+    a, la = _epoch(split, train, drop_last=True, num_workers=0, repeats=3)
+    b, lb = _epoch(split, train, drop_last=True, num_workers=2, repeats=3)
+    assert torch.equal(a, b) and torch.equal(la, lb)  # the whole epoch, any worker count
+    keys = list(EpochSampler(len(split), seed=3, epoch=0, drop_last=True, repeats=3))
+    assert len(keys) == 60 and len(a) == 56  # 60 images (under 256): 60 draws, whole batches of 8
+    keys = keys[:len(a)]
+    copies: dict[int, list[torch.Tensor]] = {}
+    for key, image in zip(keys, a):
+        copies.setdefault(key[0], []).append(image)
+    assert len(copies) == 19 and {len(c) for c in copies.values()} == {2, 3}  # 20 images x 3, cut at 56
+    for crops in copies.values():
+        assert all(not torch.equal(crops[i], crops[j]) for i in range(len(crops)) for j in range(i))
+    # Copy 0 is the crop the image gets without repeats; copy 1 another.
+    dataset = FolderDataset(split, train)
+    index = keys[0][0]
+    assert torch.equal(dataset[(index, 3, 0, 0)][0], dataset[(index, 3, 0)][0])
+    assert not torch.equal(dataset[(index, 3, 0, 1)][0], dataset[(index, 3, 0)][0])
+    assert sample_seed(3, 0, index, 0) == sample_seed(3, 0, index) != sample_seed(3, 0, index, 1)
+
+
+@pytest.mark.parametrize("kind", ["wds", "parquet"])
+def test_shards_refuse_repeated_augmentation_in_one_line(sources, kind):
+    with pytest.raises(ValueError, match="needs an image folder") as err:
+        epoch_loader(_stream(sources, kind).train, TrainTransform(SIZE), batch_size=8, seed=0, epoch=0, repeats=3)
+    assert "\n" not in str(err.value) and "stream:folder:" in str(err.value)
+
+
+def test_rsb_a2_trains_on_a_streamed_folder_with_three_copies_an_epoch(tmp_path):
+    """RSB A2 (the paper's ResNet-50 recipe in Table 2) was refused for its repeated augmentation;
+    now it trains: 40 images draw 40 samples an epoch (under 256: ceil(n / W)), 5 batches of 8."""
+    from cli_inproc import bocb
+
+    folder = write_folder(tmp_path / "in", {"train": 4, "val": 1}, sides=(96, 160))
+    done = bocb("train", "--backbone", "R-18", "--scale", "tiny", "--policy", "upsample", "--optimizer", "LAMB",
+                "--recipe", "in1k-rsb-a2", "--data", f"stream:{folder}", "--epochs", "1", "--batch-size", "8",
+                "--data-workers", "0", "--device", "cpu", "--json", cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "done" and record["spec"]["recipe"]["name"] == "in1k-rsb-a2"
+    assert record["dataset"]["streamed"]["repeats"] == 3 and record["dataset"]["streamed"]["train"]["size"] == 224
+    assert record["epochs"][0]["images"] == 40 and record["dataset"]["train_images"] == 40
 
 
 # -- naming the data and its errors ----------------------------------------------------------------

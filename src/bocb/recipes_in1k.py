@@ -11,8 +11,11 @@ What an ImageNet recipe adds to a CIFAR one is how images become inputs (:class:
 training on a random-resized crop (bicubic, scale 0.08-1, ratio 3/4-4/3, then a flip) at
 ``train_size``; testing on a resize of the short side to ``test_resize`` and a centre crop of
 ``test_size`` (crop ratio 0.875 for PyTorch and DeiT, 0.95 for RSB); ImageNet's mean and std;
-whether the sampler repeats each image (RSB A1/A2's ``RepeatAugSampler``; the released DeiT config
-removed DeiT's repeated augmentation, and so does bocb). The recipe's ``lr`` belongs to
+whether the sampler repeats each image (RSB A1/A2's ``RepeatAugSampler``, with its default of
+:data:`REPEATS` copies: the streaming loader draws each image that many times an epoch with
+another crop each, the epoch kept about one dataset long, timm's rule in
+:class:`bocb.data.stream.EpochSampler`; the released DeiT config removed DeiT's repeated
+augmentation, and so does bocb). The recipe's ``lr`` belongs to
 ``reference_batch`` images per step (the released global batch: 8 GPUs x the per-GPU batch); a run
 with another global batch scales it linearly (:meth:`ImageNetInput.scaled_lr`), the rule of DeiT
 (lr = 5e-4 x batch / 512) and of the RSB configs.
@@ -35,6 +38,9 @@ from bocb.plain import plain_dict
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _RELEASED = "released: Westlake-AI/openmixup configs/classification/imagenet/"
+# Copies of each image per epoch under repeated augmentation: openmixup's (and timm's, DeiT's)
+# RepeatAugSampler default num_repeats, which the RSB A1/A2 configs keep.
+REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,13 @@ class ImageNetInput:
             raise ValueError(f"test_size must be in (0, test_resize], got {self.test_size} and {self.test_resize}")
         if self.train_size < 1 or self.reference_batch < 1:
             raise ValueError("train_size and reference_batch must be >= 1")
+
+    @property
+    def repeats(self) -> int:
+        """Draws of each image per epoch for the training loader: :data:`REPEATS` with repeated
+        augmentation, else 1. A property, not a field, so the recipes' serialised form (and the
+        trial ids) stay as they were."""
+        return REPEATS if self.repeated_augment else 1
 
     @property
     def crop_pct(self) -> float:

@@ -34,7 +34,9 @@ cost component reads next to the measured seconds. Each row's ``score`` is its t
 Streamed data (``--data stream:PATH``, tar shards; :mod:`bocb.data.stream`) is read per batch by
 DataLoader workers that decode and RandomResizedCrop + flip, and evaluated with resize + centre
 crop (ratio :data:`STREAM_EVAL_CROP_RATIO`); the rest of the recipe's augmentation runs on the device
-as below (see :func:`_streamed`).
+as below (see :func:`_streamed`). A recipe with repeated augmentation (RSB A1/A2) trains on an
+image folder whose epochs draw each image 3 times, each time another crop, and are about one
+dataset long (:class:`bocb.data.stream.EpochSampler`); evaluation draws every image once.
 
 Speed choices (the GPU path; CPU runs the same code): the whole dataset sits on the device as
 uint8 and is augmented there in batches (no DataLoader, no host-device copies per step); bf16
@@ -59,7 +61,7 @@ import torch.nn.functional as F
 from bocb import engine
 from bocb.data import Dataset, StreamData
 from bocb.data.augment import AugmentConfig, BatchAugment
-from bocb.data.stream import epoch_loader
+from bocb.data.stream import EpochSampler, check_repeats, epoch_loader
 from bocb.data.stream_sources import FolderSplit
 from bocb.data.transforms import EvalTransform, TrainTransform
 from bocb.distributed import DistContext
@@ -326,7 +328,8 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
     trial replays the same crops; an epoch that needs more batches than a sharded split yields
     (shards read by several workers each drop a partial batch) continues with the loader's next
     pass. Per-class subsets are the in-memory path's images (folders only); hold-outs are not
-    supported yet.
+    supported yet. Repeated augmentation (``recipe.imagenet.repeats``, folders only) goes to the
+    training loader, never evaluation's; an epoch is then that loader's draws (timm's count).
 
     Over several processes (``dist``) each reads its own share of every epoch (the loader's rank
     split, :class:`bocb.data.stream.EpochSampler`) in batches of ``batch_size / world size``: the
@@ -343,33 +346,39 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
         train = train.subset(recipe.train_per_class, seed=spec.seed)
         test = test.subset(recipe.test_per_class, seed=spec.seed)
     size = spec.data.image_size or spec.backbone.input_size
+    repeats = 1
     train_tf, eval_tf = TrainTransform(size), EvalTransform(size, STREAM_EVAL_CROP_RATIO)
     aug_cfg = replace(recipe.augment, crop_padding=None, flip=False)  # the loader crops and flips
     departures: list[str] = []
     if recipe.imagenet is not None:
         train_tf, eval_tf, departures = imagenet_transforms(recipe)
+        repeats = recipe.imagenet.repeats
         # No resize on the device: the network sees the recipe's train and test sizes (RSB A3
         # trains at 160 and tests at 224, which its convolutions take as they are).
     elif size != spec.backbone.input_size:
         aug_cfg = replace(aug_cfg, resize_to=spec.backbone.input_size)
+    check_repeats(train, repeats)
     loader = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     ranks = {"rank": dist.rank, "world_size": dist.world_size} if dist is not None else {}
     world = dist.world_size if dist is not None else 1
     if recipe.batch_size % world:
         raise ValueError(f"a global batch of {recipe.batch_size} does not split evenly over {world} processes")
+    # Training draws per epoch, over all processes: the images, or under repeated augmentation the
+    # sampler's count (timm's: about the dataset's size, whatever the number of processes).
+    examples = world * EpochSampler.count(len(train), world_size=world, drop_last=True, repeats=repeats)
     state: dict[str, Any] = {}
 
     def start(pass_: int) -> None:
         state["pass"] = pass_
         state["batches"] = iter(epoch_loader(train, train_tf, batch_size=recipe.batch_size // world,
                                              seed=state["seed"], epoch=pass_, shuffle=True, drop_last=True,
-                                             **ranks, **loader))
+                                             repeats=repeats, **ranks, **loader))
 
     def order(generator: torch.Generator) -> torch.Tensor:
         # Below 2^32, the range of trial seeds, which the loader mixes with the epoch (seeding.epoch_seed).
         state["seed"] = int(torch.randint(2**32, (1,), generator=generator, device=generator.device).item())
         start(0)
-        return torch.arange(len(train))  # positions only count the steps: the loader orders the images
+        return torch.arange(examples)  # positions only count the steps: the loader orders the images
 
     def next_batch(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -387,22 +396,18 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
     info = {"dataset": {
         "name": data.name, "source": data.source, "fingerprint": data.fingerprint, "train_images": len(train),
         "test_images": len(test), "num_classes": data.num_classes, "val_images": 0,
-        "streamed": {"workers": workers, "train": train_tf.to_dict(), "eval": eval_tf.to_dict(),
+        "streamed": {"workers": workers, "train": train_tf.to_dict(), "eval": eval_tf.to_dict(), "repeats": repeats,
                      **({"departures": departures} if departures else {})},
     }}
-    return _Data(examples=len(train), order=order, train=next_batch, eval_sets={"test": test_batches},
+    return _Data(examples=examples, order=order, train=next_batch, eval_sets={"test": test_batches},
                  augment=aug_cfg, info=info, eval_split=dist is not None)
 
 
 def imagenet_transforms(recipe: Any) -> tuple[TrainTransform, EvalTransform, list[str]]:
     """An ImageNet recipe's crops (bocb.recipes_in1k.ImageNetInput) and what bocb does differently,
-    recorded with the trial. Repeated augmentation is refused rather than silently left out: it
-    changes what an epoch is."""
+    recorded with the trial. Repeated augmentation (RSB A1/A2) is the training loader's
+    (``ImageNetInput.repeats``, passed by :func:`_streamed`), not a transform's."""
     inet = recipe.imagenet
-    if inet.repeated_augment:
-        raise ValueError(f"recipe {recipe.name} samples each image several times per epoch (repeated "
-                         "augmentation), which the streaming loader does not do yet: use in1k-pytorch, "
-                         "in1k-deit or in1k-rsb-a3")
     train_tf = TrainTransform(inet.train_size, scale=inet.crop_scale, ratio=inet.crop_ratio,
                               interpolation=inet.interpolation)
     eval_tf = EvalTransform(inet.test_size, inet.crop_pct, interpolation=inet.interpolation)

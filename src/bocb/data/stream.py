@@ -16,6 +16,16 @@ What is guaranteed, and how:
   ...``. Every image's crop and flip are drawn from its own seed of ``(seed, epoch, index)``
   (:func:`bocb.data.transforms.sample_seed`). So a folder epoch -- the order and every pixel -- is
   the same for any ``num_workers`` (DataLoader returns map-style batches in sampler order).
+- **Repeated augmentation** (``repeats=k``, RSB A1/A2's ``RepeatAugSampler`` with k = 3), image
+  folders only: :class:`EpochSampler` follows timm's ``RepeatAugSampler`` on bocb's permutation --
+  each image written k times in a row, the copies dealt to the ranks round robin (so with several
+  ranks an image's copies land on different ones), each rank keeping ``floor(n // 256 * 256 / W)``
+  draws, or ``ceil(n / W)`` under 256 images (timm's rule: at least one draw per rank for a
+  non-empty folder on up to 256 ranks), so an epoch is about as long as without repeats. Copy ``c``
+  of an image draws its crop from ``sample_seed(seed, epoch, index, c)``: every copy another crop,
+  copy 0 the crop it gets without repeats, still the same for any ``num_workers``. Shards refuse
+  ``repeats > 1`` in one line: they are read front to back, and repeating a sample would mean
+  holding it or reading it again.
 - Shards (:class:`ShardDataset`, tar or Parquet) are read front to back: each epoch permutes the
   shards (seed, epoch), deals them to the ``world size x num_workers`` reader slots round robin, and
   each slot shuffles through a buffer of ``shuffle_buffer`` encoded samples seeded by (seed, epoch,
@@ -53,11 +63,14 @@ from bocb.data.stream_sources import FolderSplit, Shard, ShardSplit, Split
 from bocb.data.transforms import sample_seed
 from bocb.seeding import epoch_seed
 
-__all__ = ["EpochSampler", "FolderDataset", "ShardDataset", "epoch_loader", "measure", "DEFAULT_SHUFFLE_BUFFER"]
+__all__ = ["EpochSampler", "FolderDataset", "ShardDataset", "check_repeats", "epoch_loader", "measure",
+           "DEFAULT_SHUFFLE_BUFFER", "REPEAT_ROUND"]
 
 Transform = Callable[[torch.Tensor, int], torch.Tensor]  # (uint8 CHW image, its seed) -> uint8 crop
 # Encoded samples per shard reader's shuffle buffer: ~110 MB of ImageNet JPEGs (~110 kB each).
 DEFAULT_SHUFFLE_BUFFER = 1000
+# Repeated augmentation keeps a multiple of this many draws per epoch (timm's ``selected_round``).
+REPEAT_ROUND = 256
 _JPEG_MAGIC = b"\xff\xd8"
 
 
@@ -79,44 +92,93 @@ def _bytes_tensor(data: bytes) -> torch.Tensor:
 # -- sampling ------------------------------------------------------------------------------------
 
 
-class EpochSampler(Sampler[tuple[int, int, int]]):
-    """One epoch of one rank over ``n`` images: ``(index, seed, epoch)`` keys (the dataset draws the
-    image's crop from them). ``shuffle``: a permutation from ``(seed, epoch)`` (the same on every
-    rank), else index order. ``drop_last`` (training): the order is cut to a multiple of
-    ``world_size`` so that every rank gets the same count, as ``DistributedSampler(drop_last=True)``;
-    without it (evaluation) every image is visited once and ranks differ by at most one."""
+class EpochSampler(Sampler[tuple[int, ...]]):
+    """One epoch of one rank over ``n`` images: ``(index, seed, epoch)`` keys, or with ``repeats``
+    above 1 ``(index, seed, epoch, copy)`` (the dataset draws the image's crop from them).
+    ``shuffle``: a permutation from ``(seed, epoch)`` (the same on every rank), else index order.
+
+    ``repeats=1``: rank ``r`` takes positions ``r, r + W, ...`` of the order. ``drop_last``
+    (training): the order is cut to a multiple of ``world_size`` so that every rank gets the same
+    count, as ``DistributedSampler(drop_last=True)``; without it (evaluation) every image is visited
+    once and ranks differ by at most one.
+
+    ``repeats=k`` (repeated augmentation, RSB A1/A2 with k = 3): timm's ``RepeatAugSampler`` rule on
+    bocb's permutation. Each image of the order is written ``k`` times in a row, the sequence padded
+    to a multiple of ``W`` by wrapping around, rank ``r`` takes positions ``r, r + W, ...`` (so an
+    image's copies go to different ranks) and keeps its first :meth:`count` of them: ``floor(n //
+    256 * 256 / W)``, or ``ceil(n / W)`` under 256 images (current timm; openmixup's older copy
+    has no such fallback and would keep none), so an epoch draws about as many samples
+    as there are images, not ``k`` times as many, and every rank the same count (``drop_last`` has
+    nothing left to cut). ``copy`` numbers an image's draws 0, 1, ... (a draw that wrapped around
+    gets a number after the first ``k``), so every draw gets its own crop seed."""
 
     def __init__(self, n: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, drop_last: bool = False):
+                 shuffle: bool = True, drop_last: bool = False, repeats: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.n, self.seed, self.epoch = n, seed, epoch
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a whole number >= 1, got {repeats!r}")
+        self.n, self.seed, self.epoch, self.repeats = n, seed, epoch, repeats
         self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
 
-    def _positions(self) -> torch.Tensor:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-            order = torch.randperm(self.n, generator=generator)
-        else:
-            order = torch.arange(self.n)
-        if self.drop_last:
-            order = order[: self.n - self.n % self.world_size]
-        return order[self.rank::self.world_size]
+    @staticmethod
+    def count(n: int, *, rank: int = 0, world_size: int = 1, drop_last: bool = False, repeats: int = 1) -> int:
+        """Draws one rank makes in an epoch of ``n`` images (arithmetic: no permutation is built)."""
+        if repeats > 1:
+            padded = -(-n * repeats // world_size)  # each rank's share of the repeated, padded sequence
+            kept = n // REPEAT_ROUND * REPEAT_ROUND // world_size if n >= REPEAT_ROUND else -(-n // world_size)
+            return min(kept, padded)
+        if drop_last:
+            return n // world_size
+        return max(0, n - rank + world_size - 1) // world_size
 
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        for index in self._positions().tolist():
-            yield index, self.seed, self.epoch
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return torch.randperm(self.n, generator=generator)
+
+    def _draws(self) -> tuple[list[int], list[int]]:
+        """This rank's (indices, copy numbers), in order."""
+        count = len(self)
+        if count == 0:
+            return [], []
+        # Positions in the sequence of every image's copies in a row (padded by wrapping around).
+        position = torch.arange(count) * self.world_size + self.rank
+        span = self.n * self.repeats
+        indices = self._order()[position % span // self.repeats]
+        copies = position % self.repeats + self.repeats * (position // span)
+        return indices.tolist(), copies.tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        indices, copies = self._draws()
+        if self.repeats == 1:
+            for index in indices:
+                yield index, self.seed, self.epoch
+        else:
+            for index, copy in zip(indices, copies):
+                yield index, self.seed, self.epoch, copy
 
     def __len__(self) -> int:
-        return len(self._positions())
+        return self.count(self.n, rank=self.rank, world_size=self.world_size, drop_last=self.drop_last,
+                          repeats=self.repeats)
+
+
+def check_repeats(split: Split, repeats: int) -> None:
+    """Repeated augmentation is for image folders: shards are refused with one line saying so."""
+    if repeats != 1 and not isinstance(split, FolderSplit):
+        kind = "tar" if split.kind == "wds" else "Parquet"
+        raise ValueError(f"repeated augmentation (repeats={repeats}) needs an image folder (--data stream:folder:"
+                         f"PATH): {kind} shards are read front to back, each sample once an epoch")
 
 
 # -- datasets ------------------------------------------------------------------------------------
 
 
 class FolderDataset(Dataset):
-    """Map-style: key ``(index, seed, epoch)`` -> ``(crop, label)``; the file is read and decoded
-    in the worker. With ``decode=False`` (GPU decode) the item is ``(file bytes, label, image seed)``."""
+    """Map-style: key ``(index, seed, epoch)`` or ``(index, seed, epoch, copy)`` (repeated
+    augmentation) -> ``(crop, label)``; the file is read and decoded in the worker. With
+    ``decode=False`` (GPU decode) the item is ``(file bytes, label, image seed)``."""
 
     def __init__(self, split: FolderSplit, transform: Transform, decode: bool = True):
         self.split, self.transform, self.decode = split, transform, decode
@@ -124,11 +186,11 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> tuple[Any, ...]:
-        index, seed, epoch = key
+    def __getitem__(self, key: tuple[int, ...]) -> tuple[Any, ...]:
+        index, seed, epoch, *copy = key
         path = self.split.path(index)
         label = int(self.split.labels[index])
-        image_seed = sample_seed(seed, epoch, index)
+        image_seed = sample_seed(seed, epoch, index, *copy)
         data = tv_io.read_file(path)
         if not self.decode:
             return data, label, image_seed
@@ -236,8 +298,8 @@ class _DecodeOn:
 def epoch_loader(split: Split, transform: Transform, *, batch_size: int, seed: int, epoch: int,
                  rank: int = 0, world_size: int = 1, shuffle: bool = True, drop_last: bool = False,
                  num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, decode_device: str | torch.device = "cpu"
-                 ) -> DataLoader | _DecodeOn:
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, decode_device: str | torch.device = "cpu",
+                 repeats: int = 1) -> DataLoader | _DecodeOn:
     """One epoch of one rank of ``split`` as ``(uint8 (B, 3, S, S), int64 (B,))`` batches.
 
     ``transform``: :class:`bocb.data.transforms.TrainTransform` (training) or ``EvalTransform``.
@@ -245,17 +307,20 @@ def epoch_loader(split: Split, transform: Transform, *, batch_size: int, seed: i
     ``num_workers``: DataLoader worker processes (0 decodes in this process); each worker runs
     torch with one thread (DataLoader's default), so throughput scales with workers up to the cores.
     ``prefetch_factor``: batches in flight per worker. ``decode_device``: ``cpu`` (decode in the
-    workers) or a CUDA device (decode with nvJPEG there; see the module doc). A new loader per epoch
-    (workers start in ~0.1 s with fork) keeps the epoch and its seeds explicit.
+    workers) or a CUDA device (decode with nvJPEG there; see the module doc). ``repeats``: repeated
+    augmentation, image folders only (:class:`EpochSampler`); for training, never evaluation. A new
+    loader per epoch (workers start in ~0.1 s with fork) keeps the epoch and its seeds explicit.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_repeats(split, repeats)
     device = torch.device(decode_device)
     on_cpu = device.type == "cpu"
     if isinstance(split, FolderSplit):
         dataset: Dataset = FolderDataset(split, transform, decode=on_cpu)
         sampler: Sampler | None = EpochSampler(len(split), seed=seed, epoch=epoch, rank=rank,
-                                               world_size=world_size, shuffle=shuffle, drop_last=drop_last)
+                                               world_size=world_size, shuffle=shuffle, drop_last=drop_last,
+                                               repeats=repeats)
     else:
         dataset = ShardDataset(split, transform, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
                                shuffle=shuffle, shuffle_buffer=shuffle_buffer, decode=on_cpu)

@@ -14,9 +14,10 @@ Choices, stated once:
 - **Training** (:class:`TrainTransform`) is torchvision v2's ``RandomResizedCrop`` (scale
   (0.08, 1), ratio (3/4, 4/3): the ImageNet recipes') then ``RandomHorizontalFlip``. Its draws come
   from torch's global RNG, so each image's draws are made under ``torch.random.fork_rng`` seeded
-  with that image's own seed (:func:`sample_seed` of seed, epoch and the image's index): the crop
-  of an image depends on nothing else, not the worker that made it nor the images before it, and
-  the caller's RNG state is untouched (the same habit as :mod:`bocb.data.augment`).
+  with that image's own seed (:func:`sample_seed` of seed, epoch and the image's index, and under
+  repeated augmentation the copy's number): the crop of an image depends on nothing else, not the
+  worker that made it nor the images before it, and the caller's RNG state is untouched (the same
+  habit as :mod:`bocb.data.augment`).
 - **Interpolation** defaults to bilinear with antialiasing (torchvision's reference recipe and the
   in-memory readers); ``bicubic`` is there for the DeiT-style recipes.
 
@@ -56,10 +57,15 @@ def resize_centre_crop(image: Tensor, size: int, resize_to: int | None = None,
     return TF.center_crop(TF.resize(image, [resize_to], interpolation=mode, antialias=True), [size, size])
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
+def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
     """A 63-bit seed for one image's random draws, mixed from (seed, epoch, index) by numpy's
-    ``SeedSequence`` (neighbouring indices get unrelated seeds; ~10 µs per image)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+    ``SeedSequence`` (neighbouring indices get unrelated seeds; ~10 µs per image).
+
+    ``copy``: which of the image's draws in the epoch under repeated augmentation (0, 1, 2 for
+    three copies); each copy gets its own seed, so its own crop. Copy 0 is mixed from (seed, epoch,
+    index) alone: it is the image's seed without repeats, and copies from 1 on add ``copy``."""
+    entropy = [seed, epoch, index] + ([copy] if copy else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _check_size(size: int, interpolation: str) -> None:
