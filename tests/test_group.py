@@ -1,0 +1,160 @@
+"""Multi-process trials inside a study: the local executor's process groups (bocb.executors.group),
+streamed data split by rank, and studies that stream.
+
+The reference for the numbers is the same trial in one process: a streamed epoch's global batch
+is the same images with the same crops whatever the number of processes (rank r reads positions
+r, r + W, ... of one permutation, and each image's crop is seeded by the image), so with a
+LayerNorm model and no augmentation drawn on the device two processes must agree with one to
+float rounding (the tolerance of tests/test_distributed.py); evaluation, split between the ranks
+and summed, must give the very same accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bocb.data import DatasetSpec, open_data
+from bocb.data.augment import AugmentConfig
+from bocb.executors import sockets
+from bocb.executors.local import LocalExecutor
+from bocb.executors.worker import WorkerConfig
+from bocb.spec import resolve_trial
+from bocb.trial import RunOptions, run_trial
+
+from imagenet_like import write_folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("in") / "data", {"train": 4, "val": 3}, sides=(40, 72))
+
+
+def _spec(folder: Path, batch: int = 20):
+    data = DatasetSpec("folder", root=str(folder), stream=True)
+    spec = resolve_trial("DeiT-S", "SGD-M", data=data, num_classes=10, tier="smoke", policy="cifar",
+                         lr=0.05, weight_decay=1e-4)
+    recipe = spec.recipe.with_changes(augment=AugmentConfig(crop_padding=None, flip=False), epochs=2,
+                                      warmup_epochs=0, batch_size=batch, train_per_class=None, test_per_class=None,
+                                      drop_path_rate=0.0)
+    return dataclasses.replace(spec, recipe=recipe, backbone=dataclasses.replace(spec.backbone, drop_path_rate=0.0))
+
+
+def _run(executor: LocalExecutor, trials: dict[str, dict], listeners: set, limit_s: float = 240) -> dict[str, dict]:
+    """Submit ``trials``, poll until each came back; ``listeners`` gathers every listening socket
+    of this process and its descendants meanwhile (the slots, the leader's store, the ranks)."""
+    for trial_id, spec in trials.items():
+        executor.submit(trial_id, spec, "claim-" + trial_id)
+    records: dict[str, dict] = {}
+    deadline = time.time() + limit_s
+    while len(records) < len(trials) and time.time() < deadline:
+        records.update(executor.poll(timeout=0.5))
+        listeners.update(sockets.listening(sockets.descendants(os.getpid()) | {os.getpid()}))
+    return records
+
+
+@pytest.mark.slow
+def test_a_two_process_streamed_trial_in_a_slot_group_matches_one_process(folder, tmp_path):
+    torch.set_num_threads(1)
+    spec = _spec(folder)
+    single = run_trial(spec, open_data(spec.data), RunOptions(device="cpu", data_workers=0))
+    assert single["status"] == "done", single.get("error")
+
+    config = WorkerConfig(artifacts_dir=str(tmp_path / "art"), device="cpu")
+    bad = _spec(folder, batch=21)  # 21 does not split over 2 processes: both ranks fail at once
+    executor = LocalExecutor(config, slots=2, processes=lambda s: 2)
+    try:
+        assert executor.free_slots == 2
+        started = time.time()
+        listeners: set = set()
+        records = _run(executor, {spec.trial_id: spec.to_dict(), bad.trial_id: bad.to_dict()}, listeners)
+        elapsed = time.time() - started
+        events = executor.events()
+    finally:
+        executor.shutdown()
+    group = records[spec.trial_id]
+    assert group["status"] == "done", group.get("error")
+    assert (group["processes"], group["batch_per_process"], group["claim"]) == (2, 10, "claim-" + spec.trial_id)
+    for x, y in zip(group["epochs"], single["epochs"], strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
+        assert x["test_loss"] == pytest.approx(y["test_loss"], rel=1e-4)
+        assert (x["test_top1"], x["test_top5"]) == (y["test_top1"], y["test_top5"])  # split, summed, equal
+    assert Path(group["artifacts"]["final_weights"]).exists() and "diagnostics" in group  # rank 0 measured
+    # Rank 0's progress reached the runner's queue like any slot's.
+    assert {e["event"] for trial_id, e in events if trial_id == spec.trial_id} >= {"step", "epoch"}
+
+    failed = records[bad.trial_id]
+    assert failed["status"] == "failed" and failed["claim"] == "claim-" + bad.trial_id
+    assert "2-process trial failed" in failed["error"] and "does not split evenly" in failed["error"]
+    assert "\n" not in failed["error"] and elapsed < 200
+    # The leader's rendezvous store and the ranks' gloo sockets were seen, all on loopback.
+    assert len({s.pid for s in listeners}) >= 3
+    assert [s for s in listeners if not s.loopback] == []
+
+
+def test_a_group_waits_for_its_slots_and_one_that_cannot_fit_fails_at_once(tmp_path):
+    """Slot accounting without training: a 3-process trial on 2 slots comes back failed at the next
+    poll, saying what to change; the executor is then free again."""
+    config = WorkerConfig(artifacts_dir=str(tmp_path), device="cpu")
+    executor = LocalExecutor(config, slots=2, processes=lambda s: 3)
+    try:
+        executor.submit("t1", {"backbone": {"name": "x"}}, "c1")
+        assert executor.running == ["t1"]
+        (trial_id, record), = executor.poll(timeout=0.1)
+        assert trial_id == "t1" and record["status"] == "failed" and record["claim"] == "c1"
+        assert "runs on 3 processes but this run has 2 slots (--slots)" in record["error"]
+        assert executor.running == [] and executor.free_slots == 2
+    finally:
+        executor.shutdown()
+
+
+@pytest.mark.slow
+def test_a_study_streams_its_data_and_runs_trials_on_two_processes(folder, tmp_path):
+    """`bocb run` on a study with streamed data, an ImageNet recipe and processes_per_trial = 2,
+    beside a backbone on one process: both trials done, each record says how it ran."""
+    from cli_inproc import bocb
+
+    study = tmp_path / "in1k-mini.toml"
+    study.write_text(f'''[study]
+name = "in1k-mini"
+data = "stream:folder:{folder}"
+tuning = "fixed"
+epochs = 1
+batch_size = 8
+processes_per_trial = 2
+
+[[backbones]]
+name = "R-18"
+scale = "tiny"
+policy = "upsample"
+recipe = "in1k-rsb-a3"
+
+[[backbones]]
+name = "CNX-T"
+scale = "tiny"
+policy = "upsample"
+recipe = "in1k-rsb-a3"
+processes_per_trial = 1
+
+[[optimizers]]
+name = "LAMB"
+''')
+    store = tmp_path / "s.sqlite"
+    done = bocb("run", study, "--store", store, "--slots", "2", "--device", "cpu", "--json", cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["done"] == 2
+    from bocb.store import SQLiteStore
+
+    with SQLiteStore(store) as opened:
+        records = {r["spec"]["backbone"]["short"]: r for r in map(opened.record, [t["trial_id"] for t in opened.trials()])}
+    assert records["R-18"]["processes"] == 2 and "processes" not in records["CNX-T"]
+    for record in records.values():
+        streamed = record["dataset"]["streamed"]
+        assert (streamed["train"]["size"], streamed["eval"]["size"]) == (160, 224)
+        assert record["dataset"]["train_images"] == 40 and record["dataset"]["test_images"] == 30
