@@ -87,6 +87,7 @@ class StudyPlan:
     store_bytes: float = 0.0
     checkpoint_bytes: float = 0.0
     left: tuple[Any, ...] = ()  # the trial specs not yet done or diverged in the store
+    processes: dict[str, int] = field(default_factory=dict)  # backbone short name -> processes per trial
 
     @property
     def gpu_hours(self) -> float:
@@ -309,10 +310,11 @@ def plan(study: str | Path, store: str | Path = DEFAULT_STORE, *, cache_dir: str
     for _, _, reason in prepared.skipped:
         reasons[reason] = reasons.get(reason, 0) + 1
     sizes = [weights_bytes(spec.backbone) for spec in prepared.trials]
+    processes = {spec.backbone.short: prepared.study.processes_for(spec.to_dict()) for spec in prepared.trials}
     return StudyPlan(prepared.study, len(prepared.trials), flops, per_backbone, finished, reasons, prepared,
                      weights_bytes=float(sum(sizes)),
                      store_bytes=float(sum(store_bytes(spec.recipe.epochs) for spec in prepared.trials)),
-                     checkpoint_bytes=CHECKPOINT_FACTOR * max(sizes, default=0), left=left)
+                     checkpoint_bytes=CHECKPOINT_FACTOR * max(sizes, default=0), left=left, processes=processes)
 
 
 # -- reading the store ----------------------------------------------------------------------------

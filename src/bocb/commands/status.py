@@ -249,7 +249,8 @@ def plan(args: argparse.Namespace) -> int:
             "gpu_hours": found.gpu_hours, "effective_tflops": EFFECTIVE_FLOPS / 1e12,
             "disk_gb": {"final_weights": found.weights_bytes / 1e9, "store": found.store_bytes / 1e9,
                         "checkpoint_per_running_trial": found.checkpoint_bytes / 1e9},
-            "per_backbone": {bb: {"trials": len(fs), "pflop": sum(fs) / 1e15} for bb, fs in found.per_backbone.items()},
+            "per_backbone": {bb: {"trials": len(fs), "pflop": sum(fs) / 1e15, "processes_per_trial": found.processes.get(bb, 1)}
+                             for bb, fs in found.per_backbone.items()},
             "skipped": dict(found.skipped),
         }))
         return 0
@@ -266,6 +267,11 @@ def plan(args: argparse.Namespace) -> int:
         f"= about {_gpu_time(found.gpu_hours)} at {EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s "
         f"(one H100, bf16, measured on CIFAR ResNet-18; small models pack several per GPU)"
     ))
+    several = {bb: n for bb, n in found.processes.items() if n > 1}
+    if several:
+        console.print(escape(
+            "processes per trial: " + ", ".join(f"{bb} {n}" for bb, n in several.items())
+            + " (one GPU each; the GPU-hours above count them all, so a trial takes about its share over that many GPUs)"))
     console.print(escape(
         f"disk: {_gb(found.weights_bytes)} of final weights (every trial's; fp32) and about "
         f"{_gb(found.store_bytes)} of store; while a trial runs its resume checkpoint adds up to "
