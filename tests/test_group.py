@@ -158,3 +158,34 @@ name = "LAMB"
         streamed = record["dataset"]["streamed"]
         assert (streamed["train"]["size"], streamed["eval"]["size"]) == (160, 224)
         assert record["dataset"]["train_images"] == 40 and record["dataset"]["test_images"] == 30
+
+    # The ImageNet-style model is a transfer study's pre-trained model: fine-tuned on CIFAR in
+    # memory with the backbone's own recipe (the ImageNet crops need streamed data).
+    transfer = tmp_path / "transfer.toml"
+    transfer.write_text(f'''[study]
+name = "from-in1k-mini"
+task = "classification"
+data = "sample"
+tier = "smoke"
+tuning = "fixed"
+epochs = 1
+train_per_class = 8
+test_per_class = 4
+batch_size = 16
+
+[[pretrained]]
+study = "{study.name}"
+backbones = ["R-18"]
+
+[[optimizers]]
+name = "SGD-M"
+''')
+    done = bocb("transfer", transfer, "--store", store, "--device", "cpu", "--json", cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    with SQLiteStore(store) as opened:
+        tuned = [opened.record(t["trial_id"]) for t in opened.trials() if t["trial_id"] not in
+                 {r["trial_id"] for r in records.values()}]
+    assert len(tuned) == 1 and tuned[0]["status"] == "done"
+    spec = tuned[0]["spec"]
+    assert spec["pretrained"]["trial_id"] == records["R-18"]["trial_id"]
+    assert spec["recipe"]["name"] != "in1k-rsb-a3" and spec["backbone"]["input_size"] == 224

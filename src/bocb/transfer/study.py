@@ -53,6 +53,13 @@ weights qualify; a pair whose trials all diverged has nothing to transfer and is
 Paths are relative to the study file. Fine-tuning recipes: the pre-trained backbone's own recipe
 at the study's tier (classification), or the detection recipe. Fine-tuning lr/wd default to the
 recipe's values for the optimizer, as in pre-training studies.
+
+Models pre-trained on ImageNet (a study such as ``studies/paper-in1k.toml``, trained with an
+ImageNet recipe of :mod:`bocb.recipes_in1k` on streamed data) are named the same way. Their
+recipe crops full-size images as they stream, so fine-tuning on data held in memory (CIFAR)
+uses the backbone's own recipe from the paper's assignment at the study's tier instead (the
+network, its policy and input size stay the pre-trained ones); fine-tuning on streamed data keeps
+the ImageNet recipe. Detection and pose fine-tune with their own recipes whatever the source.
 """
 
 from __future__ import annotations
@@ -374,16 +381,21 @@ def superseded(trials: list[Any], stored: dict[str, dict[str, Any]]) -> list[str
 
 def expand_classification(study: TransferStudy, found: list[Source], num_classes: int) -> list[TrialSpec]:
     """Every fine-tuning trial: pre-trained model x optimizer x setting x seed."""
+    from bocb.recipes import RECIPES
+
     trials = []
     for source in found:
         backbone = replace(source.backbone, num_classes=num_classes)
+        recipe_name = source.recipe
+        if recipe_name in RECIPES and RECIPES[recipe_name].imagenet is not None and not study.data.stream:
+            recipe_name = None  # the backbone's own (see the module doc): ImageNet crops need streamed data
         for o in study.optimizers:
             for lr, wd in optimizer_settings(study.tuning, o):
                 for seed in study.seeds:
                     try:
                         spec = resolve_trial(
                             source.backbone.name, o["name"], data=study.data, num_classes=num_classes, lr=lr,
-                            weight_decay=wd, recipe=source.recipe, tier=study.tier, seed=seed,
+                            weight_decay=wd, recipe=recipe_name, tier=study.tier, seed=seed,
                             policy=backbone.policy, scale=backbone.scale, epochs=study.overrides.get("epochs"),
                             batch_size=study.overrides.get("batch_size"),
                             drop_path_rate=backbone.drop_path_rate, wd_policy=study.wd_policy,
