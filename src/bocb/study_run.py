@@ -261,7 +261,7 @@ def _executor(options: RunOptions, config: Any, study: Any) -> Any:
         from bocb.executors.ray_executor import RayExecutor
 
         return RayExecutor(config, slots=options.slots, address=options.address, gpus=options.gpus,
-                           time_limit_s=study.time_limit_s)
+                           time_limit_s=study.time_limit_s, processes=processes_of(options, study))
     from bocb.executors.local import LocalExecutor
 
     devices = [options.device]
