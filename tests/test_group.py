@@ -59,6 +59,43 @@ def _run(executor: LocalExecutor, trials: dict[str, dict], listeners: set, limit
     return records
 
 
+def _orphans() -> set[int]:
+    """Python processes adopted by init (their parent died): what a killed group must not leave."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            if entry.name.isdigit() and stat.split(")")[-1].split()[1] == "1" and b"python" in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_after_first_epoch(executor: LocalExecutor, spec, artifacts: Path) -> set[int]:
+    """Start ``spec`` and SIGKILL its group's leader once epoch 1's checkpoint is written; returns
+    the pids of the ranks it had spawned."""
+    import signal
+
+    executor.submit(spec.trial_id, spec.to_dict(), "claim-" + spec.trial_id)
+    leader = next(s.process.pid for s in executor._slots if s.trial_id == spec.trial_id and s.lent_to is None)
+    checkpoint = artifacts / spec.trial_id / "checkpoint.safetensors"
+    deadline = time.time() + 180
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists()
+    ranks = sockets.descendants(leader)
+    os.kill(leader, signal.SIGKILL)
+    return ranks
+
+
 @pytest.mark.slow
 def test_a_two_process_streamed_trial_in_a_slot_group_matches_one_process(folder, tmp_path):
     torch.set_num_threads(1)
@@ -73,12 +110,26 @@ def test_a_two_process_streamed_trial_in_a_slot_group_matches_one_process(folder
         assert executor.free_slots == 2
         started = time.time()
         listeners: set = set()
-        records = _run(executor, {spec.trial_id: spec.to_dict(), bad.trial_id: bad.to_dict()}, listeners)
+        failed = _run(executor, {bad.trial_id: bad.to_dict()}, listeners)[bad.trial_id]
         elapsed = time.time() - started
+        # Killed once epoch 1 is checkpointed: the ranks die with their leader, the trial comes
+        # back failed, and run again every rank resumes from rank 0's checkpoint.
+        adopted = _orphans()
+        ranks = _kill_after_first_epoch(executor, spec, tmp_path / "art")
+        killed, = executor.poll(timeout=5)
+        assert killed[0] == spec.trial_id and "worker process lost" in killed[1]["error"]
+        deadline = time.time() + 10
+        while any(_alive(pid) for pid in ranks) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(6)  # past DataLoader's own 5 s check, which a worker started late never passes
+        left = [pid for pid in ranks | (_orphans() - adopted) if _alive(pid)]
+        assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left]
+        records = _run(executor, {spec.trial_id: spec.to_dict()}, listeners)
         events = executor.events()
     finally:
         executor.shutdown()
     group = records[spec.trial_id]
+    assert group["resumed_from_epoch"] == 1
     assert group["status"] == "done", group.get("error")
     assert (group["processes"], group["batch_per_process"], group["claim"]) == (2, 10, "claim-" + spec.trial_id)
     for x, y in zip(group["epochs"], single["epochs"], strict=True):
@@ -89,7 +140,6 @@ def test_a_two_process_streamed_trial_in_a_slot_group_matches_one_process(folder
     # Rank 0's progress reached the runner's queue like any slot's.
     assert {e["event"] for trial_id, e in events if trial_id == spec.trial_id} >= {"step", "epoch"}
 
-    failed = records[bad.trial_id]
     assert failed["status"] == "failed" and failed["claim"] == "claim-" + bad.trial_id
     assert "2-process trial failed" in failed["error"] and "does not split evenly" in failed["error"]
     assert "\n" not in failed["error"] and elapsed < 200

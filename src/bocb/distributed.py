@@ -1,8 +1,9 @@
 """One trial on several processes (GPUs, or CPU processes with gloo): PyTorch DistributedDataParallel.
 
 The processes are started by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR`` and ``MASTER_PORT``) or by any launcher that sets the same variables, e.g. Ray
-Train's TorchTrainer; :func:`from_env` reads them and :func:`init` joins the process group.
+``MASTER_ADDR`` and ``MASTER_PORT``) or by any launcher that sets the same variables: the local
+executor's process groups (:mod:`bocb.executors.group`), Ray Train's TorchTrainer;
+:func:`join_from_env` reads them, joins the process group and picks the rank's GPU.
 :func:`bocb.engine.train` then runs the same loop in every process, with these rules:
 
 - **The global batch is the recipe's.** Every process draws the same epoch order (the generator is
@@ -17,8 +18,9 @@ Train's TorchTrainer; :func:`from_env` reads them and :func:`init` joins the pro
 - The losses are averaged over processes at each divergence check (one collective per check,
   every 25 steps on CUDA, not per step), so every process stops at the same step; the row's
   ``train_loss`` is the processes' mean.
-- Evaluation runs in every process on the whole test set (identical rows everywhere; splitting it
-  across processes is left for later: at ImageNet sizes it costs about a tenth of an epoch).
+- Evaluation: streamed test sets are split between the processes (each reads its share) and the
+  counts summed, so every process has the whole set's numbers; sets held in memory are small and
+  every process scores them whole.
 - Only rank 0 writes checkpoints, final weights and progress events and returns the record the
   store keeps; every rank resumes from the same checkpoint file (a shared file system).
 """

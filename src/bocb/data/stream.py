@@ -48,6 +48,9 @@ What is guaranteed, and how:
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -325,11 +328,29 @@ def epoch_loader(split: Split, transform: Transform, *, batch_size: int, seed: i
         dataset = ShardDataset(split, transform, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
                                shuffle=shuffle, shuffle_buffer=shuffle_buffer, decode=on_cpu)
         sampler = None
+    workers: dict[str, Any] = {}
+    if num_workers:
+        workers = {"prefetch_factor": prefetch_factor, "worker_init_fn": functools.partial(_guard_worker, os.getpid())}
+        if sys.platform.startswith("linux"):
+            # Forked, whatever this process's default: a process started by spawn (a multi-process
+            # trial's rank) would otherwise spawn its workers, a fresh interpreter importing torch
+            # per worker per epoch; forking a process with CUDA initialised is what DataLoader
+            # does by default on Linux (the workers never touch CUDA).
+            workers["multiprocessing_context"] = "fork"
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         drop_last=drop_last, pin_memory=pin_memory and on_cpu,
-                        prefetch_factor=prefetch_factor if num_workers else None,
-                        collate_fn=None if on_cpu else _collate_encoded)
+                        collate_fn=None if on_cpu else _collate_encoded, **workers)
     return loader if on_cpu else _DecodeOn(loader, transform, device)
+
+
+def _guard_worker(parent: int, worker_id: int) -> None:
+    """A loader worker dies with the process that made the loader (parent-death signal and
+    watchdog, :mod:`bocb.executors.orphans`). DataLoader's own check compares the parent with the
+    one the worker saw at its start, so a worker that started after its parent was killed would
+    watch pid 1 and live on (measured: spawned workers of a killed rank, alive minutes later)."""
+    from bocb.executors.orphans import die_with_parent
+
+    die_with_parent(parent)
 
 
 def measure(batches: Any, max_batches: int | None = None) -> dict[str, float]:
