@@ -29,6 +29,10 @@ or ``skipped`` with its reason. Steps:
    plain loop of step 3 (the plain loop is not compiled).
 7. ``ray``: ``benchmarks/packing.py --executor ray --slots 2``: two trials as Ray tasks with half a
    GPU each.
+8. ``stream``: ``benchmarks/stream.py --decode cpu,cuda``: images/s of the streaming loader on 512
+   ImageNet-sized JPEGs (upscaled CIFAR with noise, ~110 kB), decoded by 2 and 8 CPU workers
+   against nvJPEG on the GPU (workers only read files). Last: it is the first thing to drop when
+   the budget runs out.
 
 The CUDA paths are judged from those steps' records: bf16 + channels_last (the trials of step 3
 report bf16 precision on a CUDA device; bocb applies channels_last together with bf16 on CUDA),
@@ -312,6 +316,10 @@ RAY_DRY_SKIP = ("fractional GPUs need CUDA; the Ray executor on the CPU is cover
                 "tests/test_study_run.py::test_ray_executor_on_a_local_instance")
 
 
+STREAM_DRY_SKIP = ("nvJPEG needs CUDA; CPU decoding is covered by tests/test_stream.py and "
+                   "benchmarks/stream.py")
+
+
 def build_steps(sizes: Sizes, data: str, work: Path, cache: Path, dry: bool, on_sample: bool) -> list[Step]:
     py = sys.executable
     per_class = min(sizes.per_class, 500) if on_sample else sizes.per_class  # the sample has 500 per class
@@ -363,6 +371,10 @@ def build_steps(sizes: Sizes, data: str, work: Path, cache: Path, dry: bool, on_
         Step("ray", "Ray: 2 trials as tasks, half a GPU each",
              packing("ray", 2, (2,), "ray"), 90, needs=("ray",), json_out=work / "ray.jsonl",
              skip=RAY_DRY_SKIP if dry else None),
+        Step("stream", "streaming loader: JPEG decode on the CPU workers vs nvJPEG on the GPU",
+             [py, "benchmarks/stream.py", "--images", "512", "--workers", "2,8", "--noise", "25",
+              "--decode", "cpu,cuda", "--json-out", str(work / "stream.json")], 90, json_out=work / "stream.json",
+             skip=STREAM_DRY_SKIP if dry else None),
     ]
     return [dataclasses.replace(s, timeout_s=s.timeout_s * sizes.timeout_scale) for s in steps]
 
@@ -538,6 +550,19 @@ def write_report(summary: dict[str, Any], path: Path) -> None:
             lines.append(f"Not results: {len(c['not_results'])} trial(s): "
                          + "; ".join(f"{r['backbone']} {r['optimizer']} {r['status']} {r['reason']}"
                                      for r in c["not_results"][:4]))
+    lines += ["", "## Streaming loader: CPU workers vs nvJPEG", ""]
+    st = s.get("stream")
+    if not st:
+        step = next((r for r in s["steps"] if r["name"] == "stream"), None)
+        lines.append(f"Not measured: {step['status'] + ' ' + step['reason'] if step else 'not run'}.")
+    else:
+        meta = st["meta"]
+        lines += [f"{meta['images']} JPEGs of {meta['image_sides'][0]}-{meta['image_sides'][1]} px "
+                  f"({meta['kb_per_image']} kB each), crop {meta['crop']}, {meta['machine']}.", "",
+                  "| transform | decode | workers | images/s | per worker | first batch s |", "|---|---|---|---|---|---|"]
+        for r in st["rows"]:
+            lines.append(f"| {r['transform']} | {r['decode']} | {r['workers']} | {r['images_per_s']} | "
+                         f"{r['images_per_s_per_worker']} | {r['first_batch_s']} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -609,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["throughput"] = throughput_table(results)
     summary["packing"] = [*results["packing"].results, *results["ray"].results]
     summary["coupling"] = results["coupling"].results[-1] if results["coupling"].results else None
+    summary["stream"] = results["stream"].results[-1] if results["stream"].results else None
     summary["wall_seconds"] = round(time.time() - start, 1)
     if (work / "ministudy.sqlite").exists():
         # SQLite's backup, not a file copy: a mini-study stopped at its limit leaves commits in the WAL.
