@@ -205,3 +205,41 @@ def test_streamed_loader_workers_follow_the_slots_share_of_the_cores(monkeypatch
     assert _workers(None) == 1
     monkeypatch.delenv(SLOT_CORES_ENV)
     assert _workers(None) == min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+_IN_AN_ALLOCATION = """
+import dataclasses, json, sys, time
+from bocb.data import DatasetSpec
+from bocb.executors.local import LocalExecutor
+from bocb.executors.worker import WorkerConfig
+from bocb.spec import resolve_trial
+config = WorkerConfig(artifacts_dir=sys.argv[1] + "/artifacts", cache_dir=sys.argv[1] + "/cache", device="cpu")
+executor = LocalExecutor(config, slots=1)
+spec = resolve_trial("resnet18", "sgd_m", data=DatasetSpec("sample"), num_classes=10, tier="smoke", epochs=1)
+spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(train_per_class=10, test_per_class=5, batch_size=20))
+executor.submit(spec.trial_id, spec.to_dict(), "claim")
+records = []
+while not records:
+    records = executor.poll(timeout=1.0)
+executor.shutdown()
+record = records[0][1]
+print(json.dumps({"status": record["status"], "error": record.get("error"), "processes": record.get("processes")}))
+"""
+
+
+@pytest.mark.slow
+def test_a_runner_inside_a_launchers_allocation_runs_each_slot_as_one_process(tmp_path):
+    """`bocb run` started where torchrun/SLURM variables are set (WORLD_SIZE=2, rank 1 of a group
+    whose store nobody serves): a slot's trial must not try to join that group (it would wait for
+    it until the store's timeout); it trains as one process."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "9", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _IN_AN_ALLOCATION, str(tmp_path)], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record == {"status": "done", "error": None, "processes": None}

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 # Nothing here may touch CUDA at import (tests/test_executors.py checks). The guard comes first: it
 # arms the server's parent-death signal before the seconds of imports.
 SLOT_CORES_ENV = "BOCB_SLOT_CORES"  # set in each worker: its slot's share of the cores (bocb.trial)
+# What a launcher (torchrun, bocb.executors.group) sets for each process of a multi-process trial.
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "TORCHELASTIC_USE_AGENT_STORE")
 
 PRELOAD = ["bocb.executors.server_guard", "bocb.executors.local", "bocb.executors.worker", "bocb.trial",
            "bocb.diagnostics.snapshot", "bocb.executors.preload"]
@@ -184,6 +187,11 @@ def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: 
     # This slot's share of the cores, for the streamed data's loader workers (bocb.trial): every
     # slot defaulting to the whole machine's would start slots x cores processes.
     os.environ[SLOT_CORES_ENV] = str(cores)
+    # A slot's trial is one process unless the slot leads a group (bocb.executors.group, which sets
+    # these for its ranks): a runner started where a launcher's variables are set (inside a SLURM
+    # or torchrun allocation) must not have every slot join that launcher's process group.
+    for name in LAUNCHER_ENV:
+        os.environ.pop(name, None)
     while True:
         try:
             task = conn.recv()
