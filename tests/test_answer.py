@@ -168,3 +168,19 @@ def test_ties_for_first_agree_with_the_paper_and_mixed_seeds_are_stated():
     analysis = ReportAnalysis.of(_frame(rows))
     assert "the best agrees on 1 of 1 backbones" in yours_vs_paper(analysis, paper.top1()).caption
     assert "1-2 seeds per pair" in answer_section(analysis, "grid", None, None).blocks[0].text
+
+
+def test_the_real_run_line_of_an_imagenet_study_sizes_imagenet():
+    """R-50 under RSB A3 cut to 10 epochs: the line sizes ImageNet-1K at the recipe's crops, not
+    CIFAR-100. By hand from ResNet-50's published 4.1 GMACs at 224 px (8.2 GFLOPs; 0.51 of it at
+    160): 100 epochs x (3 x 1,281,167 x 4.2e9 + 50,000 x 8.2e9) / 31e12 / 3600 s = about 15 hours."""
+    import re
+
+    spec = {"backbone": {"name": "resnet50", "policy": "upsample", "scale": "tiny"},
+            "recipe": {"name": "in1k-rsb-a3", "tier": "full", "epochs": 10}, "data": {"kind": "folder"},
+            "optimizer": {"name": "lamb"}}
+    line = budget_of([spec], effective_flops=31e12).real_run
+    assert "ImageNet-1K" in line and "CIFAR-100" not in line
+    hours = float(re.search(r"about ([\d.,]+) GPU-hours", line).group(1).replace(",", ""))
+    by_hand = 100 * (3 * 1_281_167 * 8.2e9 * (160 / 224) ** 2 + 50_000 * 8.2e9) / 31e12 / 3600
+    assert hours == pytest.approx(by_hand, rel=0.1)

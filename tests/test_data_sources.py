@@ -243,7 +243,7 @@ def test_folder_resizes_mixed_sizes_only_when_asked(tmp_path):
                                   generator=torch.Generator().manual_seed(h))
             (tmp_path / split / cls).mkdir(parents=True)
             (tmp_path / split / cls / "x.png").write_bytes(encode_png(image).numpy().tobytes())
-    with pytest.raises(ValueError, match="is 24x24 but .* is 40x60: set image_size"):
+    with pytest.raises(ValueError, match="is 24x24 but .* is 40x60: stream the data instead .*image_size="):
         load_dataset(DatasetSpec("folder", str(tmp_path)))
     dataset = load_dataset(DatasetSpec("folder", str(tmp_path), image_size=16))
     assert dataset.train.images.shape == (2, 3, 16, 16) and dataset.classes == ("a", "b")

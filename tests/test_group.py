@@ -239,3 +239,58 @@ name = "SGD-M"
     spec = tuned[0]["spec"]
     assert spec["pretrained"]["trial_id"] == records["R-18"]["trial_id"]
     assert spec["recipe"]["name"] != "in1k-rsb-a3" and spec["backbone"]["input_size"] == 224
+
+
+def test_an_idle_or_lent_worker_that_died_is_replaced_before_it_is_used(tmp_path):
+    """A lent slot's worker killed while its leader's group runs (the out-of-memory killer, say)
+    used to be handed the next trial once freed: a broken pipe that ended the whole run."""
+    executor = LocalExecutor(WorkerConfig(artifacts_dir=str(tmp_path), device="cpu"), slots=2)
+    try:
+        idle, lent = executor._slots
+        lent.trial_id, lent.lent_to = "group-trial", idle.index
+        for slot in (idle, lent):
+            slot.process.kill()
+            slot.process.join(timeout=10)
+        executor.poll(timeout=0.1)
+        assert idle.process.is_alive() and lent.process.is_alive()
+        assert (lent.trial_id, lent.lent_to) == ("group-trial", idle.index) and idle.trial_id is None
+    finally:
+        executor.shutdown()
+
+
+def test_processes_per_trial_is_read_per_entry_and_checked_before_anything_is_stored(tmp_path):
+    """The study's value, a backbone entry's own (matched on name and recipe: one backbone may be
+    listed twice), the run's flag over both; and a run that can never give a trial its processes
+    is refused in one line, exit 2, with no store written."""
+    from cli_inproc import bocb
+
+    from bocb.study import StudyError, load_study
+
+    path = tmp_path / "s.toml"
+    path.write_text('[study]\nname = "p"\nprocesses_per_trial = 3\n'
+                    '[[backbones]]\nname = "R-50"\nrecipe = "pytorch"\nprocesses_per_trial = 2\n'
+                    '[[backbones]]\nname = "R-50"\nrecipe = "rsb-a2"\n[[backbones]]\nname = "DeiT-S"\n'
+                    '[[optimizers]]\nname = "SGD-M"\n')
+    study = load_study(path)
+
+    def spec(name, recipe):
+        return {"backbone": {"name": name, "policy": "cifar", "scale": "tiny"}, "recipe": {"name": recipe}}
+
+    assert study.processes_for(spec("resnet50", "pytorch")) == 2
+    assert study.processes_for(spec("resnet50", "rsb-a2")) == 3
+    assert study.processes_for(spec("deit_small_patch16_224", "deit")) == 3
+    path.write_text(path.read_text().replace("processes_per_trial = 3", "processes_per_trial = 0"))
+    with pytest.raises(StudyError, match="processes_per_trial: expected a whole number from 1 to 1024, got 0"):
+        load_study(path)
+
+    store = tmp_path / "store.sqlite"
+    done = bocb("run", tmp_path / "nope.toml", "--store", store)  # the study file's own errors first
+    assert done.returncode == 2
+    small = tmp_path / "small.toml"
+    small.write_text('[study]\nname = "small"\ntuning = "fixed"\n[[backbones]]\nname = "R-18"\n'
+                     '[[optimizers]]\nname = "SGD-M"\n')
+    done = bocb("run", small, "--store", store, "--device", "cpu", "--slots", "2", "--processes-per-trial", "3",
+                cache=tmp_path / "cache")
+    assert done.returncode == 2 and not store.exists()
+    line, = done.stderr.strip().splitlines()
+    assert "trials run on up to 3 processes" in line and "this run has 2 slot(s) (--slots): give the run 3" in line

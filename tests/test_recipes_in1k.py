@@ -155,3 +155,22 @@ def test_data_sizes_are_checked(tmp_path):
                      'data_sizes = {classes = 1000, train = 10}\n')
     done = bocb("plan", study, "--store", tmp_path / "s.sqlite")
     assert done.returncode == 2 and "data_sizes: expected exactly the keys classes, train, test" in done.stderr
+
+
+def test_a_backbone_that_takes_one_input_size_is_refused_an_imagenet_recipe_at_another(tmp_path):
+    """DeiT-S's patch embedding takes 224 px only; RSB A3 trains at 160: refused in one line at
+    plan (and run) time, naming the entry, instead of a failed trial per optimizer. A ResNet takes it."""
+    from cli_inproc import bocb
+
+    study = tmp_path / "deit-a3.toml"
+    study.write_text('optimizers = ["SGD-M", "LAMB"]\n[[backbones]]\nname = "R-50"\nrecipe = "in1k-rsb-a3"\n'
+                     '[[backbones]]\nname = "DeiT-S"\nrecipe = "in1k-rsb-a3"\n'
+                     '[study]\nname = "deit-a3"\ntuning = "fixed"\ndata = "stream:folder:/nowhere"\n'
+                     'data_sizes = {classes = 1000, train = 1281167, test = 50000}\n')
+    done = bocb("plan", study, "--store", tmp_path / "s.sqlite")
+    assert done.returncode == 2, done.stderr
+    line, = done.stderr.strip().splitlines()
+    assert "backbones[2]: DeiT-S cannot take 160 px images, at which in1k-rsb-a3 trains" in line
+    assert "in1k-deit" in line  # what would work
+    study.write_text(study.read_text().replace('[[backbones]]\nname = "DeiT-S"\nrecipe = "in1k-rsb-a3"\n', ""))
+    assert bocb("plan", study, "--store", tmp_path / "s.sqlite").returncode == 0

@@ -421,3 +421,20 @@ def test_a_streamed_trial_is_the_same_for_any_worker_count_and_resumes_exactly(s
     assert [(r["train_loss"], r["test_top1"], r["test_loss"]) for r in two["epochs"]] == numbers[:1]
     assert resumed["resumed_from_epoch"] == 1
     assert [(r["train_loss"], r["test_top1"], r["test_loss"]) for r in resumed["epochs"]] == numbers
+
+
+def test_shards_are_dealt_to_the_ranks_first():
+    """50 shards over 8 ranks x 8 loader workers: every rank gets 6 or 7 shards (dealt rank-major,
+    ranks 6 and 7 got 2 and 0), every shard is read exactly once per epoch."""
+    from bocb.data.stream import ShardDataset
+    from bocb.data.stream_sources import Shard, ShardSplit
+
+    split = ShardSplit("wds", "train", tuple(Shard(f"s{i}.tar", None, 10) for i in range(50)))
+    per_rank, seen = [], []
+    for rank in range(8):
+        dataset = ShardDataset(split, lambda image, seed: image, seed=0, epoch=3, rank=rank, world_size=8)
+        mine = [k for worker in range(8) for k in dataset._my_shards(worker, 8)]
+        per_rank.append(len(mine))
+        seen += mine
+    assert sorted(seen) == list(range(50))
+    assert max(per_rank) - min(per_rank) <= 1 and sum(per_rank) == 50

@@ -43,6 +43,7 @@ from bocb.study_run import (
     ExecutorUnavailable,
     Progress,
     RunSummary,
+    check_processes,
     emit,
     expand_transfer,
     make_options,
@@ -189,6 +190,7 @@ def run_study(
 
     prepared = prepare(Path(study), opts.cache_dir, list(opts.data_dirs), opts.download)
     opts.check_study(prepared.study)
+    check_processes(opts, prepared.study, prepared.trials)
     if prepared.notes:
         emit(progress, ev.Fitted(prepared.notes))
     opened = SQLiteStore(opts.store)

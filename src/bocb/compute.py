@@ -48,6 +48,25 @@ def count_forward_flops(backbone_json: str) -> float:
     raise RuntimeError(f"cannot count FLOPs of {json.loads(backbone_json)['short']}")
 
 
+@cache
+def input_error(backbone_json: str, size: int) -> str | None:
+    """Why the backbone cannot take ``size`` x ``size`` images (one line), or None when it can
+    (or when that cannot be told without building it on real tensors). A forward pass on the
+    meta device: shapes only, no memory, milliseconds. A ViT's patch embedding, say, takes its
+    ``input_size`` only, so an ImageNet recipe that trains at 160 px cannot train it."""
+    import torch
+
+    try:
+        _, model = _built(backbone_json, "meta")
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device="meta"))
+    except (NotImplementedError, TypeError):
+        return None  # an op without a meta kernel: not knowable here; the trial will say
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
 def count_state(backbone_json: str) -> tuple[int, int]:
     """(parameters, parameters + buffers) of the built model (no table)."""
     for device in ("meta", "cpu"):  # shapes only on meta; a model that cannot be built there, on the CPU

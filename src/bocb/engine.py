@@ -202,6 +202,7 @@ def train(
     dist = options.dist
     main = dist is None or dist.main  # the process that writes checkpoints and weights, and reports
     forward_model = torch.compile(model) if options.compile else model
+    eval_model = forward_model  # under DDP the unwrapped model: see evaluate()
     if dist is not None:
         # Gradients are averaged over the processes during backward; the optimizer steps `model`.
         ids = [device.index] if device.type == "cuda" else None
@@ -233,9 +234,15 @@ def train(
 
     def evaluate() -> dict[str, Any]:
         stepper.eval()
+        if dist is not None:
+            # Rank 0's buffers (BatchNorm statistics) everywhere, as DDP's forward would do, but in
+            # one collective every rank makes: DDP's forward makes it too, and a rank with no
+            # evaluation batches (its share of a split test set can be empty) would skip it and
+            # leave the others waiting. Then every rank evaluates the same unwrapped model.
+            _broadcast_buffers(model)
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             return dict(run.unscorable)  # weights that are not finite cannot be evaluated
-        return run.evaluate(forward_model, autocast)
+        return run.evaluate(eval_model, autocast)
 
     # --- resume ----------------------------------------------------------------------------------
     work = options.work_dir
@@ -244,7 +251,7 @@ def train(
     seconds = {"train": 0.0, "eval": 0.0, "compile": 0.0}
     if options.fence is not None:
         options.fence.check()  # a claim already superseded never starts (StaleClaimError: failed)
-    state = _readable_checkpoint(ckpt_path, run_id, device, record) if options.resume else None
+    state = _readable_checkpoint(ckpt_path, run_id, device, record, set_aside=main) if options.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         stepper.load_state_dict(state["stepper"])
@@ -357,6 +364,14 @@ def train(
         record["artifacts"] = {"final_weights": str(work / FINAL_WEIGHTS), "checkpoint": str(ckpt_path)}
 
 
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Every buffer of ``model`` (BatchNorm's statistics and counters) from rank 0 to all processes."""
+    import torch.distributed
+
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
 def name_scores(record: dict[str, Any], final: dict[str, str], best: str) -> None:
     """Copy the last scored row's fields to the record under a task's own names (``final``:
     record key -> row field) and ``best_score`` to ``best`` (e.g. detection's ``best_map``)."""
@@ -367,13 +382,14 @@ def name_scores(record: dict[str, Any], final: dict[str, str], best: str) -> Non
 
 
 def _readable_checkpoint(path: Path | None, run_id: str, device: torch.device,
-                         record: dict[str, Any]) -> dict[str, Any] | None:
+                         record: dict[str, Any], set_aside: bool = True) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None to start from scratch.
 
     A checkpoint that cannot be read (truncated by a full disk, damaged, not a bocb checkpoint, or
     another trial's) would fail the trial on every run; it is renamed to
     ``checkpoint.safetensors.bad-<unix time>`` (kept for inspection, never deleted), the run
     starts again from epoch 0, and ``record["checkpoint_set_aside"]`` names the file and why.
+    Of a multi-process trial only rank 0 renames it (``set_aside``); every rank starts over.
     """
     if path is None or not path.exists():
         return None
@@ -386,6 +402,8 @@ def _readable_checkpoint(path: Path | None, run_id: str, device: torch.device,
             raise ValueError(f"it belongs to trial {state['trial_id']}")
         return state
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is set aside the same way
+        if not set_aside:  # another process of this trial (rank 0) sets it aside; this one starts over too
+            return None
         aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
         os.replace(path, aside)
         record["checkpoint_set_aside"] = f"{aside}: {type(exc).__name__}: {' '.join(str(exc).split())}"

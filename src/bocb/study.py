@@ -181,10 +181,14 @@ class Study:
 
     def processes_for(self, spec: dict[str, Any]) -> int:
         """How many processes the trial ``spec`` runs on: its backbone entry's
-        ``processes_per_trial``, else the study's."""
-        name = spec["backbone"]["name"]
+        ``processes_per_trial``, else the study's. The entry is the one whose name, and recipe,
+        policy and scale where it sets them, are the trial's (a study may list one backbone twice
+        with two recipes)."""
+        backbone, recipe = spec["backbone"], spec["recipe"]["name"]
         for b in self.backbones:
-            if "processes_per_trial" in b and get_backbone_info(b["name"]).name == name:
+            if ("processes_per_trial" in b and get_backbone_info(b["name"]).name == backbone["name"]
+                    and b.get("recipe", recipe) == recipe and b.get("policy", backbone["policy"]) == backbone["policy"]
+                    and b.get("scale", backbone["scale"]) == backbone["scale"]):
                 return b["processes_per_trial"]
         return self.processes_per_trial
 

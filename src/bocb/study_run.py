@@ -264,16 +264,46 @@ def _executor(options: RunOptions, config: Any, study: Any) -> Any:
                            time_limit_s=study.time_limit_s, processes=processes_of(options, study))
     from bocb.executors.local import LocalExecutor
 
-    devices = [options.device]
+    devices = local_devices(options)
+    slots = options.slots * (len(devices) if devices[0].startswith("cuda") else 1)
+    return LocalExecutor(config, slots=slots, devices=devices, time_limit_s=study.time_limit_s,
+                         memory_limit_gb=study.memory_limit_gb, processes=processes_of(options, study))
+
+
+def local_devices(options: RunOptions) -> list[str]:
+    """The devices the local executor spreads its slots over: every visible GPU (or ``--gpus`` of
+    them) for ``auto``/``cuda`` on a CUDA machine, else the one device asked for."""
     if options.device in ("auto", "cuda"):
         import torch
 
         if torch.cuda.is_available():
             n = options.gpus or torch.cuda.device_count()
-            devices = [f"cuda:{i}" for i in range(n)]
-    slots = options.slots * (len(devices) if devices[0].startswith("cuda") else 1)
-    return LocalExecutor(config, slots=slots, devices=devices, time_limit_s=study.time_limit_s,
-                         memory_limit_gb=study.memory_limit_gb, processes=processes_of(options, study))
+            return [f"cuda:{i}" for i in range(n)]
+    return [options.device]
+
+
+def check_processes(options: RunOptions, study: Any, trials: Sequence[Any]) -> None:
+    """Refuse, before the store is opened, a run whose trials ask for more processes than the local
+    executor can ever give one trial (its slots on a CPU, its GPUs on a GPU machine): each would
+    be stored failed. ``trials``: the expanded specs (an adaptive study has none yet: its backbone
+    entries and the study's own setting are read instead). Ray clusters are sized when they are
+    reached; the Ray executor refuses such a trial then."""
+    if options.executor != "local":
+        return
+    need = processes_of(options, study)
+    asked = [need(t.to_dict()) for t in trials] or [
+        options.processes_per_trial or b.get("processes_per_trial", getattr(study, "processes_per_trial", 1))
+        for b in getattr(study, "backbones", ())]
+    most = max(asked, default=1)
+    if most <= 1:
+        return
+    devices = local_devices(options)
+    on_gpus = devices[0].startswith("cuda")
+    capacity = len(devices) if on_gpus else options.slots
+    if most > capacity:
+        have = f"{capacity} GPU(s) (--gpus)" if on_gpus else f"{capacity} slot(s) (--slots)"
+        raise ValueError(f"{study.path}: trials run on up to {most} processes (processes_per_trial, "
+                         f"--processes-per-trial) but this run has {have}: give the run {most}, or ask for fewer")
 
 
 def processes_of(options: RunOptions, study: Any) -> Any:

@@ -65,6 +65,7 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
     imagenet = sorted({b["recipe"] for b in study.backbones if b.get("recipe") and RECIPES[b["recipe"]].imagenet})
     if imagenet and require_data and not study.data.stream:
         raise StudyError(f"{study.path}: {not_trainable(imagenet)}")
+    check_input_sizes(study, num_classes)
     skipped_rows = []
     for s in skipped:
         # A skipped pair has no setting to run; its row carries the pair's default spec so it
@@ -74,6 +75,27 @@ def prepare(path: Path, cache_dir: Path | None, data_dirs: list[Path], download:
         tid = hashlib.sha256(f"skipped:{spec.trial_id}".encode()).hexdigest()[:16]
         skipped_rows.append((tid, spec.to_dict(), s.reason))
     return Prepared(study, trials, skipped_rows, *sizes, notes=tuple(notes))
+
+
+def check_input_sizes(study: Study, num_classes: int) -> None:
+    """An ImageNet recipe trains and tests at its own sizes (RSB A3: 160 and 224); a backbone that
+    takes one input size only (a ViT's patch embedding) cannot train with it. Refused here, in one
+    line naming the entry, rather than as a failed trial per optimizer."""
+    from bocb.compute import input_error
+
+    for i, b in enumerate(study.backbones, 1):
+        recipe = RECIPES.get(b.get("recipe", ""))
+        if recipe is None or recipe.imagenet is None:
+            continue
+        spec = pair_trial(study, b, study.optimizers[0], None, None, study.seeds[0], num_classes)
+        for what, size in (("trains", recipe.imagenet.train_size), ("tests", recipe.imagenet.test_size)):
+            if size == spec.backbone.input_size:
+                continue
+            error = input_error(spec.backbone.to_json(), size)  # the network the trial builds, fed this size
+            if error:
+                raise StudyError(f"{study.path} backbones[{i}]: {b['name']} cannot take {size} px images, at which "
+                                 f"{recipe.name} {what} ({error}): give it a recipe at {spec.backbone.input_size} px, "
+                                 f"e.g. in1k-deit or in1k-pytorch")
 
 
 def fit_study(study: Study, dataset: Any) -> tuple[Study, list[str]]:

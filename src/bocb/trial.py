@@ -62,7 +62,7 @@ from bocb import engine
 from bocb.data import Dataset, StreamData
 from bocb.data.augment import AugmentConfig, BatchAugment
 from bocb.data.stream import EpochSampler, check_repeats, epoch_loader
-from bocb.data.stream_sources import FolderSplit
+from bocb.data.stream_sources import FolderSplit, ShardSplit
 from bocb.data.transforms import EvalTransform, TrainTransform
 from bocb.distributed import DistContext
 from bocb.engine import CHECKPOINT, FINAL_WEIGHTS, Progress, resolve_device
@@ -363,6 +363,10 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
     world = dist.world_size if dist is not None else 1
     if recipe.batch_size % world:
         raise ValueError(f"a global batch of {recipe.batch_size} does not split evenly over {world} processes")
+    for split in (train, test):
+        if isinstance(split, ShardSplit) and len(split.shards) < world:
+            raise ValueError(f"the {split.where} split has {len(split.shards)} shard(s) for {world} processes: "
+                             f"each process reads whole shards; write at least {world}, or use fewer processes")
     # Training draws per epoch, over all processes: the images, or under repeated augmentation the
     # sampler's count (timm's: about the dataset's size, whatever the number of processes).
     examples = world * EpochSampler.count(len(train), world_size=world, drop_last=True, repeats=repeats)
@@ -385,7 +389,11 @@ def _streamed(spec: TrialSpec, data: StreamData, device: torch.device, workers: 
             images, labels = next(state["batches"])
         except StopIteration:
             start(state["pass"] + 1)
-            images, labels = next(state["batches"])
+            batch = next(state["batches"], None)
+            if batch is None:  # a whole pass without one batch: this process's share is too small
+                raise ValueError(f"{train.where}: a pass over this process's share of the data gives no batch "
+                                 f"of {recipe.batch_size // world}") from None
+            images, labels = batch
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def test_batches(size_: int) -> Batches:

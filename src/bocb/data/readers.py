@@ -439,7 +439,9 @@ def _decode_all(blobs: Sequence[torch.Tensor | str], image_size: int | None,
             out = torch.empty((len(blobs), *img.shape), dtype=torch.uint8)
         elif img.shape != out.shape[1:]:
             raise ValueError(f"image {_name(names, i)} is {_hw(img)} but {_name(names, 0)} is {_hw(out[0])}: "
-                             f"set image_size to resize and centre-crop every image to one size")
+                             f"stream the data instead (--data stream:PATH, data = \"stream:PATH\": each image "
+                             f"cropped as it is read), or load it with DatasetSpec(image_size=...) to resize "
+                             f"and centre-crop every image to one size")
         out[i] = img
     if out is None:
         side = image_size or 0
@@ -451,7 +453,8 @@ def _splits(train_images: torch.Tensor, train_labels: np.ndarray, test_images: t
             test_labels: np.ndarray, classes: tuple[str, ...], name: str) -> DecodedSplits:
     if len(train_images) and len(test_images) and train_images.shape[2:] != test_images.shape[2:]:
         raise ValueError(f"{name}: train images are {_hw(train_images[0])} but test images are "
-                         f"{_hw(test_images[0])}: set image_size to bring both to one size")
+                         f"{_hw(test_images[0])}: stream the data instead (--data stream:PATH), or load it "
+                         f"with DatasetSpec(image_size=...) to bring both to one size")
     return DecodedSplits(train_images, torch.from_numpy(train_labels), test_images,
                          torch.from_numpy(test_labels), classes)
 

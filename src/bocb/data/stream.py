@@ -27,7 +27,8 @@ What is guaranteed, and how:
   ``repeats > 1`` in one line: they are read front to back, and repeating a sample would mean
   holding it or reading it again.
 - Shards (:class:`ShardDataset`, tar or Parquet) are read front to back: each epoch permutes the
-  shards (seed, epoch), deals them to the ``world size x num_workers`` reader slots round robin, and
+  shards (seed, epoch), deals them to the ``world size x num_workers`` reader slots round robin
+  (ranks first: each rank gets every W-th shard, so ranks differ by at most one shard), and
   each slot shuffles through a buffer of ``shuffle_buffer`` encoded samples seeded by (seed, epoch,
   rank, worker). Crops are drawn from the sample's seed of (seed, epoch, position in the split), so
   *which crop an image gets* is independent of ``num_workers``; *the order* depends on it too
@@ -222,7 +223,9 @@ class ShardDataset(IterableDataset):
         if self.shuffle:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(len(order), generator=generator).tolist()
-        slot, slots = self.rank * workers + worker, self.world_size * workers
+        # Dealt to the ranks first (shard k to rank k mod W), then among each rank's workers: the
+        # ranks' shares then differ by at most one shard whatever the worker count.
+        slot, slots = worker * self.world_size + self.rank, self.world_size * workers
         return order[slot::slots]
 
     def _samples(self, shards: list[int]) -> Iterator[tuple[bytes, int, int]]:

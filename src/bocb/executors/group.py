@@ -25,7 +25,9 @@ several machines, use ``torchrun`` (or Ray Train under ``--executor ray``) yours
 - A rank whose trial fails makes the whole group fail at once: it writes its error to the trial's
   ``group/`` folder and exits non-zero, so the leader stops the other ranks (instead of leaving
   them waiting in a collective until the process group's timeout), and returns one ``failed``
-  record naming each failed rank's error.
+  record naming each failed rank's error and how the group ended (a rank killed by a signal).
+- Each rank's output (library warnings, tracebacks) goes to ``group/rank<N>.log`` in the trial's
+  artifacts folder, not to the runner's terminal.
 - No rank outlives its leader: each arms the parent-death signal and the watchdog first thing
   (:mod:`bocb.executors.orphans`); the leader itself dies with the runner like any slot.
 - The ranks are spawned (fresh interpreters): a leader that earlier ran a trial on a GPU has CUDA
@@ -50,14 +52,23 @@ GROUP_DIR = "group"  # in the trial's artifacts folder: each failed rank's error
 
 
 def _rank_main(local_rank: int, port: int, spec: dict[str, Any], config: dict[str, Any], claim: str,
-               devices: list[str], threads: int, leader_pid: int, events: Any, results: Any,
+               devices: list[str], threads: int, cores: int, leader_pid: int, events: Any, results: Any,
                trial_id: str) -> None:
     """One rank: the trial's :func:`~bocb.executors.worker.execute` on ``devices[local_rank]``;
-    rank 0 puts the record on ``results``. Raises when this rank's trial failed (see the module doc)."""
+    rank 0 puts the record on ``results``. Exits non-zero when this rank's trial failed (see the
+    module doc). ``threads``: torch threads (0: torch's default, on GPUs); ``cores``: the slot's
+    share of the cores, which sizes the streamed data's loader workers."""
     from bocb.executors.orphans import die_with_parent
 
     die_with_parent(leader_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops the group, as it stops slots
+    folder = Path(config["artifacts_dir"]) / trial_id / GROUP_DIR
+    # The rank's own output (library warnings, a traceback) to a file: the runner's terminal shows
+    # its live view, not N copies of every warning.
+    log = os.open(folder / f"rank{local_rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
     world = len(devices)
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -72,14 +83,14 @@ def _rank_main(local_rank: int, port: int, spec: dict[str, Any], config: dict[st
 
     if threads > 0:
         torch.set_num_threads(threads)
-    os.environ[SLOT_CORES_ENV] = str(max(threads, 1))
+    os.environ[SLOT_CORES_ENV] = str(cores)
     progress = _Forward(events, trial_id) if local_rank == 0 and events is not None else None
     record = execute(spec, WorkerConfig(**config), devices[local_rank], progress, claim=claim)
     if record.get("status") == "failed":
-        folder = Path(config["artifacts_dir"]) / trial_id / GROUP_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"rank{local_rank}.error.json").write_text(json.dumps({"error": record.get("error"),
-                                                                         "traceback": record.get("traceback")}))
+        path = folder / f"rank{local_rank}.error.json"
+        partial = path.with_suffix(".partial")  # renamed when whole: the leader never reads half a file
+        partial.write_text(json.dumps({"error": record.get("error"), "traceback": record.get("traceback")}))
+        os.replace(partial, path)
         raise SystemExit(1)
     if local_rank == 0:
         results.put(record)
@@ -99,14 +110,14 @@ def _loopback_store() -> tuple[Any, int]:
 
 
 def run_group(trial_id: str, spec: dict[str, Any], config: dict[str, Any], claim: str, devices: list[str],
-              threads: int, events: Any = None) -> dict[str, Any]:
+              threads: int, events: Any = None, cores: int = 1) -> dict[str, Any]:
     """Run the trial ``trial_id`` (``spec``) on ``len(devices)`` processes of this machine (see the
     module doc) and return rank 0's record, or one ``failed`` record that names the ranks that failed."""
     import torch.multiprocessing as tmp
 
     folder = Path(config["artifacts_dir"]) / trial_id / GROUP_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("rank*.error.json"):  # a previous attempt's
+    for old in [*folder.glob("rank*.error.json"), *folder.glob("rank*.log")]:  # a previous attempt's
         old.unlink()
     store, port = _loopback_store()
     results = tmp.get_context("spawn").Queue()
@@ -114,7 +125,7 @@ def run_group(trial_id: str, spec: dict[str, Any], config: dict[str, Any], claim
     failure = None
     try:
         context = tmp.start_processes(
-            _rank_main, args=(port, spec, config, claim, list(devices), threads, os.getpid(),
+            _rank_main, args=(port, spec, config, claim, list(devices), threads, cores, os.getpid(),
                               events, results, trial_id),
             nprocs=len(devices), join=False, start_method="spawn")
         while True:
@@ -137,11 +148,24 @@ def run_group(trial_id: str, spec: dict[str, Any], config: dict[str, Any], claim
         except queue.Empty:
             failure = RuntimeError("rank 0 exited without a record")
     if failure is not None:
+        # Every rank's own error, and how the group ended (a rank killed by a signal leaves no
+        # error file, and the others' "connection closed" errors would blame the wrong rank).
         errors = [f"{path.name.split('.')[0]}: {json.loads(path.read_text())['error']}"
                   for path in sorted(folder.glob("rank*.error.json"))]
-        if not errors:  # a rank died without a record (killed, out of memory)
-            errors = [" ".join(str(failure).split())[:300]]
+        if not errors or (getattr(failure, "exit_code", None) or 0) < 0:
+            errors.append(_ended(failure))
         return {"trial_id": trial_id, "spec": spec, "status": "failed", "epochs": [], "claim": claim,
-                "error": f"{len(devices)}-process trial failed: " + "; ".join(errors)}
+                "error": " ".join(f"{len(devices)}-process trial failed: {'; '.join(errors)}".split())}
     record["claim"] = claim
     return record
+
+
+def _ended(failure: BaseException) -> str:
+    """How the group ended, in a few words: the first rank that exited badly and how."""
+    code = getattr(failure, "exit_code", None)
+    rank = getattr(failure, "error_index", None)
+    if code is not None and code < 0:
+        return f"rank {rank} killed by signal {-code}" + (" (SIGKILL: often the out-of-memory killer)" if code == -9 else "")
+    if code is not None:
+        return f"rank {rank} exited with code {code}"
+    return " ".join(str(failure).split())[:300]

@@ -18,7 +18,8 @@ before the study is read.
 Several slots may share one GPU (a small CIFAR trial leaves most of an H100 idle); slots are
 spread round-robin over ``devices``. On CPU the cores are split evenly between slots.
 Limits: ``time_limit_s`` per trial (the worker is killed when it is exceeded) and
-``memory_limit_gb`` on the worker's resident memory (read from /proc; killed above it).
+``memory_limit_gb`` on the resident memory of the worker and the processes it started (loader
+workers, a multi-process trial's ranks; proportional set sizes read from /proc; killed above it).
 
 No worker outlives the runner: each arms the parent-death signal and a watchdog first thing
 (:mod:`bocb.executors.orphans`), and a forked one lets go of the fork server's "alive" pipe, so
@@ -203,7 +204,7 @@ def _worker_main(conn: Connection, events: Any, config: dict[str, Any], device: 
         if len(devices) > 1:  # this slot leads a multi-process trial (bocb.executors.group)
             from bocb.executors.group import run_group
 
-            record = run_group(trial_id, spec, dataclasses.asdict(config), claim, devices, threads, events)
+            record = run_group(trial_id, spec, dataclasses.asdict(config), claim, devices, threads, events, cores)
         else:
             record = execute(spec, config, device, _Forward(events, trial_id), claim=claim)
         conn.send((trial_id, record))
@@ -225,14 +226,27 @@ class _Slot:
 
 
 def _rss_gb(pid: int) -> float:
+    """The resident memory of ``pid`` and every process below it (a streamed trial's loader workers,
+    a group's ranks and theirs), in GB: each process's proportional set size (``Pss`` of
+    ``/proc/PID/smaps_rollup``), so pages a forked loader worker shares with its parent count
+    once; ``VmRSS`` where the kernel has no rollup."""
+    from bocb.executors.sockets import descendants
+
+    total_kb = 0
+    for p in {pid} | descendants(pid):
+        total_kb += _proc_kb(f"/proc/{p}/smaps_rollup", "Pss:") or _proc_kb(f"/proc/{p}/status", "VmRSS:")
+    return total_kb / 1024**2
+
+
+def _proc_kb(path: str, field: str) -> int:
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
         pass
-    return 0.0
+    return 0
 
 
 class LocalExecutor:
@@ -304,7 +318,7 @@ class LocalExecutor:
             if n > capacity:
                 what = "slots (--slots)" if self._cpu_only else "GPUs (--gpus)"
                 error = (f"the trial runs on {n} processes but this run has {capacity} {what}: give the run "
-                         f"{n} or lower the study's processes_per_trial")
+                         f"{n}, or ask for fewer (processes_per_trial, --processes-per-trial)")
                 self._refused.append((trial_id, {"trial_id": trial_id, "spec": spec, "status": "failed",
                                                  "error": error, "epochs": [], "claim": claim}))
                 return
@@ -365,6 +379,13 @@ class LocalExecutor:
         now = time.time()
         for slot in self._slots:
             if slot.trial_id is None or slot.lent_to is not None:
+                if not slot.process.is_alive():
+                    # An idle or lent worker that died (the out-of-memory killer, say): a new one,
+                    # before anything is sent to it. A lent slot stays lent until its leader ends.
+                    lent = slot.trial_id, slot.lent_to
+                    slot.process.join(timeout=10)
+                    self._start(slot)
+                    slot.trial_id, slot.lent_to = lent
                 continue
             if self.time_limit_s and now - slot.started > self.time_limit_s:
                 finished.append(self._lost(slot, f"exceeded the time limit of {self.time_limit_s:g} s"))

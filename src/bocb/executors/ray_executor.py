@@ -137,7 +137,13 @@ def _start_private_ray(num_cpus: int | None) -> Any:
 
 
 def _execute(spec: dict[str, Any], config: WorkerConfig, claim: str) -> dict[str, Any]:
+    from bocb.executors.local import LAUNCHER_ENV
     from bocb.executors.worker import execute
+
+    # A one-process trial: a driver started inside a torchrun/SLURM allocation passes that
+    # allocation's variables to Ray's workers, and the trial would wait to join its process group.
+    for name in LAUNCHER_ENV:
+        os.environ.pop(name, None)
 
     return execute(spec, config, claim=claim)
 
@@ -241,14 +247,15 @@ class RayExecutor:
         if self._gpus:
             if n > self._gpus:
                 return (f"the trial runs on {n} processes (one GPU each) but this run has {self._gpus} GPUs "
-                        f"(--gpus, or the Ray cluster's): give the run {n} or lower the study's processes_per_trial")
+                        f"(--gpus, or the Ray cluster's): give the run {n}, or ask for fewer "
+                        f"(processes_per_trial, --processes-per-trial)")
             return None
         if n > self._slots:
             return (f"the trial runs on {n} processes but this run has {self._slots} slots (--slots): give the run "
-                    f"{n} or lower the study's processes_per_trial")
+                    f"{n}, or ask for fewer (processes_per_trial, --processes-per-trial)")
         if n > self._cpus:
             return (f"the trial runs on {n} processes (one CPU each) but the Ray cluster has {self._cpus} CPUs: "
-                    f"lower the study's processes_per_trial or use a larger cluster")
+                    f"ask for fewer (processes_per_trial, --processes-per-trial) or use a larger cluster")
         return None
 
     def _start_waiting(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,10 @@ def _join_on_loopback(world_rank: int, world_size: int, port: int, backend: str,
         "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(context.get_local_rank()),
         "LOCAL_WORLD_SIZE": str(context.get_local_world_size()), "NODE_RANK": str(context.get_node_rank()),
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-        "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo",
     })
+    if sys.platform.startswith("linux"):  # the loopback interface's name there ("lo0" on macOS)
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     if backend == "nccl":
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # as Ray Train's setup does
     timeout = timedelta(seconds=timeout_s)

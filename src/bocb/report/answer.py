@@ -89,7 +89,8 @@ def answer_section(analysis: ReportAnalysis, tuning: str | None, budget: Budget 
             "the pairs the failure rule flags ('flagged' when the evidence is weak: then a flag may be "
             "noise). The paper's column, when there is one, names its best and its failures among the "
             "optimizers tried here, from its CIFAR-100 table: compare orders, not numbers, when the data, "
-            "model size or budget differ."),
+            "model size or budget differ (bocb bundles the paper's CIFAR-100 tables only, not its "
+            "ImageNet-1K Table 2, so a study on ImageNet is compared with CIFAR-100 orders)."),
     )
 
 

@@ -11,7 +11,8 @@ Read from the trial specs in the store (never the study file: the store is what 
 - **full**: the recipes as published.
 
 The real-run line sizes the same pairs at the paper's budget (published model sizes, the
-recipes' full epochs, CIFAR-100's 50,000 training and 10,000 test images) from the counted FLOPs
+recipes' full epochs, CIFAR-100's 50,000 training and 10,000 test images; ImageNet-1K's 1.28M and
+50,000 at the recipe's crops for pairs trained with an ImageNet recipe) from the counted FLOPs
 (:mod:`bocb.compute`), as ``bocb plan`` does, at its :data:`bocb.api.EFFECTIVE_FLOPS`.
 """
 
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 CIFAR100_TRAIN, CIFAR100_TEST = 50_000, 10_000
+IN1K_TRAIN, IN1K_TEST = 1_281_167, 50_000  # ImageNet-1K, for studies trained with its recipes
 
 
 @dataclass(frozen=True)
@@ -95,24 +97,30 @@ def real_run(specs: list[dict[str, Any]], effective_flops: float) -> str:
               s.get("optimizer", {}).get("name")) for s in specs}
     one = grid = 0.0
     sized = 0
+    datasets: set[str] = set()
     for name, policy, recipe, optimizer in pairs:
         if not (isinstance(name, str) and isinstance(optimizer, str)):
             continue
+        inet = RECIPES[recipe].imagenet if recipe in RECIPES else None
         try:  # a pair bocb cannot size (a plug-in not loaded here, a partial record, a model it cannot count)
-            full = resolve_backbone(name, num_classes=100, policy=policy, scale="paper")
+            full = resolve_backbone(name, num_classes=1000 if inet else 100, policy=policy, scale="paper")
             info = get_optimizer_info(optimizer)
-            flops = forward_flops(full)
+            if inet is None:
+                flops = forward_flops(full) * (3 * CIFAR100_TRAIN + CIFAR100_TEST)
+            else:  # the recipe's crops, ImageNet-1K's images (as bocb plan counts them)
+                flops = (3 * IN1K_TRAIN * forward_flops(replace(full, input_size=inet.train_size))
+                         + IN1K_TEST * forward_flops(replace(full, input_size=inet.test_size)))
         except (KeyError, TypeError, ValueError, RuntimeError):
             continue
-        epochs = RECIPES[recipe].epochs if recipe in RECIPES else 200
-        flops *= epochs * (3 * CIFAR100_TRAIN + CIFAR100_TEST)
+        datasets.add("ImageNet-1K" if inet else "CIFAR-100")
+        flops *= RECIPES[recipe].epochs if recipe in RECIPES else 200
         one += flops
         grid += flops * len(info.lr_grid()) * len(info.wd_grid()) * 3
         sized += 1
     if not sized:
         return ""
     return (f"The same {sized} pairs at the paper's budget (published sizes, the recipes' full epochs, "
-            f"CIFAR-100): about {_hours(one, effective_flops)} GPU-hours for one setting and seed each, "
+            f"{' and '.join(sorted(datasets))}): about {_hours(one, effective_flops)} GPU-hours for one setting and seed each, "
             f"{_hours(grid, effective_flops)} "
             f"with the paper's lr x weight-decay grids and 3 seeds (one H100 at {effective_flops / 1e12:.0f} "
             "TFLOP/s; `bocb plan` sizes a study file).")
