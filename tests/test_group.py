@@ -294,3 +294,36 @@ def test_processes_per_trial_is_read_per_entry_and_checked_before_anything_is_st
     assert done.returncode == 2 and not store.exists()
     line, = done.stderr.strip().splitlines()
     assert "trials run on up to 3 processes" in line and "this run has 2 slot(s) (--slots): give the run 3" in line
+
+
+@pytest.mark.slow
+def test_a_rank_without_evaluation_images_does_not_stall_a_batchnorm_model(tmp_path):
+    """A test set of one image over two processes: rank 1 evaluates nothing. With BatchNorm, DDP's
+    forward broadcasts buffers (a collective) that such a rank would skip, and both ranks waited
+    until the process group's timeout; bocb broadcasts them itself before evaluating."""
+    import threading
+
+    from bocb.executors.group import run_group
+    from bocb.fencing import raise_fence
+
+    root = write_folder(tmp_path / "data", {"train": 2, "val": 1}, sides=(40, 64), classes=2)
+    for extra in sorted((root / "val").glob("*/*.JPEG"))[1:]:
+        extra.unlink()
+    data = DatasetSpec("folder", root=str(root), stream=True)
+    spec = resolve_trial("R-18", "SGD-M", data=data, num_classes=2, tier="smoke", policy="cifar", scale="tiny",
+                         lr=0.05, weight_decay=1e-4)
+    spec = dataclasses.replace(spec, recipe=spec.recipe.with_changes(epochs=1, batch_size=4, warmup_epochs=0,
+                                                                     train_per_class=None, test_per_class=None))
+    single = run_trial(spec, open_data(spec.data), RunOptions(device="cpu", data_workers=0))
+    config = dataclasses.asdict(WorkerConfig(artifacts_dir=str(tmp_path / "art"), device="cpu"))
+    raise_fence(tmp_path / "art" / spec.trial_id, "c")
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.update(record=run_group(
+        spec.trial_id, spec.to_dict(), config, "c", ["cpu", "cpu"], 1)), daemon=True)
+    worker.start()
+    worker.join(timeout=150)
+    assert "record" in out, "the group did not finish: a collective was skipped"
+    record = out["record"]
+    assert record["status"] == "done", record.get("error")
+    assert record["dataset"]["test_images"] == 1
+    assert record["epochs"][0]["test_top1"] == single["epochs"][0]["test_top1"]
