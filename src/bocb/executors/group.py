@@ -32,7 +32,8 @@ several machines, use ``torchrun`` (or Ray Train under ``--executor ray``) yours
   (:mod:`bocb.executors.orphans`); the leader itself dies with the runner like any slot.
 - The ranks are spawned (fresh interpreters): a leader that earlier ran a trial on a GPU has CUDA
   initialised, which a forked child must not inherit. The imports cost each rank a few seconds,
-  once per trial; a multi-GPU trial runs for hours.
+  once per trial (measured on 2 idle cores: a tiny trial took 5.7 s of wall time on two ranks
+  against 1.6 s in one process, the same 0.2 s of it training); a multi-GPU trial runs for hours.
 """
 
 from __future__ import annotations
