@@ -241,6 +241,7 @@ name = "SGD-M"
     assert spec["recipe"]["name"] != "in1k-rsb-a3" and spec["backbone"]["input_size"] == 224
 
 
+@pytest.mark.slow
 def test_an_idle_or_lent_worker_that_died_is_replaced_before_it_is_used(tmp_path):
     """A lent slot's worker killed while its leader's group runs (the out-of-memory killer, say)
     used to be handed the next trial once freed: a broken pipe that ended the whole run."""
