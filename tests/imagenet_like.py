@@ -106,3 +106,15 @@ def write_parquet_shards(folder: Path, out: Path, rows_per_group: int, files: in
             table = table.replace_schema_metadata(meta)
             pq.write_table(table, out / f"{name}-{f:05d}-of-{files:05d}.parquet", row_group_size=rows_per_group)
     return out
+
+
+def train_tiny_r18(folder: Path, recipe: str, cache: Path) -> dict:
+    """`bocb train` of a tiny R-18 with an ImageNet ``recipe`` on the streamed ``folder`` (1 epoch,
+    batch 8, decoding in the training process): its JSON record, the command having succeeded."""
+    from cli_inproc import bocb
+
+    done = bocb("train", "--backbone", "R-18", "--scale", "tiny", "--policy", "upsample", "--optimizer", "LAMB",
+                "--recipe", recipe, "--data", f"stream:{folder}", "--epochs", "1", "--batch-size", "8",
+                "--data-workers", "0", "--device", "cpu", "--json", cache=cache)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

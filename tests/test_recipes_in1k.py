@@ -99,17 +99,10 @@ def test_every_way_in_refuses_an_imagenet_recipe(tmp_path):
 def test_an_imagenet_recipe_trains_on_streamed_full_size_images(tmp_path):
     """RSB A3 on a folder of full-size JPEGs (ImageNet's layout): crops of 160 for training, a
     resize to 236 and a centre crop of 224 for testing, and the departure recorded."""
-    import json
-
-    from cli_inproc import bocb
-    from imagenet_like import write_folder
+    from imagenet_like import train_tiny_r18, write_folder
 
     folder = write_folder(tmp_path / "in", {"train": 4, "val": 2}, sides=(180, 260))
-    done = bocb("train", "--backbone", "R-18", "--scale", "tiny", "--policy", "upsample", "--optimizer", "LAMB",
-                "--recipe", "in1k-rsb-a3", "--data", f"stream:{folder}", "--epochs", "1", "--batch-size", "8",
-                "--data-workers", "0", "--device", "cpu", "--json", cache=tmp_path / "cache")
-    assert done.returncode == 0, done.stderr
-    record = json.loads(done.stdout)
+    record = train_tiny_r18(folder, "in1k-rsb-a3", tmp_path / "cache")
     streamed = record["dataset"]["streamed"]
     assert record["status"] == "done" and record["spec"]["recipe"]["name"] == "in1k-rsb-a3"
     assert streamed["train"]["size"] == 160 and streamed["train"]["interpolation"] == "bicubic"

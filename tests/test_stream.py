@@ -260,14 +260,10 @@ def test_shards_refuse_repeated_augmentation_in_one_line(sources, kind):
 def test_rsb_a2_trains_on_a_streamed_folder_with_three_copies_an_epoch(tmp_path):
     """RSB A2 (the paper's ResNet-50 recipe in Table 2) was refused for its repeated augmentation;
     now it trains: 40 images draw 40 samples an epoch (under 256: ceil(n / W)), 5 batches of 8."""
-    from cli_inproc import bocb
+    from imagenet_like import train_tiny_r18
 
     folder = write_folder(tmp_path / "in", {"train": 4, "val": 1}, sides=(96, 160))
-    done = bocb("train", "--backbone", "R-18", "--scale", "tiny", "--policy", "upsample", "--optimizer", "LAMB",
-                "--recipe", "in1k-rsb-a2", "--data", f"stream:{folder}", "--epochs", "1", "--batch-size", "8",
-                "--data-workers", "0", "--device", "cpu", "--json", cache=tmp_path / "cache")
-    assert done.returncode == 0, done.stderr
-    record = json.loads(done.stdout)
+    record = train_tiny_r18(folder, "in1k-rsb-a2", tmp_path / "cache")
     assert record["status"] == "done" and record["spec"]["recipe"]["name"] == "in1k-rsb-a2"
     assert record["dataset"]["streamed"]["repeats"] == 3 and record["dataset"]["streamed"]["train"]["size"] == 224
     assert record["epochs"][0]["images"] == 40 and record["dataset"]["train_images"] == 40
