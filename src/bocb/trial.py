@@ -455,8 +455,9 @@ def _evaluate(model: torch.nn.Module, augment: BatchAugment, batches: Batches, d
     Weights that produce a non-finite logit anywhere cannot be evaluated: the set scores chance
     (100 / classes, 500 / classes top-5) with a NaN loss (see the module doc)."""
     model.eval()
-    # correct top-1, correct top-5, summed loss, images, non-finite batches
-    totals = torch.zeros(5, device=device, dtype=torch.float64)
+    # correct top-1, correct top-5, summed loss, images, non-finite batches; float32 as the sums
+    # always were (exact for counts below 2^24; MPS has no float64)
+    totals = torch.zeros(5, device=device)
     for x, labels in batches:
         images = augment.eval(x)
         if device.type == "cuda":

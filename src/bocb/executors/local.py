@@ -36,9 +36,9 @@ import queue
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
