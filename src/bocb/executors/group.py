@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import sys
@@ -56,7 +55,7 @@ def _rank_main(local_rank: int, port: int, spec: dict[str, Any], config: dict[st
                devices: list[str], threads: int, cores: int, leader_pid: int, events: Any, results: Any,
                trial_id: str) -> None:
     """One rank: the trial's :func:`~bocb.executors.worker.execute` on ``devices[local_rank]``;
-    rank 0 puts the record on ``results``. Exits non-zero when this rank's trial failed (see the
+    rank 0 sends the record through ``results``. Exits non-zero when this rank's trial failed (see the
     module doc). ``threads``: torch threads (0: torch's default, on GPUs); ``cores``: the slot's
     share of the cores, which sizes the streamed data's loader workers."""
     from bocb.executors.orphans import die_with_parent
@@ -94,7 +93,7 @@ def _rank_main(local_rank: int, port: int, spec: dict[str, Any], config: dict[st
         os.replace(partial, path)
         raise SystemExit(1)
     if local_rank == 0:
-        results.put(record)
+        results.send(record)
 
 
 def _loopback_store() -> tuple[Any, int]:
@@ -121,20 +120,20 @@ def run_group(trial_id: str, spec: dict[str, Any], config: dict[str, Any], claim
     for old in [*folder.glob("rank*.error.json"), *folder.glob("rank*.log")]:  # a previous attempt's
         old.unlink()
     store, port = _loopback_store()
-    results = tmp.get_context("spawn").Queue()
+    # A pipe, not a queue: a queue's semaphores, left behind when the runner stops the group, made
+    # the resource tracker warn about "leaked semaphore objects" on the user's terminal.
+    results, to_leader = tmp.get_context("spawn").Pipe(duplex=False)
     record = None
     failure = None
     try:
         context = tmp.start_processes(
             _rank_main, args=(port, spec, config, claim, list(devices), threads, cores, os.getpid(),
-                              events, results, trial_id),
+                              events, to_leader, trial_id),
             nprocs=len(devices), join=False, start_method="spawn")
         while True:
-            try:
-                # Read while waiting: rank 0 exits only once its record has left the queue's pipe.
-                record = results.get(timeout=0.5) if record is None else record
-            except queue.Empty:
-                pass
+            # Read while waiting: a record larger than the pipe's buffer holds rank 0 until it is read.
+            if record is None and results.poll(0.5):
+                record = results.recv()
             try:
                 if context.join(timeout=0.1):
                     break
@@ -143,10 +142,9 @@ def run_group(trial_id: str, spec: dict[str, Any], config: dict[str, Any], claim
                 break
     finally:
         del store  # stops serving: the group is over
-    if failure is None and record is None:
-        try:  # put by rank 0 right before every rank exited cleanly
-            record = results.get(timeout=5)
-        except queue.Empty:
+    if failure is None and record is None:  # sent by rank 0 right before every rank exited cleanly
+        record = results.recv() if results.poll(5) else None
+        if record is None:
             failure = RuntimeError("rank 0 exited without a record")
     if failure is not None:
         # Every rank's own error, and how the group ended (a rank killed by a signal leaves no
