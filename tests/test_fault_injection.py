@@ -380,6 +380,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_leaves_nothing(tmp_path):
                 weights = file_sha256(artifacts / tid / "final.safetensors")
                 assert (row["finished"], row["best_top1"], weights) == finished_before[tid]
     for tid, epochs in seen_epochs.items():
+        if tid in finished_before:  # finished during the kills: its resume checkpoint was then deleted
+            while epochs and epochs[-1] == 0:
+                epochs = epochs[:-1]
         assert epochs == sorted(epochs), f"{tid}'s checkpoint went backwards: {epochs}"
     db = sqlite3.connect(str(store))
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
