@@ -101,12 +101,17 @@ def test_watch_started_before_the_run_waits_for_the_store(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bocb", "status", "--store", str(store), "--watch", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)
-        assert proc.poll() is None  # still waiting, not an error
+        # Until the watch says it waits (its start-up takes seconds on a loaded machine: a fixed
+        # sleep let the store appear before its first look), then the store appears.
+        first = []
+        deadline = time.time() + 60
+        while not any("waiting for the store" in line for line in first) and time.time() < deadline:
+            first.append(proc.stdout.readline())
+            assert proc.poll() is None  # still waiting, not an error
         shutil.copy(Path(__file__).parent / "fixtures" / "store-v2.sqlite", store)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "waiting for the store" in out and "no trial pending or running" in out
+    assert any("waiting for the store" in line for line in first) and "no trial pending or running" in out
