@@ -153,6 +153,7 @@ def run_group(trial_id: str, spec: dict[str, Any], config: dict[str, Any], claim
                   for path in sorted(folder.glob("rank*.error.json"))]
         if not errors or (getattr(failure, "exit_code", None) or 0) < 0:
             errors.append(_ended(failure))
+        errors.append(f"each rank's output: {folder}/rank<N>.log")
         return {"trial_id": trial_id, "spec": spec, "status": "failed", "epochs": [], "claim": claim,
                 "error": " ".join(f"{len(devices)}-process trial failed: {'; '.join(errors)}".split())}
     record["claim"] = claim
