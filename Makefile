@@ -26,8 +26,8 @@ setup: $(STAMP)
 # 2026-12-01 (last): 10:45 (645.9 s) for 807 tests on a clean clone, idle machine; whole .ci/run 13:53.
 # 2026-12-01 (next session): 7:59 (480.0 s) for 917 tests on a clean clone, nothing else running;
 # whole .ci/run 10:08 (the fork server preloads what the lazy registries defer; plan and report faster).
-# 2026-12-01 (ImageNet session): 10:05 (605.5 s) for 944 tests on a clean clone, nothing else running;
-# whole .ci/run 12:23. The multi-process tests added ~2 minutes: a Ray Train trainer starts in ~15 s,
+# 2026-12-01 (ImageNet session): 10:05-10:47 (605-648 s) for 944 tests over three clean-clone runs, nothing else running;
+# whole .ci/run 12:23-13:30. The multi-process tests added ~2 minutes: a Ray Train trainer starts in ~15 s,
 # and each process group spawns its ranks (~4 s of imports).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
