@@ -9,9 +9,10 @@ counted as 3x the forward (forward + backward), the usual rule.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bocb import sizes
 
@@ -121,17 +122,22 @@ def forward_flops(spec: BackboneSpec) -> float:
     return _forward_flops(spec.to_json())
 
 
+def epoch_flops(backbone: BackboneSpec, recipe: Any, train_images: int, test_images: int) -> float:
+    """One epoch's FLOPs: ``train_images`` forward+backward (3x forward) and ``test_images``
+    forward, at the backbone's input size, or an ImageNet recipe's train and test crop sizes
+    (RSB A3: 160 and 224)."""
+    inet = getattr(recipe, "imagenet", None)
+    train_f = test_f = forward_flops(backbone)
+    if inet is not None:
+        train_f = forward_flops(dataclasses.replace(backbone, input_size=inet.train_size))
+        test_f = forward_flops(dataclasses.replace(backbone, input_size=inet.test_size))
+    return 3 * train_f * train_images + test_f * test_images
+
+
 def trial_flops(spec: TrialSpec, train_images: int, test_images: int, num_classes: int) -> float:
-    """Training (3x forward) plus per-epoch evaluation FLOPs of a whole trial; an ImageNet recipe's
-    at its train and test crop sizes."""
+    """Training (3x forward) plus per-epoch evaluation FLOPs of a whole trial (:func:`epoch_flops`)."""
     recipe = spec.recipe
     n_train = min(train_images, recipe.train_per_class * num_classes) if recipe.train_per_class else train_images
     n_test = min(test_images, recipe.test_per_class * num_classes) if recipe.test_per_class else test_images
     steps_images = (n_train // recipe.batch_size) * recipe.batch_size
-    train_f = test_f = forward_flops(spec.backbone)
-    if recipe.imagenet is not None:  # crops at the recipe's train and test sizes (RSB A3: 160 and 224)
-        import dataclasses
-
-        train_f = forward_flops(dataclasses.replace(spec.backbone, input_size=recipe.imagenet.train_size))
-        test_f = forward_flops(dataclasses.replace(spec.backbone, input_size=recipe.imagenet.test_size))
-    return recipe.epochs * (3 * train_f * steps_images + test_f * n_test)
+    return recipe.epochs * epoch_flops(spec.backbone, recipe, steps_images, n_test)

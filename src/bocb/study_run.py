@@ -291,10 +291,10 @@ def check_processes(options: RunOptions, study: Any, trials: Sequence[Any]) -> N
     if options.executor != "local":
         return
     need = processes_of(options, study)
-    asked = [need(t.to_dict()) for t in trials] or [
-        options.processes_per_trial or b.get("processes_per_trial", getattr(study, "processes_per_trial", 1))
-        for b in getattr(study, "backbones", ())]
-    most = max(asked, default=1)
+    # Without expanded trials (adaptive), the most any backbone entry or the study asks for.
+    most = max((need(t.to_dict()) for t in trials), default=None) or options.processes_per_trial or max(
+        [getattr(study, "processes_per_trial", 1),
+         *(b.get("processes_per_trial", 1) for b in getattr(study, "backbones", ()))])
     if most <= 1:
         return
     devices = local_devices(options)

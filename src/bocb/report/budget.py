@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 CIFAR100_TRAIN, CIFAR100_TEST = 50_000, 10_000
@@ -88,7 +88,7 @@ def budget_of(specs: Iterable[dict[str, Any]], effective_flops: float | None = N
 def real_run(specs: list[dict[str, Any]], effective_flops: float) -> str:
     """One sentence: the study's pairs at the paper's budget, one setting and one seed each, and
     with the paper's lr x wd grids and 3 seeds (specs: one per pair is enough)."""
-    from bocb.compute import forward_flops
+    from bocb.compute import epoch_flops
     from bocb.optim import get_optimizer_info
     from bocb.recipes import RECIPES
     from bocb.zoo import resolve_backbone
@@ -105,11 +105,9 @@ def real_run(specs: list[dict[str, Any]], effective_flops: float) -> str:
         try:  # a pair bocb cannot size (a plug-in not loaded here, a partial record, a model it cannot count)
             full = resolve_backbone(name, num_classes=1000 if inet else 100, policy=policy, scale="paper")
             info = get_optimizer_info(optimizer)
-            if inet is None:
-                flops = forward_flops(full) * (3 * CIFAR100_TRAIN + CIFAR100_TEST)
-            else:  # the recipe's crops, ImageNet-1K's images (as bocb plan counts them)
-                flops = (3 * IN1K_TRAIN * forward_flops(replace(full, input_size=inet.train_size))
-                         + IN1K_TEST * forward_flops(replace(full, input_size=inet.test_size)))
+            # ImageNet-1K at the recipe's crops for an ImageNet recipe, as bocb plan counts them
+            images = (IN1K_TRAIN, IN1K_TEST) if inet else (CIFAR100_TRAIN, CIFAR100_TEST)
+            flops = epoch_flops(full, RECIPES.get(recipe), *images)
         except (KeyError, TypeError, ValueError, RuntimeError):
             continue
         datasets.add("ImageNet-1K" if inet else "CIFAR-100")
